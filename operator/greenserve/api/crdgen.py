@@ -1,0 +1,233 @@
+"""Render the ModelService CRD from the pydantic types.
+
+`python -m greenserve.api.crdgen` rewrites crds/modelservices.greenserve.io.yaml; `--check` exits 1
+when the file differs from what the types produce (CI runs the check through a unit test).
+
+Pydantic's JSON schema is not structural (it uses $ref, anyOf-with-null, titles), so it is rewritten
+into the OpenAPI v3 subset the API server accepts: refs inlined, optionals unwrapped, defaults made
+explicit (an object field defaults to {} so the API server applies the nested defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from greenserve.api import constants, v1alpha1
+
+CRD_FILE = f"{constants.CRD_NAME}.yaml"
+HEADER = "# Generated from operator/greenserve/api/v1alpha1.py by `greenserve crd`; do not edit.\n"
+
+_DROP_KEYS = {"title"}
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    found: dict[str, type[BaseModel]] = {}
+    for value in vars(v1alpha1).values():
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == v1alpha1.__name__:
+            found[value.__name__] = value
+    return found
+
+
+def _factory_default(info: FieldInfo) -> Any:
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        try:
+            plain = type(value)()
+        except ValueError:
+            plain = None
+        if value == plain:
+            return {}  # the API server fills the nested fields from their own defaults
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if isinstance(value, list):
+        return [
+            v.model_dump(by_alias=True, exclude_none=True, mode="json") if isinstance(v, BaseModel) else v
+            for v in value
+        ]
+    return value
+
+
+def _convert(node: Any, defs: dict[str, Any], models: dict[str, type[BaseModel]]) -> Any:
+    if isinstance(node, list):
+        return [_convert(n, defs, models) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        merged = copy.deepcopy(defs[name])
+        merged.update({k: v for k, v in node.items() if k != "$ref"})
+        return _convert(merged, defs, models)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot make a structural schema from anyOf {node['anyOf']}")
+        merged = {**branches[0], **{k: v for k, v in node.items() if k != "anyOf"}}
+        if merged.get("default", ...) is None:
+            del merged["default"]
+        return _convert(merged, defs, models)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP_KEYS:
+            continue
+        if key == "properties":
+            out[key] = {name: _convert(prop, defs, models) for name, prop in value.items()}
+        elif key == "additionalProperties":
+            # Structural schemas forbid additionalProperties beside properties; unknown fields are pruned
+            # by the API server anyway, and free-form maps are marked preserve-unknown-fields.
+            if value is True:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = _convert(value, defs, models)
+    if out.get("type") == "object" and "properties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "integer":
+        out.setdefault("format", "int64")
+    return out
+
+
+def _add_factory_defaults(
+    schema: dict[str, Any], model: type[BaseModel], models: dict[str, type[BaseModel]]
+) -> None:
+    props = schema.get("properties", {})
+    for name, info in model.model_fields.items():
+        alias = info.alias or name
+        prop = props.get(alias)
+        if prop is None:
+            continue
+        if info.default_factory is not None and "default" not in prop:
+            prop["default"] = _factory_default(info)
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            target = prop.get("items", prop)
+            _add_factory_defaults(target, nested, models)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    models = _models()
+    schema: dict[str, Any] = _convert(raw, defs, models)
+    _add_factory_defaults(schema, model, models)
+    return schema
+
+
+def _status_schema() -> dict[str, Any]:
+    schema = structural_schema(v1alpha1.ModelServiceStatus)
+    conditions = schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    conditions.pop("default", None)
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = structural_schema(v1alpha1.ModelServiceSpec)
+    spec_schema["description"] = "Desired state of a served model."
+    root = {
+        "type": "object",
+        "description": "A TensorFlow Serving model on GPU nodes, scaled and consolidated for energy.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": _status_schema(),
+        },
+        # The name becomes the Deployment, Service and label values, which are limited to 63 characters.
+        v1alpha1.CEL: [
+            {
+                "rule": "self.metadata.name.size() <= 63",
+                "message": "metadata.name must be at most 63 characters (it names the Deployment and Service)",  # noqa: E501
+            }
+        ],
+    }
+
+    def ready(jsonpath: str, name: str, type_: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "type": type_, "jsonPath": jsonpath, **extra}
+
+    columns = [
+        ready('.status.conditions[?(@.type=="Ready")].status', "Ready", "string"),
+        ready(".status.readyReplicas", "Replicas", "integer", description="Ready replicas"),
+        ready(".status.desiredReplicas", "Desired", "integer", priority=1),
+        ready(".status.gpus", "GPUs", "integer"),
+        ready(".status.powerWatts", "Power W", "number"),
+        ready(".status.joulesPerRequest", "J/req", "number", priority=1),
+        ready('.status.conditions[?(@.type=="Ready")].reason', "Reason", "string", priority=1),
+        ready(".metadata.creationTimestamp", "Age", "date"),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": constants.CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "greenserve", "app.kubernetes.io/part-of": "greenserve"},
+        },
+        "spec": {
+            "group": constants.GROUP,
+            "names": {
+                "kind": constants.KIND,
+                "listKind": f"{constants.KIND}List",
+                "plural": constants.PLURAL,
+                "singular": constants.SINGULAR,
+                "shortNames": list(constants.SHORT_NAMES),
+                "categories": ["greenserve", "all"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": constants.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("crds") / CRD_FILE)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date; run python -m greenserve.api.crdgen", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Operator configuration from the environment (the chart sets these on the operator Deployment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    #: Prometheus HTTP API base URL; unset means metrics are scraped from pods directly.
+    prometheus_url: str | None = None
+    #: Scheduler profile for serving pods, e.g. a MostAllocated bin-packing profile installed by the chart.
+    scheduler_name: str | None = None
+    #: Grid carbon intensity used for status.gramsCO2e unless a ModelService overrides it.
+    carbon_intensity_g_per_kwh: float = 400.0
+    #: Seconds between level-based reconciles of every ModelService (drift repair, autoscaling, status).
+    reconcile_interval_s: float = 15.0
+    #: Seconds between consolidation passes (one active operator only).
+    consolidation_interval_s: float = 30.0
+    #: Metrics older than this are stale: scaling holds instead of acting on them.
+    metrics_stale_after_s: float = 120.0
+    #: Namespaces to watch; empty means the whole cluster.
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        namespaces = tuple(n for n in os.environ.get("GREENSERVE_NAMESPACES", "").split(",") if n)
+        return cls(
+            prometheus_url=os.environ.get("GREENSERVE_PROMETHEUS_URL") or None,
+            scheduler_name=os.environ.get("GREENSERVE_SCHEDULER_NAME") or None,
+            carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),
+            reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),
+            consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),
+            metrics_stale_after_s=_env_float("GREENSERVE_METRICS_STALE_AFTER", 120.0),
+            namespaces=namespaces,
+        )

@@ -1,0 +1,244 @@
+"""Pure builders: a parsed ModelService spec in, the Kubernetes objects the operator applies out.
+
+Each object is a complete server-side-apply intent: the operator applies it with its own field manager,
+so a field dropped here is removed from the live object, and fields other managers own are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from greenserve.api import constants as c
+from greenserve.api.v1alpha1 import ModelServiceSpec
+from greenserve.manifests.storage import ModelStorage, resolve
+
+BATCHING_FILE = "/etc/greenserve/batching.config"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelService the objects belong to (the garbage collector deletes them with it)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Cluster-level choices made by the operator's configuration, not by the user."""
+
+    scheduler_name: str | None = (
+        None  # a bin-packing profile (MostAllocated on nvidia.com/gpu) when installed
+    )
+    termination_grace_seconds: int = 60
+    # Time for endpoint removal to reach every proxy before the server sees SIGTERM.
+    pre_stop_sleep_seconds: int = 5
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    return {c.LABEL_MODELSERVICE: owner.name}
+
+
+def common_labels(owner: Owner) -> dict[str, str]:
+    return {
+        **selector_labels(owner),
+        c.LABEL_NAME: "tensorflow-serving",
+        c.LABEL_INSTANCE: owner.name,
+        c.LABEL_COMPONENT: "predictor",
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+    }
+
+
+def _meta(owner: Owner, name: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name or owner.name,
+        "namespace": owner.namespace,
+        "labels": common_labels(owner),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def batching_config(spec: ModelServiceSpec) -> str:
+    """TF Serving's batching parameters file (text-format protobuf)."""
+    b = spec.runtime.batching
+    return (
+        f"max_batch_size {{ value: {b.max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {b.batch_timeout_micros} }}\n"
+        f"num_batch_threads {{ value: {b.num_batch_threads} }}\n"
+        f"max_enqueued_batches {{ value: {b.max_enqueued_batches} }}\n"
+    )
+
+
+def spec_hash(spec: ModelServiceSpec) -> str:
+    """Stable digest of the spec, stamped on pods so a config-only change (batching) still rolls them."""
+    payload = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    req = {k: v for k, v in spec.runtime.resources.requests.model_dump(exclude_none=True).items()}
+    lim = {k: v for k, v in spec.runtime.resources.limits.model_dump(exclude_none=True).items()}
+    if spec.gpu.count:
+        # Extended resources must have requests == limits; setting the limit alone implies the request.
+        lim[c.GPU_RESOURCE] = str(spec.gpu.count)
+    out: dict[str, Any] = {}
+    if req:
+        out["requests"] = req
+    if lim:
+        out["limits"] = lim
+    return out
+
+
+def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
+    name = spec.model.name
+    args = [
+        f"--port={c.TFS_GRPC_PORT}",
+        f"--rest_api_port={c.TFS_REST_PORT}",
+        f"--model_name={name}",
+        f"--model_base_path={storage.base_path}",
+    ]
+    mounts = list(storage.mounts)
+    if spec.runtime.batching.enabled:
+        args += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_FILE}"]
+        mounts.append({"name": "greenserve-config", "mountPath": "/etc/greenserve", "readOnly": True})
+    container: dict[str, Any] = {
+        "name": "tfserving",
+        "image": spec.runtime.image,
+        "args": args,
+        "ports": [
+            {"name": "grpc", "containerPort": c.TFS_GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": c.TFS_REST_PORT, "protocol": "TCP"},
+        ],
+        "resources": _resources(spec),
+        # The model status endpoint answers 200 only once the model is known to the server.
+        "readinessProbe": {
+            "httpGet": {"path": f"/v1/models/{name}", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        # Model loading can take minutes on a cold GPU node; liveness only starts after this succeeds.
+        "startupProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5, "failureThreshold": 120},
+        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": mounts,
+    }
+    if spec.model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    return container
+
+
+def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions) -> dict[str, Any]:
+    storage = resolve(spec.model.storage_uri)
+    container = _container(spec, storage)
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}}
+    volumes = list(storage.volumes)
+    if spec.runtime.batching.enabled:
+        volumes.append({"name": "greenserve-config", "configMap": {"name": config_map_name(owner)}})
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "tolerations": [t.model_dump(exclude_none=True) for t in spec.gpu.tolerations],
+        "terminationGracePeriodSeconds": options.termination_grace_seconds,
+        "volumes": volumes,
+        "enableServiceLinks": False,
+    }
+    if spec.gpu.product:
+        pod_spec["nodeSelector"] = {c.GPU_PRODUCT_LABEL: spec.gpu.product}
+    if options.scheduler_name:
+        pod_spec["schedulerName"] = options.scheduler_name
+    labels = common_labels(owner)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(owner)},
+            # Surge, never unavailable: a rollout adds the new replica before an old one goes.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        c.ANN_SPEC_HASH: spec_hash(spec),
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(c.AGENT_METRICS_PORT),
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {"name": "grpc", "port": c.TFS_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "http", "port": c.TFS_REST_PORT, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
+    # maxUnavailable 1: voluntary disruptions (node drains, our own moves) take one replica at a time, while
+    # a single-replica service can still be moved. minAvailable would block every drain of such a service.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(owner),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def config_map_name(owner: Owner) -> str:
+    return f"{owner.name}-config"
+
+
+def config_map(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(owner, config_map_name(owner)),
+        "data": {"batching.config": batching_config(spec)},
+    }
+
+
+def initial_replicas(spec: ModelServiceSpec) -> int:
+    """Replicas before any metric is seen: at least one, so a new service answers its first request."""
+    return max(1, min(spec.scaling.min_replicas, spec.scaling.max_replicas))
+
+
+def objects(
+    owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions
+) -> list[dict[str, Any]]:
+    """Everything one ModelService owns, in apply order (config before the pods that mount it)."""
+    out: list[dict[str, Any]] = []
+    if spec.runtime.batching.enabled:
+        out.append(config_map(owner, spec))
+    out += [deployment(owner, spec, replicas, options), service(owner), pod_disruption_budget(owner)]
+    return out

@@ -1,0 +1,165 @@
+"""Reconcile one ModelService: parse, apply the owned objects, report status. Level-based and idempotent.
+
+Every call recomputes the full intent from the spec and the desired replica count and server-side
+applies it, so a restart at any point, a missed event or a hand-edited Deployment all converge to the
+same objects. Nothing here keeps state between calls except what is stored in the ModelService status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from greenserve.api import conditions as cond
+from greenserve.api.constants import LABEL_MODELSERVICE
+from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
+from greenserve.cluster import events
+from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
+from greenserve.config import OperatorConfig
+from greenserve.manifests import builders
+from greenserve.manifests.storage import UnsupportedStorageError, resolve
+from greenserve.reconcile.status import Observed, ready_condition, status_fields
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did; `retry_after` asks the caller to try again (transient API failure)."""
+
+    ready: bool = False
+    reason: str = ""
+    message: str = ""
+    desired: int | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    retry_after: float | None = None
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"spec.{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any]) -> int:
+    """The replica count to apply: the autoscaler's last decision (kept in status), within the bounds."""
+    current = status.get("desiredReplicas")
+    if not isinstance(current, int):
+        return builders.initial_replicas(spec)
+    return max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, current))
+
+
+def owner_of(body: Mapping[str, Any]) -> builders.Owner:
+    meta = body["metadata"]
+    return builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+async def _write_status(
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    fields: dict[str, Any],
+    ready: bool,
+    reason: str,
+    message: str,
+) -> dict[str, Any]:
+    """Patch status and post an Event when the Ready condition changes (not on every pass: no storms)."""
+    meta = body["metadata"]
+    old_status = body.get("status") or {}
+    generation = meta.get("generation")
+    conditions = cond.set_condition(
+        old_status.get("conditions"), cond.READY, ready, reason, message, generation
+    )
+    new_ready = cond.get_condition(conditions, cond.READY)
+    changed = not cond.same_condition(cond.get_condition(old_status.get("conditions"), cond.READY), new_ready)
+    status = {**fields, "observedGeneration": generation, "conditions": conditions}
+    if any(old_status.get(k) != v for k, v in status.items()):
+        try:
+            await kube.patch_status(MODELSERVICES, meta["name"], meta["namespace"], status)
+        except ApiError as err:
+            if not err.not_found:  # deleted meanwhile: nothing to report on
+                raise
+    if changed:
+        await events.post(kube, body, "Normal" if ready else "Warning", reason, message)
+    return status
+
+
+async def reconcile(
+    kube: KubeClient, body: Mapping[str, Any], config: OperatorConfig, desired: int | None = None
+) -> Outcome:
+    """Bring the owned objects in line with the spec and report status.
+
+    `desired` overrides the replica count (the autoscaler passes its decision); otherwise the count
+    stored in status is kept.
+    """
+    meta = body["metadata"]
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+        resolve(spec.model.storage_uri)
+    except ValidationError as err:
+        out = Outcome(False, cond.REASON_INVALID_SPEC, _validation_message(err))
+    except UnsupportedStorageError as err:
+        out = Outcome(False, cond.REASON_UNSUPPORTED_STORAGE, str(err))
+    else:
+        return await _reconcile_valid(kube, body, spec, config, desired)
+    # Invalid specs are terminal until the user edits them: report, keep what is already running, no retry.
+    log.warning("ModelService %s/%s: %s: %s", meta["namespace"], meta["name"], out.reason, out.message)
+    out.status = await _write_status(kube, body, {}, False, out.reason, out.message)
+    return out
+
+
+async def _reconcile_valid(
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    spec: ModelServiceSpec,
+    config: OperatorConfig,
+    desired: int | None,
+) -> Outcome:
+    owner = owner_of(body)
+    status = body.get("status") or {}
+    replicas = desired if desired is not None else desired_replicas(spec, status)
+    replicas = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, replicas))
+    options = builders.BuildOptions(scheduler_name=config.scheduler_name)
+    try:
+        applied: dict[str, Any] | None = None
+        for obj in builders.objects(owner, spec, replicas, options):
+            result = await kube.apply(obj)
+            if obj["kind"] == "Deployment":
+                applied = result
+        pods = await kube.list_objects(
+            PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
+        )
+    except ApiError as err:
+        if err.not_found and err.body.get("details", {}).get("kind") == "namespaces":
+            raise
+        message = f"applying owned objects failed: {err}"
+        log.warning("ModelService %s/%s: %s", owner.namespace, owner.name, message)
+        fields = {"desiredReplicas": replicas}
+        st = await _write_status(kube, body, fields, False, cond.REASON_APPLY_FAILED, message)
+        return Outcome(False, cond.REASON_APPLY_FAILED, message, replicas, st, retry_after=30.0)
+    obs = Observed(desired=replicas, deployment=applied, pods=pods, gpus_per_replica=spec.gpu.count)
+    ready, reason, message = ready_condition(obs)
+    st = await _write_status(kube, body, status_fields(obs), ready, reason, message)
+    return Outcome(ready, reason, message, replicas, st)
+
+
+async def refresh_status(
+    kube: KubeClient, namespace: str, name: str, config: OperatorConfig
+) -> Outcome | None:
+    """Re-run reconcile from the live ModelService (used when an owned Deployment changes)."""
+    body = await kube.get_or_none(MODELSERVICES, name, namespace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    return await reconcile(kube, body, config)
+
+
+def deployment_owner(dep: Mapping[str, Any]) -> str | None:
+    for ref in dep.get("metadata", {}).get("ownerReferences", []) or []:
+        if ref.get("kind") == "ModelService" and ref.get("controller"):
+            return str(ref["name"])
+    return None

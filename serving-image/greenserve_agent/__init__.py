@@ -1,0 +1,1 @@
+"""The greenserve serving-image agent: GPU telemetry exporter and drain supervisor."""

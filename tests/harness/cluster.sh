@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Local control plane for greenserve: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# kwok (simulated GPU nodes), all built from Go modules and bound to 127.0.0.1.
+#
+#   tests/harness/cluster.sh build   build (or reuse) the pinned binaries in the cache
+#   tests/harness/cluster.sh up      build if needed, start the cluster, create the GPU nodes
+#   tests/harness/cluster.sh down    stop the cluster
+#   tests/harness/cluster.sh env     print `export KUBECONFIG=...` for the running cluster
+#
+# Binaries are cached outside the clone in $GREENSERVE_CACHE (default ~/.cache/greenserve), keyed by
+# the contents of versions.env, so a warm run only starts processes.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+
+CACHE="${GREENSERVE_CACHE:-$HOME/.cache/greenserve}"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
+BIN="$CACHE/harness/$KEY/bin"
+WORK="$CACHE/harness/$KEY/work"
+CLUSTER="${GREENSERVE_CLUSTER:-greenserve}"
+STATE="${GREENSERVE_STATE:-$REPO/.harness}"
+KUBECONFIG_PATH="$STATE/kubeconfig"
+GPU_NODES="${GREENSERVE_GPU_NODES:-4}"
+GPUS_PER_NODE="${GREENSERVE_GPUS_PER_NODE:-8}"
+GPU_PRODUCT="${GREENSERVE_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
+
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
+log() { printf '[harness %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# The staging modules that k8s.io/kubernetes requires at v0.0.0; each is replaced by its published v0.Y.Z.
+STAGING="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider cluster-bootstrap
+code-generator component-base component-helpers controller-manager cri-api cri-client csi-translation-lib
+dynamic-resource-allocation endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy
+kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver sample-cli-plugin
+sample-controller"
+
+# Runs a build step in the background and prints a progress line every 30 s, so a cold build is not silent.
+with_progress() {
+    local what="$1"; shift
+    local start=$SECONDS
+    "$@" &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 5
+        if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+            log "  still building $what ($((SECONDS - start)) s)"
+        fi
+    done
+    wait "$pid"
+    log "built $what in $((SECONDS - start)) s"
+}
+
+build_k8s() {
+    local dir="$WORK/k8s" minor="${K8S_VERSION#v1.}"
+    minor="${minor%%.*}"
+    local staging_v="v0.${K8S_VERSION#v1.}"
+    mkdir -p "$dir"
+    cp "$HERE/go/k8s/tools.go" "$dir/"
+    {
+        echo "module local/greenserve/k8sbin"
+        echo
+        echo "go 1.24.0"
+        echo
+        echo "require k8s.io/kubernetes $K8S_VERSION"
+        echo
+        echo "replace ("
+        for m in $STAGING; do echo "	k8s.io/$m => k8s.io/$m $staging_v"; done
+        echo ")"
+    } >"$dir/go.mod"
+    (cd "$dir" && go mod tidy >/dev/null)
+    local ldf="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION
+      -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor
+      -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION
+      -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+    (cd "$dir" && go build -trimpath -ldflags "$ldf" -o "$BIN/" \
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+    local dir="$WORK/etcd"
+    mkdir -p "$dir"
+    cp "$HERE/go/etcd/tools.go" "$dir/"
+    printf 'module local/greenserve/etcdbin\n\ngo 1.25.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$dir/go.mod"
+    (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_kwok() {
+    GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+        "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+}
+
+build_helm() {
+    GOBIN="$BIN" go install -trimpath \
+        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+cmd_build() {
+    mkdir -p "$BIN" "$WORK"
+    local t0=$SECONDS
+    [[ -x "$BIN/etcd" ]] || { log "building etcd $ETCD_VERSION (cold)"; with_progress etcd build_etcd; }
+    [[ -x "$BIN/kwokctl" && -x "$BIN/kwok" ]] || { log "building kwok $KWOK_VERSION (cold)"; with_progress kwok build_kwok; }
+    [[ -x "$BIN/helm" ]] || { log "building helm $HELM_VERSION (cold)"; with_progress helm build_helm; }
+    if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kubectl" ]]; then
+        log "building Kubernetes $K8S_VERSION control plane (cold; several minutes on 2 cores)"
+        with_progress kubernetes build_k8s
+    fi
+    log "binaries ready in $BIN ($((SECONDS - t0)) s)"
+}
+
+gpu_node_manifest() {
+    local i="$1"
+    cat <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: gpu-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: gpu-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    node.kubernetes.io/instance-type: gpu-${GPUS_PER_NODE}x
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.product: $GPU_PRODUCT
+    nvidia.com/gpu.count: "$GPUS_PER_NODE"
+    type: kwok
+spec:
+  providerID: kwok://gpu-node-$i
+  taints:
+  - {key: nvidia.com/gpu, value: present, effect: NoSchedule}
+status:
+  allocatable: {cpu: "64", memory: 512Gi, pods: "110", nvidia.com/gpu: "$GPUS_PER_NODE"}
+  capacity: {cpu: "64", memory: 512Gi, pods: "110", nvidia.com/gpu: "$GPUS_PER_NODE"}
+EOF
+}
+
+cmd_up() {
+    cmd_build
+    mkdir -p "$STATE"
+    local config="$STATE/kwok.yaml"
+    cat >"$config" <<EOF
+kind: KwokctlConfiguration
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeBinaryPrefix: $BIN
+  kwokControllerBinary: $BIN/kwok
+  etcdBinary: $BIN/etcd
+  kubectlBinary: $BIN/kubectl
+  kubeSchedulerConfig: $HERE/scheduler-mostallocated.yaml
+EOF
+    if "$BIN/kwokctl" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+        log "cluster $CLUSTER already exists; recreating"
+        "$BIN/kwokctl" delete cluster --name "$CLUSTER" >&2 || true
+    fi
+    log "starting control plane $K8S_VERSION"
+    local t0=$SECONDS
+    KWOK_KUBE_VERSION="$K8S_VERSION" "$BIN/kwokctl" create cluster --name "$CLUSTER" -c "$config" \
+        --kubeconfig "$KUBECONFIG_PATH" --wait 180s >&2
+    log "control plane up in $((SECONDS - t0)) s; kubeconfig $KUBECONFIG_PATH"
+    for ((i = 0; i < GPU_NODES; i++)); do gpu_node_manifest "$i"; echo "---"; done |
+        "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply -f - >&2
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" wait --for=condition=Ready node --all --timeout=120s >&2
+    log "$GPU_NODES GPU nodes x $GPUS_PER_NODE nvidia.com/gpu ready"
+    echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH"
+}
+
+cmd_down() {
+    if [[ -x "$BIN/kwokctl" ]]; then
+        "$BIN/kwokctl" delete cluster --name "$CLUSTER" >&2 || true
+    fi
+    rm -f "$KUBECONFIG_PATH"
+    log "cluster $CLUSTER stopped"
+}
+
+case "${1:-}" in
+build) cmd_build ;;
+up) cmd_up ;;
+down) cmd_down ;;
+env) echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH" ;;
+bin) echo "$BIN" ;;
+*) echo "usage: $0 build|up|down|env|bin" >&2; exit 2 ;;
+esac

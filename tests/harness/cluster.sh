@@ -28,6 +28,9 @@ GPUS_PER_NODE="${GREENSERVE_GPUS_PER_NODE:-8}"
 GPU_PRODUCT="${GREENSERVE_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
 
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
+# The checksum database has no entry for this staging module at the pinned version (404 on lookup);
+# the module itself comes from the proxy like every other one.
+export GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}k8s.io/externaljwt"
 
 log() { printf '[harness %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -141,6 +144,23 @@ status:
 EOF
 }
 
+cpu_node_manifest() {
+    # One untainted node without GPUs: GPU replicas must never land here.
+    cat <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: cpu-node-0
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {kubernetes.io/hostname: cpu-node-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
+spec:
+  providerID: kwok://cpu-node-0
+status:
+  allocatable: {cpu: "32", memory: 128Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 128Gi, pods: "110"}
+EOF
+}
+
 cmd_up() {
     cmd_build
     mkdir -p "$STATE"
@@ -166,14 +186,18 @@ EOF
     KWOK_KUBE_VERSION="$K8S_VERSION" "$BIN/kwokctl" create cluster --name "$CLUSTER" -c "$config" \
         --kubeconfig "$KUBECONFIG_PATH" --wait 180s >&2
     log "control plane up in $((SECONDS - t0)) s; kubeconfig $KUBECONFIG_PATH"
-    for ((i = 0; i < GPU_NODES; i++)); do gpu_node_manifest "$i"; echo "---"; done |
+    { cpu_node_manifest; echo "---"; for ((i = 0; i < GPU_NODES; i++)); do gpu_node_manifest "$i"; echo "---"; done; } |
         "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply -f - >&2
     "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" wait --for=condition=Ready node --all --timeout=120s >&2
-    log "$GPU_NODES GPU nodes x $GPUS_PER_NODE nvidia.com/gpu ready"
+    log "$GPU_NODES GPU nodes x $GPUS_PER_NODE nvidia.com/gpu ($GPU_PRODUCT) and 1 CPU node ready"
     echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH"
 }
 
 cmd_down() {
+    if [[ -f "$STATE/operator.pid" ]]; then
+        kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
+        rm -f "$STATE/operator.pid"
+    fi
     if [[ -x "$BIN/kwokctl" ]]; then
         "$BIN/kwokctl" delete cluster --name "$CLUSTER" >&2 || true
     fi

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from greenserve.api import constants
@@ -174,6 +174,15 @@ class ScalingSpec(_Model):
         int, Field(ge=0, le=86_400, description="Stabilisation window before replicas are removed.")
     ] = 300
 
+    # The same rules as the CEL above, for objects that reach the operator without them (stored earlier).
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be less than or equal to maxReplicas")
+        if self.metric == ScalingMetric.GPU_UTILIZATION and self.target > 100:
+            raise ValueError("target is a percentage (1-100) when metric is gpuUtilization")
+        return self
+
 
 class ConsolidationPolicy(enum.StrEnum):
     """How hard consolidation may move replicas to free GPU nodes."""
@@ -225,6 +234,16 @@ class ModelServiceSpec(_Model):
             ]
         }
     )
+
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelServiceSpec:
+        image = self.runtime.image
+        if self.gpu.count and "gpu" not in image and "greenserve" not in image:
+            raise ValueError("runtime.image must be a GPU build (tag containing 'gpu') when gpu.count > 0")
+        if self.model.credentials_secret and not self.model.storage_uri.startswith(("s3://", "gs://")):
+            raise ValueError("model.credentialsSecret applies only to s3:// and gs:// storage")
+        return self
 
 
 class Condition(_Model):

@@ -82,7 +82,8 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | N
     ctx_name = context or cfg.get("current-context")
     ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
     cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    user: dict[str, Any] = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
+    users = cfg.get("users") or []
+    user: dict[str, Any] = next((u["user"] for u in users if u["name"] == ctx.get("user")), None) or {}
     return Credentials(
         server=cluster["server"].rstrip("/"),
         ca_file=_materialise(

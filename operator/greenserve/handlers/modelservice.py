@@ -17,6 +17,8 @@ from greenserve.config import OperatorConfig
 from greenserve.reconcile import modelservice as rec
 
 RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
+# kopf fixes timer intervals when the handlers are registered, so the setting is read at import.
+RESYNC_INTERVAL_S = OperatorConfig.from_env().reconcile_interval_s
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
     await _run(body, memo)
 
 
-@kopf.timer(*RESOURCE, interval=15.0, initial_delay=5.0, idle=0.0)
+@kopf.timer(*RESOURCE, interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S)
 async def resync_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Level-based resync: repairs drift (a deleted Service, a hand-scaled Deployment), refreshes status."""
     await _run(body, memo)

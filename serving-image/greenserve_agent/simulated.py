@@ -1,0 +1,173 @@
+"""A simulated NVML device for machines without a GPU.
+
+Power follows the state model of ``shared/research/energy_anchors.md`` section 7:
+
+* no model resident (no CUDA context):      P = P_bare
+* model resident, no work:                  P = P_loaded (context idle, the "parking tax")
+* serving at activity a in [0, 1]:          P = P_loaded + (P_serving - P_loaded) * a ** gamma, gamma = 1
+
+``a`` is the fraction of wall time in which the agent had at least one request in flight since the last
+reading (a proxy for SM activity). The energy counter integrates that power exactly, in mJ, like NVML's.
+Every series the collector derives from this device carries ``simulated="true"`` and the agent logs it.
+
+Per-product figures (W), from energy_anchors.md section 6 (public nvidia-smi snapshots, "S") and the
+section 7 default table (P_serving is a sustained batched-inference peak, an estimate, "E"); see
+:data:`PRODUCTS`. The operator's own power model (``greenserve.policy.energy``) uses the same anchors.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from greenserve_agent.nvml import ClockKind, GpuDevice, MemoryInfo, Utilization
+
+
+@dataclass(frozen=True)
+class SimulatedProduct:
+    name: str  # as NVML reports it
+    bare_w: float
+    loaded_w: float
+    serving_w: float
+    limit_w: float  # TDP / default power cap
+    memory_gib: int
+    sm_clock_max_mhz: int
+    mem_clock_mhz: int
+    sm_clock_idle_mhz: int = 300
+
+
+#: bare / loaded / serving / TDP (W), see the module docstring for provenance.
+PRODUCTS: dict[str, SimulatedProduct] = {
+    "T4": SimulatedProduct("Tesla T4", 9, 26, 65, 70, 16, 1590, 5001),
+    "L4": SimulatedProduct("NVIDIA L4", 15, 30, 68, 72, 24, 2040, 6251),
+    "A10": SimulatedProduct("NVIDIA A10", 12, 37, 140, 150, 24, 1695, 6251),
+    "A10G": SimulatedProduct("NVIDIA A10G", 15, 60, 200, 300, 24, 1710, 6251),
+    "A100-PCIE-40GB": SimulatedProduct("NVIDIA A100-PCIE-40GB", 35, 60, 220, 250, 40, 1410, 1215),
+    "A100-PCIE-80GB": SimulatedProduct("NVIDIA A100 80GB PCIe", 45, 62, 250, 300, 80, 1410, 1512),
+    "A100-SXM4-80GB": SimulatedProduct("NVIDIA A100-SXM4-80GB", 52, 85, 360, 400, 80, 1410, 1593),
+    "H100-PCIE": SimulatedProduct("NVIDIA H100 PCIe", 48, 82, 290, 350, 80, 1755, 1593),
+    "H100-SXM": SimulatedProduct("NVIDIA H100 80GB HBM3", 72, 110, 600, 700, 80, 1980, 2619),
+}
+DEFAULT_PRODUCT = "T4"
+#: Device memory a resident TF Serving model holds in the simulation (context plus a small model).
+RESIDENT_MEMORY_BYTES = 1 << 30
+
+
+def product(key: str) -> SimulatedProduct:
+    try:
+        return PRODUCTS[key]
+    except KeyError:
+        raise ValueError(f"unknown simulated GPU {key!r}; one of {', '.join(PRODUCTS)}") from None
+
+
+class SimulatedState:
+    """What the supervisor tells the simulation: is a model resident, how busy are we."""
+
+    def __init__(self, activity: Callable[[], float] | None = None) -> None:
+        self.resident = False
+        self._activity = activity or (lambda: 0.0)
+
+    def activity(self) -> float:
+        return min(1.0, max(0.0, self._activity()))
+
+
+class SimulatedDevice:
+    def __init__(
+        self,
+        index: int,
+        spec: SimulatedProduct,
+        state: SimulatedState,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._index = index
+        self.spec = spec
+        self._state = state
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"greenserve-sim/{socket.gethostname()}/{index}"))
+        self._last = clock()
+        self._energy_mj = 0.0
+        self._power_w = self._model_power(0.0)
+        self._activity = 0.0
+
+    def _model_power(self, activity: float) -> float:
+        s = self.spec
+        if not self._state.resident:
+            return s.bare_w
+        return s.loaded_w + (s.serving_w - s.loaded_w) * activity
+
+    def _advance(self) -> None:
+        """Integrate the power of the elapsed interval, then take the new state's power."""
+        with self._lock:
+            now = self._clock()
+            activity = self._state.activity()
+            # The activity is the busy fraction of the interval just ended, so it sets that interval's power.
+            power = self._model_power(activity)
+            self._energy_mj += power * max(0.0, now - self._last) * 1000.0
+            self._last = now
+            self._power_w = power
+            self._activity = activity if self._state.resident else 0.0
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    def uuid(self) -> str:
+        return self._uuid
+
+    def name(self) -> str:
+        return self.spec.name
+
+    def power_mw(self) -> int:
+        self._advance()
+        return round(self._power_w * 1000)
+
+    def total_energy_mj(self) -> int:
+        self._advance()
+        return int(self._energy_mj)
+
+    def utilization(self) -> Utilization:
+        pct = round(self._activity * 100)
+        return Utilization(pct, round(pct * 0.4))
+
+    def memory(self) -> MemoryInfo:
+        total = self.spec.memory_gib << 30
+        return MemoryInfo(RESIDENT_MEMORY_BYTES if self._state.resident else 0, total)
+
+    def clock_mhz(self, kind: ClockKind) -> int:
+        s = self.spec
+        if kind == "mem":
+            return s.mem_clock_mhz if self._state.resident else s.mem_clock_mhz // 10
+        if not self._state.resident:
+            return s.sm_clock_idle_mhz
+        return round(s.sm_clock_idle_mhz + (s.sm_clock_max_mhz - s.sm_clock_idle_mhz) * max(self._activity, 0.5))
+
+    def power_limit_mw(self) -> int:
+        return round(self.spec.limit_w * 1000)
+
+
+class SimulatedNvml:
+    """An :class:`~greenserve_agent.nvml.NvmlPort` of ``count`` simulated GPUs of one product."""
+
+    simulated = True
+
+    def __init__(
+        self,
+        product_key: str = DEFAULT_PRODUCT,
+        count: int = 1,
+        state: SimulatedState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state or SimulatedState()
+        spec = product(product_key)
+        self._devices = [SimulatedDevice(i, spec, self.state, clock) for i in range(count)]
+
+    def devices(self) -> Sequence[GpuDevice]:
+        return self._devices
+
+    def shutdown(self) -> None:
+        return None

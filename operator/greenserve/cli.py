@@ -18,7 +18,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=args.liveness,
-        peering_name=args.peering,
+        peering_name=None if args.standalone else args.peering,
         priority=args.priority,
     )
     return 0

@@ -137,10 +137,10 @@ AGENT_INFO: Final = MetricSpec(
     "The agent build, the model server it supervises (tfserving or local) and the model name.",
 )
 AGENT_READY: Final = MetricSpec(
-    PREFIX + "agent_ready", "gauge", "", (), "1 while the replica reports ready, 0 while starting or draining."
+    PREFIX + "agent_ready", "gauge", "", (), "1 while the replica is ready, 0 while starting or draining."
 )
 AGENT_INFLIGHT: Final = MetricSpec(
-    PREFIX + "agent_inflight_requests", "gauge", "", (), "REST requests currently proxied to the model server."
+    PREFIX + "agent_inflight_requests", "gauge", "", (), "REST requests being proxied now."
 )
 REQUESTS: Final = MetricSpec(
     PREFIX + "requests_total",
@@ -245,3 +245,69 @@ def kubernetes_pod_scrape_config(job_name: str = "greenserve-agents", interval: 
             {"source_labels": [SD_POD_LABEL_MODELSERVICE], "target_label": LABEL_MODELSERVICE},
         ],
     }
+
+
+# --- the operator's own metrics, one series per ModelService --------------------------------------------
+_MSVC_LABELS: Final = (LABEL_NAMESPACE, LABEL_MODELSERVICE)
+OP_POWER: Final = MetricSpec(
+    PREFIX + "modelservice_power_watts", "gauge", "watts", _MSVC_LABELS, "GPU power of the ModelService."
+)
+OP_ENERGY: Final = MetricSpec(
+    PREFIX + "modelservice_energy_joules",
+    "gauge",
+    "joules",
+    _MSVC_LABELS,
+    "Cumulative GPU energy of the ModelService as written to its status (survives replica moves).",
+)
+OP_RPS: Final = MetricSpec(
+    PREFIX + "modelservice_requests_per_second", "gauge", "", _MSVC_LABELS, "Requests per second."
+)
+OP_JPR: Final = MetricSpec(
+    PREFIX + "modelservice_joules_per_request", "gauge", "joules", _MSVC_LABELS, "GPU energy per request."
+)
+OP_CO2: Final = MetricSpec(
+    PREFIX + "modelservice_co2e_grams",
+    "gauge",
+    "grams",
+    _MSVC_LABELS,
+    "Cumulative emissions: energy times the configured grid carbon intensity.",
+)
+OP_REPLICAS_DESIRED: Final = MetricSpec(
+    PREFIX + "modelservice_replicas_desired", "gauge", "", _MSVC_LABELS, "Replicas the operator wants."
+)
+OP_REPLICAS_READY: Final = MetricSpec(
+    PREFIX + "modelservice_replicas_ready", "gauge", "", _MSVC_LABELS, "Replicas that are ready."
+)
+OP_METRICS_STALE: Final = MetricSpec(
+    PREFIX + "modelservice_metrics_stale",
+    "gauge",
+    "",
+    _MSVC_LABELS,
+    "1 when the last metrics read for the ModelService was stale or incomplete.",
+)
+OP_SCALE_DECISIONS: Final = MetricSpec(
+    PREFIX + "modelservice_scale_decisions_total",
+    "counter",
+    "",
+    (*_MSVC_LABELS, "direction"),
+    "Replica count changes decided by the operator (direction up or down).",
+)
+OP_MOVES: Final = MetricSpec(
+    PREFIX + "modelservice_moves_total",
+    "counter",
+    "",
+    (*_MSVC_LABELS, "reason"),
+    "Replicas moved (make-before-break) by consolidation.",
+)
+OPERATOR_METRICS: Final = (
+    OP_POWER,
+    OP_ENERGY,
+    OP_RPS,
+    OP_JPR,
+    OP_CO2,
+    OP_REPLICAS_DESIRED,
+    OP_REPLICAS_READY,
+    OP_METRICS_STALE,
+    OP_SCALE_DECISIONS,
+    OP_MOVES,
+)

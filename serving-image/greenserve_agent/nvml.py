@@ -19,7 +19,7 @@ ClockKind = Literal["sm", "mem"]
 T = TypeVar("T")
 
 
-class FieldUnavailable(Exception):  # noqa: N818 - it is a condition, not a failure of the agent
+class FieldUnavailable(Exception):
     """NVML could not provide one field (NotSupported, NoPermission, GpuIsLost, ...)."""
 
     def __init__(self, reason: str) -> None:
@@ -27,7 +27,7 @@ class FieldUnavailable(Exception):  # noqa: N818 - it is a condition, not a fail
         self.reason = reason
 
 
-class NvmlUnavailable(Exception):  # noqa: N818
+class NvmlUnavailable(Exception):
     """NVML itself cannot be used here (no driver, no library, no device)."""
 
 

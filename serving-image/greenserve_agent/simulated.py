@@ -65,14 +65,12 @@ def product(key: str) -> SimulatedProduct:
 
 
 class SimulatedState:
-    """What the supervisor tells the simulation: is a model resident, how busy are we."""
+    """What the supervisor tells the simulation: is a model resident, and a monotonic count of the seconds
+    in which at least one request was in flight (each device derives its own activity from it)."""
 
-    def __init__(self, activity: Callable[[], float] | None = None) -> None:
+    def __init__(self, busy_seconds: Callable[[], float] | None = None) -> None:
         self.resident = False
-        self._activity = activity or (lambda: 0.0)
-
-    def activity(self) -> float:
-        return min(1.0, max(0.0, self._activity()))
+        self.busy_seconds = busy_seconds or (lambda: 0.0)
 
 
 class SimulatedDevice:
@@ -88,8 +86,10 @@ class SimulatedDevice:
         self._state = state
         self._clock = clock
         self._lock = threading.Lock()
-        self._uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"greenserve-sim/{socket.gethostname()}/{index}"))
+        seed = f"greenserve-sim/{socket.gethostname()}/{index}"
+        self._uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, seed))
         self._last = clock()
+        self._last_busy = state.busy_seconds()
         self._energy_mj = 0.0
         self._power_w = self._model_power(0.0)
         self._activity = 0.0
@@ -104,11 +104,15 @@ class SimulatedDevice:
         """Integrate the power of the elapsed interval, then take the new state's power."""
         with self._lock:
             now = self._clock()
-            activity = self._state.activity()
-            # The activity is the busy fraction of the interval just ended, so it sets that interval's power.
+            dt = now - self._last
+            if dt <= 0:
+                return  # same instant (power then energy in one scrape): keep the reading
+            busy = self._state.busy_seconds()
+            # The busy fraction of the interval just ended sets that interval's power.
+            activity = min(1.0, max(0.0, (busy - self._last_busy) / dt))
             power = self._model_power(activity)
-            self._energy_mj += power * max(0.0, now - self._last) * 1000.0
-            self._last = now
+            self._energy_mj += power * dt * 1000.0
+            self._last, self._last_busy = now, busy
             self._power_w = power
             self._activity = activity if self._state.resident else 0.0
 
@@ -144,7 +148,8 @@ class SimulatedDevice:
             return s.mem_clock_mhz if self._state.resident else s.mem_clock_mhz // 10
         if not self._state.resident:
             return s.sm_clock_idle_mhz
-        return round(s.sm_clock_idle_mhz + (s.sm_clock_max_mhz - s.sm_clock_idle_mhz) * max(self._activity, 0.5))
+        span = s.sm_clock_max_mhz - s.sm_clock_idle_mhz
+        return round(s.sm_clock_idle_mhz + span * max(self._activity, 0.5))
 
     def power_limit_mw(self) -> int:
         return round(self.spec.limit_w * 1000)

@@ -29,6 +29,7 @@ echo $! >"$STATE/operator.pid"
 step "Apply examples/resnet.yaml and wait for Ready"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
 t_apply=$SECONDS
+kubectl apply -f examples/model-store.yaml
 kubectl apply -n demo -f examples/resnet.yaml
 kubectl wait -n demo --for=condition=Ready msvc/resnet --timeout=180s
 echo "ModelService Ready $((SECONDS - t_apply)) s after kubectl apply"

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 def modelservice(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": {"name": "resnet", "storageUri": "pvc://models/resnet"},
+        "model": {"name": "resnet", "storageUri": "/models/resnet"},
         "scaling": {"minReplicas": 2, "maxReplicas": 4},
     }
     body.update(spec)

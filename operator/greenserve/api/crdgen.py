@@ -5,7 +5,7 @@ when the file differs from what the types produce (CI runs the check through a u
 
 Pydantic's JSON schema is not structural (it uses $ref, anyOf-with-null, titles), so it is rewritten
 into the OpenAPI v3 subset the API server accepts: refs inlined, optionals unwrapped, defaults made
-explicit (an object field defaults to {} so the API server applies the nested defaults).
+explicit (an object field defaults to its full default value).
 """
 
 from __future__ import annotations
@@ -39,12 +39,8 @@ def _models() -> dict[str, type[BaseModel]]:
 def _factory_default(info: FieldInfo) -> Any:
     value = info.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
-        try:
-            plain = type(value)()
-        except ValueError:
-            plain = None
-        if value == plain:
-            return {}  # the API server fills the nested fields from their own defaults
+        # The full object, not {}: the API server checks defaults against CEL rules without first
+        # applying the nested defaults, so {} fails a rule such as minReplicas <= maxReplicas.
         return value.model_dump(by_alias=True, exclude_none=True, mode="json")
     if isinstance(value, list):
         return [

@@ -78,7 +78,7 @@ def test_nested_defaults_match_the_types() -> None:
     crd = yaml.safe_load(CRD_PATH.read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     resources = spec["runtime"]["properties"]["resources"]
-    assert resources["default"] == {}  # the API server then fills requests and limits from their defaults
+    assert resources["default"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
     requests = resources["properties"]["requests"]["default"]
     assert requests == {"cpu": "1", "memory": "2Gi"}
     assert spec["gpu"]["properties"]["tolerations"]["default"] == [

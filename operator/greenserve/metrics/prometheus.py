@@ -1,0 +1,397 @@
+"""MetricsSource over the Prometheus HTTP API (``/api/v1/query``).
+
+Queries are built from :mod:`greenserve.contract`. Per ModelService the source reads the agents' series,
+which carry the ``namespace``/``modelservice``/``pod`` target labels from the scrape config
+(:func:`greenserve.contract.kubernetes_pod_scrape_config`). Where no agent series exist (a plain TF Serving
+image) it falls back to NVIDIA's dcgm-exporter, matched on ``namespace`` and the pods the operator passes,
+with traffic still from TF Serving's own ``:tensorflow:serving:*`` metrics.
+
+Freshness: an instant query returns a series' last sample up to Prometheus' lookback (5 min by default),
+so each read also asks for ``timestamp()`` and marks the result stale when the oldest newest-sample is
+older than ``stale_after_s``. A series that Prometheus has marked stale (target gone) is simply absent:
+the field comes back None and is listed in ``missing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+
+from greenserve import contract as k
+from greenserve.metrics.types import GpuMetrics, PodRef, ServiceMetrics, SourceKind
+
+log = logging.getLogger(__name__)
+
+GpuSourceMode = Literal["auto", "agent", "dcgm"]
+
+
+class PrometheusError(Exception):
+    """The Prometheus API could not be queried (unreachable, bad query)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: dict[str, str]
+    value: float
+    timestamp: float
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def selector(name: str | None = None, **matchers: str) -> str:
+    """``{__name__="...", key="value", key=~"regex"}``; a value starting with ``~`` is a regex matcher.
+    The ``__name__`` form keeps TF Serving's colon-prefixed names unambiguous."""
+    parts = [f"__name__={_quote(name)}"] if name else []
+    for key, value in matchers.items():
+        if value.startswith("~"):
+            parts.append(f"{key}=~{_quote(value[1:])}")
+        else:
+            parts.append(f"{key}={_quote(value)}")
+    return "{" + ",".join(parts) + "}"
+
+
+def pods_regex(pods: Sequence[PodRef]) -> str:
+    return "~" + "|".join(re.escape(p.name) for p in pods)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+class PrometheusSource:
+    """See the module docstring. ``window_s`` is the rate window; pick at least 4 scrape intervals."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        window_s: float = 60.0,
+        stale_after_s: float = 120.0,
+        gpu_source: GpuSourceMode = "auto",
+        timeout_s: float = 5.0,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.window_s = window_s
+        self.stale_after_s = stale_after_s
+        self.gpu_source = gpu_source
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+
+    @property
+    def _window(self) -> str:
+        return f"{max(1, round(self.window_s))}s"
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    async def query(self, promql: str) -> list[Sample]:
+        """An instant query; returns the vector (a scalar result becomes one sample without labels)."""
+        session = await self._http()
+        try:
+            async with session.post(
+                f"{self.url}/api/v1/query", data={"query": promql}, timeout=self._timeout
+            ) as resp:
+                body: dict[str, Any] = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PrometheusError(f"{promql}: {type(exc).__name__}: {exc}") from exc
+        if body.get("status") != "success":
+            raise PrometheusError(f"{promql}: {body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            ts, val = data["result"]
+            return [Sample({}, float(val), float(ts))]
+        if data["resultType"] != "vector":
+            raise PrometheusError(f"{promql}: unexpected result type {data['resultType']}")
+        return [
+            Sample(dict(r["metric"]), float(r["value"][1]), float(r["value"][0])) for r in data["result"]
+        ]
+
+    async def _scalar(self, promql: str) -> float | None:
+        """The single value of an aggregating query; None when there are no series (or NaN/Inf)."""
+        samples = await self.query(promql)
+        return _finite(samples[0].value) if samples else None
+
+    # --- per ModelService ----------------------------------------------------------------------------
+
+    async def service_metrics(
+        self, namespace: str, name: str, pods: Sequence[PodRef] | None = None
+    ) -> ServiceMetrics:
+        try:
+            if self.gpu_source in ("auto", "agent"):
+                result = await self._agent_service(namespace, name, pods)
+                if result.power_w is not None or self.gpu_source == "agent" or not pods:
+                    return result
+            if pods:
+                return await self._dcgm_service(namespace, name, pods)
+            return ServiceMetrics(namespace, name, missing=("pods",), window_s=self.window_s)
+        except PrometheusError as exc:
+            log.warning("metrics for %s/%s unavailable: %s", namespace, name, exc)
+            return ServiceMetrics(namespace, name, missing=("prometheus",), window_s=self.window_s)
+
+    def _traffic_queries(self, sel: dict[str, str]) -> dict[str, str]:
+        w = self._window
+        buckets = selector(k.TFS_REQUEST_LATENCY + "_bucket", **sel)
+        return {
+            "requests": f"sum(increase({selector(k.TFS_REQUEST_COUNT, **sel)}[{w}]))",
+            "agent_requests": f"sum(increase({selector(k.REQUESTS.name, **sel)}[{w}]))",
+            "latency_p95": f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{w}])))",
+        }
+
+    async def _gather(self, queries: dict[str, str]) -> dict[str, list[Sample]]:
+        keys = list(queries)
+        results = await asyncio.gather(*(self.query(queries[key]) for key in keys))
+        return dict(zip(keys, results, strict=True))
+
+    async def _agent_service(
+        self, namespace: str, name: str, pods: Sequence[PodRef] | None
+    ) -> ServiceMetrics:
+        sel = {k.LABEL_NAMESPACE: namespace, k.LABEL_MODELSERVICE: name}
+        if pods:
+            sel[k.LABEL_POD] = pods_regex(pods)
+        w = self._window
+        power = selector(k.GPU_POWER.name, **sel)
+        energy = selector(k.GPU_ENERGY.name, **sel)
+        q = {
+            "power": f"sum({power})",
+            "gpus": f"count({power})",
+            "stamp": f"min(timestamp({power}))",
+            "pod_energy": f"sum by ({k.LABEL_POD}) ({energy})",
+            "energy_window": f"sum(increase({energy}[{w}]))",
+            "utilization": f"avg({selector(k.GPU_UTILIZATION.name, **sel)})",
+            "simulated": f"max({selector(k.AGENT_SIMULATED.name, **sel)})",
+            **self._traffic_queries(sel),
+        }
+        r = await self._gather(q)
+        pod_energy = {s.labels.get(k.LABEL_POD, ""): s.value for s in r["pod_energy"]}
+        sim = _value(r["simulated"])
+        # Pods the operator expects but Prometheus has no (fresh) series for: partial sums, say so.
+        absent = [f"pod:{p.name}" for p in pods or () if p.name not in pod_energy]
+        return self._assemble(
+            namespace,
+            name,
+            r,
+            source="prometheus/agent",
+            energy_j=sum(pod_energy.values()) if pod_energy else None,
+            pod_energy=pod_energy,
+            simulated=None if sim is None else sim > 0,
+            replicas=len(pod_energy),
+            absent_pods=absent,
+        )
+
+    async def _dcgm_service(self, namespace: str, name: str, pods: Sequence[PodRef]) -> ServiceMetrics:
+        sel = {k.LABEL_NAMESPACE: namespace, k.LABEL_POD: pods_regex(pods)}
+        w = self._window
+        power = selector(k.DCGM_POWER, **sel)
+        q = {
+            "power": f"sum({power})",
+            "gpus": f"count({power})",
+            "pods": f"count by ({k.LABEL_POD}) ({power})",
+            "stamp": f"min(timestamp({power}))",
+            "energy_window": (
+                f"sum(increase({selector(k.DCGM_ENERGY, **sel)}[{w}])) * {k.DCGM_ENERGY_UNIT_J}"
+            ),
+            "utilization": f"avg({selector(k.DCGM_GPU_UTIL, **sel)}) * {k.DCGM_UTIL_UNIT_RATIO}",
+            # TF Serving's metrics come from the pods' own scrape (agent or plain TF Serving).
+            **self._traffic_queries({k.LABEL_NAMESPACE: namespace, k.LABEL_POD: pods_regex(pods)}),
+        }
+        r = await self._gather(q)
+        reporting = {s.labels.get(k.LABEL_POD) for s in r["pods"]}
+        # DCGM's counter runs since the driver loaded, not since the pod started: no per-service total.
+        return self._assemble(
+            namespace,
+            name,
+            r,
+            source="prometheus/dcgm",
+            energy_j=None,
+            pod_energy={},
+            simulated=False if r["power"] else None,
+            replicas=len(r["pods"]),
+            absent_pods=[f"pod:{p.name}" for p in pods if p.name not in reporting],
+            energy_not_applicable=True,
+        )
+
+    def _assemble(
+        self,
+        namespace: str,
+        name: str,
+        r: dict[str, list[Sample]],
+        *,
+        source: SourceKind,
+        energy_j: float | None,
+        pod_energy: dict[str, float],
+        simulated: bool | None,
+        replicas: int,
+        absent_pods: list[str],
+        energy_not_applicable: bool = False,
+    ) -> ServiceMetrics:
+        missing: list[str] = list(absent_pods)
+        power = _value(r["power"])
+        if power is None:
+            missing.append("power")
+        if energy_j is None and not energy_not_applicable:
+            missing.append("energy")
+        energy_window = _value(r["energy_window"])
+        if energy_window is None:
+            missing.append("energy_window")
+        utilization = _value(r["utilization"])
+        if utilization is None:
+            missing.append("gpu_utilization")
+        # TF Serving counts every request (REST and gRPC); the agent's own counter is the fallback.
+        requests = _value(r["requests"])
+        if requests is None:
+            requests = _value(r["agent_requests"])
+        if requests is None:
+            missing.append("requests")
+        rps = None if requests is None else requests / self.window_s
+        jpr = None
+        if energy_window is not None and requests is not None and requests > 0:
+            jpr = energy_window / requests
+        p95 = _value(r["latency_p95"])
+        latency_ms = None if p95 is None else p95 * k.TFS_LATENCY_UNIT_S * 1000.0
+        stamp = _value(r["stamp"])
+        stale = stamp is None or bool(absent_pods) or self._clock() - stamp > self.stale_after_s
+        gpus = _value(r["gpus"])
+        return ServiceMetrics(
+            namespace=namespace,
+            name=name,
+            power_w=power,
+            energy_j=energy_j,
+            energy_window_j=energy_window,
+            requests_per_s=rps,
+            joules_per_request=jpr,
+            gpu_utilization=utilization,
+            latency_p95_ms=latency_ms,
+            replicas_reporting=replicas,
+            gpus=None if gpus is None else int(gpus),
+            simulated=simulated,
+            pod_energy_j=pod_energy,
+            window_s=self.window_s,
+            sampled_at=stamp,
+            stale=stale,
+            missing=tuple(missing),
+            source=source,
+        )
+
+    # --- per node ------------------------------------------------------------------------------------
+
+    async def node_gpu_metrics(self, node: str | None = None) -> list[GpuMetrics]:
+        """GPUs from the agents (``node`` target label) and from dcgm-exporter (``Hostname`` or
+        ``hostname``); a GPU both report (same UUID) is taken from the agent."""
+        try:
+            agent, dcgm = await asyncio.gather(self._agent_gpus(node), self._dcgm_gpus(node))
+        except PrometheusError as exc:
+            log.warning("node GPU metrics unavailable: %s", exc)
+            return []
+        seen = {g.uuid for g in agent if g.uuid}
+        return agent + [g for g in dcgm if not g.uuid or g.uuid not in seen]
+
+    def _fresh(self, ts: float | None) -> bool:
+        return ts is not None and self._clock() - ts <= self.stale_after_s
+
+    async def _agent_gpus(self, node: str | None) -> list[GpuMetrics]:
+        sel = {k.LABEL_NODE: node} if node else {}
+        q = {
+            "power": selector(k.GPU_POWER.name, **sel),
+            "energy": selector(k.GPU_ENERGY.name, **sel),
+            "util": selector(k.GPU_UTILIZATION.name, **sel),
+        }
+        r = await self._gather(q)
+        key_labels = (k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_GPU)
+
+        def key(s: Sample) -> tuple[str, ...]:
+            return tuple(s.labels.get(label, "") for label in key_labels)
+
+        energy = {key(s): s.value for s in r["energy"]}
+        util = {key(s): s.value for s in r["util"]}
+        return [
+            GpuMetrics(
+                node=s.labels.get(k.LABEL_NODE),
+                gpu=s.labels.get(k.LABEL_GPU, ""),
+                uuid=s.labels.get(k.LABEL_UUID),
+                power_w=s.value,
+                energy_j=energy.get(key(s)),
+                utilization=util.get(key(s)),
+                namespace=s.labels.get(k.LABEL_NAMESPACE),
+                pod=s.labels.get(k.LABEL_POD),
+                modelservice=s.labels.get(k.LABEL_MODELSERVICE),
+                simulated=s.labels.get(k.LABEL_SIMULATED) == "true",
+                sampled_at=s.timestamp,
+                stale=not self._fresh(s.timestamp),
+                source="prometheus/agent",
+            )
+            for s in r["power"]
+        ]
+
+    def _dcgm_vector(self, metric: str, node: str | None) -> str:
+        if node is None:
+            return selector(metric)
+        # dcgm-exporter renamed Hostname to hostname after 4.5.3-4.8.2: accept either.
+        return " or ".join(selector(metric, **{label: node}) for label in k.DCGM_HOST_LABELS)
+
+    async def _dcgm_gpus(self, node: str | None) -> list[GpuMetrics]:
+        q = {
+            "power": self._dcgm_vector(k.DCGM_POWER, node),
+            "energy": self._dcgm_vector(k.DCGM_ENERGY, node),
+            "util": self._dcgm_vector(k.DCGM_GPU_UTIL, node),
+            "stamp": f"timestamp({self._dcgm_vector(k.DCGM_POWER, node)})",
+        }
+        r = await self._gather(q)
+
+        def host(s: Sample) -> str | None:
+            for label in k.DCGM_HOST_LABELS:
+                if s.labels.get(label):
+                    return s.labels[label]
+            return None
+
+        def key(s: Sample) -> tuple[str | None, str]:
+            return host(s), s.labels.get(k.DCGM_LABEL_UUID) or s.labels.get(k.DCGM_LABEL_GPU, "")
+
+        energy = {key(s): s.value * k.DCGM_ENERGY_UNIT_J for s in r["energy"]}
+        util = {key(s): s.value * k.DCGM_UTIL_UNIT_RATIO for s in r["util"]}
+        stamps = {key(s): s.value for s in r["stamp"]}
+        out: list[GpuMetrics] = []
+        for s in r["power"]:
+            ts = stamps.get(key(s))
+            out.append(
+                GpuMetrics(
+                    node=host(s),
+                    gpu=s.labels.get(k.DCGM_LABEL_GPU, ""),
+                    uuid=s.labels.get(k.DCGM_LABEL_UUID),
+                    power_w=s.value,
+                    energy_j=energy.get(key(s)),
+                    utilization=util.get(key(s)),
+                    namespace=s.labels.get(k.LABEL_NAMESPACE) or None,
+                    pod=s.labels.get(k.LABEL_POD) or None,  # "" = GPU allocated to no pod
+                    modelservice=None,
+                    simulated=False,
+                    sampled_at=ts,
+                    stale=not self._fresh(ts),
+                    source="prometheus/dcgm",
+                )
+            )
+        return out
+
+
+def _value(samples: list[Sample]) -> float | None:
+    return _finite(samples[0].value) if samples else None

@@ -1,0 +1,291 @@
+"""MetricsSource that scrapes the agents' ``/metrics`` directly (no Prometheus in the cluster).
+
+The operator passes the pods (with IPs) it already knows from its index; each call scrapes them
+concurrently and parses the exposition with prometheus_client's parser. Gauges (power, utilization) come
+from the current scrape; rates (requests per second, joules per request, latency) need two scrapes of the
+same pod, so they are None on the first call for a pod and filled from the second on. A pod that does not
+answer is listed in ``missing`` as ``pod:<name>`` and left out of the sums; it never counts as zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenserve import contract as k
+from greenserve.metrics.types import GpuMetrics, PodRef, ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PodScrape:
+    """What one scrape of one agent says, reduced to what the operator uses."""
+
+    at: float
+    power_w: float | None = None
+    energy_j: float | None = None
+    utilization: float | None = None
+    gpus: int = 0
+    simulated: bool | None = None
+    requests: float | None = None  # TF Serving's request_count, else the agent's requests_total
+    latency_buckets: dict[float, float] = field(default_factory=dict)  # le (us) -> cumulative count
+    gpu_rows: list[dict[str, str | float]] = field(default_factory=list)
+
+
+def parse_exposition(text: str, at: float) -> PodScrape:
+    out = PodScrape(at=at)
+    power: list[float] = []
+    energy: list[float] = []
+    util: list[float] = []
+    tfs_requests: float | None = None
+    agent_requests: float | None = None
+    per_gpu: dict[str, dict[str, str | float]] = {}
+    for family in text_string_to_metric_families(text):
+        # A declared request counter without series means no request yet: a measured zero.
+        if family.name == k.TFS_REQUEST_COUNT and tfs_requests is None:
+            tfs_requests = 0.0
+        elif family.name == k.REQUESTS.family and agent_requests is None:
+            agent_requests = 0.0
+        for s in family.samples:
+            name, labels, value = s.name, s.labels, s.value
+            gpu = labels.get(k.LABEL_GPU, "")
+            if name == k.GPU_POWER.name:
+                power.append(value)
+                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["power_w"] = value
+                out.simulated = labels.get(k.LABEL_SIMULATED) == "true"
+            elif name == k.GPU_ENERGY.name:
+                energy.append(value)
+                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["energy_j"] = value
+            elif name == k.GPU_UTILIZATION.name:
+                util.append(value)
+                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["utilization"] = value
+            elif name == k.AGENT_SIMULATED.name:
+                out.simulated = value > 0
+            # prometheus_client's parser names a counter's samples `<family>_total` even when the
+            # exposition (TF Serving's) has no suffix.
+            elif family.name == k.TFS_REQUEST_COUNT and name.startswith(k.TFS_REQUEST_COUNT):
+                tfs_requests = (tfs_requests or 0.0) + value
+            elif name == k.REQUESTS.name:
+                agent_requests = (agent_requests or 0.0) + value
+            elif name == k.TFS_REQUEST_LATENCY + "_bucket":
+                le = float(labels["le"])
+                out.latency_buckets[le] = out.latency_buckets.get(le, 0.0) + value
+    out.power_w = sum(power) if power else None
+    out.energy_j = sum(energy) if energy else None
+    out.utilization = sum(util) / len(util) if util else None
+    out.gpus = len(power)
+    out.requests = tfs_requests if tfs_requests is not None else agent_requests
+    out.gpu_rows = [{"gpu": g, **row} for g, row in sorted(per_gpu.items())]
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative ``{le: count}``; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or not math.isinf(bounds[-1]):
+        return None
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound  # the quantile lies in the +Inf bucket: the highest finite bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return None
+
+
+def _delta(now: float, before: float) -> float:
+    """Counter increase; a smaller value means the counter restarted (the pod's agent restarted)."""
+    return now - before if now >= before else now
+
+
+class ScrapeSource:
+    def __init__(
+        self,
+        *,
+        stale_after_s: float = 120.0,
+        timeout_s: float = 3.0,
+        scheme: str = "http",
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stale_after_s = stale_after_s
+        self.scheme = scheme
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._last: dict[tuple[str, str], PodScrape] = {}
+        self._known_pods: dict[tuple[str, str], PodRef] = {}
+        self._members: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    async def scrape(self, pod: PodRef) -> PodScrape | None:
+        if not pod.ip:
+            return None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
+        url = f"{self.scheme}://{host}:{pod.metrics_port}{k.AGENT_METRICS_PATH}"
+        try:
+            async with self._session.get(url, timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    log.info("scrape %s/%s: HTTP %d", pod.namespace, pod.name, resp.status)
+                    return None
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("scrape %s/%s failed: %s", pod.namespace, pod.name, exc)
+            return None
+        try:
+            return parse_exposition(text, self._clock())
+        except ValueError as exc:
+            log.warning("scrape %s/%s: unparsable exposition: %s", pod.namespace, pod.name, exc)
+            return None
+
+    async def service_metrics(
+        self, namespace: str, name: str, pods: Sequence[PodRef] | None = None
+    ) -> ServiceMetrics:
+        if not pods:
+            # Without a pod list there is nothing to scrape: report it, don't guess.
+            return ServiceMetrics(namespace, name, missing=("pods",))
+        for pod in pods:
+            self._known_pods[(pod.namespace, pod.name)] = pod
+        scrapes = await asyncio.gather(*(self.scrape(p) for p in pods))
+        missing: list[str] = []
+        now: dict[str, PodScrape] = {}
+        pairs: list[tuple[PodScrape, PodScrape]] = []
+        for pod, sc in zip(pods, scrapes, strict=True):
+            key = (pod.namespace, pod.name)
+            if sc is None:
+                missing.append(f"pod:{pod.name}")
+                continue
+            now[pod.name] = sc
+            prev = self._last.get(key)
+            if prev is not None and sc.at > prev.at:
+                pairs.append((prev, sc))
+            self._last[key] = sc
+        # Forget this service's pods that are gone, so their state does not grow without bound.
+        alive = {(p.namespace, p.name) for p in pods}
+        for key in self._members.get((namespace, name), set()) - alive:
+            self._last.pop(key, None)
+            self._known_pods.pop(key, None)
+        self._members[(namespace, name)] = alive
+        return self._assemble(namespace, name, now, pairs, missing)
+
+    def _assemble(
+        self,
+        namespace: str,
+        name: str,
+        now: dict[str, PodScrape],
+        pairs: list[tuple[PodScrape, PodScrape]],
+        missing: list[str],
+    ) -> ServiceMetrics:
+        def total(values: Iterable[float | None]) -> float | None:
+            got = [v for v in values if v is not None]
+            return sum(got) if got else None
+
+        power = total(s.power_w for s in now.values())
+        pod_energy = {pod: s.energy_j for pod, s in now.items() if s.energy_j is not None}
+        utils = [s.utilization for s in now.values() if s.utilization is not None]
+        energy_window = requests = window = None
+        latency: dict[float, float] = {}
+        if pairs:
+            energy_window = total(
+                _delta(b.energy_j, a.energy_j)
+                for a, b in pairs
+                if a.energy_j is not None and b.energy_j is not None
+            )
+            # Request counters appear with the first request (TF Serving creates cells lazily): a series
+            # absent from the earlier scrape started from 0 since.
+            requests = total(_delta(b.requests, a.requests or 0.0) for a, b in pairs if b.requests is not None)
+            window = sum(b.at - a.at for a, b in pairs) / len(pairs)
+            for a, b in pairs:
+                for le, count in b.latency_buckets.items():
+                    latency[le] = latency.get(le, 0.0) + _delta(count, a.latency_buckets.get(le, 0.0))
+        rps = None if requests is None or not window else requests / window
+        jpr = energy_window / requests if energy_window is not None and requests else None
+        p95 = histogram_quantile(0.95, latency) if latency else None
+        for field_name, value in (
+            ("power", power),
+            ("energy", total(pod_energy.values())),
+            ("gpu_utilization", utils or None),
+        ):
+            if value is None:
+                missing.append(field_name)
+        if not pairs:
+            missing.extend(("energy_window", "requests"))
+        elif requests is None:
+            missing.append("requests")
+        sims = {s.simulated for s in now.values() if s.simulated is not None}
+        stamp = min((s.at for s in now.values()), default=None)
+        return ServiceMetrics(
+            namespace=namespace,
+            name=name,
+            power_w=power,
+            energy_j=total(pod_energy.values()),
+            energy_window_j=energy_window,
+            requests_per_s=rps,
+            joules_per_request=jpr,
+            gpu_utilization=sum(utils) / len(utils) if utils else None,
+            latency_p95_ms=None if p95 is None else p95 * k.TFS_LATENCY_UNIT_S * 1000.0,
+            replicas_reporting=len(now),
+            gpus=sum(s.gpus for s in now.values()) if now else None,
+            simulated=(True in sims) if sims else None,
+            pod_energy_j=pod_energy,
+            window_s=window or 0.0,
+            sampled_at=stamp,
+            stale=stamp is None or any(m.startswith("pod:") for m in missing)
+            or self._clock() - stamp > self.stale_after_s,
+            missing=tuple(missing),
+            source="scrape",
+        )
+
+    async def node_gpu_metrics(self, node: str | None = None) -> list[GpuMetrics]:
+        """GPUs of the pods this source has scraped (it has no node-wide view without DCGM)."""
+        out: list[GpuMetrics] = []
+        for key, sc in self._last.items():
+            pod = self._known_pods.get(key)
+            if pod is None or (node is not None and pod.node != node):
+                continue
+            for row in sc.gpu_rows:
+                out.append(
+                    GpuMetrics(
+                        node=pod.node,
+                        gpu=str(row["gpu"]),
+                        uuid=str(row.get("uuid")) or None,
+                        power_w=_float(row.get("power_w")),
+                        energy_j=_float(row.get("energy_j")),
+                        utilization=_float(row.get("utilization")),
+                        namespace=pod.namespace,
+                        pod=pod.name,
+                        modelservice=None,
+                        simulated=sc.simulated,
+                        sampled_at=sc.at,
+                        stale=self._clock() - sc.at > self.stale_after_s,
+                        source="scrape",
+                    )
+                )
+        return out
+
+
+def _float(v: str | float | None) -> float | None:
+    return v if isinstance(v, float) else None

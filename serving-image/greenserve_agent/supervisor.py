@@ -1,0 +1,478 @@
+"""The entrypoint supervisor: starts the model server, fronts its REST port, exports telemetry, drains.
+
+Process layout inside the serving container::
+
+    :8501  agent REST front  --proxy-->  127.0.0.1:<internal>  model server REST (TF Serving or local)
+    :8500  gRPC, served by tensorflow_model_server itself (the local backend has no gRPC)
+    :9400  agent /metrics (GPU + agent + TF Serving's request metrics), /ready, /healthz
+
+The agent owns readiness: ``GET /v1/models/<name>`` on the front port (the pod's readinessProbe) answers
+200 only while the backend reports the model AVAILABLE and the agent is not draining.
+
+Drain on SIGTERM (Kubernetes sends it after the preStop sleep, once the endpoint is being removed):
+
+1. readiness turns false at once (probe and ``/ready`` answer 503);
+2. requests keep being accepted and proxied - a client that has not yet seen the endpoint removal is
+   never refused;
+3. once no REST request is in flight and none has arrived for ``drain_quiet_s`` (bounded by
+   ``drain_timeout_s``), the model server is stopped (SIGTERM, then SIGKILL after a grace) and the agent
+   exits 0.
+
+gRPC requests go straight to TF Serving, so the agent cannot count them; they are covered by the quiet
+period and by TF Serving's own shutdown only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from greenserve import __version__
+from greenserve import contract as k
+from greenserve_agent.collectors import GpuCollector, GpuSampler
+from greenserve_agent.nvml import NvmlPort, NvmlUnavailable, PynvmlPort
+from greenserve_agent.simulated import DEFAULT_PRODUCT, SimulatedNvml, SimulatedState
+
+log = logging.getLogger(__name__)
+
+BackendKind = Literal["auto", "tfserving", "local"]
+SimulateMode = Literal["auto", "true", "false"]
+TFS_BINARY = "tensorflow_model_server"
+MONITORING_CONFIG = (
+    'prometheus_config {\n  enable: true,\n  path: "' + k.TFS_MONITORING_PATH + '"\n}\n'
+)
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes.
+_SKIP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding",
+    )
+)
+
+
+@dataclass
+class AgentConfig:
+    model_name: str
+    model_base_path: str
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    metrics_port: int = k.AGENT_METRICS_PORT
+    host: str = "0.0.0.0"
+    backend: BackendKind = "auto"
+    backend_rest_port: int = 0  # 0: a free port on 127.0.0.1
+    monitoring_config_file: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    drain_timeout_s: float = 45.0
+    drain_quiet_s: float = 1.0
+    simulate: SimulateMode = "auto"
+    simulated_product: str = DEFAULT_PRODUCT
+    simulated_count: int = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class InflightTracker:
+    """REST requests in flight, and the busy fraction of wall time (the simulated GPU's activity)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_activity = time.monotonic()
+        self._busy_since: float | None = None
+        self._busy_total = 0.0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        if self.count == 0:
+            self._busy_since = now
+        self.count += 1
+        self.last_activity = now
+
+    def finish(self) -> None:
+        now = time.monotonic()
+        self.count -= 1
+        self.last_activity = now
+        if self.count == 0 and self._busy_since is not None:
+            self._busy_total += now - self._busy_since
+            self._busy_since = None
+
+    def busy_seconds(self) -> float:
+        extra = time.monotonic() - self._busy_since if self._busy_since is not None else 0.0
+        return self._busy_total + extra
+
+
+
+def make_nvml(cfg: AgentConfig, activity: InflightTracker) -> tuple[NvmlPort, SimulatedState | None]:
+    if cfg.simulate != "true":
+        try:
+            return PynvmlPort(), None
+        except NvmlUnavailable as exc:
+            if cfg.simulate == "false":
+                raise
+            log.warning("NVML unavailable (%s)", exc)
+    state = SimulatedState(activity.busy_seconds)
+    port = SimulatedNvml(cfg.simulated_product, cfg.simulated_count, state)
+    log.warning(
+        "SIMULATED GPU: exporting %d simulated %s device(s); every GPU series carries simulated=\"true\"",
+        cfg.simulated_count,
+        cfg.simulated_product,
+    )
+    return port, state
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ready = Gauge(k.AGENT_READY.family, k.AGENT_READY.help, registry=registry)
+        self.inflight = Gauge(k.AGENT_INFLIGHT.family, k.AGENT_INFLIGHT.help, registry=registry)
+        self.requests = Counter(k.REQUESTS.family, k.REQUESTS.help, k.REQUESTS.labels, registry=registry)
+        self.duration = Histogram(
+            k.REQUEST_DURATION.family, k.REQUEST_DURATION.help, k.REQUEST_DURATION.labels, registry=registry
+        )
+        self.info = Info(k.AGENT_INFO.family, k.AGENT_INFO.help, registry=registry)
+
+
+def filter_tfs_exposition(text: str) -> str:
+    """Keep TF Serving's ``:tensorflow:serving:*`` families from a text exposition, verbatim."""
+    keep: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and parts[2].startswith(k.TFS_PREFIX):
+                keep.append(line)
+        elif line.startswith(k.TFS_PREFIX):
+            keep.append(line)
+    return "\n".join(keep) + ("\n" if keep else "")
+
+
+class Supervisor:
+    def __init__(self, cfg: AgentConfig, nvml: NvmlPort | None = None) -> None:
+        self.cfg = cfg
+        self.tracker = InflightTracker()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.metrics = AgentMetrics(self.registry)
+        self.sim_state: SimulatedState | None = None
+        if nvml is None:
+            nvml, self.sim_state = make_nvml(cfg, self.tracker)
+        self.nvml = nvml
+        self.sampler = GpuSampler(nvml)
+        self.registry.register(GpuCollector(self.sampler))
+        self.backend_kind: Literal["tfserving", "local"] = "local"
+        self.backend_port = cfg.backend_rest_port or free_port()
+        self.backend_url = f"http://127.0.0.1:{self.backend_port}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.model_available = False
+        self.draining = False
+        self.stop_requested = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- state ---------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.model_available and not self.draining
+
+    def _set_available(self, available: bool) -> None:
+        if available != self.model_available:
+            log.info("model %s %s", self.cfg.model_name, "AVAILABLE" if available else "not available")
+        self.model_available = available
+        if self.sim_state is not None:
+            self.sim_state.resident = available
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start() first"
+        return self._session
+
+    # --- backend -------------------------------------------------------------------------------------
+
+    def _backend_command(self) -> list[str]:
+        cfg = self.cfg
+        kind = cfg.backend
+        if kind == "auto":
+            kind = "tfserving" if shutil.which(TFS_BINARY) else "local"
+        self.backend_kind = kind
+        if kind == "tfserving":
+            monitoring = cfg.monitoring_config_file or self._write_monitoring_config()
+            return [
+                TFS_BINARY,
+                f"--port={cfg.grpc_port}",
+                f"--rest_api_port={self.backend_port}",
+                f"--model_name={cfg.model_name}",
+                f"--model_base_path={cfg.model_base_path}",
+                f"--monitoring_config_file={monitoring}",
+                *cfg.extra_args,
+            ]
+        log.warning("%s not found: serving with the local TensorFlow backend (REST only)", TFS_BINARY)
+        return [
+            sys.executable, "-m", "greenserve_agent.local_backend",
+            f"--rest_api_port={self.backend_port}", "--host=127.0.0.1",
+            f"--model_name={cfg.model_name}", f"--model_base_path={cfg.model_base_path}",
+            *cfg.extra_args,
+        ]  # fmt: skip
+
+    def _write_monitoring_config(self) -> str:
+        default = "/etc/greenserve/monitoring.config"
+        if os.path.exists(default):
+            return default
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="greenserve-agent-")
+        path = os.path.join(self._tmpdir.name, "monitoring.config")
+        with open(path, "w") as f:
+            f.write(MONITORING_CONFIG)
+        return path
+
+    async def _poll_backend(self) -> None:
+        url = f"{self.backend_url}/v1/models/{self.cfg.model_name}"
+        timeout = aiohttp.ClientTimeout(total=2)
+        while True:
+            available = False
+            try:
+                async with self.session.get(url, timeout=timeout) as resp:
+                    if resp.status == 200:
+                        body = await resp.json(content_type=None)
+                        states = [v.get("state") for v in body.get("model_version_status", [])]
+                        available = "AVAILABLE" in states
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                available = False
+            self._set_available(available)
+            await asyncio.sleep(0.25 if not available else 1.0)
+
+    async def _watch_backend(self) -> None:
+        assert self.process is not None
+        code = await self.process.wait()
+        if not self.draining:
+            log.error("model server exited unexpectedly with %s", code)
+            self.exit_code = code or 1
+            self.stop_requested.set()
+
+    # --- REST front ------------------------------------------------------------------------------------
+
+    async def _front(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == f"/v1/models/{self.cfg.model_name}" and not self.ready:
+            reason = "draining" if self.draining else "model not available yet"
+            return web.json_response({"error": f"{self.cfg.model_name}: {reason}"}, status=503)
+        self.tracker.start()
+        self.metrics.inflight.inc()
+        start = time.perf_counter()
+        code = 502
+        try:
+            body = await request.read()
+            headers = {h: v for h, v in request.headers.items() if h.lower() not in _SKIP_HEADERS}
+            try:
+                async with self.session.request(
+                    request.method, self.backend_url + request.rel_url.raw_path_qs, headers=headers, data=body
+                ) as resp:
+                    payload = await resp.read()
+                    code = resp.status
+                    out_headers = {h: v for h, v in resp.headers.items() if h.lower() not in _SKIP_HEADERS}
+                    return web.Response(body=payload, status=resp.status, headers=out_headers)
+            except aiohttp.ClientError as exc:
+                code = 503
+                return web.json_response({"error": f"model server unreachable: {exc}"}, status=503)
+        finally:
+            self.metrics.duration.labels(self.cfg.model_name).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(self.cfg.model_name, str(code)).inc()
+            self.metrics.inflight.dec()
+            self.tracker.finish()
+
+    # --- metrics server ------------------------------------------------------------------------------
+
+    async def _tfs_metrics(self) -> str:
+        try:
+            async with self.session.get(
+                self.backend_url + k.TFS_MONITORING_PATH, timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
+                if resp.status == 200:
+                    return filter_tfs_exposition(await resp.text())
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # absent from this scrape, never invented
+        return ""
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        tfs = await self._tfs_metrics()
+        # NVML reads can block for milliseconds; keep them off the event loop.
+        own = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=own + tfs.encode(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        status = 200 if self.ready else 503
+        return web.json_response(
+            {"ready": self.ready, "draining": self.draining, "inflight": self.tracker.count}, status=status
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        alive = self.process is not None and self.process.returncode is None
+        return web.json_response({"alive": alive}, status=200 if alive else 503)
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    exit_code: int = 0
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.metrics.info.info(
+            {
+                k.LABEL_VERSION: __version__,
+                k.LABEL_BACKEND: "pending",
+                k.LABEL_MODEL: cfg.model_name,
+                k.LABEL_SIMULATED: "true" if self.nvml.simulated else "false",
+            }
+        )
+        # The first reading is the energy counter's baseline: the exported joules count from agent start.
+        await asyncio.to_thread(self.sampler.sample)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        )
+        cmd = self._backend_command()
+        self.metrics.info.info(
+            {
+                k.LABEL_VERSION: __version__,
+                k.LABEL_BACKEND: self.backend_kind,
+                k.LABEL_MODEL: cfg.model_name,
+                k.LABEL_SIMULATED: "true" if self.nvml.simulated else "false",
+            }
+        )
+        log.info("starting model server: %s", " ".join(cmd))
+        self.process = await asyncio.create_subprocess_exec(*cmd)
+        front = web.Application(client_max_size=1 << 30)
+        front.router.add_route("*", "/{tail:.*}", self._front)
+        side = web.Application()
+        side.router.add_get(k.AGENT_METRICS_PATH, self._metrics)
+        side.router.add_get(k.AGENT_READY_PATH, self._ready)
+        side.router.add_get("/healthz", self._healthz)
+        for app, port in ((front, cfg.rest_port), (side, cfg.metrics_port)):
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            await web.TCPSite(runner, cfg.host, port).start()
+            self._runners.append(runner)
+        log.info("agent REST front on %s:%d, metrics on :%d", cfg.host, cfg.rest_port, cfg.metrics_port)
+        self._tasks = [asyncio.create_task(self._poll_backend()), asyncio.create_task(self._watch_backend())]
+
+    def request_stop(self) -> None:
+        if not self.stop_requested.is_set():
+            log.info("SIGTERM: draining")
+        self.stop_requested.set()
+
+    async def drain(self) -> None:
+        """Stop being ready, let in-flight and late-arriving requests finish, then stop the model server."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.drain_timeout_s
+        log.info("draining: readiness false, %d request(s) in flight", self.tracker.count)
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self.tracker.last_activity
+            if self.tracker.count == 0 and quiet >= cfg.drain_quiet_s:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("drain timeout after %.0fs with %d request(s) in flight", cfg.drain_timeout_s,
+                        self.tracker.count)
+        log.info("drained; stopping the model server")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        self.nvml.shutdown()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self.stop_requested.wait()
+            if self.exit_code == 0:
+                await self.drain()
+        finally:
+            self.draining = True
+            await self.stop()
+        return self.exit_code
+
+
+def parse_args(argv: Sequence[str]) -> AgentConfig:
+    """Agent flags are ``--agent-*``; TF Serving's own flags are accepted as TF Serving spells them and
+    unknown ones are passed to the model server unchanged (the Deployment passes TF Serving's args)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="greenserve-agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving)")
+    p.add_argument("--rest_api_port", type=int, default=8501, help="REST port, fronted by the agent")
+    p.add_argument("--model_name", default=os.environ.get("MODEL_NAME"))
+    p.add_argument("--model_base_path", default=None)
+    p.add_argument("--monitoring_config_file", default=None)
+    p.add_argument("--agent-metrics-port", type=int, default=k.AGENT_METRICS_PORT)
+    p.add_argument("--agent-host", default="0.0.0.0")
+    p.add_argument("--agent-backend", choices=["auto", "tfserving", "local"],
+                   default=os.environ.get("GREENSERVE_BACKEND", "auto"))
+    p.add_argument("--agent-backend-port", type=int, default=0)
+    p.add_argument("--agent-drain-timeout", type=float, default=45.0)
+    p.add_argument("--agent-drain-quiet", type=float, default=1.0)
+    p.add_argument("--agent-simulate", choices=["auto", "true", "false"],
+                   default=os.environ.get(k.ENV_SIMULATE, "auto"))
+    p.add_argument("--agent-simulated-gpu", default=os.environ.get(k.ENV_SIMULATED_PRODUCT, DEFAULT_PRODUCT))
+    p.add_argument("--agent-simulated-gpu-count", type=int,
+                   default=int(os.environ.get(k.ENV_SIMULATED_COUNT, "1")))
+    args, extra = p.parse_known_args(list(argv))
+    if not args.model_name:
+        p.error("--model_name (or MODEL_NAME) is required")
+    base = args.model_base_path
+    if base is None:
+        # TF Serving's image convention: MODEL_BASE_PATH/MODEL_NAME.
+        base = os.path.join(os.environ.get("MODEL_BASE_PATH", "/models"), args.model_name)
+    return AgentConfig(
+        model_name=args.model_name,
+        model_base_path=base,
+        rest_port=args.rest_api_port,
+        grpc_port=args.port,
+        metrics_port=args.agent_metrics_port,
+        host=args.agent_host,
+        backend=args.agent_backend,
+        backend_rest_port=args.agent_backend_port,
+        monitoring_config_file=args.monitoring_config_file,
+        extra_args=extra,
+        drain_timeout_s=args.agent_drain_timeout,
+        drain_quiet_s=args.agent_drain_quiet,
+        simulate=args.agent_simulate,
+        simulated_product=args.agent_simulated_gpu,
+        simulated_count=args.agent_simulated_gpu_count,
+    )

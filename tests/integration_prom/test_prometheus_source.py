@@ -1,0 +1,256 @@
+"""A real Prometheus (Debian's package) scrapes real agents serving a real SavedModel, plus a stand-in
+dcgm-exporter; the operator's PrometheusSource must return each ModelService's power, energy and joules
+per request, match both DCGM host label spellings, and report missing data as missing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import prom_server
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenserve import contract as k
+from greenserve.metrics.prometheus import PrometheusSource
+from greenserve.metrics.scrape import ScrapeSource
+from greenserve.metrics.types import PodRef
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "agent"))
+from agent_proc import MODEL, AgentProcess, make_saved_model, start_agent
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.tensorflow, pytest.mark.slow, pytest.mark.timeout(400)]
+
+WINDOW_S = 20.0
+NS = "ml"
+DCGM_POWER_W = 123.5
+
+
+class FakeDcgm:
+    """dcgm-exporter's exposition: one GPU with the old `Hostname` label serving pod svc-b-0, one idle GPU
+    with the new `hostname` label. The energy counter (mJ) integrates the constant power."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+
+    def text(self) -> str:
+        mj = 5e9 + DCGM_POWER_W * (time.time() - self.t0) * 1000
+        a = 'gpu="0",UUID="GPU-d0",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",Hostname="node-3",'
+        a += f'namespace="{NS}",pod="svc-b-0",container="tfserving"'
+        b = 'gpu="1",UUID="GPU-d1",device="nvidia1",modelName="NVIDIA L4",hostname="node-4",namespace="",pod=""'
+        return (
+            f"# TYPE {k.DCGM_POWER} gauge\n{k.DCGM_POWER}{{{a}}} {DCGM_POWER_W}\n{k.DCGM_POWER}{{{b}}} 16.0\n"
+            f"# TYPE {k.DCGM_ENERGY} counter\n{k.DCGM_ENERGY}{{{a}}} {mj:.0f}\n{k.DCGM_ENERGY}{{{b}}} 42\n"
+            f"# TYPE {k.DCGM_GPU_UTIL} gauge\n{k.DCGM_GPU_UTIL}{{{a}}} 80\n{k.DCGM_GPU_UTIL}{{{b}}} 0\n"
+        )
+
+
+def serve_dcgm(fake: FakeDcgm) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = fake.text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@dataclass
+class Env:
+    prom: prom_server.PrometheusServer
+    agents: dict[str, AgentProcess]  # pod name -> agent
+    pods: list[PodRef]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    binary = prom_server.find_or_install()
+    if binary is None:
+        pytest.skip("Debian's prometheus package is not installed and cannot be installed here")
+    root = tmp_path_factory.mktemp("prom")
+    base = make_saved_model(root / "models")
+    agents = {
+        "svc-a-0": start_agent(base, root / "a0.log"),
+        "svc-a-1": start_agent(base, root / "a1.log", "--agent-simulated-gpu-count=2"),
+    }
+    dcgm = serve_dcgm(FakeDcgm())
+    prom = None
+    try:
+        for agent in agents.values():
+            agent.wait_ready()
+        static = [
+            {
+                "targets": [f"127.0.0.1:{agent.metrics_port}"],
+                # What contract.kubernetes_pod_scrape_config's relabelling writes in a cluster.
+                "labels": {"namespace": NS, "modelservice": "svc-a", "pod": pod, "node": f"node-{i + 1}"},
+            }
+            for i, (pod, agent) in enumerate(agents.items())
+        ]
+        prom = prom_server.start(
+            binary,
+            root,
+            [
+                {"job_name": "greenserve-agents", "static_configs": static},
+                {
+                    "job_name": "dcgm",
+                    "honor_labels": True,  # keep the exporter's pod/namespace labels
+                    "static_configs": [{"targets": [f"127.0.0.1:{dcgm.server_address[1]}"]}],
+                },
+            ],
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = prom.targets_up()
+            if len(health) == 3 and set(health.values()) == {"up"}:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"targets not up: {prom.targets_up()}\n{prom.log()}")
+        time.sleep(3)  # a few samples before the measurement window starts
+        pods = [PodRef(NS, pod, ip="127.0.0.1", metrics_port=a.metrics_port) for pod, a in agents.items()]
+        yield Env(prom, agents, pods)
+    finally:
+        if prom is not None:
+            prom.stop()
+        dcgm.shutdown()
+        for agent in agents.values():
+            agent.stop()
+
+
+def direct(agent: AgentProcess) -> tuple[float, float]:
+    """(energy J, power W) summed over the agent's GPUs, read from its /metrics without Prometheus."""
+    with urllib.request.urlopen(f"{agent.metrics}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    energy = power = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == k.GPU_ENERGY.name:
+                energy += s.value
+            elif s.name == k.GPU_POWER.name:
+                power += s.value
+    return energy, power
+
+
+async def load(agents: dict[str, AgentProcess], seconds: float) -> dict[str, int]:
+    """Concurrent predictions for `seconds`; returns the successful request count per pod."""
+    done = {pod: 0 for pod in agents}
+    stop = time.monotonic() + seconds
+    body = {"instances": [[float(i)] for i in range(8)]}
+
+    async def client(http: aiohttp.ClientSession, pod: str) -> None:
+        while time.monotonic() < stop:
+            async with http.post(f"{agents[pod].rest}/v1/models/{MODEL}:predict", json=body) as r:
+                assert r.status == 200
+                assert (await r.json())["predictions"][2] == [5.0]
+                done[pod] += 1
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(client(http, pod) for pod in agents for _ in range(3)))
+    return done
+
+
+async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) -> None:
+    prom_src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    scrape_src = ScrapeSource()
+    try:
+        t_a = time.monotonic()
+        e_a = sum(direct(a)[0] for a in env.agents.values())
+        first = await scrape_src.service_metrics(NS, "svc-a", env.pods)
+        assert first.requests_per_s is None  # one scrape: no rate yet, and not zero
+        await asyncio.sleep(2)
+        sent = await load(env.agents, 6.0)
+        await asyncio.sleep(max(0.0, t_a + WINDOW_S - time.monotonic()))
+        m = await prom_src.service_metrics(NS, "svc-a", env.pods)
+        e_q = sum(direct(a)[0] for a in env.agents.values())
+        s = await scrape_src.service_metrics(NS, "svc-a", env.pods)
+    finally:
+        await prom_src.close()
+        await scrape_src.close()
+
+    n = sum(sent.values())
+    assert n > 100
+    truth_window_j = e_q - e_a
+    assert m.source == "prometheus/agent" and m.simulated is True
+    assert m.stale is False and m.missing == (), m
+    assert m.gpus == 3 and m.replicas_reporting == 2
+    # Load ended 12 s ago: three simulated T4s with a resident model, idle, draw 26 W each.
+    assert m.power_w == pytest.approx(3 * 26.0)
+    # Cumulative: the sum of the agents' counters as last scraped (at most ~2 scrapes behind).
+    assert m.energy_j is not None and e_q - 3 * 65 * 3 <= m.energy_j <= e_q
+    assert set(m.pod_energy_j) == {"svc-a-0", "svc-a-1"}
+    # Window figures: Prometheus' increase() extrapolates to the window edges (a few % at 1 s scrapes).
+    assert m.energy_window_j == pytest.approx(truth_window_j, rel=0.1)
+    assert m.requests_per_s is not None
+    assert m.requests_per_s * WINDOW_S == pytest.approx(n, rel=0.1)
+    assert m.joules_per_request == pytest.approx(truth_window_j / n, rel=0.15)
+    assert m.latency_p95_ms is not None and m.latency_p95_ms > 0
+    # The direct-scrape source agrees over its own window (exact request count: no extrapolation).
+    assert s.source == "scrape" and s.missing == ()
+    assert s.requests_per_s is not None and s.requests_per_s * s.window_s == pytest.approx(n)
+    assert s.energy_window_j == pytest.approx(truth_window_j, rel=0.05)
+    assert s.joules_per_request == pytest.approx(truth_window_j / n, rel=0.05)
+    assert s.power_w == pytest.approx(3 * 26.0)
+
+
+async def test_dcgm_fallback_and_both_host_label_spellings(env: Env) -> None:
+    src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    try:
+        svc_b = await src.service_metrics(NS, "svc-b", [PodRef(NS, "svc-b-0")])
+        node3 = await src.node_gpu_metrics("node-3")
+        node4 = await src.node_gpu_metrics("node-4")
+        everything = await src.node_gpu_metrics()
+    finally:
+        await src.close()
+    assert svc_b.source == "prometheus/dcgm"
+    assert svc_b.power_w == pytest.approx(DCGM_POWER_W)
+    assert svc_b.gpu_utilization == pytest.approx(0.8)
+    assert svc_b.energy_window_j == pytest.approx(DCGM_POWER_W * WINDOW_S, rel=0.1)
+    # No TF Serving metrics for svc-b: traffic is missing, never zero.
+    assert svc_b.requests_per_s is None and svc_b.joules_per_request is None
+    assert "requests" in svc_b.missing
+    assert [(g.node, g.uuid, g.pod, g.power_w) for g in node3] == [("node-3", "GPU-d0", "svc-b-0", DCGM_POWER_W)]
+    assert [(g.node, g.uuid, g.pod, g.power_w) for g in node4] == [("node-4", "GPU-d1", None, 16.0)]
+    assert node3[0].energy_j is not None and node3[0].energy_j > 5e6
+    by_node: dict[str | None, int] = {}
+    for g in everything:
+        by_node[g.node] = by_node.get(g.node, 0) + 1
+    assert by_node == {"node-1": 1, "node-2": 2, "node-3": 1, "node-4": 1}
+    assert {g.simulated for g in everything if g.source == "prometheus/agent"} == {True}
+
+
+async def test_missing_and_stale_are_reported_not_zero(env: Env) -> None:
+    src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    down = PrometheusSource("http://127.0.0.1:9", window_s=WINDOW_S)
+    try:
+        unknown = await src.service_metrics(NS, "no-such-service")
+        partial = await src.service_metrics(NS, "svc-a", [*env.pods, PodRef(NS, "svc-a-9")])
+        strict = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=0.0, clock=lambda: time.time() + 5)
+        old = await strict.service_metrics(NS, "svc-a")
+        await strict.close()
+        unreachable = await down.service_metrics(NS, "svc-a")
+    finally:
+        await src.close()
+        await down.close()
+    assert unknown.power_w is None and unknown.energy_j is None and unknown.requests_per_s is None
+    assert unknown.stale and "power" in unknown.missing
+    assert "pod:svc-a-9" in partial.missing and partial.stale
+    assert partial.power_w is not None  # what was found is still reported
+    assert old.stale and old.power_w is not None
+    assert unreachable.power_w is None and unreachable.missing == ("prometheus",) and unreachable.stale

@@ -25,6 +25,10 @@ class OperatorConfig:
     consolidation_interval_s: float = 30.0
     #: Metrics older than this are stale: scaling holds instead of acting on them.
     metrics_stale_after_s: float = 120.0
+    #: Port of the operator's own Prometheus metrics (0 disables the endpoint).
+    metrics_port: int = 9090
+    #: Namespace of the operator's Lease for the one-active consolidation loop.
+    lease_namespace: str = "default"
     #: Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
@@ -38,5 +42,7 @@ class OperatorConfig:
             reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),
             consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),
             metrics_stale_after_s=_env_float("GREENSERVE_METRICS_STALE_AFTER", 120.0),
+            metrics_port=int(_env_float("GREENSERVE_METRICS_PORT", 9090)),
+            lease_namespace=os.environ.get("POD_NAMESPACE") or os.environ.get("GREENSERVE_LEASE_NAMESPACE") or "default",
             namespaces=namespaces,
         )

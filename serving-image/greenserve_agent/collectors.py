@@ -185,8 +185,15 @@ class GpuCollector(Collector):
         yield energy
         info = InfoMetricFamily(k.GPU_INFO.family, k.GPU_INFO.help, labels=())
         for s in samples:
-            info.add_metric([], {k.LABEL_GPU: str(s.index), k.LABEL_UUID: s.uuid, k.LABEL_GPU_NAME: s.name,
-                                 k.LABEL_SIMULATED: sim})
+            info.add_metric(
+                [],
+                {
+                    k.LABEL_GPU: str(s.index),
+                    k.LABEL_UUID: s.uuid,
+                    k.LABEL_GPU_NAME: s.name,
+                    k.LABEL_SIMULATED: sim,
+                },
+            )
         yield info
         errors = CounterMetricFamily(
             k.GPU_READ_ERRORS.family, k.GPU_READ_ERRORS.help, labels=k.GPU_READ_ERRORS.labels

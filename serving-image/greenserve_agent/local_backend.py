@@ -73,7 +73,7 @@ class LoadedModel:
     def _signature(self, name: str | None) -> Any:
         key = name or DEFAULT_SIGNATURE
         if key not in self._signatures:
-            raise PredictError(f"Serving signature name: \"{key}\" not found in signature def")
+            raise PredictError(f'Serving signature name: "{key}" not found in signature def')
         return self._signatures[key]
 
     def _tensor(self, spec: Any, value: Any) -> Any:
@@ -222,6 +222,9 @@ class LocalBackend:
                 raise _error(404, f"Could not find any versions of model {name}: {self.load_error}")
             entry = {"version": "0", "state": "LOADING", "status": {"error_code": "OK", "error_message": ""}}
         else:
+            version = request.match_info.get("version")
+            if version is not None and int(version) != self.model.version:
+                raise _error(404, f"Could not find version {version} of model {name}")
             entry = {
                 "version": str(self.model.version),
                 "state": "AVAILABLE",

@@ -53,15 +53,22 @@ log = logging.getLogger(__name__)
 BackendKind = Literal["auto", "tfserving", "local"]
 SimulateMode = Literal["auto", "true", "false"]
 TFS_BINARY = "tensorflow_model_server"
-MONITORING_CONFIG = (
-    'prometheus_config {\n  enable: true,\n  path: "' + k.TFS_MONITORING_PATH + '"\n}\n'
-)
+MONITORING_CONFIG = 'prometheus_config {\n  enable: true,\n  path: "' + k.TFS_MONITORING_PATH + '"\n}\n'
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes.
 _SKIP_HEADERS = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "Content-Encoding",
     )
 )
 
@@ -120,7 +127,6 @@ class InflightTracker:
         return self._busy_total + extra
 
 
-
 def make_nvml(cfg: AgentConfig, activity: InflightTracker) -> tuple[NvmlPort, SimulatedState | None]:
     if cfg.simulate != "true":
         try:
@@ -132,7 +138,7 @@ def make_nvml(cfg: AgentConfig, activity: InflightTracker) -> tuple[NvmlPort, Si
     state = SimulatedState(activity.busy_seconds)
     port = SimulatedNvml(cfg.simulated_product, cfg.simulated_count, state)
     log.warning(
-        "SIMULATED GPU: exporting %d simulated %s device(s); every GPU series carries simulated=\"true\"",
+        'SIMULATED GPU: exporting %d simulated %s device(s); every GPU series carries simulated="true"',
         cfg.simulated_count,
         cfg.simulated_product,
     )
@@ -186,6 +192,7 @@ class Supervisor:
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self.exit_code = 0  # non-zero when the model server died on its own
 
     # --- state ---------------------------------------------------------------------------------------
 
@@ -328,18 +335,8 @@ class Supervisor:
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    exit_code: int = 0
-
     async def start(self) -> None:
         cfg = self.cfg
-        self.metrics.info.info(
-            {
-                k.LABEL_VERSION: __version__,
-                k.LABEL_BACKEND: "pending",
-                k.LABEL_MODEL: cfg.model_name,
-                k.LABEL_SIMULATED: "true" if self.nvml.simulated else "false",
-            }
-        )
         # The first reading is the energy counter's baseline: the exported joules count from agent start.
         await asyncio.to_thread(self.sampler.sample)
         self._session = aiohttp.ClientSession(
@@ -388,8 +385,11 @@ class Supervisor:
                 break
             await asyncio.sleep(0.05)
         else:
-            log.warning("drain timeout after %.0fs with %d request(s) in flight", cfg.drain_timeout_s,
-                        self.tracker.count)
+            log.warning(
+                "drain timeout after %.0fs with %d request(s) in flight",
+                cfg.drain_timeout_s,
+                self.tracker.count,
+            )
         log.info("drained; stopping the model server")
 
     async def stop(self) -> None:
@@ -433,8 +433,9 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
     unknown ones are passed to the model server unchanged (the Deployment passes TF Serving's args)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="greenserve-agent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="greenserve-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving)")
     p.add_argument("--rest_api_port", type=int, default=8501, help="REST port, fronted by the agent")
     p.add_argument("--model_name", default=os.environ.get("MODEL_NAME"))
@@ -442,16 +443,21 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
     p.add_argument("--monitoring_config_file", default=None)
     p.add_argument("--agent-metrics-port", type=int, default=k.AGENT_METRICS_PORT)
     p.add_argument("--agent-host", default="0.0.0.0")
-    p.add_argument("--agent-backend", choices=["auto", "tfserving", "local"],
-                   default=os.environ.get("GREENSERVE_BACKEND", "auto"))
+    p.add_argument(
+        "--agent-backend",
+        choices=["auto", "tfserving", "local"],
+        default=os.environ.get("GREENSERVE_BACKEND", "auto"),
+    )
     p.add_argument("--agent-backend-port", type=int, default=0)
     p.add_argument("--agent-drain-timeout", type=float, default=45.0)
     p.add_argument("--agent-drain-quiet", type=float, default=1.0)
-    p.add_argument("--agent-simulate", choices=["auto", "true", "false"],
-                   default=os.environ.get(k.ENV_SIMULATE, "auto"))
+    p.add_argument(
+        "--agent-simulate", choices=["auto", "true", "false"], default=os.environ.get(k.ENV_SIMULATE, "auto")
+    )
     p.add_argument("--agent-simulated-gpu", default=os.environ.get(k.ENV_SIMULATED_PRODUCT, DEFAULT_PRODUCT))
-    p.add_argument("--agent-simulated-gpu-count", type=int,
-                   default=int(os.environ.get(k.ENV_SIMULATED_COUNT, "1")))
+    p.add_argument(
+        "--agent-simulated-gpu-count", type=int, default=int(os.environ.get(k.ENV_SIMULATED_COUNT, "1"))
+    )
     args, extra = p.parse_known_args(list(argv))
     if not args.model_name:
         p.error("--model_name (or MODEL_NAME) is required")

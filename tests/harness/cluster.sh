@@ -97,6 +97,17 @@ build_kwok() {
         "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 }
 
+build_karpenter() {
+    # Karpenter's kwok cloud provider: a real node autoscaler whose nodes are kwok nodes. Its main package
+    # is named kwok too, hence a wrapper module and an explicit output name.
+    local dir="$WORK/karpenter"
+    mkdir -p "$dir"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/karpenter/kwok"\n' >"$dir/tools.go"
+    printf 'module local/greenserve/karpenterbin\n\ngo 1.26.6\n\nrequire sigs.k8s.io/karpenter %s\n' \
+        "$KARPENTER_VERSION" >"$dir/go.mod"
+    (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$BIN/karpenter-kwok" sigs.k8s.io/karpenter/kwok)
+}
+
 build_helm() {
     GOBIN="$BIN" go install -trimpath \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
@@ -112,6 +123,7 @@ cmd_build() {
         log "building Kubernetes $K8S_VERSION control plane (cold; several minutes on 2 cores)"
         with_progress kubernetes build_k8s
     fi
+    [[ -x "$BIN/karpenter-kwok" ]] || { log "building Karpenter $KARPENTER_VERSION kwok provider (cold)"; with_progress karpenter build_karpenter; }
     log "binaries ready in $BIN ($((SECONDS - t0)) s)"
 }
 

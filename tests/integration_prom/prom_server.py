@@ -60,7 +60,10 @@ class PrometheusServer:
 
 
 def start(binary: str, workdir: Path, scrape_configs: list[dict[str, Any]]) -> PrometheusServer:
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": scrape_configs}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": scrape_configs,
+    }
     cfg = workdir / "prometheus.yml"
     cfg.write_text(json.dumps(config))  # JSON is YAML
     port = _free_port()

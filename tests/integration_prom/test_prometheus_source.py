@@ -46,7 +46,8 @@ class FakeDcgm:
         mj = 5e9 + DCGM_POWER_W * (time.time() - self.t0) * 1000
         a = 'gpu="0",UUID="GPU-d0",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",Hostname="node-3",'
         a += f'namespace="{NS}",pod="svc-b-0",container="tfserving"'
-        b = 'gpu="1",UUID="GPU-d1",device="nvidia1",modelName="NVIDIA L4",hostname="node-4",namespace="",pod=""'
+        b = 'gpu="1",UUID="GPU-d1",device="nvidia1",modelName="NVIDIA L4",hostname="node-4",'
+        b += 'namespace="",pod=""'
         return (
             f"# TYPE {k.DCGM_POWER} gauge\n{k.DCGM_POWER}{{{a}}} {DCGM_POWER_W}\n{k.DCGM_POWER}{{{b}}} 16.0\n"
             f"# TYPE {k.DCGM_ENERGY} counter\n{k.DCGM_ENERGY}{{{a}}} {mj:.0f}\n{k.DCGM_ENERGY}{{{b}}} 42\n"
@@ -225,7 +226,9 @@ async def test_dcgm_fallback_and_both_host_label_spellings(env: Env) -> None:
     # No TF Serving metrics for svc-b: traffic is missing, never zero.
     assert svc_b.requests_per_s is None and svc_b.joules_per_request is None
     assert "requests" in svc_b.missing
-    assert [(g.node, g.uuid, g.pod, g.power_w) for g in node3] == [("node-3", "GPU-d0", "svc-b-0", DCGM_POWER_W)]
+    assert [(g.node, g.uuid, g.pod, g.power_w) for g in node3] == [
+        ("node-3", "GPU-d0", "svc-b-0", DCGM_POWER_W)
+    ]
     assert [(g.node, g.uuid, g.pod, g.power_w) for g in node4] == [("node-4", "GPU-d1", None, 16.0)]
     assert node3[0].energy_j is not None and node3[0].energy_j > 5e6
     by_node: dict[str | None, int] = {}
@@ -241,7 +244,9 @@ async def test_missing_and_stale_are_reported_not_zero(env: Env) -> None:
     try:
         unknown = await src.service_metrics(NS, "no-such-service")
         partial = await src.service_metrics(NS, "svc-a", [*env.pods, PodRef(NS, "svc-a-9")])
-        strict = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=0.0, clock=lambda: time.time() + 5)
+        strict = PrometheusSource(
+            env.prom.url, window_s=WINDOW_S, stale_after_s=0.0, clock=lambda: time.time() + 5
+        )
         old = await strict.service_metrics(NS, "svc-a")
         await strict.close()
         unreachable = await down.service_metrics(NS, "svc-a")

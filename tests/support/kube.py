@@ -77,6 +77,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "GREENSERVE_RECONCILE_INTERVAL": "3",
+            "GREENSERVE_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

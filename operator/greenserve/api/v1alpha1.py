@@ -270,6 +270,10 @@ class ModelServiceStatus(_Model):
     grams_co2e: Annotated[float | None, Field(default=None, description="Cumulative, from energyJoules.")] = (
         None
     )
+    energy_counters: Annotated[
+        dict[str, float] | None,
+        Field(default=None, description="Last energy counter per replica, to accumulate energyJoules."),
+    ] = None
     metrics_simulated: Annotated[
         bool | None, Field(default=None, description="True when the power figures come from a simulated GPU.")
     ] = None

@@ -82,8 +82,10 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | N
     ctx_name = context or cfg.get("current-context")
     ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
     cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    users = cfg.get("users") or []
-    user: dict[str, Any] = next((u["user"] for u in users if u["name"] == ctx.get("user")), None) or {}
+    user: dict[str, Any] = {}
+    for entry in cfg.get("users") or []:
+        if entry["name"] == ctx.get("user"):
+            user = entry.get("user") or {}
     return Credentials(
         server=cluster["server"].rstrip("/"),
         ca_file=_materialise(

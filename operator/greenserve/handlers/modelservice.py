@@ -14,6 +14,7 @@ import kopf
 from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
+from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 
 RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
@@ -43,8 +44,10 @@ async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
 
 @kopf.timer(*RESOURCE, interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S)
 async def resync_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Level-based resync: repairs drift (a deleted Service, a hand-scaled Deployment), refreshes status."""
-    await _run(body, memo)
+    """The periodic loop: metrics, autoscaling, drift repair (a deleted Service, a hand-scaled Deployment)."""
+    outcome = await loop.resync(memo["loop"], body)
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})

@@ -6,10 +6,37 @@ import logging
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
+from greenserve.metrics.base import MetricsSource
+from greenserve.metrics.operator_metrics import OperatorMetrics
+from greenserve.metrics.prometheus import PrometheusSource
+from greenserve.metrics.scrape import ScrapeSource
+from greenserve.reconcile.loop import LoopDeps
+
+log = logging.getLogger(__name__)
+_OPERATOR_METRICS: OperatorMetrics | None = None  # one registry per process, across kopf restarts in tests
+
+
+def _metrics_source(config: OperatorConfig) -> MetricsSource:
+    if config.prometheus_url:
+        return PrometheusSource(config.prometheus_url, stale_after_s=config.metrics_stale_after_s)
+    return ScrapeSource(stale_after_s=config.metrics_stale_after_s)
+
+
+def _operator_metrics(config: OperatorConfig) -> OperatorMetrics:
+    global _OPERATOR_METRICS
+    if _OPERATOR_METRICS is None:
+        _OPERATOR_METRICS = OperatorMetrics()
+        if config.metrics_port:
+            try:
+                start_http_server(config.metrics_port)
+            except OSError as err:  # a busy port must not keep the operator from reconciling
+                log.warning("operator metrics endpoint on :%d unavailable: %s", config.metrics_port, err)
+    return _OPERATOR_METRICS
 
 
 @kopf.on.startup()
@@ -25,12 +52,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 20
-    memo["config"] = OperatorConfig.from_env()
-    memo["kube"] = KubeClient()
+    config = OperatorConfig.from_env()
+    kube = KubeClient()
+    memo["config"] = config
+    memo["kube"] = kube
+    memo["loop"] = LoopDeps(kube=kube, config=config, source=_metrics_source(config),
+                            metrics=_operator_metrics(config))
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    deps = memo.get("loop")
+    if isinstance(deps, LoopDeps) and deps.source is not None:
+        await deps.source.close()
     kube = memo.get("kube")
     if isinstance(kube, KubeClient):
         await kube.close()

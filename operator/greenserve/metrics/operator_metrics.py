@@ -31,7 +31,9 @@ class OperatorMetrics:
         self.replicas_ready = gauge(k.OP_REPLICAS_READY)
         self.stale = gauge(k.OP_METRICS_STALE)
         self.scale_decisions = Counter(
-            k.OP_SCALE_DECISIONS.family, k.OP_SCALE_DECISIONS.help, k.OP_SCALE_DECISIONS.labels,
+            k.OP_SCALE_DECISIONS.family,
+            k.OP_SCALE_DECISIONS.help,
+            k.OP_SCALE_DECISIONS.labels,
             registry=registry,
         )
         self.moves = Counter(k.OP_MOVES.family, k.OP_MOVES.help, k.OP_MOVES.labels, registry=registry)

@@ -123,9 +123,7 @@ class PrometheusSource:
             return [Sample({}, float(val), float(ts))]
         if data["resultType"] != "vector":
             raise PrometheusError(f"{promql}: unexpected result type {data['resultType']}")
-        return [
-            Sample(dict(r["metric"]), float(r["value"][1]), float(r["value"][0])) for r in data["result"]
-        ]
+        return [Sample(dict(r["metric"]), float(r["value"][1]), float(r["value"][0])) for r in data["result"]]
 
     async def _scalar(self, promql: str) -> float | None:
         """The single value of an aggregating query; None when there are no series (or NaN/Inf)."""

@@ -216,7 +216,9 @@ class ScrapeSource:
             )
             # Request counters appear with the first request (TF Serving creates cells lazily): a series
             # absent from the earlier scrape started from 0 since.
-            requests = total(_delta(b.requests, a.requests or 0.0) for a, b in pairs if b.requests is not None)
+            requests = total(
+                _delta(b.requests, a.requests or 0.0) for a, b in pairs if b.requests is not None
+            )
             window = sum(b.at - a.at for a, b in pairs) / len(pairs)
             for a, b in pairs:
                 for le, count in b.latency_buckets.items():
@@ -253,7 +255,8 @@ class ScrapeSource:
             pod_energy_j=pod_energy,
             window_s=window or 0.0,
             sampled_at=stamp,
-            stale=stamp is None or any(m.startswith("pod:") for m in missing)
+            stale=stamp is None
+            or any(m.startswith("pod:") for m in missing)
             or self._clock() - stamp > self.stale_after_s,
             missing=tuple(missing),
             source="scrape",

@@ -60,6 +60,14 @@ def owner_of(body: Mapping[str, Any]) -> builders.Owner:
     return builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Status the periodic loop adds to a reconcile: telemetry fields and conditions other than Ready."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    conditions: tuple[tuple[str, bool, str, str], ...] = ()
+
+
 async def _write_status(
     kube: KubeClient,
     body: Mapping[str, Any],
@@ -67,14 +75,18 @@ async def _write_status(
     ready: bool,
     reason: str,
     message: str,
+    extra: Extra | None = None,
 ) -> dict[str, Any]:
     """Patch status and post an Event when the Ready condition changes (not on every pass: no storms)."""
     meta = body["metadata"]
     old_status = body.get("status") or {}
     generation = meta.get("generation")
-    conditions = cond.set_condition(
-        old_status.get("conditions"), cond.READY, ready, reason, message, generation
-    )
+    conditions: list[dict[str, Any]] = [dict(c) for c in old_status.get("conditions") or []]
+    if extra is not None:
+        fields = {**fields, **extra.fields}
+        for ctype, cstatus, creason, cmessage in extra.conditions:
+            conditions = cond.set_condition(conditions, ctype, cstatus, creason, cmessage, generation)
+    conditions = cond.set_condition(conditions, cond.READY, ready, reason, message, generation)
     new_ready = cond.get_condition(conditions, cond.READY)
     changed = not cond.same_condition(cond.get_condition(old_status.get("conditions"), cond.READY), new_ready)
     status = {**fields, "observedGeneration": generation, "conditions": conditions}
@@ -90,7 +102,11 @@ async def _write_status(
 
 
 async def reconcile(
-    kube: KubeClient, body: Mapping[str, Any], config: OperatorConfig, desired: int | None = None
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    config: OperatorConfig,
+    desired: int | None = None,
+    extra: Extra | None = None,
 ) -> Outcome:
     """Bring the owned objects in line with the spec and report status.
 
@@ -106,7 +122,7 @@ async def reconcile(
     except UnsupportedStorageError as err:
         out = Outcome(False, cond.REASON_UNSUPPORTED_STORAGE, str(err))
     else:
-        return await _reconcile_valid(kube, body, spec, config, desired)
+        return await _reconcile_valid(kube, body, spec, config, desired, extra)
     # Invalid specs are terminal until the user edits them: report, keep what is already running, no retry.
     log.warning("ModelService %s/%s: %s: %s", meta["namespace"], meta["name"], out.reason, out.message)
     out.status = await _write_status(kube, body, {}, False, out.reason, out.message)
@@ -119,6 +135,7 @@ async def _reconcile_valid(
     spec: ModelServiceSpec,
     config: OperatorConfig,
     desired: int | None,
+    extra: Extra | None = None,
 ) -> Outcome:
     owner = owner_of(body)
     status = body.get("status") or {}
@@ -144,7 +161,7 @@ async def _reconcile_valid(
         return Outcome(False, cond.REASON_APPLY_FAILED, message, replicas, st, retry_after=30.0)
     obs = Observed(desired=replicas, deployment=applied, pods=pods, gpus_per_replica=spec.gpu.count)
     ready, reason, message = ready_condition(obs)
-    st = await _write_status(kube, body, status_fields(obs), ready, reason, message)
+    st = await _write_status(kube, body, status_fields(obs), ready, reason, message, extra)
     return Outcome(ready, reason, message, replicas, st)
 
 

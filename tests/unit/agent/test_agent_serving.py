@@ -58,6 +58,7 @@ def test_model_status_has_tf_serving_shape(agent: AgentProcess) -> None:
         ]
     }
     assert call(f"{agent.rest}/v1/models/{MODEL}/versions/1")[0] == 200
+    assert call(f"{agent.rest}/v1/models/{MODEL}/versions/2")[0] == 404
     assert call(f"{agent.rest}/v1/models/nope")[0] == 404
 
 
@@ -88,7 +89,7 @@ def test_bad_requests_are_client_errors(agent: AgentProcess) -> None:
 
 def _value(fams: dict[str, Any], family: str, sample: str, **labels: str) -> float:
     return sum(
-        s.value
+        float(s.value)
         for s in fams[family].samples
         if s.name == sample and all(s.labels.get(key) == v for key, v in labels.items())
     )

@@ -37,8 +37,9 @@ def test_operator_metrics_export_and_never_show_missing_as_zero() -> None:
     reg = CollectorRegistry()
     om = OperatorMetrics(reg)
     lbl = {"namespace": "ml", "modelservice": "svc"}
-    m = ServiceMetrics("ml", "svc", power_w=80.0, energy_j=1000.0, requests_per_s=4.0, joules_per_request=20.0,
-                       stale=False)  # fmt: skip
+    m = ServiceMetrics(
+        "ml", "svc", power_w=80.0, energy_j=1000.0, requests_per_s=4.0, joules_per_request=20.0, stale=False
+    )
     om.update(m, energy_total_j=5000.0, grams_co2e=0.5, replicas_desired=3, replicas_ready=2)
     assert _sample(reg, k.OP_POWER.name, **lbl) == 80.0
     assert _sample(reg, k.OP_ENERGY.name, **lbl) == 5000.0
@@ -65,4 +66,7 @@ def test_operator_metrics_export_and_never_show_missing_as_zero() -> None:
 def test_selector_quotes_values_and_handles_colon_names() -> None:
     pods = [PodRef("ml", "svc-a.b"), PodRef("ml", "svc-2")]
     sel = selector(k.TFS_REQUEST_COUNT, namespace='m"l', pod=pods_regex(pods))
-    assert sel == '{__name__=":tensorflow:serving:request_count",namespace="m\\"l",pod=~"svc\\\\-a\\\\.b|svc\\\\-2"}'
+    assert (
+        sel
+        == '{__name__=":tensorflow:serving:request_count",namespace="m\\"l",pod=~"svc\\\\-a\\\\.b|svc\\\\-2"}'
+    )

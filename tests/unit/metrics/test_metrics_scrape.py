@@ -115,7 +115,9 @@ class Clock:
         return self.t
 
 
-async def test_first_scrape_gives_gauges_and_reports_rates_missing(agents: list[tuple[FakeAgent, PodRef]]) -> None:
+async def test_first_scrape_gives_gauges_and_reports_rates_missing(
+    agents: list[tuple[FakeAgent, PodRef]],
+) -> None:
     src = ScrapeSource()
     try:
         m = await src.service_metrics("ml", "svc", [p for _, p in agents])
@@ -129,7 +131,9 @@ async def test_first_scrape_gives_gauges_and_reports_rates_missing(agents: list[
     assert m.stale is False and m.simulated is False
 
 
-async def test_second_scrape_gives_rates_and_joules_per_request(agents: list[tuple[FakeAgent, PodRef]]) -> None:
+async def test_second_scrape_gives_rates_and_joules_per_request(
+    agents: list[tuple[FakeAgent, PodRef]],
+) -> None:
     clock = Clock()
     src = ScrapeSource(clock=clock)
     pods = [p for _, p in agents]

@@ -1,0 +1,102 @@
+"""The periodic, level-based loop for one ModelService: read metrics, decide replicas, apply, report.
+
+Each pass starts from the live object and what the metrics source says now; the only memory is what
+earlier passes wrote to status (the autoscaler's stabilisation state, the energy counters). Killing the
+operator between two passes loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from greenserve.api.constants import LABEL_MODELSERVICE
+from greenserve.api.v1alpha1 import parse_spec
+from greenserve.cluster.client import PODS, KubeClient
+from greenserve.config import OperatorConfig
+from greenserve.metrics.base import MetricsSource
+from greenserve.metrics.operator_metrics import OperatorMetrics
+from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.reconcile import autoscale, telemetry
+from greenserve.reconcile.modelservice import Extra, Outcome, reconcile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopDeps:
+    kube: KubeClient
+    config: OperatorConfig
+    source: MetricsSource | None = None
+    metrics: OperatorMetrics | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def _pod_refs(pods: list[dict[str, Any]]) -> list[PodRef]:
+    refs = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        refs.append(
+            PodRef(
+                namespace=meta["namespace"],
+                name=meta["name"],
+                ip=status.get("podIP"),
+                node=(pod.get("spec") or {}).get("nodeName"),
+            )
+        )
+    return refs
+
+
+async def _read_metrics(deps: LoopDeps, ns: str, name: str, pods: list[PodRef]) -> ServiceMetrics | None:
+    if deps.source is None:
+        return None
+    try:
+        return await deps.source.service_metrics(ns, name, pods)
+    except Exception as err:  # a broken source must never stop the loop; it reads as "no metrics"
+        log.warning("metrics for %s/%s unavailable: %s", ns, name, err)
+        return None
+
+
+async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+    except ValidationError:
+        return await reconcile(deps.kube, body, deps.config)  # reports the invalid spec
+    status: Mapping[str, Any] = body.get("status") or {}
+    raw_pods = await deps.kube.list_objects(PODS, ns, label_selector=f"{LABEL_MODELSERVICE}={name}")
+    pods = _pod_refs(raw_pods)
+    reading = await _read_metrics(deps, ns, name, pods)
+
+    intensity = spec.energy.carbon_intensity_grams_per_kwh
+    carbon = float(intensity) if intensity is not None else deps.config.carbon_intensity_g_per_kwh
+    tele = telemetry.telemetry_fields(status, reading, carbon)
+    decision = autoscale.decide(spec, status, reading if tele.fresh else None, deps.clock(), deps.config)
+
+    extra = Extra(
+        fields={**tele.fields, **decision.status_fields},
+        conditions=(
+            (telemetry.METRICS_AVAILABLE, tele.fresh, tele.reason, tele.message),
+            decision.condition,
+        ),
+    )
+    outcome = await reconcile(deps.kube, body, deps.config, desired=decision.desired, extra=extra)
+    if deps.metrics is not None and reading is not None:
+        deps.metrics.update(
+            reading,
+            energy_total_j=tele.fields.get("energyJoules"),
+            grams_co2e=tele.fields.get("gramsCO2e"),
+            replicas_desired=outcome.desired,
+            replicas_ready=outcome.status.get("readyReplicas"),
+        )
+    if deps.metrics is not None and decision.previous is not None and outcome.desired is not None:
+        deps.metrics.record_scale(ns, name, decision.previous, outcome.desired)
+    return outcome

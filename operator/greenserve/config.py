@@ -15,6 +15,9 @@ def _env_float(name: str, default: float) -> float:
 class OperatorConfig:
     #: Prometheus HTTP API base URL; unset means metrics are scraped from pods directly.
     prometheus_url: str | None = None
+    #: Scrape the serving pods' agents directly when no Prometheus is configured (opt in: the operator
+    #: then connects to pod IPs).
+    scrape_pods: bool = False
     #: Scheduler profile for serving pods, e.g. a MostAllocated bin-packing profile installed by the chart.
     scheduler_name: str | None = None
     #: Grid carbon intensity used for status.gramsCO2e unless a ModelService overrides it.
@@ -38,11 +41,14 @@ class OperatorConfig:
         return cls(
             prometheus_url=os.environ.get("GREENSERVE_PROMETHEUS_URL") or None,
             scheduler_name=os.environ.get("GREENSERVE_SCHEDULER_NAME") or None,
+            scrape_pods=os.environ.get("GREENSERVE_SCRAPE_PODS", "").lower() in {"1", "true", "yes"},
             carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),
             reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),
             consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),
             metrics_stale_after_s=_env_float("GREENSERVE_METRICS_STALE_AFTER", 120.0),
             metrics_port=int(_env_float("GREENSERVE_METRICS_PORT", 9090)),
-            lease_namespace=os.environ.get("POD_NAMESPACE") or os.environ.get("GREENSERVE_LEASE_NAMESPACE") or "default",
+            lease_namespace=os.environ.get("POD_NAMESPACE")
+            or os.environ.get("GREENSERVE_LEASE_NAMESPACE")
+            or "default",
             namespaces=namespaces,
         )

@@ -91,8 +91,12 @@ class Twin:
     started: float | None = None
     _last: float | None = None
 
-    def step(self, pods: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]],
-             capacity_rps: Mapping[str, float]) -> None:
+    def step(
+        self,
+        pods: Iterable[Mapping[str, Any]],
+        nodes: Iterable[Mapping[str, Any]],
+        capacity_rps: Mapping[str, float],
+    ) -> None:
         """Advance to now: integrate the last interval's power, then take the cluster as it is now."""
         now = self.clock()
         if self.started is None:
@@ -108,7 +112,9 @@ class Twin:
         by_service: dict[str, list[PodState]] = {}
         for pod in pods:
             meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-            ready = any(x.get("type") == "Ready" and x.get("status") == "True" for x in status.get("conditions") or [])
+            ready = any(
+                x.get("type") == "Ready" and x.get("status") == "True" for x in status.get("conditions") or []
+            )
             if not ready or meta.get("deletionTimestamp") or not spec.get("nodeName"):
                 continue
             svc = meta.get("labels", {}).get(c.LABEL_MODELSERVICE)
@@ -118,7 +124,11 @@ class Twin:
             limits = (spec.get("containers") or [{}])[0].get("resources", {}).get("limits", {})
             selector = spec.get("nodeSelector") or {}
             st = self.pods.get(key) or PodState(
-                meta["namespace"], svc, meta["name"], spec["nodeName"], int(limits.get(c.GPU_RESOURCE, 0) or 0),
+                meta["namespace"],
+                svc,
+                meta["name"],
+                spec["nodeName"],
+                int(limits.get(c.GPU_RESOURCE, 0) or 0),
                 selector.get(c.GPU_PRODUCT_LABEL, ""),
             )
             live[key] = st
@@ -157,15 +167,28 @@ class TwinCollector(Collector):
         self.twin = twin
 
     def collect(self) -> Iterable[Any]:
-        labels = [k.LABEL_GPU, k.LABEL_UUID, k.LABEL_SIMULATED, k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_NODE,
-                  k.LABEL_MODELSERVICE]
+        labels = [
+            k.LABEL_GPU,
+            k.LABEL_UUID,
+            k.LABEL_SIMULATED,
+            k.LABEL_NAMESPACE,
+            k.LABEL_POD,
+            k.LABEL_NODE,
+            k.LABEL_MODELSERVICE,
+        ]
         power = GaugeMetricFamily(k.GPU_POWER.name, k.GPU_POWER.help + " (twin)", labels=labels)
         energy = CounterMetricFamily(k.GPU_ENERGY.family, k.GPU_ENERGY.help + " (twin)", labels=labels)
         util = GaugeMetricFamily(k.GPU_UTILIZATION.name, k.GPU_UTILIZATION.help + " (twin)", labels=labels)
-        sim = GaugeMetricFamily(k.AGENT_SIMULATED.name, k.AGENT_SIMULATED.help,
-                                labels=[k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE])
-        reqs = CounterMetricFamily(k.REQUESTS.family, k.REQUESTS.help + " (twin)",
-                                   labels=[k.LABEL_MODEL, "code", k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE])
+        sim = GaugeMetricFamily(
+            k.AGENT_SIMULATED.name,
+            k.AGENT_SIMULATED.help,
+            labels=[k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE],
+        )
+        reqs = CounterMetricFamily(
+            k.REQUESTS.family,
+            k.REQUESTS.help + " (twin)",
+            labels=[k.LABEL_MODEL, "code", k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE],
+        )
         for st in self.twin.pods.values():
             gpus = max(st.gpus, 1)
             for i in range(gpus):
@@ -177,15 +200,24 @@ class TwinCollector(Collector):
             reqs.add_metric([st.modelservice, "200", st.namespace, st.name, st.modelservice], st.requests)
         yield from (power, energy, util, sim, reqs)
         cl = self.twin.cluster
-        yield GaugeMetricFamily("greenserve_twin_gpu_nodes", "GPU nodes in the cluster (simulated twin).",
-                                value=cl.gpu_nodes)
-        yield GaugeMetricFamily("greenserve_twin_cluster_power_watts",
-                                "Simulated power of all GPU nodes: node base, idle and serving GPUs.",
-                                value=cl.power_w)
-        yield CounterMetricFamily("greenserve_twin_cluster_energy_joules",
-                                  "Simulated energy of all GPU nodes since the twin started.", value=cl.energy_j)
-        yield CounterMetricFamily("greenserve_twin_gpu_node_seconds", "GPU-node-seconds since the twin started.",
-                                  value=cl.gpu_node_seconds)
+        yield GaugeMetricFamily(
+            "greenserve_twin_gpu_nodes", "GPU nodes in the cluster (simulated twin).", value=cl.gpu_nodes
+        )
+        yield GaugeMetricFamily(
+            "greenserve_twin_cluster_power_watts",
+            "Simulated power of all GPU nodes: node base, idle and serving GPUs.",
+            value=cl.power_w,
+        )
+        yield CounterMetricFamily(
+            "greenserve_twin_cluster_energy_joules",
+            "Simulated energy of all GPU nodes since the twin started.",
+            value=cl.energy_j,
+        )
+        yield CounterMetricFamily(
+            "greenserve_twin_gpu_node_seconds",
+            "GPU-node-seconds since the twin started.",
+            value=cl.gpu_node_seconds,
+        )
 
 
 async def _capacities(kube: KubeClient) -> dict[str, float]:
@@ -195,7 +227,9 @@ async def _capacities(kube: KubeClient) -> dict[str, float]:
         scaling = (msvc.get("spec") or {}).get("scaling") or {}
         target = float(scaling.get("target") or 50)
         key = f"{msvc['metadata']['namespace']}/{msvc['metadata']['name']}"
-        out[key] = target / 0.8 if scaling.get("metric", "requestsPerSecond") == "requestsPerSecond" else 100.0
+        out[key] = (
+            target / 0.8 if scaling.get("metric", "requestsPerSecond") == "requestsPerSecond" else 100.0
+        )
     return out
 
 
@@ -224,7 +258,9 @@ def load_schedules(specs: list[str], file: Path | None) -> dict[str, Schedule]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="greenserve twin", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="greenserve twin", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
     parser.add_argument("--port", type=int, default=9500)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--interval", type=float, default=1.0)

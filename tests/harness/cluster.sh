@@ -206,6 +206,7 @@ EOF
 }
 
 cmd_down() {
+    cmd_karpenter_down quiet
     if [[ -f "$STATE/operator.pid" ]]; then
         kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
         rm -f "$STATE/operator.pid"
@@ -217,11 +218,40 @@ cmd_down() {
     log "cluster $CLUSTER stopped"
 }
 
+cmd_karpenter_up() {
+    # A real node autoscaler for the end-to-end tests: Karpenter with its kwok cloud provider, out of cluster.
+    local mod
+    mod="$(go env GOMODCACHE)/sigs.k8s.io/karpenter@$KARPENTER_VERSION"
+    [[ -d "$mod" ]] || { log "Karpenter module missing in the module cache; run build"; exit 1; }
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply --server-side -f "$mod/kwok/charts/crds" \
+        -f "$mod/kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml" >&2
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" wait --for=condition=Established crd/nodepools.karpenter.sh \
+        crd/kwoknodeclasses.karpenter.kwok.sh --timeout=60s >&2
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply -f "$HERE/karpenter/nodepool.yaml" >&2
+    cmd_karpenter_down quiet
+    KUBECONFIG="$KUBECONFIG_PATH" DISABLE_LEADER_ELECTION=true SYSTEM_NAMESPACE=kube-system \
+        INSTANCE_TYPES_FILE_PATH="$HERE/karpenter/instance_types.json" METRICS_PORT=18080 HEALTH_PROBE_PORT=18081 \
+        BATCH_IDLE_DURATION=1s BATCH_MAX_DURATION=3s LOG_LEVEL=info \
+        nohup "$BIN/karpenter-kwok" >"$STATE/karpenter.log" 2>&1 &
+    echo $! >"$STATE/karpenter.pid"
+    log "Karpenter $KARPENTER_VERSION (kwok provider) running, log $STATE/karpenter.log"
+}
+
+cmd_karpenter_down() {
+    if [[ -f "$STATE/karpenter.pid" ]]; then
+        kill "$(cat "$STATE/karpenter.pid")" 2>/dev/null || true
+        rm -f "$STATE/karpenter.pid"
+        [[ "${1:-}" == quiet ]] || log "Karpenter stopped"
+    fi
+}
+
 case "${1:-}" in
 build) cmd_build ;;
 up) cmd_up ;;
 down) cmd_down ;;
+karpenter-up) cmd_karpenter_up ;;
+karpenter-down) cmd_karpenter_down ;;
 env) echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH" ;;
 bin) echo "$BIN" ;;
-*) echo "usage: $0 build|up|down|env|bin" >&2; exit 2 ;;
+*) echo "usage: $0 build|up|down|karpenter-up|karpenter-down|env|bin" >&2; exit 2 ;;
 esac

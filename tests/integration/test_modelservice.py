@@ -274,3 +274,28 @@ async def test_operator_restart_converges_without_duplicates(
     # The restarted operator keeps its handler bookkeeping in annotations, not in status.
     msvc = await kube.get(MODELSERVICES, "first", namespace)
     assert all(not k.startswith("kopf") for k in msvc["status"])
+
+
+async def test_no_metrics_holds_replicas_and_says_so(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Without a metrics source the loop still runs, reports why, and never scales anything down."""
+    kubectl.apply(modelservice("blind", namespace, scaling={"minReplicas": 0, "maxReplicas": 4}))
+
+    async def reported() -> dict[str, Any] | None:
+        msvc = await kube.get_or_none(MODELSERVICES, "blind", namespace)
+        conds = (msvc or {}).get("status", {}).get("conditions")
+        metrics = cond.get_condition(conds, "MetricsAvailable")
+        scaling = cond.get_condition(conds, cond.SCALING)
+        return msvc if metrics and scaling else None
+
+    msvc = await eventually(reported, 30, what="MetricsAvailable and Scaling conditions")
+    conds = msvc["status"]["conditions"]
+    metrics = cond.get_condition(conds, "MetricsAvailable")
+    scaling = cond.get_condition(conds, cond.SCALING)
+    assert metrics is not None and metrics["status"] == "False"
+    assert scaling is not None and scaling["reason"] == "Hold:MetricsMissing"
+    assert msvc["status"].get("powerWatts") is None  # unknown is blank, never 0
+    await asyncio.sleep(8)  # several resync periods: still one replica, min 0 notwithstanding
+    dep = await kube.get(DEPLOYMENTS, "blind", namespace)
+    assert dep["spec"]["replicas"] == 1

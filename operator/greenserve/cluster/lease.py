@@ -24,14 +24,18 @@ def _parse(raw: str | None) -> dt.datetime | None:
 
 
 class LeaseLock:
-    def __init__(self, kube: KubeClient, name: str, namespace: str, identity: str, duration_s: int = 60) -> None:
+    def __init__(
+        self, kube: KubeClient, name: str, namespace: str, identity: str, duration_s: int = 60
+    ) -> None:
         self.kube = kube
         self.name = name
         self.namespace = namespace
         self.identity = identity
         self.duration_s = duration_s
 
-    def _body(self, now: dt.datetime, acquire: dt.datetime, transitions: int, rv: str | None) -> dict[str, Any]:
+    def _body(
+        self, now: dt.datetime, acquire: dt.datetime, transitions: int, rv: str | None
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if rv:
             meta["resourceVersion"] = rv  # optimistic concurrency: a racing writer gets 409

@@ -21,10 +21,13 @@ log = logging.getLogger(__name__)
 _OPERATOR_METRICS: OperatorMetrics | None = None  # one registry per process, across kopf restarts in tests
 
 
-def _metrics_source(config: OperatorConfig) -> MetricsSource:
+def _metrics_source(config: OperatorConfig) -> MetricsSource | None:
     if config.prometheus_url:
         return PrometheusSource(config.prometheus_url, stale_after_s=config.metrics_stale_after_s)
-    return ScrapeSource(stale_after_s=config.metrics_stale_after_s)
+    if config.scrape_pods:
+        return ScrapeSource(stale_after_s=config.metrics_stale_after_s)
+    # No source: status says so (MetricsAvailable=False) and autoscaling holds.
+    return None
 
 
 def _operator_metrics(config: OperatorConfig) -> OperatorMetrics:

@@ -1,0 +1,157 @@
+"""Replica autoscaling for one ModelService: pure, with an injected clock and explicit state.
+
+`decide(inputs, state, now)` returns the desired replicas, a reason and the next state:
+
+* **Hold** when metrics are missing or stale: never scale on data it cannot see (and never down).
+* **Demand**: ceil(request rate / (capacity per replica * target utilization)); with only GPU utilization,
+  ceil(ready replicas * utilization / target), as the HPA formula does.
+* **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
+* **Scale up at once; scale down stabilised**: the applied count is the highest recommendation of the last
+  `scale_down_delay_s` seconds (HPA's stabilisation window), so a dip does not remove replicas.
+* **Idle to zero** (minReplicas 0): after no request for the break-even time — idle power of the warm
+  replicas against the energy of a cold start (energy.break_even_idle_s).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from greenserve.policy.energy import break_even_idle_s
+from greenserve.policy.queueing import replicas_for_slo
+
+HOLD_MISSING = "Hold:MetricsMissing"
+HOLD_STALE = "Hold:MetricsStale"
+SCALE_UP = "ScaleUp"
+SCALE_DOWN = "ScaleDown"
+STABILIZING = "Stabilizing"
+STEADY = "Steady"
+SLO_GUARD = "SLOGuard"
+IDLE_TO_ZERO = "IdleToZero"
+IDLE_WAITING = "IdleBreakEven"
+
+
+@dataclass(frozen=True)
+class ScalingInputs:
+    current_replicas: int
+    ready_replicas: int
+    min_replicas: int
+    max_replicas: int
+    target_utilization: float  # 0..1
+    capacity_rps: float | None  # requests/s one replica serves at 100% utilization
+    request_rate: float | None  # observed requests/s (None: missing)
+    gpu_utilization: float | None  # observed mean 0..1 (None: missing)
+    sampled_at: float | None  # Unix time of the metrics (None: missing)
+    stale_after_s: float = 120.0
+    slo_p95_ms: float | None = None
+    service_time_ms: float = 20.0  # used when capacity_rps is unknown
+    scale_down_delay_s: float = 300.0
+    cold_start_s: float = 60.0
+    idle_power_w: float = 0.0  # of all warm replicas together
+    cold_start_energy_j: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """Recommendations inside the stabilisation window and the start of the current idle period."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+    idle_since: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recommendations": [[round(t, 3), n] for t, n in self.recommendations],
+            "idleSince": self.idle_since,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ScalerState:
+        try:
+            recs = tuple((float(t), int(n)) for t, n in raw.get("recommendations") or ())
+            idle = raw.get("idleSince")
+            return cls(recs, None if idle is None else float(idle))
+        except (TypeError, ValueError):
+            return cls()  # unreadable state (hand-edited status): start a fresh window
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    desired_replicas: int
+    reason: str
+    state: ScalerState = field(default_factory=ScalerState)
+    demand_replicas: int | None = None
+
+
+def _service_rate(inputs: ScalingInputs) -> float:
+    if inputs.capacity_rps and inputs.capacity_rps > 0:
+        return inputs.capacity_rps
+    return 1000.0 / max(inputs.service_time_ms, 1e-3)
+
+
+def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
+    """Replicas the observed load needs (before bounds and stabilisation), or None without data."""
+    target = min(1.0, max(0.05, inputs.target_utilization))
+    need: int | None = None
+    reason = STEADY
+    if inputs.request_rate is not None and inputs.capacity_rps:
+        need = math.ceil(max(0.0, inputs.request_rate) / (inputs.capacity_rps * target) - 1e-9)
+    elif inputs.gpu_utilization is not None:
+        need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
+    if need is None:
+        return None
+    if inputs.slo_p95_ms and inputs.request_rate:
+        guard = replicas_for_slo(
+            inputs.request_rate,
+            _service_rate(inputs),
+            inputs.slo_p95_ms / 1000.0,
+            limit=max(inputs.max_replicas, 1),
+        )
+        if guard > need:
+            need, reason = guard, SLO_GUARD
+    return need, reason
+
+
+def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecision:
+    current = inputs.current_replicas
+    if inputs.sampled_at is None or (inputs.request_rate is None and inputs.gpu_utilization is None):
+        return ScaleDecision(current, HOLD_MISSING, state)
+    if now - inputs.sampled_at > inputs.stale_after_s:
+        return ScaleDecision(current, HOLD_STALE, state)
+    found = demand_replicas(inputs)
+    if found is None:
+        return ScaleDecision(current, HOLD_MISSING, state)
+    need, reason = found
+
+    # Idle handling: requests stopped entirely.
+    idle = (inputs.request_rate is not None and inputs.request_rate <= 0) or (
+        inputs.request_rate is None and (inputs.gpu_utilization or 0.0) <= 0
+    )
+    idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    floor = max(inputs.min_replicas, 1)
+    if idle and inputs.min_replicas == 0:
+        wait = break_even_idle_s(inputs.idle_power_w, inputs.cold_start_energy_j, inputs.cold_start_s)
+        assert idle_since is not None
+        if now - idle_since >= wait:
+            floor, reason = 0, IDLE_TO_ZERO
+        else:
+            reason = IDLE_WAITING
+    bounded = max(floor, min(inputs.max_replicas, need))
+
+    window_start = now - inputs.scale_down_delay_s
+    recs = (*((t, n) for t, n in state.recommendations if t > window_start), (now, bounded))
+    new_state = replace(state, recommendations=recs, idle_since=idle_since)
+    if bounded > current:
+        return ScaleDecision(
+            bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need
+        )
+    stabilised = max(n for _, n in recs)
+    if reason == IDLE_TO_ZERO:
+        stabilised = 0  # the break-even wait already is the stabilisation for scale to zero
+    desired = min(current, stabilised)
+    if desired < current:
+        return ScaleDecision(desired, SCALE_DOWN if reason == STEADY else reason, new_state, need)
+    if bounded < current:
+        return ScaleDecision(current, STABILIZING, new_state, need)
+    return ScaleDecision(current, reason, new_state, need)

@@ -1,0 +1,52 @@
+"""Queueing model for the SLO guard: p95 response time of c replicas behind one Service (M/M/c).
+
+Erlang C gives the probability that a request waits; the waiting time of a waiting request is exponential
+with rate c*mu - lambda, so P(W > t) = C * exp(-(c*mu - lambda) t). The p95 response is approximated as the
+p95 wait plus one mean service time (TF Serving's service time is close to deterministic for a fixed
+model and batch size; exponential waiting keeps the estimate conservative).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def erlang_c(servers: int, offered_load: float) -> float:
+    """Probability that an arrival waits, for `servers` servers and offered load a = lambda/mu (Erlangs)."""
+    if servers <= 0:
+        return 1.0
+    if offered_load <= 0:
+        return 0.0
+    if offered_load >= servers:
+        return 1.0
+    # Iterative Erlang B, then C from B: numerically stable for large c.
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = offered_load * b / (k + offered_load * b)
+    rho = offered_load / servers
+    return b / (1.0 - rho + rho * b)
+
+
+def p95_response_s(rate_rps: float, service_rate_rps: float, replicas: int) -> float:
+    """Approximate p95 response time (s) of `replicas` servers each serving `service_rate_rps`."""
+    if replicas <= 0 or service_rate_rps <= 0:
+        return math.inf
+    if rate_rps <= 0:
+        return 1.0 / service_rate_rps
+    capacity = replicas * service_rate_rps
+    if rate_rps >= capacity:
+        return math.inf
+    wait_prob = erlang_c(replicas, rate_rps / service_rate_rps)
+    wait_p95 = 0.0 if wait_prob <= 0.05 else math.log(wait_prob / 0.05) / (capacity - rate_rps)
+    return wait_p95 + 1.0 / service_rate_rps
+
+
+def replicas_for_slo(rate_rps: float, service_rate_rps: float, slo_s: float, limit: int = 1000) -> int:
+    """Smallest replica count whose p95 response stays within `slo_s` (`limit` if none does)."""
+    if rate_rps <= 0:
+        return 0
+    start = max(1, math.ceil(rate_rps / service_rate_rps))
+    for c in range(start, limit + 1):
+        if p95_response_s(rate_rps, service_rate_rps, c) <= slo_s:
+            return c
+    return limit

@@ -40,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("simulate", help="run the simulator", add_help=False)
     sub.add_parser("bench", help="benchmark greenserve's policy against the baselines", add_help=False)
-    if argv and argv[0] in {"crd", "simulate", "bench"}:
+    if argv and argv[0] in {"crd", "simulate", "bench", "twin"}:
+        if argv[0] == "twin":
+            from greenserve import twin
+
+            return twin.main(argv[1:])
         if argv[0] == "crd":
             from greenserve.api import crdgen
 
             return crdgen.main(argv[1:])
-        from greenserve.sim import cli as sim_cli
+        from greenserve.simulator import cli as sim_cli
 
-        return sim_cli.main(argv)
+        result: int = sim_cli.main(argv)
+        return result
     args = parser.parse_args(argv)
     return _run_operator(args)
 

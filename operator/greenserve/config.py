@@ -24,7 +24,9 @@ class OperatorConfig:
     carbon_intensity_g_per_kwh: float = 400.0
     #: Seconds between level-based reconciles of every ModelService (drift repair, autoscaling, status).
     reconcile_interval_s: float = 15.0
-    #: Seconds between consolidation passes (one active operator only).
+    #: Run the cluster-wide consolidation loop at all.
+    consolidation_enabled: bool = True
+    #: Seconds between consolidation moves (one active operator only).
     consolidation_interval_s: float = 30.0
     #: Metrics older than this are stale: scaling holds instead of acting on them.
     metrics_stale_after_s: float = 120.0
@@ -44,6 +46,8 @@ class OperatorConfig:
             scrape_pods=os.environ.get("GREENSERVE_SCRAPE_PODS", "").lower() in {"1", "true", "yes"},
             carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),
             reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),
+            consolidation_enabled=os.environ.get("GREENSERVE_CONSOLIDATION", "true").lower()
+            not in {"0", "false", "no"},
             consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),
             metrics_stale_after_s=_env_float("GREENSERVE_METRICS_STALE_AFTER", 120.0),
             metrics_port=int(_env_float("GREENSERVE_METRICS_PORT", 9090)),

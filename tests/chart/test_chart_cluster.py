@@ -18,6 +18,7 @@ import yaml
 
 from support.chart import (
     CHART,
+    chart_operator_env,
     helm,
     install,
     operator_kubeconfig_from_chart,
@@ -274,9 +275,9 @@ def test_service_account_kubeconfig_is_the_service_account(
 
 
 def test_operator_with_chart_permissions_makes_a_modelservice_ready(
-    admin_kubectl: Kubectl, sa_kubeconfig: Path, workload_namespace: str, tmp_path: Path
+    admin_kubectl: Kubectl, sa_kubeconfig: Path, chart_namespace: str, workload_namespace: str, tmp_path: Path
 ) -> None:
-    operator = OperatorProcess(sa_kubeconfig, tmp_path)
+    operator = OperatorProcess(sa_kubeconfig, tmp_path, extra_env=chart_operator_env(chart_namespace))
     operator.start()
     try:
         admin_kubectl.apply(example_modelservice(workload_namespace))
@@ -300,33 +301,47 @@ def test_operator_with_chart_permissions_makes_a_modelservice_ready(
 
 
 def test_a_permission_missing_from_the_chart_shows_up_as_forbidden(
-    admin_kubectl: Kubectl, sa_kubeconfig: Path, chart_namespace: str, workload_namespace: str, tmp_path: Path
+    helm_bin: Path,
+    admin_kubectl: Kubectl,
+    chart_namespace: str,
+    workload_namespace: str,
+    crds_applied: None,
+    tmp_path: Path,
 ) -> None:
-    """The negative control: with the Deployment permissions taken away, the operator's log shows the 403.
+    """The negative control: with the Deployment rule taken out of the chart's Role, the operator logs 403s.
 
-    Deployments, because every operator start lists and watches them and every reconcile applies one, so the
-    denial shows whether or not another operator on the cluster already handled the ModelService."""
-    role = release_name(chart_namespace)
-    rules = get_json(admin_kubectl, "clusterrole", role)["rules"]
-    index = next(i for i, r in enumerate(rules) if r["resources"] == ["deployments"])
-    admin_kubectl.run(
-        "patch",
-        "clusterrole",
-        role,
-        "--type=json",
-        "-p",
-        json.dumps([{"op": "remove", "path": f"/rules/{index}"}]),
+    The chart is installed namespaced (`operator.watchNamespaces`), so the operator touches only this test's
+    namespace, and the namespaced RBAC mode is exercised: everything but the removed rule keeps working.
+    Deployments, because every start lists and watches them and every reconcile applies one."""
+    kubeconfig = operator_kubeconfig_from_chart(
+        admin_kubectl,
+        helm_bin,
+        chart_namespace,
+        out_dir=tmp_path,
+        values={"operator.watchNamespaces": [workload_namespace]},
     )
-    # Only the test's namespace: a failing operator must not leave retry state on other ModelServices.
+    role = release_name(chart_namespace)
+    rules = get_json(admin_kubectl, "role", role, "-n", workload_namespace)["rules"]
+    index = next(i for i, r in enumerate(rules) if r["resources"] == ["deployments"])
+    patch = json.dumps([{"op": "remove", "path": f"/rules/{index}"}])
+    admin_kubectl.run("patch", "role", role, "-n", workload_namespace, "--type=json", "-p", patch)
     log = tmp_path / "operator-denied.log"
-    proc = start_operator(sa_kubeconfig, log, "--standalone", f"--namespace={workload_namespace}")
+    proc = start_operator(
+        kubeconfig,
+        log,
+        "--standalone",
+        f"--namespace={workload_namespace}",
+        env=chart_operator_env(chart_namespace),
+    )
     try:
         admin_kubectl.apply(example_modelservice(workload_namespace))
         wait_for(lambda: "403 Forbidden" in log.read_text(errors="replace"), 60, "a 403 in the operator log")
-        assert denied_lines(log.read_text(errors="replace"))
     finally:
         delete_modelservice(admin_kubectl, workload_namespace)
         stop(proc)
+        uninstall(admin_kubectl, helm_bin, chart_namespace)
+    denied = denied_lines(log.read_text(errors="replace"))
+    assert any("deployments" in line for line in denied), "\n".join(denied)
 
 
 def test_operator_with_chart_permissions_joins_kopf_peering(
@@ -342,7 +357,8 @@ def test_operator_with_chart_permissions_joins_kopf_peering(
         values={"operator.peering.enabled": True, "operator.peering.name": peering},
     )
     log = tmp_path / "operator-peering.log"
-    proc = start_operator(kubeconfig, log, f"--peering={peering}", env={"POD_ID": f"{peering}-pod"})
+    env = {**chart_operator_env(chart_namespace), "POD_ID": f"{peering}-pod"}
+    proc = start_operator(kubeconfig, log, f"--peering={peering}", env=env)
     try:
 
         def keepalive() -> bool:
@@ -446,7 +462,9 @@ def test_binpack_scheduler_with_chart_permissions_binds_a_gpu_pod(
                 )
             )
 
-        assert wait_for(node, 60, "the pod bound by the bin-packing scheduler").startswith("gpu-node-")
+        bound = wait_for(node, 60, "the pod bound by the bin-packing scheduler")
+        allocatable = get_json(admin_kubectl, "node", bound)["status"]["allocatable"]
+        assert int(allocatable.get("nvidia.com/gpu", "0")) >= 1, f"{bound} has no GPU"
         assert proc.poll() is None
     finally:
         if proc is not None:

@@ -143,6 +143,17 @@ def service_account_kubeconfig(
     return out
 
 
+def chart_operator_env(namespace: str, watch_namespaces: Sequence[str] = ()) -> dict[str, str]:
+    """The environment the chart's Deployment gives the operator that a process outside the cluster lacks:
+    its own namespace (downward API), where the chart grants the consolidation Lease, and the watched
+    namespaces when installed with `operator.watchNamespaces`. Pass it to the operator started with
+    `operator_kubeconfig_from_chart`'s kubeconfig, e.g. `OperatorProcess(..., extra_env=...)`."""
+    env = {"POD_NAMESPACE": namespace}
+    if watch_namespaces:
+        env["GREENSERVE_NAMESPACES"] = ",".join(watch_namespaces)
+    return env
+
+
 def operator_kubeconfig_from_chart(
     kubectl: Kubectl,
     helm_bin: Path,
@@ -153,7 +164,8 @@ def operator_kubeconfig_from_chart(
 ) -> Path:
     """Install the chart's CRDs, ServiceAccount and RBAC into `namespace` (the operator Deployment off, no
     peering: tests run the operator `--standalone`) and return a kubeconfig authenticating as the chart's
-    ServiceAccount. The release is `release_name(namespace)`; remove it with `uninstall`."""
+    ServiceAccount. The release is `release_name(namespace)`; remove it with `uninstall`. Run the operator
+    with `chart_operator_env(namespace)` too, as the chart's Deployment would."""
     merged: dict[str, Any] = {"operator.enabled": False, "operator.peering.enabled": False, **(values or {})}
     release = install(kubectl, helm_bin, namespace, values=merged)
     manifest = helm(

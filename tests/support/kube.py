@@ -78,6 +78,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "GREENSERVE_RECONCILE_INTERVAL": "3",
             "GREENSERVE_METRICS_PORT": "0",
+            "GREENSERVE_CONSOLIDATION": "false",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

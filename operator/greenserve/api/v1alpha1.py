@@ -235,7 +235,6 @@ class ModelServiceSpec(_Model):
         }
     )
 
-
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
         image = self.runtime.image
@@ -278,6 +277,12 @@ class ModelServiceStatus(_Model):
         bool | None, Field(default=None, description="True when the power figures come from a simulated GPU.")
     ] = None
     last_scale_time: str | None = None
+    move: Annotated[
+        dict[str, Any] | None,
+        Field(
+            default=None, description="Consolidation move in flight: its replacement is running as a surge."
+        ),
+    ] = None
     scaler: Annotated[
         dict[str, Any] | None,
         Field(default=None, description="Autoscaler stabilisation state (opaque, owned by the operator)."),

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
+from greenserve.handlers import consolidation
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.prometheus import PrometheusSource
@@ -59,12 +60,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     kube = KubeClient()
     memo["config"] = config
     memo["kube"] = kube
-    memo["loop"] = LoopDeps(kube=kube, config=config, source=_metrics_source(config),
-                            metrics=_operator_metrics(config))
+    memo["loop"] = LoopDeps(
+        kube=kube, config=config, source=_metrics_source(config), metrics=_operator_metrics(config)
+    )
+    await consolidation.start(memo)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    await consolidation.stop(memo)
     deps = memo.get("loop")
     if isinstance(deps, LoopDeps) and deps.source is not None:
         await deps.source.close()

@@ -23,7 +23,7 @@ themselves as load falls.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Karpenter derives an eviction cost from pod-deletion-cost / 2^27 clamped to [-10, 10]; keeping our
 # values far below that scale leaves its view of "empty" nodes unchanged.
@@ -38,6 +38,7 @@ class NodeView:
     gpu_allocated: int = 0  # all pods' GPU requests, greenserve's and others'
     protected: bool = False  # do-not-disrupt / scale-down-disabled
     draining: bool = False  # cordoned, or tainted by an autoscaler for deletion
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class ReplicaView:
     gpus: int
     ready: bool = True
     protected: bool = False  # warming up or do-not-disrupt
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # e.g. the GPU product
+
+    def fits_labels(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.node_selector.items())
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
                 and not nodes[t].protected
                 and not nodes[t].draining
                 and trial_free[t] >= r.gpus
+                and r.fits_labels(nodes[t].labels)
                 # Only towards fuller nodes (as filled by this plan so far): no ping-pong.
                 and (nodes[t].gpu_capacity - free[t], t) > (alloc[src], src)
             ]
@@ -180,19 +186,13 @@ def apply_moves(snapshot: ClusterSnapshot, moves: tuple[Move, ...]) -> ClusterSn
     """The snapshot after `moves` completed (used by the simulator and the idempotency property)."""
     by_pod = {m.pod: m for m in moves}
     replicas = tuple(
-        ReplicaView(r.pod, r.service, by_pod[r.pod].to_node, r.gpus, r.ready, r.protected)
-        if r.pod in by_pod
-        else r
-        for r in snapshot.replicas
+        replace(r, node=by_pod[r.pod].to_node) if r.pod in by_pod else r for r in snapshot.replicas
     )
     delta: dict[str, int] = {}
     for m in moves:
         delta[m.from_node] = delta.get(m.from_node, 0) - m.gpus
         delta[m.to_node] = delta.get(m.to_node, 0) + m.gpus
     nodes = tuple(
-        NodeView(
-            n.name, n.gpu_capacity, max(0, n.gpu_allocated + delta.get(n.name, 0)), n.protected, n.draining
-        )
-        for n in snapshot.nodes
+        replace(n, gpu_allocated=max(0, n.gpu_allocated + delta.get(n.name, 0))) for n in snapshot.nodes
     )
     return ClusterSnapshot(nodes, replicas)

@@ -142,9 +142,11 @@ async def _reconcile_valid(
     replicas = desired if desired is not None else desired_replicas(spec, status)
     replicas = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, replicas))
     options = builders.BuildOptions(scheduler_name=config.scheduler_name)
+    # A consolidation move in flight runs its replacement as one extra replica (see consolidator.py).
+    surge = 1 if status.get("move") and replicas > 0 else 0
     try:
         applied: dict[str, Any] | None = None
-        for obj in builders.objects(owner, spec, replicas, options):
+        for obj in builders.objects(owner, spec, replicas + surge, options):
             result = await kube.apply(obj)
             if obj["kind"] == "Deployment":
                 applied = result

@@ -12,9 +12,19 @@ NOW = 10_000.0
 
 def inputs(**kw: object) -> pa.ScalingInputs:
     base = pa.ScalingInputs(
-        current_replicas=2, ready_replicas=2, min_replicas=1, max_replicas=10, target_utilization=0.8,
-        capacity_rps=100.0, request_rate=100.0, gpu_utilization=None, sampled_at=NOW - 5,
-        scale_down_delay_s=300.0, idle_power_w=30.0, cold_start_energy_j=1800.0, cold_start_s=30.0,
+        current_replicas=2,
+        ready_replicas=2,
+        min_replicas=1,
+        max_replicas=10,
+        target_utilization=0.8,
+        capacity_rps=100.0,
+        request_rate=100.0,
+        gpu_utilization=None,
+        sampled_at=NOW - 5,
+        scale_down_delay_s=300.0,
+        idle_power_w=30.0,
+        cold_start_energy_j=1800.0,
+        cold_start_s=30.0,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -44,8 +54,11 @@ def test_missing_or_stale_metrics_hold() -> None:
 
 
 def test_gpu_utilization_metric_uses_the_hpa_formula() -> None:
-    d = pa.decide(inputs(capacity_rps=None, request_rate=None, gpu_utilization=0.9, target_utilization=0.6),
-                  pa.ScalerState(), NOW)
+    d = pa.decide(
+        inputs(capacity_rps=None, request_rate=None, gpu_utilization=0.9, target_utilization=0.6),
+        pa.ScalerState(),
+        NOW,
+    )
     assert d.desired_replicas == 3  # ceil(2 * 0.9 / 0.6)
 
 
@@ -64,8 +77,11 @@ def test_idle_to_zero_after_break_even() -> None:
     assert still.desired_replicas == 1
     gone = pa.decide(replace(idle, sampled_at=NOW + 60), still.state, NOW + 61)
     assert gone.desired_replicas == 0 and gone.reason == pa.IDLE_TO_ZERO
-    back = pa.decide(replace(idle, current_replicas=0, ready_replicas=0, request_rate=5.0, sampled_at=NOW + 70),
-                     gone.state, NOW + 71)
+    back = pa.decide(
+        replace(idle, current_replicas=0, ready_replicas=0, request_rate=5.0, sampled_at=NOW + 70),
+        gone.state,
+        NOW + 71,
+    )
     assert back.desired_replicas == 1 and back.state.idle_since is None
 
 
@@ -88,8 +104,16 @@ def test_state_round_trips_through_status() -> None:
 def test_bounds_and_hold_properties(
     current: int, lo: int, span: int, rate: float | None, util: float | None, age: float, slo: float | None
 ) -> None:
-    i = inputs(current_replicas=current, ready_replicas=current, min_replicas=lo, max_replicas=max(lo + span, 1),
-               request_rate=rate, gpu_utilization=util, sampled_at=NOW - age, slo_p95_ms=slo)
+    i = inputs(
+        current_replicas=current,
+        ready_replicas=current,
+        min_replicas=lo,
+        max_replicas=max(lo + span, 1),
+        request_rate=rate,
+        gpu_utilization=util,
+        sampled_at=NOW - age,
+        slo_p95_ms=slo,
+    )
     d = pa.decide(i, pa.ScalerState(), NOW)
     if d.reason in (pa.HOLD_MISSING, pa.HOLD_STALE):
         assert d.desired_replicas == current  # missing or stale data never changes anything

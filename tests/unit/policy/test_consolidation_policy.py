@@ -17,7 +17,9 @@ from greenserve.policy.consolidation import (
 UNLIMITED = ConsolidationLimits(max_moves=1000, min_interval_s=0)
 
 
-def snapshot(layout: dict[str, list[int]], capacity: int = 8, protected_nodes: tuple[str, ...] = ()) -> ClusterSnapshot:
+def snapshot(
+    layout: dict[str, list[int]], capacity: int = 8, protected_nodes: tuple[str, ...] = ()
+) -> ClusterSnapshot:
     nodes, replicas = [], []
     for node, gpus in layout.items():
         nodes.append(NodeView(node, capacity, sum(gpus), protected=node in protected_nodes))
@@ -43,8 +45,10 @@ def test_protected_nodes_and_replicas_are_never_touched() -> None:
     snap = snapshot({"a": [1], "b": [2], "c": [2, 2]}, protected_nodes=("c",))
     p = plan(snap, 0, UNLIMITED)
     assert all(m.to_node != "c" and m.from_node != "c" for m in p.moves)
-    warm = ClusterSnapshot(snap.nodes, tuple(
-        ReplicaView(r.pod, r.service, r.node, r.gpus, ready=r.node != "a") for r in snap.replicas))
+    warm = ClusterSnapshot(
+        snap.nodes,
+        tuple(ReplicaView(r.pod, r.service, r.node, r.gpus, ready=r.node != "a") for r in snap.replicas),
+    )
     assert all(m.from_node != "a" for m in plan(warm, 0, UNLIMITED).moves)
 
 
@@ -92,3 +96,18 @@ def test_plan_properties(layout: dict[str, list[int]], protected: set[str], budg
     assert plan(apply_moves(snap, full.moves), 0, UNLIMITED).moves == ()
     # Emptied nodes really end up empty.
     assert not {r.node for r in apply_moves(snap, full.moves).replicas} & set(full.emptied_nodes)
+
+
+def test_moves_respect_the_replicas_node_selector() -> None:
+    nodes = (
+        NodeView("l4-a", 8, 2, labels={"nvidia.com/gpu.product": "L4"}),
+        NodeView("h100", 8, 6, labels={"nvidia.com/gpu.product": "H100"}),
+        NodeView("l4-b", 8, 4, labels={"nvidia.com/gpu.product": "L4"}),
+    )
+    replicas = (
+        ReplicaView("p", "ns/s", "l4-a", 2, node_selector={"nvidia.com/gpu.product": "L4"}),
+        ReplicaView("q", "ns/t", "h100", 6),
+        ReplicaView("r", "ns/s", "l4-b", 4, node_selector={"nvidia.com/gpu.product": "L4"}),
+    )
+    p = plan(ClusterSnapshot(nodes, replicas), 0, UNLIMITED)
+    assert [(m.pod, m.to_node) for m in p.moves] == [("p", "l4-b")]  # not onto the fuller H100 node

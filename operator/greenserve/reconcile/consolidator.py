@@ -1,0 +1,293 @@
+"""Execute consolidation plans on the cluster, one move at a time, restart-safe.
+
+A move never lowers capacity: it runs as "surge, wait, retire":
+
+1. the source node gets the taint `greenserve.io/consolidating=true:NoSchedule`, so neither the replacement
+   nor any scale-up lands there (the bin-packing scheduler then picks the fullest node that fits);
+2. the ModelService's status records the move (`status.move`); reconcile applies desired + 1 replicas
+   while a move is recorded, which starts the replacement;
+3. once desired replicas are Ready without the source pod, the source pod gets the lowest
+   pod-deletion-cost and the move is cleared; reconcile scales back to desired and the ReplicaSet removes
+   exactly that pod (a graceful delete with the preStop drain, never below the PodDisruptionBudget);
+4. the emptied node keeps its taint until it is gone; the node autoscaler (Karpenter or
+   cluster-autoscaler) removes it.
+
+All state lives in the API (status.move, taints, annotations), so an operator killed at any step resumes
+the same move after a restart: a surge already applied is not applied twice, and a replacement already
+Ready is not started again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenserve.api import conditions as cond
+from greenserve.api import constants as c
+from greenserve.api.v1alpha1 import ConsolidationPolicy
+from greenserve.cluster import events
+from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient
+from greenserve.config import OperatorConfig
+from greenserve.policy import consolidation as pc
+from greenserve.reconcile import modelservice as rec
+
+log = logging.getLogger(__name__)
+
+TAINT_KEY = f"{c.GROUP}/consolidating"
+MOVE_TIMEOUT_S = 300.0
+AUTOSCALER_DELETION_TAINTS = (
+    "ToBeDeletedByClusterAutoscaler",
+    "DeletionCandidateOfClusterAutoscaler",
+    "karpenter.sh/disrupted",
+)
+
+
+@dataclass
+class ConsolidatorState:
+    """In-memory only: the rate limit. Losing it on restart can only delay a move, never repeat one."""
+
+    last_move_at: float | None = None
+    moves_started: int = 0
+    moves_completed: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def _gpus(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for ctr in (pod.get("spec") or {}).get("containers") or []:
+        limits = (ctr.get("resources") or {}).get("limits") or {}
+        total += int(limits.get(c.GPU_RESOURCE, 0) or 0)
+    return total
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp")) or (pod.get("status") or {}).get("phase") in (
+        "Succeeded",
+        "Failed",
+    )
+
+
+def _service_key(pod: Mapping[str, Any]) -> str | None:
+    svc = (pod["metadata"].get("labels") or {}).get(c.LABEL_MODELSERVICE)
+    return f"{pod['metadata']['namespace']}/{svc}" if svc else None
+
+
+def node_view(node: Mapping[str, Any], allocated: int) -> pc.NodeView:
+    meta, spec = node["metadata"], node.get("spec") or {}
+    ann = meta.get("annotations") or {}
+    taints = spec.get("taints") or []
+    protected = (
+        ann.get(c.ANN_KARPENTER_DO_NOT_DISRUPT) == "true" or ann.get(c.ANN_CA_SCALE_DOWN_DISABLED) == "true"
+    )
+    draining = bool(spec.get("unschedulable")) or any(
+        t.get("key") in AUTOSCALER_DELETION_TAINTS for t in taints
+    )
+    capacity = int((node.get("status") or {}).get("allocatable", {}).get(c.GPU_RESOURCE, 0) or 0)
+    labels = dict(meta.get("labels") or {})
+    return pc.NodeView(
+        meta["name"], capacity, allocated, protected=protected, draining=draining, labels=labels
+    )
+
+
+def build_snapshot(
+    nodes: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    movable_services: set[str],
+) -> pc.ClusterSnapshot:
+    """Policy view of the GPU nodes: every pod's GPUs count as allocated; only greenserve replicas of
+    services that allow consolidation are movable, the rest are protected."""
+    allocated: dict[str, int] = {}
+    replicas: list[pc.ReplicaView] = []
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or _terminating(pod):
+            continue
+        gpus = _gpus(pod)
+        allocated[node] = allocated.get(node, 0) + gpus
+        key = _service_key(pod)
+        if key is None or gpus == 0:
+            continue
+        ann = pod["metadata"].get("annotations") or {}
+        protected = key not in movable_services or ann.get(c.ANN_KARPENTER_DO_NOT_DISRUPT, "false") not in (
+            "false",
+            "",
+        )
+        selector = dict((pod.get("spec") or {}).get("nodeSelector") or {})
+        replicas.append(
+            pc.ReplicaView(
+                pod["metadata"]["name"], key, node, gpus, _ready(pod), protected, node_selector=selector
+            )
+        )
+    views = [
+        node_view(n, allocated.get(n["metadata"]["name"], 0))
+        for n in nodes
+        if (n.get("status") or {}).get("allocatable", {}).get(c.GPU_RESOURCE)
+    ]
+    return pc.ClusterSnapshot(tuple(views), tuple(replicas))
+
+
+class Consolidator:
+    def __init__(
+        self, kube: KubeClient, config: OperatorConfig, limits: pc.ConsolidationLimits | None = None
+    ):
+        self.kube = kube
+        self.config = config
+        self.limits = limits or pc.ConsolidationLimits(
+            max_moves=1, min_interval_s=config.consolidation_interval_s
+        )
+        self.state = ConsolidatorState()
+
+    def _note(self, text: str) -> None:
+        log.info("consolidation: %s", text)
+        self.state.log.append(text)
+
+    async def _set_move(
+        self, msvc: Mapping[str, Any], move: dict[str, Any] | None, message: str
+    ) -> dict[str, Any]:
+        meta = msvc["metadata"]
+        status = msvc.get("status") or {}
+        conditions = cond.set_condition(
+            status.get("conditions"),
+            cond.CONSOLIDATING,
+            move is not None,
+            "MoveInProgress" if move else "Idle",
+            message,
+            meta.get("generation"),
+        )
+        patched = await self.kube.patch_status(
+            MODELSERVICES, meta["name"], meta["namespace"], {"move": move, "conditions": conditions}
+        )
+        return patched
+
+    async def _taint(self, node: Mapping[str, Any], on: bool) -> None:
+        taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
+        if on:
+            taints.append({"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"})
+        await self.kube.patch(NODES, node["metadata"]["name"], {"spec": {"taints": taints}})
+
+    async def _set_deletion_costs(self, pods: Sequence[Mapping[str, Any]], costs: Mapping[str, int]) -> None:
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name not in costs:
+                continue
+            want = str(costs[name])
+            if (pod["metadata"].get("annotations") or {}).get(c.ANN_POD_DELETION_COST) == want:
+                continue  # idempotent: write only on change
+            try:
+                await self.kube.patch(
+                    PODS,
+                    name,
+                    {"metadata": {"annotations": {c.ANN_POD_DELETION_COST: want}}},
+                    pod["metadata"]["namespace"],
+                )
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+
+    async def _progress(self, msvc: dict[str, Any], pods: Sequence[Mapping[str, Any]], now: float) -> bool:
+        """Advance an in-flight move; True while it is still in flight."""
+        move = msvc["status"]["move"]
+        meta = msvc["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        mine = [p for p in pods if _service_key(p) == key and not _terminating(p)]
+        source = next((p for p in mine if p["metadata"]["name"] == move["pod"]), None)
+        desired = int((msvc.get("status") or {}).get("desiredReplicas") or 0)
+        others_ready = [p for p in mine if p is not source and _ready(p)]
+        if source is None:
+            await self._set_move(msvc, None, f"{move['pod']} is gone; move closed")
+            return False
+        if len(others_ready) >= desired:
+            # The replacement serves: retire the source through the ReplicaSet, cheapest pod first.
+            await self._set_deletion_costs([source], {move["pod"]: pc.DRAIN_DELETION_COST})
+            updated = await self._set_move(msvc, None, f"moved {move['pod']} off {move['fromNode']}")
+            await rec.reconcile(self.kube, updated, self.config)
+            await events.post(
+                self.kube,
+                msvc,
+                "Normal",
+                "ReplicaMoved",
+                f"replica {move['pod']} moved off {move['fromNode']} to free the GPU node",
+            )
+            self.state.moves_completed += 1
+            self._note(f"{key}: retired {move['pod']} from {move['fromNode']}")
+            return False
+        if now - float(move.get("startedAt") or now) > MOVE_TIMEOUT_S:
+            updated = await self._set_move(msvc, None, "replacement not ready in time; move abandoned")
+            await rec.reconcile(self.kube, updated, self.config)
+            await events.post(
+                self.kube,
+                msvc,
+                "Warning",
+                "MoveTimedOut",
+                f"replacement for {move['pod']} not ready after {MOVE_TIMEOUT_S:.0f}s",
+            )
+            return False
+        return True
+
+    async def run_once(self, now: float) -> pc.ConsolidationPlan | None:
+        msvcs = await self.kube.list_objects(MODELSERVICES)
+        pods = await self.kube.list_objects(PODS)
+        nodes = await self.kube.list_objects(NODES)
+        # 1. Finish what is in flight (one move at a time, cluster-wide).
+        in_flight = False
+        for msvc in msvcs:
+            if (msvc.get("status") or {}).get("move"):
+                in_flight = await self._progress(msvc, pods, now) or in_flight
+        if in_flight:
+            return None
+        if in_flight is False and any((m.get("status") or {}).get("move") for m in msvcs):
+            pods = await self.kube.list_objects(PODS)  # retirements changed the picture
+        movable = set()
+        for m in msvcs:
+            energy = (m.get("spec") or {}).get("energy") or {}
+            if (
+                energy.get("consolidation", True)
+                and energy.get("policy") != ConsolidationPolicy.PERFORMANCE.value
+            ):
+                movable.add(f"{m['metadata']['namespace']}/{m['metadata']['name']}")
+        snapshot = build_snapshot(nodes, pods, movable)
+        limits = pc.ConsolidationLimits(
+            max_moves=1,
+            min_interval_s=self.limits.min_interval_s,
+            last_move_at=self.state.last_move_at,
+            headroom_gpus=self.limits.headroom_gpus,
+        )
+        plan = pc.plan(snapshot, now, limits)
+        ours = [p for p in pods if _service_key(p) and not _terminating(p)]
+        await self._set_deletion_costs(ours, plan.deletion_costs)
+        # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened.
+        by_name = {n["metadata"]["name"]: n for n in nodes}
+        for name, node in by_name.items():
+            tainted = any(t.get("key") == TAINT_KEY for t in (node.get("spec") or {}).get("taints") or [])
+            wanted = name in plan.emptied_nodes
+            if tainted != wanted:
+                await self._taint(node, wanted)
+                self._note(f"{'closed' if wanted else 'reopened'} node {name}")
+        # 3. Start the next move.
+        if plan.moves:
+            move = plan.moves[0]
+            ns, name = move.service.split("/", 1)
+            msvc = next(
+                m for m in msvcs if m["metadata"]["namespace"] == ns and m["metadata"]["name"] == name
+            )
+            record = {"pod": move.pod, "fromNode": move.from_node, "toNode": move.to_node, "startedAt": now}
+            updated = await self._set_move(msvc, record, f"moving {move.pod} off {move.from_node}")
+            await rec.reconcile(self.kube, updated, self.config)
+            await events.post(
+                self.kube,
+                msvc,
+                "Normal",
+                "ConsolidationMove",
+                f"starting a replacement for {move.pod} to empty node {move.from_node} ({plan.reason})",
+            )
+            self.state.last_move_at = now
+            self.state.moves_started += 1
+            self._note(f"{move.service}: moving {move.pod} {move.from_node} -> {move.to_node}")
+        return plan

@@ -1,0 +1,275 @@
+"""The policies compared: greenserve (the operator's own policy modules) and the baselines.
+
+All of them see the same metrics (the request rate over `Scenario.metrics_window_s`, past data only), run
+on the same cluster, node autoscaler, power model and SLO; they differ only in how many replicas they ask
+for, where the scheduler puts them, and which go on scale-in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from greenserve.policy import autoscaling, consolidation
+from greenserve.simulator.cluster import Placement, Replica
+from greenserve.simulator.engine import Simulation
+
+
+def _replicaset_victim_key(sim: Simulation):  # type: ignore[no-untyped-def]
+    """ReplicaSet scale-in order (controller.ActivePodsWithRanks): unscheduled, then not ready, then pods
+    on nodes with more replicas of the same set, then the most recently ready."""
+    now = sim.now
+
+    def key(r: Replica) -> tuple[float, ...]:
+        if r.node is None:
+            return (0.0, 0.0, 0.0, 0.0)
+        colocated = sum(
+            1 for o in sim.cluster.of_model(r.model) if o.node == r.node and o.replaces is None
+        )
+        ready_at = r.ready_at if r.ready_at is not None else now
+        return (1.0, 1.0 if r.is_ready(now) else 0.0, -float(colocated), -ready_at)
+
+    return key
+
+
+@dataclass
+class StaticPeak:
+    """Static peak provisioning: enough replicas for each model's peak at the target, all the time."""
+
+    target_utilization: float = 0.7
+    name: str = "static-peak"
+    placement: Placement = Placement.LEAST_ALLOCATED
+    control_interval_s: float = math.inf
+
+    def initial(self, sim: Simulation) -> list[int]:
+        return [
+            max(1, math.ceil(float(sim.trace.rates[m].max()) / (spec.capacity_rps * self.target_utilization)))
+            for m, spec in enumerate(sim.models)
+        ]
+
+    def control(self, sim: Simulation) -> None:
+        return None
+
+
+@dataclass
+class HpaLike:
+    """Kubernetes HPA: desired = ceil(ready * utilization / target) with 10% tolerance every 15 s; scale-up
+    at most max(4 pods, 100%) per period; scale-down to the highest recommendation of the last 300 s.
+    Utilization is the offered load per ready replica (rate / (ready * capacity)), which does not saturate
+    at 100% like GPU utilization would: the strongest form of the baseline. Default scheduler spreading
+    (LeastAllocated) and ReplicaSet scale-in order."""
+
+    target_utilization: float = 0.7
+    stabilization_s: float = 300.0
+    tolerance: float = 0.1
+    min_replicas: int = 1
+    max_replicas: int = 200
+    name: str = "hpa"
+    placement: Placement = Placement.LEAST_ALLOCATED
+    control_interval_s: float = 15.0
+    _recs: list[deque[tuple[float, int]]] = field(default_factory=list)
+
+    def _desired(self, sim: Simulation, m: int) -> int:
+        spec = sim.models[m]
+        rate = sim.observed_rate(m)
+        current = len(sim.logical(m))
+        ready = sim.ready_count(m)
+        if ready == 0:
+            return max(current, math.ceil(rate / (spec.capacity_rps * self.target_utilization) - 1e-9))
+        ratio = rate / (ready * spec.capacity_rps) / self.target_utilization
+        if abs(ratio - 1.0) <= self.tolerance:
+            return current
+        return math.ceil(ready * ratio - 1e-9)
+
+    def initial(self, sim: Simulation) -> list[int]:
+        self._recs = [deque() for _ in sim.models]
+        return [
+            max(self.min_replicas, math.ceil(sim.observed_rate(m) / (s.capacity_rps * self.target_utilization)))
+            for m, s in enumerate(sim.models)
+        ]
+
+    def control(self, sim: Simulation) -> None:
+        key = _replicaset_victim_key(sim)
+        for m in range(len(sim.models)):
+            current = len(sim.logical(m))
+            want = min(self.max_replicas, max(self.min_replicas, self._desired(sim, m)))
+            recs = self._recs[m]
+            recs.append((sim.now, want))
+            while recs and recs[0][0] <= sim.now - self.stabilization_s:
+                recs.popleft()
+            if want > current:
+                want = min(want, max(current + 4, 2 * current))
+            else:
+                want = min(current, max(n for _, n in recs))
+            if want != current:
+                sim.scale_to(m, want, key)
+
+
+@dataclass
+class KnativeLike:
+    """Knative Pod Autoscaler: desired = ceil(concurrency / (per-replica target * 0.7)) over a 60 s stable
+    window; a 6 s panic window (panic when it asks for >= 2x the ready pods: no scale-down for 60 s); at
+    most halving per tick; scale to zero after 30 s without requests, and back from zero as soon as a
+    request reaches the activator (it waits for the cold start). Concurrency = requests in flight
+    (busy servers + queue); a replica's target is 1 in-flight request (a GPU server at 100%)."""
+
+    per_replica_concurrency: float = 1.0
+    target_utilization: float = 0.7
+    stable_s: float = 60.0
+    panic_s: float = 6.0
+    panic_threshold: float = 2.0
+    scale_to_zero_s: float = 30.0
+    max_scale_down_rate: float = 2.0
+    max_replicas: int = 200
+    name: str = "knative"
+    placement: Placement = Placement.LEAST_ALLOCATED
+    control_interval_s: float = 2.0
+    _panic_until: list[float] = field(default_factory=list)
+
+    def initial(self, sim: Simulation) -> list[int]:
+        self._panic_until = [-math.inf] * len(sim.models)
+        per = self.per_replica_concurrency * self.target_utilization
+        return [math.ceil(sim.observed_concurrency(m, self.stable_s) / per - 1e-9) for m in range(len(sim.models))]
+
+    def control(self, sim: Simulation) -> None:
+        key = _replicaset_victim_key(sim)
+        per = self.per_replica_concurrency * self.target_utilization
+        for m in range(len(sim.models)):
+            current = len(sim.logical(m))
+            ready = sim.ready_count(m)
+            stable = math.ceil(sim.observed_concurrency(m, self.stable_s) / per - 1e-9)
+            panic = math.ceil(sim.observed_concurrency(m, self.panic_s) / per - 1e-9)
+            if ready > 0 and panic / ready >= self.panic_threshold:
+                self._panic_until[m] = sim.now + self.stable_s
+            if sim.now < self._panic_until[m]:
+                want = max(current, panic, stable)
+            else:
+                want = max(stable, math.ceil(current / self.max_scale_down_rate)) if stable < current else stable
+            if sim.now - sim.last_arrival[m] >= self.scale_to_zero_s:
+                want = 0
+            elif sim.backlog[m] > 0 or sim.trace.rates[m, sim.k] > 0:
+                want = max(want, 1)  # the activator wakes a scaled-to-zero revision at once
+            want = min(self.max_replicas, want)
+            if want != current:
+                sim.scale_to(m, want, key)
+
+
+@dataclass
+class Greenserve:
+    """The operator's policy: autoscaling.decide per model every control period (demand at the target
+    utilization, M/M/c SLO guard, scale-up at once, stabilised scale-down, optional idle-to-zero),
+    MostAllocated placement, deletion costs on scale-in and consolidation.plan moves (start-before-stop)."""
+
+    target_utilization: float = 0.7
+    scale_down_delay_s: float = 300.0
+    min_replicas: int = 1
+    max_replicas: int = 200
+    consolidate: bool = True
+    max_moves: int = 2
+    move_interval_s: float = 60.0
+    headroom_gpus: int = 0
+    name: str = "greenserve"
+    placement: Placement = Placement.MOST_ALLOCATED
+    control_interval_s: float = 15.0
+    _states: list[autoscaling.ScalerState] = field(default_factory=list)
+    _last_move_at: float | None = None
+
+    def initial(self, sim: Simulation) -> list[int]:
+        self._states = [autoscaling.ScalerState() for _ in sim.models]
+        self._last_move_at = None
+        out = []
+        for m in range(len(sim.models)):
+            found = autoscaling.demand_replicas(self._inputs(sim, m, 0, 0))
+            out.append(max(self.min_replicas, found[0] if found else 1))
+        return out
+
+    def _inputs(self, sim: Simulation, m: int, current: int, ready: int) -> autoscaling.ScalingInputs:
+        spec = sim.models[m]
+        rate = sim.observed_rate(m)
+        gpu = sim.gpu
+        return autoscaling.ScalingInputs(
+            current_replicas=current,
+            ready_replicas=ready,
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            target_utilization=self.target_utilization,
+            capacity_rps=spec.capacity_rps,
+            request_rate=rate,
+            gpu_utilization=min(1.0, rate / (ready * spec.capacity_rps)) if ready else None,
+            sampled_at=sim.now,
+            slo_p95_ms=spec.slo_ms,
+            service_time_ms=spec.service_time_s * 1000.0,
+            scale_down_delay_s=self.scale_down_delay_s,
+            cold_start_s=spec.cold_start_s,
+            # Parking a replica costs its loaded-idle power over bare; a reload costs P_ctx * T_load.
+            idle_power_w=max(1, current) * (gpu.loaded_idle_w - gpu.bare_w) * spec.gpus,
+            cold_start_energy_j=gpu.loaded_idle_w * spec.cold_start_s * spec.gpus,
+        )
+
+    def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:
+        now = sim.now
+        moving = {r.replaces for r in sim.cluster.replicas.values() if r.replaces is not None}
+        nodes = tuple(
+            consolidation.NodeView(str(n.nid), n.gpus, n.used)
+            for n in sim.cluster.nodes.values()
+            if n.ready_at <= now
+        )
+        replicas = tuple(
+            consolidation.ReplicaView(
+                str(r.rid),
+                str(r.model),
+                str(r.node),
+                r.gpus,
+                ready=r.is_ready(now),
+                protected=(not r.is_ready(now)) or r.rid in moving or r.replaces is not None,
+            )
+            for r in sim.cluster.replicas.values()
+            if r.node is not None
+        )
+        return consolidation.ClusterSnapshot(nodes, replicas)
+
+    def control(self, sim: Simulation) -> None:
+        snap = self._snapshot(sim)
+        plan = consolidation.plan(
+            snap,
+            sim.now,
+            consolidation.ConsolidationLimits(
+                max_moves=self.max_moves,
+                min_interval_s=self.move_interval_s,
+                last_move_at=self._last_move_at,
+                headroom_gpus=self.headroom_gpus,
+            ),
+        )
+        costs = plan.deletion_costs
+        now = sim.now
+
+        def victim(r: Replica) -> tuple[float, ...]:
+            if r.node is None:
+                return (0.0, 0.0, 0.0)
+            ready_at = r.ready_at if r.ready_at is not None else now
+            return (1.0, float(costs.get(str(r.rid), 0)), -ready_at)
+
+        for m in range(len(sim.models)):
+            current = len(sim.logical(m))
+            ready = sim.ready_count(m)
+            decision = autoscaling.decide(self._inputs(sim, m, current, ready), self._states[m], now)
+            self._states[m] = decision.state
+            if decision.desired_replicas != current:
+                sim.scale_to(m, decision.desired_replicas, victim)
+        if self.consolidate and plan.moves:
+            moved = False
+            for mv in plan.moves:
+                if int(mv.pod) in sim.cluster.replicas:
+                    moved = sim.start_move(int(mv.pod), int(mv.to_node)) or moved
+            if moved:
+                self._last_move_at = now
+
+
+def all_policies(target_utilization: float = 0.7) -> list[StaticPeak | HpaLike | KnativeLike | Greenserve]:
+    return [
+        StaticPeak(target_utilization),
+        HpaLike(target_utilization),
+        KnativeLike(target_utilization=target_utilization),
+        Greenserve(target_utilization),
+    ]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Any
+
+from greenserve.api import constants as c
+from greenserve.reconcile.consolidator import build_snapshot
+
+
+def node(name: str, gpus: int = 8, **extra: Any) -> dict[str, Any]:
+    meta = {"name": name, "labels": {c.GPU_PRODUCT_LABEL: "L4"}, "annotations": extra.pop("annotations", {})}
+    return {"metadata": meta, "spec": extra, "status": {"allocatable": {c.GPU_RESOURCE: str(gpus)}}}
+
+
+def pod(
+    name: str, node_name: str, gpus: int, svc: str | None = "s", ready: bool = True, **ann: str
+) -> dict[str, Any]:
+    labels = {c.LABEL_MODELSERVICE: svc} if svc else {}
+    return {
+        "metadata": {"name": name, "namespace": "ns", "labels": labels, "annotations": ann},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"resources": {"limits": {c.GPU_RESOURCE: str(gpus)}}}],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_snapshot_counts_every_pods_gpus_and_protects_what_must_not_move() -> None:
+    nodes = [
+        node("a"),
+        node("b", annotations={c.ANN_KARPENTER_DO_NOT_DISRUPT: "true"}),
+        node("c", unschedulable=True),
+        node("d", taints=[{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]),
+        {"metadata": {"name": "cpu"}, "spec": {}, "status": {"allocatable": {"cpu": "8"}}},
+    ]
+    pods = [
+        pod("mine", "a", 2),
+        pod("foreign", "a", 3, svc=None),
+        pod("warming", "a", 1, ready=False),
+        pod("pinned", "a", 1, **{c.ANN_KARPENTER_DO_NOT_DISRUPT: "5m"}),
+        pod("other-svc", "a", 1, svc="frozen"),
+    ]
+    snap = build_snapshot(nodes, pods, movable_services={"ns/s"})
+    views = {n.name: n for n in snap.nodes}
+    assert set(views) == {"a", "b", "c", "d"}  # CPU-only nodes are not part of GPU consolidation
+    assert views["a"].gpu_allocated == 8  # the foreign pod's GPUs count too
+    assert views["b"].protected and views["c"].draining and views["d"].draining
+    reps = {r.pod: r for r in snap.replicas}
+    assert "foreign" not in reps
+    assert not reps["mine"].protected and reps["mine"].node_selector == {}
+    assert not reps["warming"].ready
+    assert reps["pinned"].protected and reps["other-svc"].protected

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from greenserve.cluster.client import KubeClient, load_kubeconfig
-from support.kube import Kubectl, OperatorProcess
+from support.chart import chart_operator_env, operator_kubeconfig_from_chart, uninstall
+from support.kube import Kubectl, OperatorProcess, harness_bin, rbac_denials
 from support.paths import REPO, harness_kubeconfig
 
 
@@ -45,10 +46,36 @@ def namespace(kubectl: Kubectl, crd_installed: None) -> Iterator[str]:
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
+OPERATOR_NAMESPACE = "greenserve-it"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    kubectl: Kubectl, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The operator under test authenticates as the Helm chart's ServiceAccount, with exactly the chart's
+    RBAC: a permission the operator needs but the chart lacks fails these tests."""
+    helm_bin = harness_bin() / "helm"
+    path = operator_kubeconfig_from_chart(
+        kubectl, helm_bin, OPERATOR_NAMESPACE, out_dir=tmp_path_factory.mktemp("sa")
+    )
+    yield path
+    uninstall(kubectl, helm_bin, OPERATOR_NAMESPACE)
+
+
 @pytest.fixture
-def operator(kubeconfig: Path, tmp_path: Path, crd_installed: None) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, tmp_path)
+def operator_env() -> dict[str, str]:
+    return chart_operator_env(OPERATOR_NAMESPACE)
+
+
+@pytest.fixture
+def operator(
+    operator_kubeconfig: Path, operator_env: dict[str, str], tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=operator_env)
     proc.start()
     yield proc
     proc.stop()
-    print(proc.logs()[-5000:])
+    logs = proc.logs()
+    print(logs[-5000:])
+    assert rbac_denials(logs) == [], "the chart's RBAC lacks a permission the operator used"

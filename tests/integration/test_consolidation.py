@@ -13,7 +13,7 @@ import pytest
 from greenserve.api import constants as c
 from greenserve.cluster.client import EVENTS, NODES, PODS, KubeClient
 from greenserve.reconcile.consolidator import TAINT_KEY
-from support.kube import Kubectl, OperatorProcess, eventually
+from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 PRODUCT = "TEST-CONSOLIDATION"
@@ -76,7 +76,9 @@ def consolidating_operator(
     proc.start()
     yield proc
     proc.stop()
-    print(proc.logs()[-6000:])
+    logs = proc.logs()
+    print(logs[-6000:])
+    assert rbac_denials(logs) == [], "the chart's RBAC lacks a permission the operator used"
 
 
 async def pods_of(kube: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:

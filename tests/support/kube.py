@@ -111,3 +111,9 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def rbac_denials(logs: str) -> list[str]:
+    """Log lines where the API server refused the operator for lack of a permission (RBAC), as opposed to
+    other 403s such as writing into a namespace that is being deleted."""
+    return [line for line in logs.splitlines() if "is forbidden: User" in line and "cannot" in line]

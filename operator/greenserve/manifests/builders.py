@@ -84,8 +84,13 @@ def batching_config(spec: ModelServiceSpec) -> str:
 
 
 def spec_hash(spec: ModelServiceSpec) -> str:
-    """Stable digest of the spec, stamped on pods so a config-only change (batching) still rolls them."""
-    payload = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    """Digest of what the pods run, stamped on them so a config-only change (batching) still rolls them.
+
+    Only model, runtime and GPU fields count: a change of scaling bounds, energy policy or SLO must
+    never restart serving replicas.
+    """
+    pod_relevant = spec.model_dump(mode="json", by_alias=True, include={"model", "runtime", "gpu"})
+    payload = json.dumps(pod_relevant, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

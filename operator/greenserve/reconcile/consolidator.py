@@ -28,7 +28,7 @@ from greenserve.api import conditions as cond
 from greenserve.api import constants as c
 from greenserve.api.v1alpha1 import ConsolidationPolicy
 from greenserve.cluster import events
-from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient
+from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient, Resource
 from greenserve.config import OperatorConfig
 from greenserve.policy import consolidation as pc
 from greenserve.reconcile import modelservice as rec
@@ -231,9 +231,19 @@ class Consolidator:
             return False
         return True
 
+    async def _list(self, res: Resource) -> list[dict[str, Any]]:
+        """Cluster-wide, or per watched namespace when the operator is namespaced (its RBAC is then a Role
+        per namespace; other tenants' GPU pods are invisible and count as free capacity on the nodes)."""
+        if not self.config.namespaces:
+            return await self.kube.list_objects(res)
+        out: list[dict[str, Any]] = []
+        for ns in self.config.namespaces:
+            out += await self.kube.list_objects(res, ns)
+        return out
+
     async def run_once(self, now: float) -> pc.ConsolidationPlan | None:
-        msvcs = await self.kube.list_objects(MODELSERVICES)
-        pods = await self.kube.list_objects(PODS)
+        msvcs = await self._list(MODELSERVICES)
+        pods = await self._list(PODS)
         nodes = await self.kube.list_objects(NODES)
         # 1. Finish what is in flight (one move at a time, cluster-wide).
         in_flight = False
@@ -243,7 +253,7 @@ class Consolidator:
         if in_flight:
             return None
         if in_flight is False and any((m.get("status") or {}).get("move") for m in msvcs):
-            pods = await self.kube.list_objects(PODS)  # retirements changed the picture
+            pods = await self._list(PODS)  # retirements changed the picture
         movable = set()
         for m in msvcs:
             energy = (m.get("spec") or {}).get("energy") or {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +35,8 @@ class BenchConfig:
     def models(self) -> tuple[ModelSpec, ...]:
         colds = np.linspace(self.cold_start_min_s, self.cold_start_max_s, self.n_models)
         return tuple(
-            ModelSpec(f"model-{i}", self.capacity_rps, float(colds[i]), self.slo_ms) for i in range(self.n_models)
+            ModelSpec(f"model-{i}", self.capacity_rps, float(colds[i]), self.slo_ms)
+            for i in range(self.n_models)
         )
 
 
@@ -59,21 +59,50 @@ def run_policy(name: str, scenario: Scenario, cfg: BenchConfig) -> Result:
     return Simulation(scenario).run(make_policy(name, cfg))
 
 
-def load_trace(
-    name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False
-) -> traces.Trace:
-    """Named traces: azure-code, azure-conv (real, 1 h, rate-scaled by superposition to about 250 req/s),
-    diurnal (synthetic 24 h; 6 h in quick mode), bursty (synthetic 2 h)."""
-    if name in traces.AZURE_FILES:
-        path = traces_dir / traces.AZURE_FILES[name]
+TRACES = ("azure-code", "azure-conv", "diurnal")
+STRESS_TRACES = ("azure-code-1h", "azure-conv-1h")
+
+
+def load_trace(name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False) -> tuple[traces.Trace, int]:
+    """A named trace and its warm-up steps (run, not measured).
+
+    * azure-code, azure-conv: the real hour stretched to a day (x24) at about 250 req/s (superposed
+      copies: x100 code, x50 conv); 6 h warm-up.
+    * azure-code-1h, azure-conv-1h: the same at the native time scale (1 h; 10 min warm-up): a stress test
+      of minute-scale swings against 30-120 s cold starts.
+    * diurnal: synthetic 24 h after a 24 h warm-up (steady state of a daily cycle); bursty: synthetic 2 h.
+    Quick mode: 6 h instead of 24 h, 20 s steps.
+    """
+    step = 20.0 if quick else 5.0
+    if name.removesuffix("-1h") in traces.AZURE_FILES:
+        base = name.removesuffix("-1h")
+        path = traces_dir / traces.AZURE_FILES[base]
         if not path.is_file():
             raise FileNotFoundError(f"trace {path} not found (pass --traces DIR)")
-        scale = 100.0 if name == "azure-code" else 50.0
-        return traces.load_azure(path, name=name, step_s=5.0, n_models=cfg.n_models, rate_scale=scale, seed=cfg.seed)
+        scale = 100.0 if base == "azure-code" else 50.0
+        native = name.endswith("-1h")
+        stretch = 1.0 if native else (6.0 if quick else 24.0)
+        tr = traces.load_azure(
+            path,
+            name=name,
+            step_s=5.0 if native else step,
+            n_models=cfg.n_models,
+            rate_scale=scale,
+            stretch=stretch,
+            seed=cfg.seed,
+        )
+        return traces.with_warmup(tr, 600.0 if native else stretch * 3600 / 4)
     if name == "diurnal":
-        return traces.diurnal(hours=6.0 if quick else 24.0, step_s=10.0, n_models=cfg.n_models, seed=cfg.seed)
+        hours = 6.0 if quick else 24.0
+        tr = traces.diurnal(hours=24.0, step_s=2 * step, n_models=cfg.n_models, seed=cfg.seed)
+        if quick:  # the afternoon peak and the evening ramp-down of the day, after a 6 h warm-up
+            k0 = round(12 * 3600 / tr.step_s)
+            tr = traces.Trace(tr.name, tr.step_s, tr.rates[:, k0 - round(6 * 3600 / tr.step_s) :])
+            return tr, round(6 * 3600 / tr.step_s)
+        return traces.with_warmup(tr, hours * 3600)
     if name == "bursty":
-        return traces.bursty(hours=1.0 if quick else 2.0, step_s=5.0, n_models=cfg.n_models, seed=cfg.seed)
+        tr = traces.bursty(hours=1.0 if quick else 2.0, step_s=step, n_models=cfg.n_models, seed=cfg.seed)
+        return traces.with_warmup(tr, 600.0)
     raise ValueError(f"unknown trace {name!r}")
 
 
@@ -88,8 +117,7 @@ def bench(
 ) -> dict[str, list[Result]]:
     out: dict[str, list[Result]] = {}
     for tname in trace_names:
-        trace = load_trace(tname, cfg, traces_dir, quick=quick)
-        scenario = Scenario(trace, cfg.models(), cfg.cluster, cfg.metrics_window_s)
+        scenario = make_scenario(tname, cfg, traces_dir, quick=quick)
         results = []
         for p in policies:
             r = run_policy(p, scenario, cfg)
@@ -100,8 +128,12 @@ def bench(
     return out
 
 
+def make_scenario(name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False) -> Scenario:
+    trace, warm = load_trace(name, cfg, traces_dir, quick=quick)
+    return Scenario(trace, cfg.models(), cfg.cluster, cfg.metrics_window_s, warm)
+
+
 def with_cluster(cfg: BenchConfig, **changes: float) -> BenchConfig:
     return replace(cfg, cluster=replace(cfg.cluster, **changes))
 
 
-__all__ = ["POLICY_NAMES", "BenchConfig", "bench", "load_trace", "math", "run_policy", "with_cluster"]

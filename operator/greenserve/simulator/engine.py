@@ -90,7 +90,9 @@ class Result:
         return self.within_slo / self.requests if self.requests > 0 else 1.0
 
 
-def serve_step(lam: float, c: int, mu: float, backlog: float, dt: float, slo_s: float) -> tuple[float, float, float]:
+def serve_step(
+    lam: float, c: int, mu: float, backlog: float, dt: float, slo_s: float
+) -> tuple[float, float, float]:
     """(served requests, arrivals within the SLO, new backlog) for one model over one step."""
     arrivals = lam * dt
     if c <= 0:
@@ -206,7 +208,9 @@ class Simulation:
         for i in range(max(counts, default=0)):
             for m, c in enumerate(counts):
                 if i < c:
-                    r = self.cluster.add_replica(m, self.models[m].gpus, self.models[m].cold_start_s, 0.0, warm=True)
+                    r = self.cluster.add_replica(
+                        m, self.models[m].gpus, self.models[m].cold_start_s, 0.0, warm=True
+                    )
                     node = self.cluster.pick_node(r.gpus, placement, 0.0)
                     if node is not None:
                         self.cluster.bind(r, node, 0.0)
@@ -281,7 +285,15 @@ def _new_result(policy: str, scenario: Scenario) -> Result:
 
 
 def _record(
-    res: Result, i: int, dt: float, busy_w: float, idle_w: float, base_w: float, gpus: int, nodes: int, reps: int
+    res: Result,
+    i: int,
+    dt: float,
+    busy_w: float,
+    idle_w: float,
+    base_w: float,
+    gpus: int,
+    nodes: int,
+    reps: int,
 ) -> None:
     res.busy_gpu_j += busy_w * dt
     res.idle_gpu_j += idle_w * dt
@@ -311,7 +323,9 @@ def run_oracle(scenario: Scenario) -> Result:
         for m, spec in enumerate(scenario.models):
             lam = float(trace.rates[m, k])
             c = math.ceil((lam + backlog[m] / dt) / spec.capacity_rps - 1e-9)
-            served, within, backlog[m] = serve_step(lam, c, spec.capacity_rps, backlog[m], dt, spec.slo_ms / 1000.0)
+            served, within, backlog[m] = serve_step(
+                lam, c, spec.capacity_rps, backlog[m], dt, spec.slo_ms / 1000.0
+            )
             if k >= warm:
                 res.requests += lam * dt
                 res.within_slo += within

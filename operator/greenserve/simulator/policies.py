@@ -24,13 +24,18 @@ def _replicaset_victim_key(sim: Simulation):  # type: ignore[no-untyped-def]
     def key(r: Replica) -> tuple[float, ...]:
         if r.node is None:
             return (0.0, 0.0, 0.0, 0.0)
-        colocated = sum(
-            1 for o in sim.cluster.of_model(r.model) if o.node == r.node and o.replaces is None
-        )
+        colocated = sum(1 for o in sim.cluster.of_model(r.model) if o.node == r.node and o.replaces is None)
         ready_at = r.ready_at if r.ready_at is not None else now
         return (1.0, 1.0 if r.is_ready(now) else 0.0, -float(colocated), -ready_at)
 
     return key
+
+
+def max_replicas_for(sim: Simulation, m: int, target: float) -> int:
+    """maxReplicas as an operator would set it: 1.5x what the model's peak needs at the target (the same
+    for every dynamic policy; it stops a queue-driven scale-up from asking for hundreds of GPUs)."""
+    spec = sim.models[m]
+    return max(1, math.ceil(1.5 * float(sim.trace.rates[m].max()) / (spec.capacity_rps * target)))
 
 
 @dataclass
@@ -85,7 +90,10 @@ class HpaLike:
     def initial(self, sim: Simulation) -> list[int]:
         self._recs = [deque() for _ in sim.models]
         return [
-            max(self.min_replicas, math.ceil(sim.observed_rate(m) / (s.capacity_rps * self.target_utilization)))
+            max(
+                self.min_replicas,
+                math.ceil(sim.observed_rate(m) / (s.capacity_rps * self.target_utilization)),
+            )
             for m, s in enumerate(sim.models)
         ]
 
@@ -93,7 +101,8 @@ class HpaLike:
         key = _replicaset_victim_key(sim)
         for m in range(len(sim.models)):
             current = len(sim.logical(m))
-            want = min(self.max_replicas, max(self.min_replicas, self._desired(sim, m)))
+            cap = min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization))
+            want = min(cap, max(self.min_replicas, self._desired(sim, m)))
             recs = self._recs[m]
             recs.append((sim.now, want))
             while recs and recs[0][0] <= sim.now - self.stabilization_s:
@@ -130,7 +139,9 @@ class KnativeLike:
     def initial(self, sim: Simulation) -> list[int]:
         self._panic_until = [-math.inf] * len(sim.models)
         per = self.per_replica_concurrency * self.target_utilization
-        return [math.ceil(sim.observed_concurrency(m, self.stable_s) / per - 1e-9) for m in range(len(sim.models))]
+        return [
+            math.ceil(sim.observed_concurrency(m, self.stable_s) / per - 1e-9) for m in range(len(sim.models))
+        ]
 
     def control(self, sim: Simulation) -> None:
         key = _replicaset_victim_key(sim)
@@ -145,12 +156,14 @@ class KnativeLike:
             if sim.now < self._panic_until[m]:
                 want = max(current, panic, stable)
             else:
-                want = max(stable, math.ceil(current / self.max_scale_down_rate)) if stable < current else stable
+                want = (
+                    max(stable, math.ceil(current / self.max_scale_down_rate)) if stable < current else stable
+                )
             if sim.now - sim.last_arrival[m] >= self.scale_to_zero_s:
                 want = 0
             elif sim.backlog[m] > 0 or sim.trace.rates[m, sim.k] > 0:
                 want = max(want, 1)  # the activator wakes a scaled-to-zero revision at once
-            want = min(self.max_replicas, want)
+            want = min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization), want)
             if want != current:
                 sim.scale_to(m, want, key)
 
@@ -192,7 +205,7 @@ class Greenserve:
             current_replicas=current,
             ready_replicas=ready,
             min_replicas=self.min_replicas,
-            max_replicas=self.max_replicas,
+            max_replicas=min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization)),
             target_utilization=self.target_utilization,
             capacity_rps=spec.capacity_rps,
             request_rate=rate,

@@ -98,30 +98,42 @@ def load_azure(
     rate_scale: float = 1.0,
     stretch: float = 1.0,
     jitter_s: float = 120.0,
+    stretch_bin_s: float = 10.0,
     seed: int = 0,
 ) -> Trace:
     """An Azure trace split into `n_models` models.
 
-    `stretch` multiplies time (24 turns the hour into a day; rates drop by the same factor). `rate_scale`
-    superposes copies of the trace, each shifted circularly by a random offset of up to `jitter_s` seconds:
-    the shape above a few minutes is kept while second-scale bursts add up like independent tenants, as
-    real traffic does when volume grows (multiplying the counts instead would scale the one-hour sample's
-    low-volume burstiness with it). A fractional rest is a Bernoulli-thinned extra copy.
+    `rate_scale` superposes copies of the trace, each shifted circularly by a random offset of up to
+    `jitter_s` seconds: the shape above a few minutes is kept while second-scale bursts add up like
+    independent tenants, as real traffic does when volume grows (multiplying the counts instead would
+    scale the one-hour sample's low-volume burstiness with it). A fractional rest is a Bernoulli-thinned
+    extra copy.
+
+    `stretch` > 1 slows the trace down at the same request rate (24 turns the hour into a day): the rate
+    curve, binned at `stretch_bin_s` of the original time, is stretched and sampled as Poisson counts per
+    step (deterministic by seed).
     """
-    base = read_azure_timestamps(path) * stretch
+    base = read_azure_timestamps(path)
     duration = float(base[-1]) + 1e-6
     rng = np.random.default_rng(seed + 7919)
     copies: list[FloatArray] = []
     whole = math.floor(rate_scale)
     frac = rate_scale - whole
     for i in range(whole + (1 if frac > 1e-9 else 0)):
-        shifted = base if i == 0 else (base + rng.uniform(0.0, jitter_s * stretch)) % duration
+        shifted = base if i == 0 else (base + rng.uniform(0.0, jitter_s)) % duration
         if i == whole:  # the fractional copy
             shifted = shifted[rng.random(shifted.size) < frac]
         copies.append(shifted)
     arrivals = np.sort(np.concatenate(copies)) if copies else base[:0]
-    rates = split_and_bin(arrivals, step_s=step_s, n_models=n_models, duration_s=duration, seed=seed)
-    return Trace(name, step_s, rates)
+    if stretch <= 1.0:
+        rates = split_and_bin(arrivals, step_s=step_s, n_models=n_models, duration_s=duration, seed=seed)
+        return Trace(name, step_s, rates)
+    hour = split_and_bin(arrivals, step_s=stretch_bin_s, n_models=n_models, duration_s=duration, seed=seed)
+    n_steps = math.ceil(duration * stretch / step_s)
+    idx = np.minimum(((np.arange(n_steps) * step_s / stretch) // stretch_bin_s).astype(np.int64), hour.shape[1] - 1)
+    lam = hour[:, idx]
+    counts = np.random.default_rng(seed + 104_729).poisson(lam * step_s)
+    return Trace(name, step_s, counts / step_s)
 
 
 def with_warmup(trace: Trace, warmup_s: float) -> tuple[Trace, int]:

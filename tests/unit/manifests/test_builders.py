@@ -65,6 +65,13 @@ def test_batching_mounts_its_config_and_changes_the_pod_hash() -> None:
     assert "max_batch_size { value: 64 }" in builders.batching_config(batched)
     assert builders.spec_hash(plain) != builders.spec_hash(batched)
     assert builders.spec_hash(plain) == builders.spec_hash(spec())
+    # Scaling, energy and SLO settings do not restart serving replicas.
+    tuned = spec(
+        scaling={"minReplicas": 2, "maxReplicas": 9},
+        energy={"policy": "PowerSaving"},
+        slo={"latencyP95Ms": 50},
+    )
+    assert builders.spec_hash(tuned) == builders.spec_hash(plain)
 
 
 def test_pdb_allows_one_voluntary_disruption() -> None:

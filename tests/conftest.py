@@ -13,6 +13,8 @@ import pytest
 
 from support.paths import harness_kubeconfig
 
+pytest_plugins = ["support.fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if harness_kubeconfig() is not None:

@@ -28,6 +28,8 @@ class OperatorConfig:
     consolidation_enabled: bool = True
     #: Seconds between consolidation moves (one active operator only).
     consolidation_interval_s: float = 30.0
+    #: Rate window (s) for requests/s and energy over time; at least four scrape intervals.
+    metrics_window_s: float = 60.0
     #: Metrics older than this are stale: scaling holds instead of acting on them.
     metrics_stale_after_s: float = 120.0
     #: Port of the operator's own Prometheus metrics (0 disables the endpoint).
@@ -49,6 +51,7 @@ class OperatorConfig:
             consolidation_enabled=os.environ.get("GREENSERVE_CONSOLIDATION", "true").lower()
             not in {"0", "false", "no"},
             consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),
+            metrics_window_s=_env_float("GREENSERVE_METRICS_WINDOW", 60.0),
             metrics_stale_after_s=_env_float("GREENSERVE_METRICS_STALE_AFTER", 120.0),
             metrics_port=int(_env_float("GREENSERVE_METRICS_PORT", 9090)),
             lease_namespace=os.environ.get("POD_NAMESPACE")

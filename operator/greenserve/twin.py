@@ -233,10 +233,30 @@ async def _capacities(kube: KubeClient) -> dict[str, float]:
     return out
 
 
-async def run(twin: Twin, kube: KubeClient, interval_s: float, duration_s: float | None) -> None:
+def _mtime(path: Path | None) -> float | None:
+    # A tiny local stat per tick; not worth a thread.
+    return path.stat().st_mtime if path is not None and path.exists() else None
+
+
+async def run(
+    twin: Twin,
+    kube: KubeClient,
+    interval_s: float,
+    duration_s: float | None,
+    schedule_file: Path | None = None,
+) -> None:
     deadline = None if duration_s is None else time.monotonic() + duration_s
     selector = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
+    mtime = _mtime(schedule_file)
     while deadline is None or time.monotonic() < deadline:
+        current = _mtime(schedule_file)
+        if schedule_file is not None and current is not None and current != mtime:
+            # A changed schedule file takes effect at once (tests and demos drive the load this way);
+            # its times count from this moment.
+            mtime = current
+            twin.schedules = load_schedules([], schedule_file)
+            twin.started = twin.clock()
+            log.info("load schedule reloaded: %s", {k: v.rates for k, v in twin.schedules.items()})
         try:
             pods = await kube.list_objects(PODS, label_selector=selector)
             nodes = await kube.list_objects(NODES)
@@ -277,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def _main() -> None:
         async with KubeClient() as kube:
-            await run(twin, kube, args.interval, args.duration)
+            await run(twin, kube, args.interval, args.duration, args.schedule_file)
 
     asyncio.run(_main())
     return 0

@@ -24,7 +24,11 @@ _OPERATOR_METRICS: OperatorMetrics | None = None  # one registry per process, ac
 
 def _metrics_source(config: OperatorConfig) -> MetricsSource | None:
     if config.prometheus_url:
-        return PrometheusSource(config.prometheus_url, stale_after_s=config.metrics_stale_after_s)
+        return PrometheusSource(
+            config.prometheus_url,
+            window_s=config.metrics_window_s,
+            stale_after_s=config.metrics_stale_after_s,
+        )
     if config.scrape_pods:
         return ScrapeSource(stale_after_s=config.metrics_stale_after_s)
     # No source: status says so (MetricsAvailable=False) and autoscaling holds.

@@ -1,1 +1,16 @@
+"""greenserve's policy: pure functions and frozen dataclasses, no kopf, asyncio or I/O; time is injected
+(`now`, Unix seconds). The operator and the simulator (greenserve.sim) run the same code.
 
+* `autoscaling.decide(inputs: ScalingInputs, state: ScalerState, now) -> ScaleDecision`: desired replicas of
+  one ModelService (demand at a target utilization, scale-up at once, stabilised scale-down, p95 SLO
+  guard, idle to zero after the energy break-even, hold on missing or stale metrics). `ScalerState`
+  round-trips through `to_dict`/`from_dict` (JSON, stored in the CR status). `sustained_trend` feeds the
+  optional `request_rate_trend`.
+* `consolidation.plan(snapshot: ClusterSnapshot, now, limits: ConsolidationLimits) -> ConsolidationPlan`:
+  start-before-stop moves that empty the least-allocated GPU nodes, the nodes expected to empty, and
+  `controller.kubernetes.io/pod-deletion-cost` values; `apply_moves` gives the snapshot after a plan.
+* `energy`: `GpuPowerModel.power_w(util, loaded)`, `NodePowerModel`, `counter_delta`, `joules_to_kwh`,
+  `grams_co2e`, `break_even_idle_s` (shared/research/energy_anchors.md sections 6-7; dependency-free).
+* `queueing`: Erlang C, M/M/c p95 response time, replicas for an SLO.
+* `headroom`: spare GPU slots to keep free for bursts (balloon pods).
+"""

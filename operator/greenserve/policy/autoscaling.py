@@ -4,7 +4,10 @@
 
 * **Hold** when metrics are missing or stale: never scale on data it cannot see (and never down).
 * **Demand**: ceil(request rate / (capacity per replica * target utilization)); with only GPU utilization,
-  ceil(ready replicas * utilization / target), as the HPA formula does.
+  ceil(ready replicas * utilization / target), as the HPA formula does. With a rising `request_rate_trend`
+  the rate is projected to when a replica started now would be Ready (metrics age + cold start), so a
+  ramp is met by replicas already loaded; a falling trend is ignored (scale-down stays stabilised).
+  `sustained_trend` computes it from adjacent windows so that only a sustained rise counts.
 * **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
 * **Scale up at once; scale down stabilised**: the applied count is the highest recommendation of the last
   `scale_down_delay_s` seconds (HPA's stabilisation window), so a dip does not remove replicas.
@@ -14,8 +17,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +55,10 @@ class ScalingInputs:
     cold_start_s: float = 60.0
     idle_power_w: float = 0.0  # of all warm replicas together
     cold_start_energy_j: float = 0.0
+    # d(request rate)/dt in requests/s per second (e.g. PromQL deriv() of the rate), None if unknown. A
+    # rising rate is projected over the time a new replica needs (metrics age + cold start): scale-up only.
+    request_rate_trend: float | None = None
+    trend_max_boost: float = 0.5  # cap on the projected increase, as a share of the observed rate
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,32 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
     return need, reason
 
 
+def sustained_trend(rates: Sequence[float], window_s: float) -> float:
+    """Rate of increase (requests/s per second) from adjacent windows' mean rates, newest first, counted
+    only while every step rises (the smallest rise): oscillating load gives 0, so it cannot ratchet the
+    stabilised recommendation up. Falling load also gives 0. The operator and the simulator feed
+    `ScalingInputs.request_rate_trend` from this."""
+    if len(rates) < 2 or window_s <= 0:
+        return 0.0
+    rises = [(newer - older) / window_s for newer, older in itertools.pairwise(rates)]
+    return max(0.0, min(rises))
+
+
 def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecision:
     current = inputs.current_replicas
     if inputs.sampled_at is None or (inputs.request_rate is None and inputs.gpu_utilization is None):
         return ScaleDecision(current, HOLD_MISSING, state)
     if now - inputs.sampled_at > inputs.stale_after_s:
         return ScaleDecision(current, HOLD_STALE, state)
-    found = demand_replicas(inputs)
+    if inputs.request_rate is not None and inputs.request_rate > 0 and (inputs.request_rate_trend or 0) > 0:
+        horizon = max(0.0, now - inputs.sampled_at) + inputs.cold_start_s
+        assert inputs.request_rate_trend is not None
+        boost = min(
+            inputs.request_rate_trend * horizon, max(0.0, inputs.trend_max_boost) * inputs.request_rate
+        )
+        found = demand_replicas(replace(inputs, request_rate=inputs.request_rate + boost))
+    else:
+        found = demand_replicas(inputs)
     if found is None:
         return ScaleDecision(current, HOLD_MISSING, state)
     need, reason = found
@@ -146,7 +173,8 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         return ScaleDecision(
             bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need
         )
-    stabilised = max(n for _, n in recs)
+    # A lowered maxReplicas applies at once, even to recommendations held from before.
+    stabilised = min(inputs.max_replicas, max(n for _, n in recs))
     if reason == IDLE_TO_ZERO:
         stabilised = 0  # the break-even wait already is the stabilisation for scale to zero
     desired = min(current, stabilised)

@@ -125,6 +125,8 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
             and not n.protected
             and not n.draining
             and all(r.ready and not r.protected for r in reps)
+            # Other pods' GPUs would keep the node anyway: moving ours away would not empty it.
+            and sum(r.gpus for r in reps) >= alloc[name]
         )
 
     # Cheapest to disrupt first: fewest allocated GPUs, then fewest replicas, then name (determinism).
@@ -160,7 +162,10 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
             trial.append(Move(r.service, r.pod, src, target, r.gpus))
         if not ok:
             continue
-        remaining_free = sum(v for k, v in trial_free.items() if k != src and k not in emptied)
+        # Headroom counts only where a burst could land: not the nodes being emptied or drained.
+        remaining_free = sum(
+            v for k, v in trial_free.items() if k != src and k not in emptied and not nodes[k].draining
+        )
         if remaining_free < limits.headroom_gpus:
             continue
         free = trial_free

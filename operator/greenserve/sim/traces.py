@@ -5,12 +5,15 @@ draws Poisson counts from it with its own seed, so a trace scaled up in rate kee
 noise instead of multiplying every burst by the scale factor.
 
 * Azure (`AzureLLMInferenceTrace_{code,conv}.csv`, CC-BY-4.0, ~1 h each): every request is assigned to
-  one of the models by a seeded draw with the given popularity shares, counted in `bin_s` bins (10 s by
-  default: minute-scale burstiness survives, the code trace's 26x one-second spikes are smoothed to what
-  a 10 s scaler could see anyway), and scaled so that the mean demand is `mean_gpus` GPUs.
+  one of the models by a seeded draw with the given popularity shares, counted in `bin_s` bins (60 s by
+  default, interpolated between bin centres), and scaled so that the mean demand is `mean_gpus` GPUs.
+  The trace's own rate is only 2.5-5.5 requests/s: finer bins would mostly carry its Poisson noise, which
+  the rate scaling would then turn into bursts that never happened. The minute-scale burstiness (peak/mean
+  4.2x for code, 1.5x for conv, energy_anchors.md section 9) is kept; the engine adds Poisson noise at
+  the scaled rate.
 * Diurnal (24 h): per model a day-shaped curve (trough/peak ratio, phase shift), slow log-normal noise and
-  a few short bursts, all from one seed. The last model is "sparse": traffic only in a few windows, the
-  case where scale to zero pays.
+  a flash crowd every ~4 h (1.5-2.5x, rising over 1-2 min, ~5 min long), all from one seed. The last model
+  is "sparse": traffic only in a few windows, the case where scale to zero pays.
 * Bursty: on/off bursts over a low base, from a seed.
 
 The traces directory is never copied into the repository: `default_traces_dir()` is
@@ -86,8 +89,9 @@ def load_azure_timestamps(path: Path) -> FloatArray:
     """Arrival times in seconds from the first request."""
     with path.open(newline="") as f:
         times = [_parse_ts(row["TIMESTAMP"]) for row in csv.DictReader(f)]
-    arr = np.sort(np.asarray(times, dtype=np.float64))
-    return arr - arr[0]
+    arr: FloatArray = np.sort(np.asarray(times, dtype=np.float64))
+    out: FloatArray = arr - arr[0]
+    return out
 
 
 def azure_trace(
@@ -98,7 +102,7 @@ def azure_trace(
     mean_gpus: float,
     dt_s: float,
     seed: int,
-    bin_s: float = 10.0,
+    bin_s: float = 60.0,
     name: str | None = None,
 ) -> Trace:
     """Split one Azure CSV into len(shares) models and scale it to `mean_gpus` (see the module docstring)."""
@@ -106,14 +110,24 @@ def azure_trace(
     rng = np.random.default_rng(seed)
     share = np.asarray(shares, dtype=np.float64)
     model_of = rng.choice(len(shares), size=times.size, p=share / share.sum())
-    n_bins = int(math.ceil((times[-1] + 1e-9) / bin_s))
+    n_bins = math.ceil((times[-1] + 1e-9) / bin_s)
     counts = np.zeros((len(shares), n_bins))
     np.add.at(counts, (model_of, np.minimum((times / bin_s).astype(np.int64), n_bins - 1)), 1.0)
     per_bin_rate = counts / bin_s
-    steps_per_bin = max(1, round(bin_s / dt_s))
-    rates = np.repeat(per_bin_rate, steps_per_bin, axis=1)
+    # Piecewise-linear between bin centres: the minute-scale rate curve without step edges.
+    steps = int(n_bins * bin_s / dt_s)
+    t = (np.arange(steps) + 0.5) * dt_s
+    centres = (np.arange(n_bins) + 0.5) * bin_s
+    rates = np.vstack([np.interp(t, centres, row) for row in per_bin_rate])
     factor = scale_to_mean_gpus(rates, np.asarray(capacity_rps), mean_gpus)
     return Trace(name or path.stem, dt_s, rates * factor * dt_s)
+
+
+def _trapezoid(t: FloatArray, start: float, ramp: float, hold: float) -> FloatArray:
+    """0 before `start`, rising linearly to 1 over `ramp` s, 1 for `hold` s, falling over `ramp` s."""
+    up = np.clip((t - start) / ramp, 0.0, 1.0)
+    down = np.clip((start + 2 * ramp + hold - t) / ramp, 0.0, 1.0)
+    return np.minimum(up, down)
 
 
 def diurnal_trace(
@@ -131,29 +145,31 @@ def diurnal_trace(
     rng = np.random.default_rng(seed)
     n_models = len(capacity_rps)
     steps = int(hours * 3600 / dt_s)
-    t = np.arange(steps) * dt_s
+    t: FloatArray = np.arange(steps, dtype=np.float64) * dt_s
     day = 86_400.0
     out = np.zeros((n_models, steps))
     for m in range(n_models):
         phase = rng.uniform(-2.0, 2.0) * 3600  # peaks a few hours apart (different user bases)
-        shape = 1.0 - (1.0 - trough_ratio) * 0.5 * (1.0 + np.cos(2 * math.pi * (t - 14 * 3600 - phase) / day))
+        # Peak mid-afternoon (14:00 +- phase), trough at night at `trough_ratio` of the peak.
+        shape = trough_ratio + (1.0 - trough_ratio) * 0.5 * (
+            1.0 + np.cos(2 * math.pi * (t - 14 * 3600 - phase) / day)
+        )
         # Slow multiplicative noise: a random walk in log space sampled every 5 min, interpolated.
         knots = np.arange(0, steps * dt_s + 300, 300.0)
         walk = np.cumsum(rng.normal(0.0, 0.04, knots.size))
         walk -= walk.mean()
         noise = np.exp(np.interp(t, knots, walk))
         bursts = np.ones(steps)
-        for _ in range(int(hours / 4)):  # ~one short burst every 4 hours
-            start = rng.integers(0, steps)
-            length = int(rng.uniform(60, 300) / dt_s)
-            bursts[start : start + length] *= rng.uniform(1.5, 2.5)
+        for _ in range(int(hours / 4)):  # ~one flash crowd every 4 hours: 1.5-2.5x, rising over 1-2 min
+            start = float(rng.uniform(0, hours * 3600))
+            bursts *= 1.0 + (rng.uniform(1.5, 2.5) - 1.0) * _trapezoid(t, start, rng.uniform(60, 120), 300.0)
         out[m] = shape * noise * bursts
     if sparse_last and n_models > 1:
-        # The long-tail model: a few active windows a day, silent otherwise.
+        # The long-tail model: a few active windows a day (ramping up over 5 min), silent otherwise.
         active = np.zeros(steps)
         for _ in range(max(1, int(hours / 6))):
-            start = rng.integers(0, steps)
-            active[start : start + int(rng.uniform(900, 2700) / dt_s)] = 1.0
+            start = float(rng.uniform(0, hours * 3600))
+            active = np.maximum(active, _trapezoid(t, start, 300.0, rng.uniform(900, 2700)))
         out[-1] *= active
     # Normalise each model's share of demand (in GPUs) by popularity, then scale the total.
     popularity = np.array([1.0 / (m + 1) for m in range(n_models)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,9 @@ TRACES = ("azure-code", "azure-conv", "diurnal")
 STRESS_TRACES = ("azure-code-1h", "azure-conv-1h")
 
 
-def load_trace(name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False) -> tuple[traces.Trace, int]:
+def load_trace(
+    name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False
+) -> tuple[traces.Trace, int]:
     """A named trace and its warm-up steps (run, not measured).
 
     * azure-code, azure-conv: the real hour stretched to a day (x24) at about 250 req/s (superposed
@@ -131,9 +133,3 @@ def bench(
 def make_scenario(name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False) -> Scenario:
     trace, warm = load_trace(name, cfg, traces_dir, quick=quick)
     return Scenario(trace, cfg.models(), cfg.cluster, cfg.metrics_window_s, warm)
-
-
-def with_cluster(cfg: BenchConfig, **changes: float) -> BenchConfig:
-    return replace(cfg, cluster=replace(cfg.cluster, **changes))
-
-

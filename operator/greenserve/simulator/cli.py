@@ -14,16 +14,24 @@ from greenserve.simulator.traces import default_traces_dir
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--traces", type=Path, default=None, help="directory of the Azure CSVs (default ../shared/data/traces)")
+    p.add_argument(
+        "--traces",
+        type=Path,
+        default=None,
+        help="directory of the Azure CSVs (default ../shared/data/traces)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=float, default=0.7, help="target utilization of every dynamic policy")
-    p.add_argument("--unneeded-s", type=float, default=600.0, help="node autoscaler: empty time before removal")
+    p.add_argument(
+        "--unneeded-s", type=float, default=600.0, help="node autoscaler: empty time before removal"
+    )
     p.add_argument("--provision-s", type=float, default=120.0, help="node autoscaler: node start-up time")
     p.add_argument(
         "--drain-below",
         type=float,
         default=0.0,
-        help="also drain nodes below this GPU allocation (CA's utilization threshold, e.g. 0.5); 0 = empty only",
+        help="also drain nodes below this GPU allocation (CA's utilization threshold, e.g. 0.5); "
+        "0 = empty nodes only",
     )
     p.add_argument("--out", type=Path, default=None, help="write PNG plots here")
     p.add_argument("--quick", action="store_true", help="short traces, coarse steps (CI)")
@@ -51,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--trace", default="diurnal", help="azure-code, azure-conv, diurnal, bursty, azure-*-1h")
     _common(sim)
     b = sub.add_parser("bench", help="every policy on the benchmark traces")
-    b.add_argument("--trace", action="append", default=None, help="repeatable; default: azure-code azure-conv diurnal")
-    b.add_argument("--stress", action="store_true", help="also the Azure traces at their native 1 h time scale")
+    b.add_argument(
+        "--trace", action="append", default=None, help="repeatable; default: azure-code azure-conv diurnal"
+    )
+    b.add_argument(
+        "--stress", action="store_true", help="also the Azure traces at their native 1 h time scale"
+    )
     _common(b)
     args = parser.parse_args(argv)
     cfg = _config(args)
@@ -63,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             scenario = bench_mod.make_scenario(args.trace, cfg, traces_dir, quick=args.quick)
             results = {args.trace: [bench_mod.run_policy(args.policy, scenario, cfg)]}
         else:
-            names = list(args.trace or bench_mod.TRACES) + (list(bench_mod.STRESS_TRACES) if args.stress else [])
+            names = list(args.trace or bench_mod.TRACES) + (
+                list(bench_mod.STRESS_TRACES) if args.stress else []
+            )
             results = bench_mod.bench(names, cfg, traces_dir, quick=args.quick)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -73,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.acceptance(results))
     print(
-        f"\nmodel: 8 models, 1 GPU/replica, {cfg.capacity_rps:g} req/s per replica, p95 SLO {cfg.slo_ms:g} ms, "
-        f"cold start {cfg.cold_start_min_s:g}-{cfg.cold_start_max_s:g} s; nodes {cfg.cluster.gpus_per_node}x "
-        f"{cfg.cluster.gpu_product} + {cfg.cluster.base_w:g} W base, provisioning {cfg.cluster.provision_s:g} s, "
+        f"\nmodel: {cfg.n_models} models, 1 GPU/replica, {cfg.capacity_rps:g} req/s per replica, "
+        f"p95 SLO {cfg.slo_ms:g} ms, cold start {cfg.cold_start_min_s:g}-{cfg.cold_start_max_s:g} s; "
+        f"nodes {cfg.cluster.gpus_per_node}x "
+        f"{cfg.cluster.gpu_product} + {cfg.cluster.base_w:g} W base, "
+        f"provisioning {cfg.cluster.provision_s:g} s, "
         f"empty-node removal after {cfg.cluster.unneeded_s:g} s"
-        + (f", drain below {cfg.cluster.drain_below_utilization:g}" if cfg.cluster.drain_below_utilization else "")
+        + (
+            f", drain below {cfg.cluster.drain_below_utilization:g}"
+            if cfg.cluster.drain_below_utilization
+            else ""
+        )
         + f"; target utilization {cfg.target_utilization:g}"
     )
     if args.out is not None:

@@ -218,7 +218,7 @@ class Simulation:
     # --- the loop --------------------------------------------------------------------------------
     def run(self, policy: Policy) -> Result:
         start = time.perf_counter()
-        trace, dt, cluster, gpu = self.trace, self.dt, self.cluster, self.gpu
+        trace, dt, cluster = self.trace, self.dt, self.cluster
         n_steps = trace.n_steps
         res = _new_result(policy.name, self.scenario)
         self.bootstrap(policy.initial(self), policy.placement)
@@ -279,7 +279,7 @@ class Simulation:
 def _new_result(policy: str, scenario: Scenario) -> Result:
     n = scenario.trace.n_steps - scenario.warmup_steps
     res = Result(policy, scenario.trace.name, n * scenario.trace.step_s)
-    res.t = np.arange(n) * scenario.trace.step_s
+    res.t = np.arange(n, dtype=np.float64) * scenario.trace.step_s
     res.replicas, res.nodes, res.power_w = np.zeros(n), np.zeros(n), np.zeros(n)
     return res
 

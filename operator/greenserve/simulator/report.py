@@ -49,12 +49,15 @@ def acceptance(results: Mapping[str, Sequence[Result]], slo: float = 0.995) -> s
         if g is None or h is None or o is None:
             continue
         saving = 1.0 - g.total_j / h.total_j
+        slo_ok = g.slo_attainment >= max(slo, h.slo_attainment) - 1e-12
+        oracle_ok = g.total_j <= 1.25 * o.total_j
+        saving_ok = saving >= 0.35
         lines.append(
-            f"{trace}: energy vs hpa {-100 * saving:+.1f}% (target <= -35%: {'ok' if saving >= 0.35 else 'MISSED'}); "
+            f"{trace}: energy vs hpa {-100 * saving:+.1f}% "
+            f"(target <= -35%: {'ok' if saving_ok else 'MISSED'}); "
             f"SLO {100 * g.slo_attainment:.3f}% vs hpa {100 * h.slo_attainment:.3f}% "
-            f"(target >= hpa and >= {100 * slo:.1f}%: "
-            f"{'ok' if g.slo_attainment >= max(slo, h.slo_attainment) - 1e-12 else 'MISSED'}); "
-            f"vs oracle {g.total_j / o.total_j:.2f}x (target <= 1.25x: {'ok' if g.total_j <= 1.25 * o.total_j else 'MISSED'})"
+            f"(target >= hpa and >= {100 * slo:.1f}%: {'ok' if slo_ok else 'MISSED'}); "
+            f"vs oracle {g.total_j / o.total_j:.2f}x (target <= 1.25x: {'ok' if oracle_ok else 'MISSED'})"
         )
     return "\n".join(lines)
 

@@ -130,7 +130,9 @@ def load_azure(
         return Trace(name, step_s, rates)
     hour = split_and_bin(arrivals, step_s=stretch_bin_s, n_models=n_models, duration_s=duration, seed=seed)
     n_steps = math.ceil(duration * stretch / step_s)
-    idx = np.minimum(((np.arange(n_steps) * step_s / stretch) // stretch_bin_s).astype(np.int64), hour.shape[1] - 1)
+    idx = np.minimum(
+        ((np.arange(n_steps) * step_s / stretch) // stretch_bin_s).astype(np.int64), hour.shape[1] - 1
+    )
     lam = hour[:, idx]
     counts = np.random.default_rng(seed + 104_729).poisson(lam * step_s)
     return Trace(name, step_s, counts / step_s)

@@ -1,3 +1,5 @@
+"""Shared fixtures for tests on the local control plane (integration and e2e), loaded by tests/conftest.py."""
+
 from __future__ import annotations
 
 import secrets

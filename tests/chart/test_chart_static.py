@@ -215,6 +215,7 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
                 "reconcileInterval": 7,
                 "consolidationInterval": 45,
                 "metricsStaleAfter": 90,
+                "metricsWindow": 40,
             },
             "metrics.port": 9191,
         },
@@ -225,11 +226,20 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
     assert env["GREENSERVE_RECONCILE_INTERVAL"] == "7"
     assert env["GREENSERVE_CONSOLIDATION_INTERVAL"] == "45"
     assert env["GREENSERVE_METRICS_STALE_AFTER"] == "90"
+    assert env["GREENSERVE_METRICS_WINDOW"] == "40"
+    assert "GREENSERVE_SCRAPE_PODS" not in env  # Prometheus is the source
     assert env["GREENSERVE_METRICS_PORT"] == "9191"
     assert "GREENSERVE_SCHEDULER_NAME" not in env and "GREENSERVE_NAMESPACES" not in env
     svc = one(objs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+def test_without_prometheus_the_operator_scrapes_pods(helm_bin: Path) -> None:
+    # An empty prometheusUrl must still leave the operator a metrics source, or autoscaling only holds.
+    env = env_of(operator_container(render(helm_bin)))
+    assert "GREENSERVE_PROMETHEUS_URL" not in env
+    assert env["GREENSERVE_SCRAPE_PODS"] == "true"
 
 
 def test_operator_disabled_keeps_service_account_and_rbac(helm_bin: Path) -> None:

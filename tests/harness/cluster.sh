@@ -207,10 +207,13 @@ EOF
 
 cmd_down() {
     cmd_karpenter_down quiet
-    if [[ -f "$STATE/operator.pid" ]]; then
-        kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
-        rm -f "$STATE/operator.pid"
-    fi
+    # The demo's background processes (tests/harness/demo_replay.py).
+    for p in operator twin prometheus; do
+        if [[ -f "$STATE/$p.pid" ]]; then
+            kill "$(cat "$STATE/$p.pid")" 2>/dev/null || true
+            rm -f "$STATE/$p.pid"
+        fi
+    done
     if [[ -x "$BIN/kwokctl" ]]; then
         "$BIN/kwokctl" delete cluster --name "$CLUSTER" >&2 || true
     fi

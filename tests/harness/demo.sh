@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: build/start the local control plane (simulated GPU nodes),
-# install the CRD as users do (kubectl apply -f crds/), run the operator, apply the example
-# ModelService and wait until it is Ready. Leaves everything running; `make cluster-down` stops it.
+# install the chart's CRDs as users do, run the operator against a real Prometheus that scrapes the digital
+# twin (SIMULATED GPU metrics), apply the example ModelService, replay a real request trace and end with a
+# report (table + PNG) of energy, GPU-hours and SLO attainment against the HPA-like baseline.
+# Leaves everything running; `make cluster-down` stops it.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
-STATE="$REPO/.harness"
 step() { printf '\n==> %s\n' "$*"; }
 
 t0=$SECONDS
@@ -15,25 +16,14 @@ step "Local control plane (etcd, kube-apiserver, controller-manager, scheduler, 
 eval "$(bash tests/harness/cluster.sh up)"
 kubectl get nodes -L nvidia.com/gpu.product
 
-step "Install the CRD: kubectl apply -f crds/"
-kubectl apply -f crds/
+step "Install the chart's CRDs: kubectl apply --server-side -f charts/greenserve/crds/"
+kubectl apply --server-side -f charts/greenserve/crds/
 kubectl wait --for=condition=Established crd/modelservices.greenserve.io --timeout=60s
 
-step "Start the operator (logs: .harness/operator.log)"
-if [[ -f "$STATE/operator.pid" ]] && kill -0 "$(cat "$STATE/operator.pid")" 2>/dev/null; then
-    kill "$(cat "$STATE/operator.pid")" || true
-fi
-nohup "$VENV/bin/python" -m greenserve run --standalone >"$STATE/operator.log" 2>&1 &
-echo $! >"$STATE/operator.pid"
-
-step "Apply examples/resnet.yaml and wait for Ready"
-kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
-t_apply=$SECONDS
-kubectl apply -f examples/model-store.yaml
-kubectl apply -n demo -f examples/resnet.yaml
-kubectl wait -n demo --for=condition=Ready msvc/resnet --timeout=180s
-echo "ModelService Ready $((SECONDS - t_apply)) s after kubectl apply"
-kubectl get -n demo msvc,deploy,svc,pdb,pods -o wide
+"$VENV/bin/python" tests/harness/demo_replay.py "$@"
 echo
-echo "Demo finished in $((SECONDS - t0)) s. Explore with: $(bash tests/harness/cluster.sh env)"
+kubectl get -n demo msvc,deploy,pdb -o wide
+echo
+echo "Demo finished in $((SECONDS - t0)) s. Report and plots: .harness/demo/"
+echo "Explore with: $(bash tests/harness/cluster.sh env)"
 echo "Stop everything with: make cluster-down"

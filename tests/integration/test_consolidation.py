@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from greenserve.api import constants as c
-from greenserve.cluster.client import EVENTS, NODES, PODS, KubeClient
+from greenserve.cluster.client import EVENTS, MODELSERVICES, NODES, PODS, KubeClient
 from greenserve.reconcile.consolidator import TAINT_KEY
 from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
 
@@ -92,14 +92,12 @@ def ready(pod: dict[str, Any]) -> bool:
     )
 
 
-async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
-    kube: KubeClient,
-    kubectl: Kubectl,
-    namespace: str,
-    nodes: tuple[str, str],
-    consolidating_operator: OperatorProcess,
-) -> None:
-    # Fragment on purpose: "big" fills one node (2 x 4 GPUs), "small" lands on the other; then big shrinks.
+async def fragment(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str]
+) -> tuple[str, str, dict[str, Any]]:
+    """Fragment on purpose: "big" fills one node (2 x 4 GPUs), "small" lands on the other; then big
+    shrinks, so moving small's replica onto the full node empties the other. Returns (full, other, the
+    small replica to be moved)."""
     kubectl.apply(msvc("big", namespace, 2, 4))
 
     async def big_placed() -> set[str] | None:
@@ -121,29 +119,47 @@ async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
 
     source_pod = await eventually(small_on_other, 60, what="small on the other node")
     kubectl.apply(msvc("big", namespace, 1, 4))  # frees 4 GPUs on the full node
+    return full, other, source_pod
 
-    # The move: small's replica should end up on the full node, the other node empty and closed.
-    min_ready = 99
-    max_pods = 0
 
-    async def moved() -> bool:
-        nonlocal min_ready, max_pods
-        pods = await pods_of(kube, namespace, "small")
-        min_ready = min(min_ready, sum(ready(p) for p in pods))
-        max_pods = max(max_pods, len(pods))
-        node = await kube.get(NODES, other)
+class MoveWatch:
+    """Samples small's replicas while a move runs: the fewest ready and the most pods seen."""
+
+    def __init__(self, kube: KubeClient, namespace: str, full: str, other: str) -> None:
+        self.kube, self.namespace, self.full, self.other = kube, namespace, full, other
+        self.min_ready, self.max_pods = 99, 0
+
+    async def moved(self) -> bool:
+        pods = await pods_of(self.kube, self.namespace, "small")
+        self.min_ready = min(self.min_ready, sum(ready(p) for p in pods))
+        self.max_pods = max(self.max_pods, len(pods))
+        node = await self.kube.get(NODES, self.other)
         closed = any(t["key"] == TAINT_KEY for t in node["spec"].get("taints", []))
-        return len(pods) == 1 and ready(pods[0]) and pods[0]["spec"]["nodeName"] == full and closed
+        return len(pods) == 1 and ready(pods[0]) and pods[0]["spec"]["nodeName"] == self.full and closed
 
-    await eventually(moved, 120, interval=0.2, what="small moved onto the full node")
-    assert min_ready >= 1, "the move dropped the service below its ready replicas"
-    assert max_pods == 2, "the replacement must start before the old replica is removed"
-    remaining = [
-        p
-        for p in await kube.list_objects(PODS, field_selector=f"spec.nodeName={other}")
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-    assert remaining == []
+    async def other_node_empty(self) -> bool:
+        remaining = [
+            p
+            for p in await self.kube.list_objects(PODS, field_selector=f"spec.nodeName={self.other}")
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        return remaining == []
+
+
+async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    nodes: tuple[str, str],
+    consolidating_operator: OperatorProcess,
+) -> None:
+    full, other, source_pod = await fragment(kube, kubectl, namespace, nodes)
+    # The move: small's replica should end up on the full node, the other node empty and closed.
+    watch = MoveWatch(kube, namespace, full, other)
+    await eventually(watch.moved, 120, interval=0.2, what="small moved onto the full node")
+    assert watch.min_ready >= 1, "the move dropped the service below its ready replicas"
+    assert watch.max_pods == 2, "the replacement must start before the old replica is removed"
+    assert await watch.other_node_empty()
     assert await kube.get_or_none(PODS, source_pod["metadata"]["name"], namespace) is None
 
     async def recorded() -> set[str] | None:
@@ -157,3 +173,36 @@ async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
     pods = await pods_of(kube, namespace, "small")
     assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == full
     assert consolidating_operator.alive
+
+
+async def test_operator_killed_mid_move_finishes_it_after_restart(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    nodes: tuple[str, str],
+    consolidating_operator: OperatorProcess,
+) -> None:
+    full, other, source_pod = await fragment(kube, kubectl, namespace, nodes)
+
+    async def move_recorded() -> dict[str, Any] | None:
+        body = await kube.get(MODELSERVICES, "small", namespace)
+        move: dict[str, Any] | None = (body.get("status") or {}).get("move")
+        return move
+
+    move = await eventually(move_recorded, 60, interval=0.1, what="a move recorded in status")
+    consolidating_operator.kill()  # SIGKILL mid-move: no cleanup
+    assert move["pod"] == source_pod["metadata"]["name"]
+    watch = MoveWatch(kube, namespace, full, other)
+    for _ in range(10):  # while no operator runs, nothing more is started or removed
+        await watch.moved()
+        await asyncio.sleep(0.3)
+    assert watch.max_pods <= 2 and watch.min_ready >= 1
+    consolidating_operator.start()
+    await eventually(watch.moved, 120, interval=0.2, what="the move finished by the restarted operator")
+    assert watch.min_ready >= 1, "the restart dropped the service below its ready replicas"
+    assert watch.max_pods == 2, "a restart must not start a second replacement"
+    assert await watch.other_node_empty()
+    await asyncio.sleep(6)  # converged: one replica, no move left in status
+    pods = await pods_of(kube, namespace, "small")
+    assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == full
+    assert (await kube.get(MODELSERVICES, "small", namespace))["status"].get("move") is None

@@ -47,6 +47,9 @@ class BuildOptions:
     termination_grace_seconds: int = 60
     # Time for endpoint removal to reach every proxy before the server sees SIGTERM.
     pre_stop_sleep_seconds: int = 5
+    # A new replica is protected from node autoscalers until it is Ready (the operator lifts the
+    # protection then); Karpenter's duration form ends it by itself if the operator is not there to.
+    warmup_protection: str = "15m"
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -181,12 +184,38 @@ def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: Bui
                         c.ANN_SPEC_HASH: spec_hash(spec),
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(c.AGENT_METRICS_PORT),
+                        **warmup_annotations(options),
                     },
                 },
                 "spec": pod_spec,
             },
         },
     }
+
+
+def warmup_annotations(options: BuildOptions) -> dict[str, str]:
+    """What keeps a warming replica (loading its model onto the GPU) from being disrupted: Karpenter's
+    do-not-disrupt for a duration after pod start, cluster-autoscaler's safe-to-evict=false. Both are
+    removed from the pod once it is Ready (`lift_warmup_protection`)."""
+    return {
+        c.ANN_KARPENTER_DO_NOT_DISRUPT: options.warmup_protection,
+        c.ANN_CA_SAFE_TO_EVICT: "false",
+    }
+
+
+def lift_warmup_protection(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that ends a Ready pod's warm-up protection, or None when there is nothing to lift.
+    Only the warm-up values are removed: a user's own do-not-disrupt "true" stays."""
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    conds = (pod.get("status") or {}).get("conditions") or []
+    if not any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds):
+        return None
+    lift: dict[str, None] = {}
+    if c.ANN_KARPENTER_DO_NOT_DISRUPT in ann and ann[c.ANN_KARPENTER_DO_NOT_DISRUPT] != "true":
+        lift[c.ANN_KARPENTER_DO_NOT_DISRUPT] = None
+    if ann.get(c.ANN_CA_SAFE_TO_EVICT) == "false":
+        lift[c.ANN_CA_SAFE_TO_EVICT] = None
+    return {"metadata": {"annotations": lift}} if lift else None
 
 
 def service(owner: Owner) -> dict[str, Any]:

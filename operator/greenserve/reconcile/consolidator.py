@@ -20,8 +20,11 @@ Ready is not started again.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from greenserve.api import conditions as cond
@@ -96,13 +99,35 @@ def node_view(node: Mapping[str, Any], allocated: int) -> pc.NodeView:
     )
 
 
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def do_not_disrupt(pod: Mapping[str, Any], now: float) -> bool:
+    """Karpenter's pod annotation: "true" protects; a duration (e.g. "15m", greenserve's warm-up value)
+    protects until that long after the pod started; anything unparsable protects (the safe reading)."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(c.ANN_KARPENTER_DO_NOT_DISRUPT, "")
+    if value in ("", "false"):
+        return False
+    m = _DURATION.match(value)
+    if value == "true" or m is None or not any(m.groups()):
+        return True
+    h, mi, se = (int(g or 0) for g in m.groups())
+    started = (pod.get("status") or {}).get("startTime") or pod["metadata"].get("creationTimestamp")
+    if not started:
+        return True
+    start = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
+    return now < start + 3600 * h + 60 * mi + se
+
+
 def build_snapshot(
     nodes: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
     movable_services: set[str],
+    now: float | None = None,
 ) -> pc.ClusterSnapshot:
     """Policy view of the GPU nodes: every pod's GPUs count as allocated; only greenserve replicas of
     services that allow consolidation are movable, the rest are protected."""
+    now = time.time() if now is None else now
     allocated: dict[str, int] = {}
     replicas: list[pc.ReplicaView] = []
     for pod in pods:
@@ -114,11 +139,7 @@ def build_snapshot(
         key = _service_key(pod)
         if key is None or gpus == 0:
             continue
-        ann = pod["metadata"].get("annotations") or {}
-        protected = key not in movable_services or ann.get(c.ANN_KARPENTER_DO_NOT_DISRUPT, "false") not in (
-            "false",
-            "",
-        )
+        protected = key not in movable_services or do_not_disrupt(pod, now)
         selector = dict((pod.get("spec") or {}).get("nodeSelector") or {})
         replicas.append(
             pc.ReplicaView(
@@ -262,7 +283,7 @@ class Consolidator:
                 and energy.get("policy") != ConsolidationPolicy.PERFORMANCE.value
             ):
                 movable.add(f"{m['metadata']['namespace']}/{m['metadata']['name']}")
-        snapshot = build_snapshot(nodes, pods, movable)
+        snapshot = build_snapshot(nodes, pods, movable, now)
         limits = pc.ConsolidationLimits(
             max_moves=1,
             min_interval_s=self.limits.min_interval_s,

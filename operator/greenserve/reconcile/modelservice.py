@@ -161,10 +161,25 @@ async def _reconcile_valid(
         fields = {"desiredReplicas": replicas}
         st = await _write_status(kube, body, fields, False, cond.REASON_APPLY_FAILED, message)
         return Outcome(False, cond.REASON_APPLY_FAILED, message, replicas, st, retry_after=30.0)
+    await _lift_warmup_protection(kube, pods)
     obs = Observed(desired=replicas, deployment=applied, pods=pods, gpus_per_replica=spec.gpu.count)
     ready, reason, message = ready_condition(obs)
     st = await _write_status(kube, body, status_fields(obs), ready, reason, message, extra)
     return Outcome(ready, reason, message, replicas, st)
+
+
+async def _lift_warmup_protection(kube: KubeClient, pods: list[dict[str, Any]]) -> None:
+    """Ready replicas are no longer warming: node autoscalers may move them again (level-based: every
+    pass lifts what is still set, so a restart between Ready and this patch loses nothing)."""
+    for pod in pods:
+        patch = builders.lift_warmup_protection(pod)
+        if patch is None or pod["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            await kube.patch(PODS, pod["metadata"]["name"], patch, pod["metadata"]["namespace"])
+        except ApiError as err:
+            if not err.not_found:
+                raise
 
 
 async def refresh_status(

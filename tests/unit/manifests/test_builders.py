@@ -106,3 +106,25 @@ def test_unsupported_storage(uri: str) -> None:
 def test_initial_replicas_is_at_least_one() -> None:
     assert builders.initial_replicas(spec(scaling={"minReplicas": 0, "maxReplicas": 3})) == 1
     assert builders.initial_replicas(spec(scaling={"minReplicas": 2, "maxReplicas": 3})) == 2
+
+
+def test_new_replicas_are_protected_from_node_autoscalers_until_ready() -> None:
+    dep = builders.deployment(OWNER, spec(), 1, builders.BuildOptions(warmup_protection="10m"))
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann[c.ANN_KARPENTER_DO_NOT_DISRUPT] == "10m"
+    assert ann[c.ANN_CA_SAFE_TO_EVICT] == "false"
+
+    def live(ready: bool, **extra: str) -> dict[str, Any]:
+        return {
+            "metadata": {"annotations": {**ann, **extra}},
+            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]},
+        }
+
+    assert builders.lift_warmup_protection(live(False)) is None  # still warming: keep it
+    assert builders.lift_warmup_protection(live(True)) == {
+        "metadata": {"annotations": {c.ANN_KARPENTER_DO_NOT_DISRUPT: None, c.ANN_CA_SAFE_TO_EVICT: None}}
+    }
+    # A user's own do-not-disrupt "true" is not ours to lift; nothing left to lift is no patch.
+    lifted = builders.lift_warmup_protection(live(True, **{c.ANN_KARPENTER_DO_NOT_DISRUPT: "true"}))
+    assert lifted == {"metadata": {"annotations": {c.ANN_CA_SAFE_TO_EVICT: None}}}
+    assert builders.lift_warmup_protection({"metadata": {}, "status": live(True)["status"]}) is None

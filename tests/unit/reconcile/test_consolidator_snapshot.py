@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from greenserve.api import constants as c
-from greenserve.reconcile.consolidator import build_snapshot
+from greenserve.reconcile.consolidator import build_snapshot, do_not_disrupt
 
 
 def node(name: str, gpus: int = 8, **extra: Any) -> dict[str, Any]:
@@ -53,3 +53,18 @@ def test_snapshot_counts_every_pods_gpus_and_protects_what_must_not_move() -> No
     assert not reps["mine"].protected and reps["mine"].node_selector == {}
     assert not reps["warming"].ready
     assert reps["pinned"].protected and reps["other-svc"].protected
+
+
+def test_do_not_disrupt_duration_ends_after_pod_start() -> None:
+    from datetime import datetime
+
+    started = pod("p", "a", 1, **{c.ANN_KARPENTER_DO_NOT_DISRUPT: "1h30m"})
+    started["status"]["startTime"] = "2026-01-01T00:00:00Z"
+    t0 = datetime.fromisoformat("2026-01-01T00:00:00+00:00").timestamp()
+    assert do_not_disrupt(started, t0 + 5399)
+    assert not do_not_disrupt(started, t0 + 5401)
+    for value, protected in (("true", True), ("false", False), ("", False), ("soon", True)):
+        assert do_not_disrupt(pod("q", "a", 1, **{c.ANN_KARPENTER_DO_NOT_DISRUPT: value}), t0) is protected
+    # The snapshot applies the same reading at its `now`.
+    snap = build_snapshot([node("a")], [started], {"ns/s"}, now=t0 + 6000)
+    assert not snap.replicas[0].protected

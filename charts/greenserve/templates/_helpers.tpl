@@ -134,10 +134,6 @@ seccompProfile:
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
-# Consolidation drains replicas through the Eviction API so PodDisruptionBudgets apply.
-- apiGroups: [""]
-  resources: ["pods/eviction"]
-  verbs: ["create"]
 # Events on ModelServices (greenserve's own core/v1 Events and kopf's handler events).
 - apiGroups: [""]
   resources: ["events"]

@@ -1,8 +1,8 @@
 """A small asyncio Kubernetes REST client: the only place greenserve talks to the API server.
 
-It covers what the operator needs (get, list, server-side apply, merge patch, status patch, delete,
-eviction) with one error type, instead of a generated client whose per-kind methods hide the REST
-semantics this operator relies on (apply field managers, 404/409/429 handling).
+It covers what the operator needs (get, list, server-side apply, merge patch, status patch, delete) with
+one error type, instead of a generated client whose per-kind methods hide the REST semantics this operator
+relies on (apply field managers, 404/409 handling).
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
-
-    @property
-    def too_many_requests(self) -> bool:
-        # The eviction API answers 429 when a PodDisruptionBudget forbids the eviction now.
-        return self.status == 429
 
 
 @dataclass(frozen=True)
@@ -302,15 +297,6 @@ class KubeClient:
         except ApiError as err:
             if not err.not_found:
                 raise
-
-    async def evict(self, pod: str, namespace: str) -> None:
-        """Evict through the Eviction API, so PodDisruptionBudgets apply; raises ApiError 429 when blocked."""
-        body = {
-            "apiVersion": "policy/v1",
-            "kind": "Eviction",
-            "metadata": {"name": pod, "namespace": namespace},
-        }
-        await self.request("POST", PODS.path(namespace, pod, "eviction"), body=body)
 
     async def close(self) -> None:
         if self._session is not None:

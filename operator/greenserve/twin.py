@@ -13,7 +13,7 @@ Cluster-level series (GPU nodes, node and GPU power including idle GPUs, cumulat
 the demo report GPU-node-hours and simulated energy.
 
 Load schedules: `ns/name=t0:rps0,t1:rps1,...` (piecewise constant from each t, seconds since start), or a
-JSON file mapping "ns/name" to such a list, or a trace replayed by greenserve.sim's loader.
+JSON file mapping "ns/name" to such a list, or a trace binned by greenserve.simulator.traces.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """greenserve's policy: pure functions and frozen dataclasses, no kopf, asyncio or I/O; time is injected
-(`now`, Unix seconds). The operator and the simulator (greenserve.sim) run the same code.
+(`now`, Unix seconds). The operator and the simulator (greenserve.simulator) run the same code.
 
 * `autoscaling.decide(inputs: ScalingInputs, state: ScalerState, now) -> ScaleDecision`: desired replicas of
   one ModelService (demand at a target utilization, scale-up at once, stabilised scale-down, p95 SLO

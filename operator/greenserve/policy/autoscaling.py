@@ -9,6 +9,11 @@
   ramp is met by replicas already loaded; a falling trend is ignored (scale-down stays stabilised).
   `sustained_trend` computes it from adjacent windows so that only a sustained rise counts.
 * **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
+* **SLO sizing** (optional, `slo_attainment`, for the energy policies): with an SLO and a request rate,
+  the demand is the fewest replicas that the M/M/c model says answer that share of requests (e.g. 0.995)
+  within the SLO latency, instead of rate / (capacity * target utilization). A pool can run hotter as
+  it grows (replicas of 10 req/s, 99.5% within 500 ms: 2 replicas up to 0.48 utilization, 8 up to 0.85,
+  30 up to 0.96), which a fixed target cannot express.
 * **Scale up at once; scale down stabilised**: the applied count is the highest recommendation of the last
   `scale_down_delay_s` seconds (HPA's stabilisation window), so a dip does not remove replicas.
 * **Idle to zero** (minReplicas 0): after no request for the break-even time — idle power of the warm
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from greenserve.policy.energy import break_even_idle_s
-from greenserve.policy.queueing import replicas_for_slo
+from greenserve.policy.queueing import replicas_for_attainment, replicas_for_slo
 
 HOLD_MISSING = "Hold:MetricsMissing"
 HOLD_STALE = "Hold:MetricsStale"
@@ -59,6 +64,9 @@ class ScalingInputs:
     # rising rate is projected over the time a new replica needs (metrics age + cold start): scale-up only.
     request_rate_trend: float | None = None
     trend_max_boost: float = 0.5  # cap on the projected increase, as a share of the observed rate
+    # Share of requests to keep within slo_p95_ms when sizing by the queueing model (None: size by the
+    # target utilization; the p95 guard applies either way). Needs slo_p95_ms and request_rate.
+    slo_attainment: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,14 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
         need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
     if need is None:
         return None
+    if inputs.slo_attainment and inputs.slo_p95_ms and inputs.request_rate is not None:
+        need = replicas_for_attainment(
+            max(0.0, inputs.request_rate),
+            _service_rate(inputs),
+            inputs.slo_p95_ms / 1000.0,
+            min(0.999999, max(0.5, inputs.slo_attainment)),
+            limit=max(inputs.max_replicas, 1),
+        )
     if inputs.slo_p95_ms and inputs.request_rate:
         guard = replicas_for_slo(
             inputs.request_rate,

@@ -50,3 +50,33 @@ def replicas_for_slo(rate_rps: float, service_rate_rps: float, slo_s: float, lim
         if p95_response_s(rate_rps, service_rate_rps, c) <= slo_s:
             return c
     return limit
+
+
+def attainment(rate_rps: float, service_rate_rps: float, replicas: int, slo_s: float) -> float:
+    """Share of requests answered within `slo_s` (M/M/c waiting plus one service time):
+    1 - ErlangC * exp(-(c*mu - lambda) * (slo - 1/mu)); 0 when overloaded or the SLO is shorter than a
+    service time, 1 without load."""
+    if rate_rps <= 0:
+        return 1.0
+    if replicas <= 0 or service_rate_rps <= 0:
+        return 0.0
+    budget = slo_s - 1.0 / service_rate_rps
+    capacity = replicas * service_rate_rps
+    if budget < 0 or rate_rps >= capacity:
+        return 0.0
+    late = erlang_c(replicas, rate_rps / service_rate_rps) * math.exp(-(capacity - rate_rps) * budget)
+    return max(0.0, 1.0 - late)
+
+
+def replicas_for_attainment(
+    rate_rps: float, service_rate_rps: float, slo_s: float, target: float, limit: int = 1000
+) -> int:
+    """Smallest replica count that answers at least `target` (e.g. 0.995) of requests within `slo_s`
+    (`limit` if none does). With target 0.95 it is `replicas_for_slo` (the p95 guard)."""
+    if rate_rps <= 0:
+        return 0
+    start = max(1, math.floor(rate_rps / service_rate_rps) + 1) if service_rate_rps > 0 else limit
+    for c in range(start, limit + 1):
+        if attainment(rate_rps, service_rate_rps, c, slo_s) >= target:
+            return c
+    return limit

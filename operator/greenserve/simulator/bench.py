@@ -1,4 +1,11 @@
-"""Benchmark scenarios: the same traces, cluster, power model and SLO for every policy."""
+"""Benchmark scenarios: the same traces, cluster, power model and SLO for every policy.
+
+Policies: static peak, HPA-like (target utilization 0.7, 300 s scale-down stabilisation, spreading),
+Knative-like (concurrency, 60 s stable / 6 s panic window, scale to zero after 30 s), greenserve (the
+operator's policy code: SLO sizing by the queueing model, trend projection, packing, deletion costs,
+consolidation) and the oracle (`engine.run_oracle`: the replicas the queueing model says meet the SLO
+target at every step, perfectly packed, with no cold start, stabilisation or node delay).
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@
   (CA's --scale-down-unneeded-time, 600 s by default; Karpenter's consolidateAfter is often 30 s).
   Optionally, like CA's --scale-down-utilization-threshold, a node below a utilization threshold whose
   replicas all fit elsewhere is drained (its replicas rescheduled: a cold start each); 0 disables it.
+* A policy may keep `spare_gpus` free slots (balloon pods of the cluster-proportional overprovisioner,
+  preempted at once by real replicas): the autoscaler adds nodes to keep them and does not remove an
+  empty node that holds them. Their GPUs stay bare (P_bare); the node's base power is what they cost.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class Cluster:
         self.cold_starts = 0
         self.nodes_added = 0
         self.nodes_removed = 0
+        # Free GPU slots a policy keeps for bursts (balloon pods of the cluster-proportional
+        # overprovisioner: preempted at once by real replicas, so they only keep nodes); 0 = none.
+        self.spare_gpus = 0
 
     # --- nodes -----------------------------------------------------------------------------------
     def add_node(self, now: float, ready: bool = False) -> Node:
@@ -150,11 +156,16 @@ class Cluster:
     def autoscale_nodes(self, placement: Placement, now: float) -> None:
         cfg = self.config
         pending = self.pending()
-        if pending:
-            upcoming = sum(n.gpus for n in self.nodes.values() if n.ready_at > now)
-            # Pending replicas that nodes already on their way will not absorb.
-            need_gpus = sum(r.gpus for r in pending) - upcoming
-            new = min(math.ceil(max(0, need_gpus) / cfg.gpus_per_node), cfg.max_nodes - len(self.nodes))
+        pending_gpus = sum(r.gpus for r in pending)
+        upcoming = sum(n.gpus for n in self.nodes.values() if n.ready_at > now)
+        # Pending replicas that nodes already on their way will not absorb.
+        need_gpus = pending_gpus - upcoming
+        if self.spare_gpus > 0:
+            # Balloons are pending pods too: keep `spare_gpus` free once the pending replicas are placed.
+            free_ready = sum(n.free for n in self.nodes.values() if n.ready_at <= now)
+            need_gpus = max(need_gpus, pending_gpus + self.spare_gpus - upcoming - free_ready)
+        if need_gpus > 0:
+            new = min(math.ceil(need_gpus / cfg.gpus_per_node), cfg.max_nodes - len(self.nodes))
             for _ in range(max(0, new)):
                 self.add_node(now)
         if cfg.drain_below_utilization > 0:
@@ -165,6 +176,12 @@ class Cluster:
             if node.empty_since is None:
                 node.empty_since = now
             if now - node.empty_since >= cfg.unneeded_s:
+                if self.spare_gpus > 0:
+                    # A node that holds balloons is not empty: keep it while the rest lack the spare slots.
+                    others_free = sum(n.free for n in self.nodes.values() if n.nid != node.nid)
+                    if others_free - pending_gpus < self.spare_gpus:
+                        node.empty_since = now  # not empty: its unneeded time starts once they leave
+                        continue
                 del self.nodes[node.nid]
                 self.nodes_removed += 1
 

@@ -27,9 +27,12 @@ from typing import Protocol
 import numpy as np
 
 from greenserve.policy.energy import GpuPowerModel, gpu_model_for
-from greenserve.policy.queueing import erlang_c
+from greenserve.policy.queueing import erlang_c, replicas_for_attainment
 from greenserve.simulator.cluster import Cluster, ClusterConfig, Placement, Replica
 from greenserve.simulator.traces import FloatArray, Trace
+
+# The acceptance target of the benchmark: the share of requests within the SLO latency.
+ATTAINMENT_TARGET = 0.995
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,14 @@ class Simulation:
         self.moves = 0
 
     # --- what the scalers observe ----------------------------------------------------------------
-    def observed_rate(self, m: int, window_s: float | None = None) -> float:
+    def observed_rate(self, m: int, window_s: float | None = None, lag_s: float = 0.0) -> float:
+        """Mean request rate over the `window_s` before now - `lag_s` (past data only)."""
         w = max(1, round((window_s or self.scenario.metrics_window_s) / self.dt))
-        if self.k == 0:
+        hi = self.k - round(lag_s / self.dt)
+        if hi <= 0:
             return float(self.trace.rates[m, 0])
-        lo = max(0, self.k - w)
-        return float(self.trace.rates[m, lo : self.k].mean())
+        lo = max(0, hi - w)
+        return float(self.trace.rates[m, lo:hi].mean())
 
     def observed_concurrency(self, m: int, window_s: float) -> float:
         w = max(1, round(window_s / self.dt))
@@ -305,37 +310,46 @@ def _record(
     res.power_w[i] = busy_w + idle_w + base_w
 
 
-def run_oracle(scenario: Scenario) -> Result:
-    """Lower bound: exactly ceil(lambda/mu) replicas per model at every step, all warm (no cold start),
-    packed onto the fewest nodes; nodes appear and vanish instantly."""
+def run_oracle(scenario: Scenario, attainment: float = ATTAINMENT_TARGET) -> Result:
+    """Reference lower bound: perfect packing of the replicas needed to meet the SLO at every instant.
+
+    Per step and model, exactly the fewest replicas that the queueing model (the same M/M/c as
+    `serve_step`, policy/queueing.py) says answer `attainment` (the acceptance target, 99.5%) of that
+    step's arrivals within the SLO, knowing the step's rate (perfect foresight); all warm (no cold start,
+    no stabilisation), packed onto the fewest nodes, which appear and vanish instantly (no provisioning or
+    unneeded time). So it meets the SLO target at every step, and a policy that meets the target can only
+    beat it by under-serving some steps and over-serving others.
+
+    (Sizing at ceil(lambda/mu) instead, as an earlier version did, runs every replica at ~100%
+    utilization: the queue grows, only ~77% of requests meet the SLO, and the "bound" is not one for any
+    policy that meets the SLO.)
+    """
     start = time.perf_counter()
     trace, dt = scenario.trace, scenario.trace.step_s
     gpu = gpu_model_for(scenario.cluster.gpu_product)
     per_node, base = scenario.cluster.gpus_per_node, scenario.cluster.base_w
     res = _new_result("oracle", scenario)
-    n_steps = trace.n_steps
     warm = scenario.warmup_steps
-    backlog = [0.0] * len(scenario.models)
-    for k in range(n_steps):
+    cache: dict[tuple[int, float], int] = {}
+    for k in range(warm, trace.n_steps):
         gpus = 0
         busy_w = 0.0
         reps = 0
         for m, spec in enumerate(scenario.models):
             lam = float(trace.rates[m, k])
-            c = math.ceil((lam + backlog[m] / dt) / spec.capacity_rps - 1e-9)
-            served, within, backlog[m] = serve_step(
-                lam, c, spec.capacity_rps, backlog[m], dt, spec.slo_ms / 1000.0
-            )
-            if k >= warm:
-                res.requests += lam * dt
-                res.within_slo += within
+            c = cache.get((m, lam))
+            if c is None:
+                c = replicas_for_attainment(lam, spec.capacity_rps, spec.slo_ms / 1000.0, attainment)
+                cache[(m, lam)] = c
+            served, within, _ = serve_step(lam, c, spec.capacity_rps, 0.0, dt, spec.slo_ms / 1000.0)
+            res.requests += lam * dt
+            res.within_slo += within
             reps += c
             gpus += c * spec.gpus
             if c:
                 busy_w += (gpu.busy_w - gpu.loaded_idle_w) * served / (spec.capacity_rps * dt) * spec.gpus
         nodes = math.ceil(gpus / per_node)
         idle_w = gpus * gpu.loaded_idle_w + (nodes * per_node - gpus) * gpu.bare_w
-        if k >= warm:
-            _record(res, k - warm, dt, busy_w, idle_w, nodes * base, gpus, nodes, reps)
+        _record(res, k - warm, dt, busy_w, idle_w, nodes * base, gpus, nodes, reps)
     res.wall_s = time.perf_counter() - start
     return res

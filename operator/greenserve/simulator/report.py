@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from greenserve.policy.energy import joules_to_kwh
-from greenserve.simulator.engine import Result
+from greenserve.simulator.engine import ATTAINMENT_TARGET, Result
 
 HEADER = (
     f"{'trace':<14}{'policy':<12}{'kWh':>8}{'busyGPU':>9}{'idleGPU':>9}{'base':>8}{'GPU-h':>8}{'node-h':>8}"
@@ -39,9 +39,10 @@ def table(results: Mapping[str, Sequence[Result]]) -> str:
     return "\n".join(lines)
 
 
-def acceptance(results: Mapping[str, Sequence[Result]], slo: float = 0.995) -> str:
+def acceptance(results: Mapping[str, Sequence[Result]], slo: float = ATTAINMENT_TARGET) -> str:
     """The issue's targets per trace: >= 35% less energy than HPA-like at equal or better SLO attainment
-    (at least 99.5%), and within 1.25x of the oracle."""
+    (at least 99.5%), and within 1.25x of the oracle. Each line also gives the oracle's own saving vs
+    HPA-like: where it is under 35%, no policy that meets the SLO at every step can reach the saving."""
     lines = []
     for trace, rs in results.items():
         by = {r.policy: r for r in rs}
@@ -57,7 +58,8 @@ def acceptance(results: Mapping[str, Sequence[Result]], slo: float = 0.995) -> s
             f"(target <= -35%: {'ok' if saving_ok else 'MISSED'}); "
             f"SLO {100 * g.slo_attainment:.3f}% vs hpa {100 * h.slo_attainment:.3f}% "
             f"(target >= hpa and >= {100 * slo:.1f}%: {'ok' if slo_ok else 'MISSED'}); "
-            f"vs oracle {g.total_j / o.total_j:.2f}x (target <= 1.25x: {'ok' if oracle_ok else 'MISSED'})"
+            f"vs oracle {g.total_j / o.total_j:.2f}x (target <= 1.25x: {'ok' if oracle_ok else 'MISSED'}); "
+            f"oracle vs hpa {-100 * (1.0 - o.total_j / h.total_j):+.1f}%"
         )
     return "\n".join(lines)
 

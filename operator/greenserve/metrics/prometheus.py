@@ -184,7 +184,7 @@ class PrometheusSource:
         pod_energy = {s.labels.get(k.LABEL_POD, ""): s.value for s in r["pod_energy"]}
         sim = _value(r["simulated"])
         # Pods the operator expects but Prometheus has no (fresh) series for: partial sums, say so.
-        absent = [f"pod:{p.name}" for p in pods or () if p.name not in pod_energy]
+        absent = [f"pod:{p.name}" for p in pods or () if p.ready and p.name not in pod_energy]
         return self._assemble(
             namespace,
             name,
@@ -225,7 +225,7 @@ class PrometheusSource:
             pod_energy={},
             simulated=False if r["power"] else None,
             replicas=len(r["pods"]),
-            absent_pods=[f"pod:{p.name}" for p in pods if p.name not in reporting],
+            absent_pods=[f"pod:{p.name}" for p in pods if p.ready and p.name not in reporting],
             energy_not_applicable=True,
         )
 

@@ -176,7 +176,8 @@ class ScrapeSource:
         for pod, sc in zip(pods, scrapes, strict=True):
             key = (pod.namespace, pod.name)
             if sc is None:
-                missing.append(f"pod:{pod.name}")
+                if pod.ready:  # a replica still warming up has nothing to say yet
+                    missing.append(f"pod:{pod.name}")
                 continue
             now[pod.name] = sc
             prev = self._last.get(key)

@@ -20,6 +20,9 @@ class PodRef:
     ip: str | None = None
     node: str | None = None
     metrics_port: int = k.AGENT_METRICS_PORT
+    # Only a Ready replica must report: one still scheduling or loading its model has no series yet, and
+    # its absence must not turn the whole reading stale (that would hold a scale-up mid-ramp).
+    ready: bool = True
 
 
 @dataclass(frozen=True)

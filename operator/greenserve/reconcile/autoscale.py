@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenserve.api import conditions as cond
-from greenserve.api.v1alpha1 import ModelServiceSpec, ScalingMetric
+from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ScalingMetric
 from greenserve.config import OperatorConfig
 from greenserve.manifests.builders import initial_replicas
 from greenserve.metrics.types import ServiceMetrics
@@ -23,6 +23,9 @@ from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, gpu_model_for
 DEFAULT_SERVICE_TIME_MS = 20.0
 # Model load time assumed for the idle-to-zero break-even when nothing better is known.
 DEFAULT_COLD_START_S = 60.0
+# With an SLO, the energy policies size replicas by the queueing model for this share of requests within
+# the SLO latency (the simulator's greenserve policy does the same); Performance keeps the fixed target.
+SLO_ATTAINMENT = {ConsolidationPolicy.BALANCED: 0.995, ConsolidationPolicy.POWER_SAVING: 0.99}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def scaling_inputs(
         sampled_at=reading.sampled_at if reading else None,
         stale_after_s=config.metrics_stale_after_s,
         slo_p95_ms=float(spec.slo.latency_p95_ms) if spec.slo.latency_p95_ms else None,
+        slo_attainment=SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None,
         service_time_ms=DEFAULT_SERVICE_TIME_MS,
         scale_down_delay_s=float(s.scale_down_delay_seconds),
         cold_start_s=DEFAULT_COLD_START_S,

@@ -49,6 +49,10 @@ def _pod_refs(pods: list[dict[str, Any]]) -> list[PodRef]:
                 name=meta["name"],
                 ip=status.get("podIP"),
                 node=(pod.get("spec") or {}).get("nodeName"),
+                ready=any(
+                    x.get("type") == "Ready" and x.get("status") == "True"
+                    for x in status.get("conditions") or []
+                ),
             )
         )
     return refs

@@ -180,6 +180,24 @@ async def test_unreachable_pod_is_missing_not_zero(agents: list[tuple[FakeAgent,
     assert no_pods.power_w is None and no_pods.missing == ("pods",)
 
 
+async def test_a_warming_replica_without_metrics_does_not_make_the_reading_stale(
+    agents: list[tuple[FakeAgent, PodRef]],
+) -> None:
+    # A replica still loading its model (not Ready) has no endpoint yet: the Ready ones are the reading.
+    warming = PodRef("ml", "svc-new", ip=None, ready=False)
+    src = ScrapeSource()
+    try:
+        m = await src.service_metrics("ml", "svc", [agents[0][1], agents[1][1], warming])
+        agents[1][0].up = False  # a Ready replica going silent still makes it stale
+        lost = await src.service_metrics("ml", "svc", [agents[0][1], agents[1][1], warming])
+    finally:
+        await src.close()
+    # (a first scrape has no rate window yet: energy_window and requests come with the second)
+    assert m.stale is False and not [x for x in m.missing if x.startswith("pod:")]
+    assert m.power_w is not None and m.power_w > 0
+    assert lost.stale is True and [x for x in lost.missing if x.startswith("pod:")] == ["pod:svc-1"]
+
+
 async def test_node_gpu_metrics_from_scraped_pods(agents: list[tuple[FakeAgent, PodRef]]) -> None:
     src = ScrapeSource()
     try:

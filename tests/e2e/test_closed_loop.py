@@ -223,9 +223,15 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
         peak_nodes = await eventually(
             lambda: _at_least(l4_nodes(kube), 2), 120, interval=1, what="a second GPU node"
         )
-        msvc = await kube.get(MODELSERVICES, "svc", namespace)
-        assert msvc["status"]["metricsSimulated"] is True
-        assert msvc["status"]["powerWatts"] > 0 and msvc["status"]["requestsPerSecond"] > 0
+
+        async def telemetry() -> dict[str, Any] | None:
+            # A replica that just turned Ready reports from the twin's next tick on: wait for a full reading.
+            st = (await kube.get(MODELSERVICES, "svc", namespace))["status"]
+            return st if st.get("powerWatts") and st.get("requestsPerSecond") else None
+
+        status = await eventually(telemetry, 60, interval=1, what="power and traffic in status")
+        assert status["metricsSimulated"] is True
+        assert status["powerWatts"] > 0 and status["requestsPerSecond"] > 0
 
         # Load falls: back to one replica, emptied node removed by Karpenter, never below 1 ready replica.
         load.set(30)

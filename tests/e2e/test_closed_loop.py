@@ -243,7 +243,11 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
             dep = await kube.get(DEPLOYMENTS, "svc", namespace)
             return dep["spec"]["replicas"] == 1 and len(await l4_nodes(kube)) == 1
 
-        await eventually(shrunk, 300, interval=1, what="one replica on one GPU node")
+        try:
+            await eventually(shrunk, 300, interval=1, what="one replica on one GPU node")
+        except AssertionError:
+            await dump_state(kube, namespace)
+            raise
         assert min_ready >= 1
         elapsed = time.monotonic() - t0
         end = twin_counters(twin_port)
@@ -301,6 +305,31 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
     finally:
         op.stop()
         kubectl.run("delete", "msvc", "svc", "-n", namespace, "--wait=false", check=False)
+
+
+async def dump_state(kube: KubeClient, ns: str) -> None:
+    """What a failed wait leaves to read: the ModelService's status, its pods and the GPU nodes."""
+    body = await kube.get(MODELSERVICES, "svc", ns)
+    status = {k: v for k, v in body.get("status", {}).items() if k not in ("energyCounters",)}
+    print("STATE status", json.dumps(status, indent=1))
+    for p in await kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_MODELSERVICE}=svc"):
+        conds = {x["type"]: x["status"] for x in p.get("status", {}).get("conditions", [])}
+        print(
+            "STATE pod",
+            p["metadata"]["name"],
+            p["spec"].get("nodeName"),
+            conds.get("Ready"),
+            p["metadata"].get("deletionTimestamp"),
+            p["metadata"].get("annotations", {}),
+        )
+    for n in await kube.list_objects(NODES):
+        print(
+            "STATE node",
+            n["metadata"]["name"],
+            n["metadata"].get("labels", {}).get(c.GPU_PRODUCT_LABEL),
+            n["spec"].get("taints"),
+            n["metadata"].get("deletionTimestamp"),
+        )
 
 
 async def _none(coro: Any) -> bool:

@@ -154,6 +154,30 @@ def build_snapshot(
     return pc.ClusterSnapshot(tuple(views), tuple(replicas))
 
 
+def movable_services(msvcs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The services whose replicas consolidation may move: consolidation on, policy not Performance, and
+    not scaling in. A service scaling in sheds replicas anyway, cheapest node first (the deletion costs):
+    moving one now would start a replacement for a replica that is about to go."""
+    live: dict[str, int] = {}
+    for p in pods:
+        key = _service_key(p)
+        if key is not None and not _terminating(p):
+            live[key] = live.get(key, 0) + 1
+    out = set()
+    for m in msvcs:
+        energy = (m.get("spec") or {}).get("energy") or {}
+        key = f"{m['metadata']['namespace']}/{m['metadata']['name']}"
+        desired = (m.get("status") or {}).get("desiredReplicas")
+        shrinking = isinstance(desired, int) and live.get(key, 0) > desired
+        if (
+            energy.get("consolidation", True)
+            and energy.get("policy") != ConsolidationPolicy.PERFORMANCE.value
+            and not shrinking
+        ):
+            out.add(key)
+    return out
+
+
 class Consolidator:
     def __init__(
         self, kube: KubeClient, config: OperatorConfig, limits: pc.ConsolidationLimits | None = None
@@ -275,14 +299,7 @@ class Consolidator:
             return None
         if in_flight is False and any((m.get("status") or {}).get("move") for m in msvcs):
             pods = await self._list(PODS)  # retirements changed the picture
-        movable = set()
-        for m in msvcs:
-            energy = (m.get("spec") or {}).get("energy") or {}
-            if (
-                energy.get("consolidation", True)
-                and energy.get("policy") != ConsolidationPolicy.PERFORMANCE.value
-            ):
-                movable.add(f"{m['metadata']['namespace']}/{m['metadata']['name']}")
+        movable = movable_services(msvcs, pods)
         snapshot = build_snapshot(nodes, pods, movable, now)
         limits = pc.ConsolidationLimits(
             max_moves=1,

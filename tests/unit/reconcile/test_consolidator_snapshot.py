@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from greenserve.api import constants as c
-from greenserve.reconcile.consolidator import build_snapshot, do_not_disrupt
+from greenserve.reconcile.consolidator import build_snapshot, do_not_disrupt, movable_services
 
 
 def node(name: str, gpus: int = 8, **extra: Any) -> dict[str, Any]:
@@ -68,3 +68,25 @@ def test_do_not_disrupt_duration_ends_after_pod_start() -> None:
     # The snapshot applies the same reading at its `now`.
     snap = build_snapshot([node("a")], [started], {"ns/s"}, now=t0 + 6000)
     assert not snap.replicas[0].protected
+
+
+def test_only_steady_consolidating_services_are_movable() -> None:
+    def msvc(name: str, desired: int | None, **energy: Any) -> dict[str, Any]:
+        status = {"desiredReplicas": desired} if desired is not None else {}
+        return {"metadata": {"name": name, "namespace": "ns"}, "spec": {"energy": energy}, "status": status}
+
+    pods = [
+        pod(f"{svc}-{i}", "a", 1, svc=svc)
+        for svc, n in (("s", 2), ("shrink", 3), ("perf", 1))
+        for i in range(n)
+    ]
+    dying = pod("shrink-9", "a", 1, svc="shrink")
+    dying["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    msvcs = [
+        msvc("s", 2),
+        msvc("shrink", 1),  # 3 live replicas, 1 wanted: scale-in will empty nodes, no move needed
+        msvc("perf", 1, policy="Performance"),
+        msvc("off", None, consolidation=False),
+        msvc("new", None),  # no decision yet: nothing says it is shrinking
+    ]
+    assert movable_services(msvcs, [*pods, dying]) == {"ns/s", "ns/new"}

@@ -134,45 +134,54 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
     emptied: list[str] = []
     received: set[str] = set()  # a node that takes replicas in this plan is not emptied by it
     moves: list[Move] = []
-    for src in sources:
-        if src in received:
-            continue
-        trial_free = dict(free)
-        trial: list[Move] = []
-        ok = True
-        for r in sorted(on_node[src], key=lambda r: (-r.gpus, r.pod)):
-            targets = [
-                t
-                for t in nodes
-                if t != src
-                and t not in emptied
-                and not nodes[t].protected
-                and not nodes[t].draining
-                and trial_free[t] >= r.gpus
-                and r.fits_labels(nodes[t].labels)
-                # Only towards fuller nodes (as filled by this plan so far): no ping-pong.
-                and (nodes[t].gpu_capacity - free[t], t) > (alloc[src], src)
-            ]
-            if not targets:
-                ok = False
-                break
-            # Best fit: the fullest node that still fits, so packing stays tight.
-            target = min(targets, key=lambda t: (trial_free[t] - r.gpus, t))
-            trial_free[target] -= r.gpus
-            trial.append(Move(r.service, r.pod, src, target, r.gpus))
-        if not ok:
-            continue
-        # Headroom counts only where a burst could land: not the nodes being emptied or drained.
-        remaining_free = sum(
-            v for k, v in trial_free.items() if k != src and k not in emptied and not nodes[k].draining
-        )
-        if remaining_free < limits.headroom_gpus:
-            continue
-        free = trial_free
-        free[src] = nodes[src].gpu_capacity
-        emptied.append(src)
-        received.update(m.to_node for m in trial)
-        moves.extend(trial)
+    # Passes until nothing more empties: a node that could not go anywhere early in a pass may fit onto
+    # one that this plan filled later, and leaving that for the next plan would break idempotence.
+    progressed = True
+    while progressed:
+        progressed = False
+        for src in sources:
+            if src in received or src in emptied:
+                continue
+            trial_free = dict(free)
+            trial: list[Move] = []
+            ok = True
+            for r in sorted(on_node[src], key=lambda r: (-r.gpus, r.pod)):
+                targets = [
+                    t
+                    for t in nodes
+                    if t != src
+                    and t not in emptied
+                    and not nodes[t].protected
+                    and not nodes[t].draining
+                    and trial_free[t] >= r.gpus
+                    and r.fits_labels(nodes[t].labels)
+                    # Only towards fuller nodes (as filled by this plan so far): no ping-pong.
+                    and (nodes[t].gpu_capacity - free[t], t) > (alloc[src], src)
+                ]
+                if not targets:
+                    ok = False
+                    break
+                # The node with the most GPUs in use (then the tightest fit): a small node that fits best
+                # could itself be emptied next, which would make planning again move the same replica twice.
+                target = min(
+                    targets, key=lambda t: (trial_free[t] - nodes[t].gpu_capacity, trial_free[t] - r.gpus, t)
+                )
+                trial_free[target] -= r.gpus
+                trial.append(Move(r.service, r.pod, src, target, r.gpus))
+            if not ok:
+                continue
+            # Headroom counts only where a burst could land: not the nodes being emptied or drained.
+            remaining_free = sum(
+                v for k, v in trial_free.items() if k != src and k not in emptied and not nodes[k].draining
+            )
+            if remaining_free < limits.headroom_gpus:
+                continue
+            free = trial_free
+            free[src] = nodes[src].gpu_capacity
+            emptied.append(src)
+            received.update(m.to_node for m in trial)
+            moves.extend(trial)
+            progressed = True
 
     costs = deletion_costs(snapshot, tuple(emptied))
     if not moves:

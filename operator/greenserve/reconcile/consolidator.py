@@ -310,11 +310,16 @@ class Consolidator:
         plan = pc.plan(snapshot, now, limits)
         ours = [p for p in pods if _service_key(p) and not _terminating(p)]
         await self._set_deletion_costs(ours, plan.deletion_costs)
-        # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened.
+        # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened. A closed
+        # node that is empty now stays closed for the node autoscaler to remove, unless a replica of ours
+        # is waiting for room (then every closed node reopens rather than leave it Pending).
         by_name = {n["metadata"]["name"]: n for n in nodes}
+        allocated = {n.name: n.gpu_allocated for n in snapshot.nodes}
+        waiting = any(not (p.get("spec") or {}).get("nodeName") for p in ours)
         for name, node in by_name.items():
             tainted = any(t.get("key") == TAINT_KEY for t in (node.get("spec") or {}).get("taints") or [])
-            wanted = name in plan.emptied_nodes
+            emptied = tainted and allocated.get(name, 0) == 0 and not waiting
+            wanted = name in plan.emptied_nodes or emptied
             if tainted != wanted:
                 await self._taint(node, wanted)
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")

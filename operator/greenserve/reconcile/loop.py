@@ -23,7 +23,8 @@ from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import autoscale, telemetry
-from greenserve.reconcile.modelservice import Extra, Outcome, reconcile
+from greenserve.reconcile import modelservice as rec
+from greenserve.reconcile.modelservice import Extra, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,21 @@ async def _read_metrics(deps: LoopDeps, ns: str, name: str, pods: list[PodRef]) 
 
 async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
+    async with rec.lock_for(meta["namespace"], meta["name"]):
+        # Decide from the live status: the stabilisation state and replica count we wrote last time.
+        live = await rec.live_body(deps.kube, body)
+        if live is None:
+            return Outcome(False, "Deleted", "the ModelService is gone or being deleted")
+        return await _resync_locked(deps, live)
+
+
+async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     try:
         spec = parse_spec(dict(body.get("spec") or {}))
     except ValidationError:
-        return await reconcile(deps.kube, body, deps.config)  # reports the invalid spec
+        return await rec.reconcile_locked(deps.kube, body, deps.config)  # reports the invalid spec
     status: Mapping[str, Any] = body.get("status") or {}
     raw_pods = await deps.kube.list_objects(PODS, ns, label_selector=f"{LABEL_MODELSERVICE}={name}")
     pods = _pod_refs(raw_pods)
@@ -92,7 +103,7 @@ async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
             decision.condition,
         ),
     )
-    outcome = await reconcile(deps.kube, body, deps.config, desired=decision.desired, extra=extra)
+    outcome = await rec.reconcile_locked(deps.kube, body, deps.config, desired=decision.desired, extra=extra)
     if deps.metrics is not None and reading is not None:
         deps.metrics.update(
             reading,

@@ -7,6 +7,7 @@ same objects. Nothing here keeps state between calls except what is stored in th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,27 @@ async def _write_status(
     return status
 
 
+_LOCKS: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+def lock_for(namespace: str, name: str) -> asyncio.Lock:
+    """One ModelService is reconciled by one task at a time (a lock per ModelService ever seen, kept for
+    the process' life). The periodic loop, kopf's handlers, the Deployment watch and the consolidator all
+    end in a reconcile; interleaved, one that read the status before another wrote a new replica count
+    would apply the old count back."""
+    return _LOCKS.setdefault((namespace, name), asyncio.Lock())
+
+
+async def live_body(kube: KubeClient, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ModelService as the API server has it now (kopf's cached body may predate our own status
+    writes); None once it is gone or being deleted."""
+    meta = body["metadata"]
+    fresh = await kube.get_or_none(MODELSERVICES, meta["name"], meta["namespace"])
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        return None
+    return fresh
+
+
 async def reconcile(
     kube: KubeClient,
     body: Mapping[str, Any],
@@ -108,11 +130,28 @@ async def reconcile(
     desired: int | None = None,
     extra: Extra | None = None,
 ) -> Outcome:
-    """Bring the owned objects in line with the spec and report status.
+    """Bring the owned objects in line with the spec and report status, from the live object, under the
+    ModelService's lock.
 
     `desired` overrides the replica count (the autoscaler passes its decision); otherwise the count
     stored in status is kept.
     """
+    meta = body["metadata"]
+    async with lock_for(meta["namespace"], meta["name"]):
+        live = await live_body(kube, body)
+        if live is None:
+            return Outcome(False, "Deleted", "the ModelService is gone or being deleted")
+        return await reconcile_locked(kube, live, config, desired, extra)
+
+
+async def reconcile_locked(
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    config: OperatorConfig,
+    desired: int | None = None,
+    extra: Extra | None = None,
+) -> Outcome:
+    """`reconcile` for a caller that already holds `lock_for` and has read the live body."""
     meta = body["metadata"]
     try:
         spec = parse_spec(dict(body.get("spec") or {}))
@@ -186,10 +225,7 @@ async def refresh_status(
     kube: KubeClient, namespace: str, name: str, config: OperatorConfig
 ) -> Outcome | None:
     """Re-run reconcile from the live ModelService (used when an owned Deployment changes)."""
-    body = await kube.get_or_none(MODELSERVICES, name, namespace)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    return await reconcile(kube, body, config)
+    return await reconcile(kube, {"metadata": {"name": name, "namespace": namespace}}, config)
 
 
 def deployment_owner(dep: Mapping[str, Any]) -> str | None:

@@ -92,8 +92,11 @@ def ready(pod: dict[str, Any]) -> bool:
     )
 
 
+HOLD_TAINT = {"key": "test.greenserve.io/hold", "value": "1", "effect": "NoSchedule"}
+
+
 async def fragment(
-    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str]
+    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str], hold: bool = False
 ) -> tuple[str, str, dict[str, Any]]:
     """Fragment on purpose: "big" fills one node (2 x 4 GPUs), "small" lands on the other; then big
     shrinks, so moving small's replica onto the full node empties the other. Returns (full, other, the
@@ -118,8 +121,16 @@ async def fragment(
         )
 
     source_pod = await eventually(small_on_other, 60, what="small on the other node")
+    if hold:  # the replacement will stay Pending on the target until the taint goes: a move in flight
+        await kube.patch(
+            NODES, full, {"spec": {"taints": [*_taints(await kube.get(NODES, full)), HOLD_TAINT]}}
+        )
     kubectl.apply(msvc("big", namespace, 1, 4))  # frees 4 GPUs on the full node
     return full, other, source_pod
+
+
+def _taints(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in node["spec"].get("taints") or [] if t["key"] != HOLD_TAINT["key"]]
 
 
 class MoveWatch:
@@ -182,7 +193,8 @@ async def test_operator_killed_mid_move_finishes_it_after_restart(
     nodes: tuple[str, str],
     consolidating_operator: OperatorProcess,
 ) -> None:
-    full, other, source_pod = await fragment(kube, kubectl, namespace, nodes)
+    # The target node holds the replacement Pending, so the kill lands while the move is in flight.
+    full, other, source_pod = await fragment(kube, kubectl, namespace, nodes, hold=True)
 
     async def move_recorded() -> dict[str, Any] | None:
         body = await kube.get(MODELSERVICES, "small", namespace)
@@ -197,6 +209,8 @@ async def test_operator_killed_mid_move_finishes_it_after_restart(
         await watch.moved()
         await asyncio.sleep(0.3)
     assert watch.max_pods <= 2 and watch.min_ready >= 1
+    assert await kube.get_or_none(PODS, source_pod["metadata"]["name"], namespace) is not None
+    await kube.patch(NODES, full, {"spec": {"taints": _taints(await kube.get(NODES, full))}})
     consolidating_operator.start()
     await eventually(watch.moved, 120, interval=0.2, what="the move finished by the restarted operator")
     assert watch.min_ready >= 1, "the restart dropped the service below its ready replicas"

@@ -161,10 +161,11 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
                 if not targets:
                     ok = False
                     break
-                # The node with the most GPUs in use (then the tightest fit): a small node that fits best
-                # could itself be emptied next, which would make planning again move the same replica twice.
+                # The node with the most GPUs in use, then the most room left: the target least likely to
+                # be emptied itself and most able to take the next sources (a tight fit onto a small node
+                # leaves two half-full nodes that the next plan would merge: not idempotent).
                 target = min(
-                    targets, key=lambda t: (trial_free[t] - nodes[t].gpu_capacity, trial_free[t] - r.gpus, t)
+                    targets, key=lambda t: (trial_free[t] - nodes[t].gpu_capacity, -trial_free[t], t)
                 )
                 trial_free[target] -= r.gpus
                 trial.append(Move(r.service, r.pod, src, target, r.gpus))

@@ -143,6 +143,29 @@ def twin_counters(port: int) -> dict[str, float]:
     return out
 
 
+def twin_usage(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+    """GPU-node-hours and SIMULATED energy between two readings of the twin's cluster counters."""
+
+    def delta(name: str) -> float:
+        return end[name] - start[name]
+
+    return {
+        "gpu_node_hours": round(delta("greenserve_twin_gpu_node_seconds_total") / 3600, 4),
+        "energy_kwh_simulated": round(delta("greenserve_twin_cluster_energy_joules_total") / 3.6e6, 5),
+    }
+
+
+def record(result: dict[str, Any]) -> None:
+    print("E2E RESULT", json.dumps(result))
+    RESULTS.parent.mkdir(exist_ok=True)
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps(result) + "\n")
+
+
+async def replica_moves(kube: KubeClient, ns: str) -> int:
+    return sum(1 for e in await kube.list_objects(EVENTS, ns) if e.get("reason") == "ReplicaMoved")
+
+
 async def l4_nodes(kube: KubeClient) -> list[str]:
     nodes = await kube.list_objects(NODES, label_selector=f"{c.GPU_PRODUCT_LABEL}={PRODUCT}")
     return [n["metadata"]["name"] for n in nodes if not n["metadata"].get("deletionTimestamp")]
@@ -256,38 +279,16 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
         elapsed = time.monotonic() - t0
         end = twin_counters(twin_port)
         msvc = await kube.get(MODELSERVICES, "svc", namespace)
-        moves = sum(
-            1
-            for e in kubectl.run("get", "events", "-n", namespace, "-o", "json").stdout.split("\n")
-            if '"reason": "ReplicaMoved"' in e
-        )
+        moves = await replica_moves(kube, namespace)
         result = {
             "consolidation": consolidation,
             "seconds": round(elapsed, 1),
             "peak_gpu_nodes": len(peak_nodes),
-            "gpu_node_hours": round(
-                (
-                    end["greenserve_twin_gpu_node_seconds_total"]
-                    - start["greenserve_twin_gpu_node_seconds_total"]
-                )
-                / 3600,
-                4,
-            ),
-            "energy_kwh_simulated": round(
-                (
-                    end["greenserve_twin_cluster_energy_joules_total"]
-                    - start["greenserve_twin_cluster_energy_joules_total"]
-                )
-                / 3.6e6,
-                5,
-            ),
+            **twin_usage(start, end),
             "moves": moves,
             "modelservice_energy_j": msvc["status"].get("energyJoules"),
         }
-        print("E2E RESULT", json.dumps(result))
-        RESULTS.parent.mkdir(exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps(result) + "\n")
+        record(result)
 
         # Metrics go away: scaling freezes instead of scaling down (or anything else).
         load.set(0)
@@ -438,36 +439,16 @@ async def test_two_service_replay_consolidation_frees_a_node(
             await asyncio.sleep(1)
         end = twin_counters(twin_port)
         nodes_left = len(await l4_nodes(kube))
-        moves = sum(
-            1 for e in (await kube.list_objects(EVENTS, namespace)) if e.get("reason") == "ReplicaMoved"
-        )
+        moves = await replica_moves(kube, namespace)
         result = {
             "replay": "two-service",
             "consolidation": consolidation,
             "window_s": window_s,
-            "gpu_node_hours": round(
-                (
-                    end["greenserve_twin_gpu_node_seconds_total"]
-                    - start["greenserve_twin_gpu_node_seconds_total"]
-                )
-                / 3600,
-                4,
-            ),
-            "energy_kwh_simulated": round(
-                (
-                    end["greenserve_twin_cluster_energy_joules_total"]
-                    - start["greenserve_twin_cluster_energy_joules_total"]
-                )
-                / 3.6e6,
-                5,
-            ),
+            **twin_usage(start, end),
             "moves": moves,
             "l4_nodes_at_end": nodes_left,
         }
-        print("E2E RESULT", json.dumps(result))
-        RESULTS.parent.mkdir(exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps(result) + "\n")
+        record(result)
         # Never below one ready replica of either service while load moved around.
         assert min_ready["a"] >= 1 and min_ready["b"] >= 1, min_ready
         if consolidation:

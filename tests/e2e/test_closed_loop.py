@@ -143,6 +143,25 @@ def twin_counters(port: int) -> dict[str, float]:
     return out
 
 
+def e2e_operator(
+    kubeconfig: Path, env: dict[str, str], prometheus: str, consolidation: bool, tmp_path: Path
+) -> OperatorProcess:
+    """The operator as the chart's ServiceAccount, reading Prometheus on short windows (not started)."""
+    (tmp_path / "op").mkdir()
+    return OperatorProcess(
+        kubeconfig,
+        tmp_path / "op",
+        extra_env={
+            **env,
+            "GREENSERVE_PROMETHEUS_URL": prometheus,
+            "GREENSERVE_METRICS_WINDOW": "10",
+            "GREENSERVE_METRICS_STALE_AFTER": "15",
+            "GREENSERVE_CONSOLIDATION": "true" if consolidation else "false",
+            "GREENSERVE_CONSOLIDATION_INTERVAL": "6",
+        },
+    )
+
+
 def twin_usage(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
     """GPU-node-hours and SIMULATED energy between two readings of the twin's cluster counters."""
 
@@ -199,19 +218,7 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
     twin_proc, twin_port, schedule = twin
     # Start from no Karpenter nodes (a previous run's are removed once empty).
     await eventually(lambda: _none(l4_nodes(kube)), 180, interval=2, what="no leftover L4 nodes")
-    op = OperatorProcess(
-        operator_kubeconfig,
-        tmp_path / "op",
-        extra_env={
-            **operator_env,
-            "GREENSERVE_PROMETHEUS_URL": prometheus,
-            "GREENSERVE_METRICS_WINDOW": "10",
-            "GREENSERVE_METRICS_STALE_AFTER": "15",
-            "GREENSERVE_CONSOLIDATION": "true" if consolidation else "false",
-            "GREENSERVE_CONSOLIDATION_INTERVAL": "6",
-        },
-    )
-    (tmp_path / "op").mkdir()
+    op = e2e_operator(operator_kubeconfig, operator_env, prometheus, consolidation, tmp_path)
     load = Load(schedule, f"{namespace}/svc")
     load.set(20)
     op.start()
@@ -386,19 +393,7 @@ async def test_two_service_replay_consolidation_frees_a_node(
     Karpenter removes the node; without, the node stays. Both runs are measured over the same window."""
     _, twin_port, schedule = twin
     await eventually(lambda: _none(l4_nodes(kube)), 180, interval=2, what="no leftover L4 nodes")
-    op = OperatorProcess(
-        operator_kubeconfig,
-        tmp_path / "op",
-        extra_env={
-            **operator_env,
-            "GREENSERVE_PROMETHEUS_URL": prometheus,
-            "GREENSERVE_METRICS_WINDOW": "10",
-            "GREENSERVE_METRICS_STALE_AFTER": "15",
-            "GREENSERVE_CONSOLIDATION": "true" if consolidation else "false",
-            "GREENSERVE_CONSOLIDATION_INTERVAL": "6",
-        },
-    )
-    (tmp_path / "op").mkdir()
+    op = e2e_operator(operator_kubeconfig, operator_env, prometheus, consolidation, tmp_path)
     a, b = f"{namespace}/a", f"{namespace}/b"
     # 600 req/s: 12-13 replicas, one full node and a part-full one that b's replica joins.
     set_loads(schedule, {a: 600, b: 20})

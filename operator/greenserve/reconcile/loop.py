@@ -70,13 +70,8 @@ async def _read_metrics(deps: LoopDeps, ns: str, name: str, pods: list[PodRef]) 
 
 
 async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
-    meta = body["metadata"]
-    async with rec.lock_for(meta["namespace"], meta["name"]):
-        # Decide from the live status: the stabilisation state and replica count we wrote last time.
-        live = await rec.live_body(deps.kube, body)
-        if live is None:
-            return Outcome(False, "Deleted", "the ModelService is gone or being deleted")
-        return await _resync_locked(deps, live)
+    # Decide from the live status: the stabilisation state and replica count we wrote last time.
+    return await rec.under_lock(deps.kube, body, lambda live: _resync_locked(deps, live))
 
 
 async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,12 +136,19 @@ async def reconcile(
     `desired` overrides the replica count (the autoscaler passes its decision); otherwise the count
     stored in status is kept.
     """
+    return await under_lock(kube, body, lambda live: reconcile_locked(kube, live, config, desired, extra))
+
+
+async def under_lock(
+    kube: KubeClient, body: Mapping[str, Any], step: Callable[[Mapping[str, Any]], Awaitable[Outcome]]
+) -> Outcome:
+    """Run `step` on the live ModelService while holding its lock; nothing to do once it is gone."""
     meta = body["metadata"]
     async with lock_for(meta["namespace"], meta["name"]):
         live = await live_body(kube, body)
         if live is None:
             return Outcome(False, "Deleted", "the ModelService is gone or being deleted")
-        return await reconcile_locked(kube, live, config, desired, extra)
+        return await step(live)
 
 
 async def reconcile_locked(

@@ -9,15 +9,24 @@ target at every step, perfectly packed, with no cold start, stabilisation or nod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from greenserve.simulator import traces
+from greenserve.simulator.bound import EnergyBound, energy_lower_bound
 from greenserve.simulator.cluster import ClusterConfig
-from greenserve.simulator.engine import ModelSpec, Result, Scenario, Simulation, run_oracle
+from greenserve.simulator.engine import (
+    ATTAINMENT_TARGET,
+    ModelSpec,
+    Result,
+    Scenario,
+    Simulation,
+    run_oracle,
+)
 from greenserve.simulator.policies import Greenserve, HpaLike, KnativeLike, StaticPeak
 
 POLICY_NAMES = ("static-peak", "hpa", "knative", "greenserve", "oracle")
@@ -137,6 +146,20 @@ def bench(
     return out
 
 
+@lru_cache(maxsize=8)
 def make_scenario(name: str, cfg: BenchConfig, traces_dir: Path, *, quick: bool = False) -> Scenario:
     trace, warm = load_trace(name, cfg, traces_dir, quick=quick)
     return Scenario(trace, cfg.models(), cfg.cluster, cfg.metrics_window_s, warm)
+
+
+def bounds(
+    results: Mapping[str, Sequence[Result]], cfg: BenchConfig, traces_dir: Path, *, quick: bool = False
+) -> dict[str, EnergyBound]:
+    """Per trace, the least energy any policy needs at the issue's SLO target: equal to HPA-like's
+    attainment or better, and at least 99.5% (`bound.energy_lower_bound`)."""
+    out = {}
+    for tname, rs in results.items():
+        hpa = next((r for r in rs if r.policy == "hpa"), None)
+        target = max(ATTAINMENT_TARGET, hpa.slo_attainment if hpa else 0.0)
+        out[tname] = energy_lower_bound(make_scenario(tname, cfg, traces_dir, quick=quick), target)
+    return out

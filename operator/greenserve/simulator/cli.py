@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results))
     if args.cmd == "bench":
         print()
-        print(report.acceptance(results))
+        print(report.acceptance(results, bounds=bench_mod.bounds(results, cfg, traces_dir, quick=args.quick)))
     print(
         f"\nmodel: {cfg.n_models} models, 1 GPU/replica, {cfg.capacity_rps:g} req/s per replica, "
         f"p95 SLO {cfg.slo_ms:g} ms, cold start {cfg.cold_start_min_s:g}-{cfg.cold_start_max_s:g} s; "

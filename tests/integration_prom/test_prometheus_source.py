@@ -179,6 +179,8 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
         sent = await load(env.agents, 6.0)
         await asyncio.sleep(max(0.0, t_a + WINDOW_S - time.monotonic()))
         m = await prom_src.service_metrics(NS, "svc-a", env.pods)
+        # As after a scale-in: svc-a-1 is gone from the pod list, its requests still count.
+        after_scale_in = await prom_src.service_metrics(NS, "svc-a", env.pods[:1])
         e_q = sum(direct(a)[0] for a in env.agents.values())
         s = await scrape_src.service_metrics(NS, "svc-a", env.pods)
     finally:
@@ -202,6 +204,10 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert m.requests_per_s * WINDOW_S == pytest.approx(n, rel=0.1)
     assert m.joules_per_request == pytest.approx(truth_window_j / n, rel=0.15)
     assert m.latency_p95_ms is not None and m.latency_p95_ms > 0
+    assert m.inflight_requests == 0.0  # the load ended: the agents' gauges read an empty queue
+    assert after_scale_in.requests_per_s is not None
+    assert after_scale_in.requests_per_s * WINDOW_S == pytest.approx(n, rel=0.1)
+    assert after_scale_in.gpus == 1  # power and energy are the remaining pod's
     # The direct-scrape source agrees over its own window (exact request count: no extrapolation).
     assert s.source == "scrape" and s.missing == ()
     assert s.requests_per_s is not None and s.requests_per_s * s.window_s == pytest.approx(n)

@@ -154,6 +154,7 @@ class PrometheusSource:
             "requests": f"sum(increase({selector(k.TFS_REQUEST_COUNT, **sel)}[{w}]))",
             "agent_requests": f"sum(increase({selector(k.REQUESTS.name, **sel)}[{w}]))",
             "latency_p95": f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{w}])))",
+            "inflight": f"sum({selector(k.AGENT_INFLIGHT.name, **sel)})",
         }
 
     async def _gather(self, queries: dict[str, str]) -> dict[str, list[Sample]]:
@@ -164,7 +165,8 @@ class PrometheusSource:
     async def _agent_service(
         self, namespace: str, name: str, pods: Sequence[PodRef] | None
     ) -> ServiceMetrics:
-        sel = {k.LABEL_NAMESPACE: namespace, k.LABEL_MODELSERVICE: name}
+        service = {k.LABEL_NAMESPACE: namespace, k.LABEL_MODELSERVICE: name}
+        sel = dict(service)
         if pods:
             sel[k.LABEL_POD] = pods_regex(pods)
         w = self._window
@@ -178,7 +180,9 @@ class PrometheusSource:
             "energy_window": f"sum(increase({energy}[{w}]))",
             "utilization": f"avg({selector(k.GPU_UTILIZATION.name, **sel)})",
             "simulated": f"max({selector(k.AGENT_SIMULATED.name, **sel)})",
-            **self._traffic_queries(sel),
+            # Traffic by the service label, not the current pods: after a scale-in the removed pods'
+            # requests still count for the rest of the window (a pod list would under-read them).
+            **self._traffic_queries(service),
         }
         r = await self._gather(q)
         pod_energy = {s.labels.get(k.LABEL_POD, ""): s.value for s in r["pod_energy"]}
@@ -266,6 +270,7 @@ class PrometheusSource:
         if energy_window is not None and requests is not None and requests > 0:
             jpr = energy_window / requests
         p95 = _value(r["latency_p95"])
+        inflight = _value(r["inflight"])
         latency_ms = None if p95 is None else p95 * k.TFS_LATENCY_UNIT_S * 1000.0
         stamp = _value(r["stamp"])
         stale = stamp is None or bool(absent_pods) or self._clock() - stamp > self.stale_after_s
@@ -280,6 +285,7 @@ class PrometheusSource:
             joules_per_request=jpr,
             gpu_utilization=utilization,
             latency_p95_ms=latency_ms,
+            inflight_requests=inflight,
             replicas_reporting=replicas,
             gpus=None if gpus is None else int(gpus),
             simulated=simulated,

@@ -36,6 +36,7 @@ class PodScrape:
     gpus: int = 0
     simulated: bool | None = None
     requests: float | None = None  # TF Serving's request_count, else the agent's requests_total
+    inflight: float | None = None  # the agent's in-flight gauge
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le (us) -> cumulative count
     gpu_rows: list[dict[str, str | float]] = field(default_factory=list)
 
@@ -69,6 +70,8 @@ def parse_exposition(text: str, at: float) -> PodScrape:
                 per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["utilization"] = value
             elif name == k.AGENT_SIMULATED.name:
                 out.simulated = value > 0
+            elif name == k.AGENT_INFLIGHT.name:
+                out.inflight = (out.inflight or 0.0) + value
             # prometheus_client's parser names a counter's samples `<family>_total` even when the
             # exposition (TF Serving's) has no suffix.
             elif family.name == k.TFS_REQUEST_COUNT and name.startswith(k.TFS_REQUEST_COUNT):
@@ -250,6 +253,7 @@ class ScrapeSource:
             joules_per_request=jpr,
             gpu_utilization=sum(utils) / len(utils) if utils else None,
             latency_p95_ms=None if p95 is None else p95 * k.TFS_LATENCY_UNIT_S * 1000.0,
+            inflight_requests=total(s.inflight for s in now.values()),
             replicas_reporting=len(now),
             gpus=sum(s.gpus for s in now.values()) if now else None,
             simulated=(True in sims) if sims else None,

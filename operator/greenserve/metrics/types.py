@@ -49,6 +49,8 @@ class ServiceMetrics:
     joules_per_request: float | None = None
     gpu_utilization: float | None = None
     latency_p95_ms: float | None = None
+    # Requests in flight through the agents now (None without agents: plain TF Serving has no gauge).
+    inflight_requests: float | None = None
     replicas_reporting: int = 0
     gpus: int | None = None
     simulated: bool | None = None

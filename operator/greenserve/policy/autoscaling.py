@@ -8,6 +8,10 @@
   the rate is projected to when a replica started now would be Ready (metrics age + cold start), so a
   ramp is met by replicas already loaded; a falling trend is ignored (scale-down stays stabilised).
   `sustained_trend` computes it from adjacent windows so that only a sustained rise counts.
+* **Queue drain**: requests already waiting (`queued_requests`, from the in-flight gauge by
+  `queued_from_inflight`) are added to the rate as `queued / queue_drain_s`, so an overload that built a
+  backlog gets the replicas to clear it, not only those for the new arrivals. Scale-up only: a queue
+  never lowers the demand, and a missing in-flight reading adds nothing.
 * **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
 * **SLO sizing** (optional, `slo_attainment`, for the energy policies): with an SLO and a request rate,
   the demand is the fewest replicas that the M/M/c model says answer that share of requests (e.g. 0.995)
@@ -67,6 +71,9 @@ class ScalingInputs:
     # Share of requests to keep within slo_p95_ms when sizing by the queueing model (None: size by the
     # target utilization; the p95 guard applies either way). Needs slo_p95_ms and request_rate.
     slo_attainment: float | None = None
+    # Requests waiting beyond those in service (None: unknown), cleared over queue_drain_s seconds.
+    queued_requests: float | None = None
+    queue_drain_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,17 @@ class ScaleDecision:
     reason: str
     state: ScalerState = field(default_factory=ScalerState)
     demand_replicas: int | None = None
+
+
+def queued_from_inflight(
+    inflight: float | None, request_rate: float | None, service_rate: float
+) -> float | None:
+    """Requests waiting: in flight beyond the rate x service time that Little's law puts in service
+    (None when either reading is missing). A batching server holds a few more in its batch queue; they
+    are part of the service time it was sized with."""
+    if inflight is None or request_rate is None or service_rate <= 0:
+        return None
+    return max(0.0, inflight - max(0.0, request_rate) / service_rate)
 
 
 def _service_rate(inputs: ScalingInputs) -> float:
@@ -154,12 +172,18 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         return ScaleDecision(current, HOLD_MISSING, state)
     if now - inputs.sampled_at > inputs.stale_after_s:
         return ScaleDecision(current, HOLD_STALE, state)
-    if inputs.request_rate is not None and inputs.request_rate > 0 and (inputs.request_rate_trend or 0) > 0:
-        horizon = max(0.0, now - inputs.sampled_at) + inputs.cold_start_s
-        assert inputs.request_rate_trend is not None
-        boost = min(
-            inputs.request_rate_trend * horizon, max(0.0, inputs.trend_max_boost) * inputs.request_rate
-        )
+    boost = 0.0
+    if inputs.request_rate is not None and inputs.request_rate > 0:
+        if (inputs.request_rate_trend or 0) > 0:
+            assert inputs.request_rate_trend is not None
+            horizon = max(0.0, now - inputs.sampled_at) + inputs.cold_start_s
+            boost = min(
+                inputs.request_rate_trend * horizon, max(0.0, inputs.trend_max_boost) * inputs.request_rate
+            )
+        if inputs.queued_requests and inputs.queued_requests > 0:
+            boost += inputs.queued_requests / max(1.0, inputs.queue_drain_s)
+    if boost > 0:
+        assert inputs.request_rate is not None
         found = demand_replicas(replace(inputs, request_rate=inputs.request_rate + boost))
     else:
         found = demand_replicas(inputs)

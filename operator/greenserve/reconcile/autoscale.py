@@ -48,6 +48,11 @@ def scaling_inputs(
     by_rps = s.metric == ScalingMetric.REQUESTS_PER_SECOND
     gpu = gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT)
     gpus = max(spec.gpu.count, 1)
+    capacity = float(s.target) / 0.8 if by_rps else None
+    rate = reading.requests_per_s if reading else None
+    queued = None
+    if reading is not None and capacity:
+        queued = pa.queued_from_inflight(reading.inflight_requests, rate, capacity)
     return pa.ScalingInputs(
         current_replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
@@ -55,8 +60,8 @@ def scaling_inputs(
         max_replicas=s.max_replicas,
         # With a request-rate target the capacity is the target itself at full utilisation of it.
         target_utilization=0.8 if by_rps else s.target / 100.0,
-        capacity_rps=float(s.target) / 0.8 if by_rps else None,
-        request_rate=reading.requests_per_s if reading else None,
+        capacity_rps=capacity,
+        request_rate=rate,
         gpu_utilization=reading.gpu_utilization if reading else None,
         sampled_at=reading.sampled_at if reading else None,
         stale_after_s=config.metrics_stale_after_s,
@@ -67,6 +72,7 @@ def scaling_inputs(
         cold_start_s=DEFAULT_COLD_START_S,
         idle_power_w=gpu.loaded_idle_w * gpus,
         cold_start_energy_j=gpu.busy_w * gpus * DEFAULT_COLD_START_S,
+        queued_requests=queued,
     )
 
 

@@ -198,6 +198,8 @@ class Greenserve:
     use_trend: bool = True
     trend_windows: int = 3
     trend_max_boost: float = 1.0
+    # Add the replicas that clear the queue (in-flight beyond those in service) over this time; 0 = off.
+    queue_drain_s: float = 60.0
     name: str = "greenserve"
     placement: Placement = Placement.MOST_ALLOCATED
     control_interval_s: float = 15.0
@@ -225,6 +227,12 @@ class Greenserve:
             windows = [sim.observed_rate(m, w, lag_s=i * w) for i in range(self.trend_windows)]
             trend = autoscaling.sustained_trend(windows, w)
             self._trends[m] = trend
+        queued = None
+        if self.queue_drain_s > 0 and sim.k > 0:
+            # The in-flight gauge of the last step (busy servers + queue), as the agents export it.
+            queued = autoscaling.queued_from_inflight(
+                float(sim.concurrency[m, sim.k - 1]), rate, spec.capacity_rps
+            )
         return autoscaling.ScalingInputs(
             current_replicas=current,
             ready_replicas=ready,
@@ -245,6 +253,8 @@ class Greenserve:
             request_rate_trend=trend,
             trend_max_boost=self.trend_max_boost,
             slo_attainment=self.slo_attainment,
+            queued_requests=queued,
+            queue_drain_s=max(1.0, self.queue_drain_s),
         )
 
     def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:

@@ -77,9 +77,14 @@ class FakeAgent:
         self.registry.register(GpuCollector(self.sampler))
         self.tfs = TfsMetrics()
         self.up = True
+        self.inflight: float | None = None  # the agent's in-flight gauge, when set
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode() + self.tfs.render()
+        extra = ""
+        if self.inflight is not None:
+            g = k.AGENT_INFLIGHT.name
+            extra = f"# TYPE {g} gauge\n{g} {self.inflight}\n"
+        return generate_latest(self.registry).decode() + self.tfs.render() + extra
 
     async def handle(self, _r: web.Request) -> web.Response:
         if not self.up:
@@ -124,6 +129,7 @@ async def test_first_scrape_gives_gauges_and_reports_rates_missing(
     finally:
         await src.close()
     assert m.power_w == pytest.approx(120.0)
+    assert m.inflight_requests is None  # no agent gauge: unknown, not an empty queue
     assert m.gpus == 3 and m.replicas_reporting == 2
     assert m.gpu_utilization == pytest.approx(0.5)
     assert m.requests_per_s is None and m.joules_per_request is None
@@ -160,6 +166,17 @@ async def test_second_scrape_gives_rates_and_joules_per_request(
     # p95 of 6 fast (1.5 ms) and 4 slow (90 ms) requests lies in the slow requests' bucket.
     assert m.latency_p95_ms is not None and 50 < m.latency_p95_ms < 125
     assert m.missing == ()
+
+
+async def test_in_flight_gauges_add_up_over_the_replicas(agents: list[tuple[FakeAgent, PodRef]]) -> None:
+    (a, _), (b, _) = agents
+    a.inflight, b.inflight = 3.0, 4.0
+    src = ScrapeSource()
+    try:
+        m = await src.service_metrics("ml", "svc", [p for _, p in agents])
+    finally:
+        await src.close()
+    assert m.inflight_requests == pytest.approx(7.0)
 
 
 async def test_unreachable_pod_is_missing_not_zero(agents: list[tuple[FakeAgent, PodRef]]) -> None:

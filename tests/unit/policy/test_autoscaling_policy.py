@@ -124,3 +124,26 @@ def test_bounds_and_hold_properties(
         if d.desired_replicas < current and d.demand_replicas is not None:
             assert d.desired_replicas >= min(d.demand_replicas, i.max_replicas) or d.reason == pa.IDLE_TO_ZERO
     assert age <= i.stale_after_s or d.desired_replicas == current
+
+
+def test_queued_requests_are_cleared_over_the_drain_time() -> None:
+    # 100 req/s at 100 req/s per replica (target 0.8): 2 replicas. 6000 waiting over 60 s add 100 req/s:
+    # ceil(200 / 80) = 3; over 300 s they add only 20 req/s, which 2 replicas absorb.
+    assert pa.decide(inputs(), pa.ScalerState(), NOW).desired_replicas == 2
+    d = pa.decide(inputs(queued_requests=6000.0, queue_drain_s=60.0), pa.ScalerState(), NOW)
+    assert d.desired_replicas == 3 and d.reason == pa.SCALE_UP
+    slow = pa.decide(inputs(queued_requests=6000.0, queue_drain_s=300.0), pa.ScalerState(), NOW)
+    assert slow.desired_replicas == 2
+    # A small queue adds nothing beyond the rate's demand; it never lowers it.
+    small = pa.decide(inputs(queued_requests=10.0), pa.ScalerState(), NOW)
+    assert small.demand_replicas == 2
+    # Stale metrics hold whatever the queue says.
+    stale = pa.decide(inputs(sampled_at=NOW - 3600, queued_requests=1e6), pa.ScalerState(), NOW)
+    assert stale.desired_replicas == 2 and stale.reason == pa.HOLD_STALE
+
+
+def test_queued_from_inflight_is_littles_law() -> None:
+    assert pa.queued_from_inflight(None, 100.0, 10.0) is None
+    assert pa.queued_from_inflight(25.0, None, 10.0) is None
+    assert pa.queued_from_inflight(25.0, 100.0, 10.0) == 15.0  # 10 in service at 100 req/s, 10/s each
+    assert pa.queued_from_inflight(5.0, 100.0, 10.0) == 0.0  # fewer than in service: no queue

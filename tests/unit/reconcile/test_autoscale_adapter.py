@@ -50,3 +50,17 @@ def test_missing_or_stale_readings_hold_whatever_the_policy() -> None:
         old = ServiceMetrics("ns", "m", requests_per_s=1.0, sampled_at=NOW - 3600, stale=False)
         stale = desired(spec(policy), old, current=7)
         assert stale.desired == 7 and stale.condition[2] == pa.HOLD_STALE
+
+
+def test_a_queue_in_the_in_flight_gauge_adds_the_replicas_that_clear_it() -> None:
+    from dataclasses import replace
+
+    base = reading(1000)
+    # 1000 req/s at 125 req/s per replica keeps 8 in service (Little's law); 8 in flight is no queue.
+    assert desired(spec("Balanced"), replace(base, inflight_requests=8.0)).desired == 9
+    # 6000 waiting, cleared over 60 s: 100 req/s more to serve, one replica more than the rate alone.
+    queued = desired(spec("Balanced"), replace(base, inflight_requests=6008.0))
+    assert queued.desired == 10 and queued.condition[2] == pa.SCALE_UP
+    # A queue never lowers the demand, and an agent-less server (no gauge) sizes by the rate alone.
+    assert desired(spec("Balanced"), replace(reading(100), inflight_requests=0.0), current=1).desired == 2
+    assert desired(spec("Balanced"), base).desired == 9

@@ -27,6 +27,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--provision-s", type=float, default=120.0, help="node autoscaler: node start-up time")
     p.add_argument(
+        "--cold-start-s",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=(30.0, 120.0),
+        help="model load times, spread over the models (default 30 120)",
+    )
+    p.add_argument(
         "--drain-below",
         type=float,
         default=0.0,
@@ -38,7 +46,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> bench_mod.BenchConfig:
-    cfg = bench_mod.BenchConfig(seed=args.seed, target_utilization=args.target)
+    lo, hi = args.cold_start_s
+    if not 0 <= lo <= hi:
+        raise SystemExit("error: --cold-start-s needs 0 <= MIN <= MAX")
+    cfg = bench_mod.BenchConfig(
+        seed=args.seed, target_utilization=args.target, cold_start_min_s=lo, cold_start_max_s=hi
+    )
     return replace(
         cfg,
         cluster=replace(

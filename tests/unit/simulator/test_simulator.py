@@ -150,7 +150,15 @@ def test_cli_quick_bench_on_diurnal(tmp_path: object, capsys: pytest.CaptureFixt
     assert main(["bench", "--quick", "--trace", "diurnal", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "SIMULATED" in out and "greenserve" in out and "oracle" in out
+    assert "lower bound for any policy at SLO >=" in out
     assert (tmp_path / "diurnal.png").stat().st_size > 1000
+
+
+def test_cli_cold_start_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--quick", "--trace", "bursty", "--cold-start-s", "1", "1"]) == 0
+    assert "cold start 1-1 s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["simulate", "--quick", "--cold-start-s", "5", "1"])
 
 
 def test_cli_rejects_unknown_trace(capsys: pytest.CaptureFixture[str]) -> None:

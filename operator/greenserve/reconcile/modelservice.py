@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,15 +103,36 @@ async def _write_status(
     return status
 
 
-_LOCKS: dict[tuple[str, str], asyncio.Lock] = {}
+@dataclass
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # tasks holding or waiting for the lock
 
 
-def lock_for(namespace: str, name: str) -> asyncio.Lock:
-    """One ModelService is reconciled by one task at a time (a lock per ModelService ever seen, kept for
-    the process' life). The periodic loop, kopf's handlers, the Deployment watch and the consolidator all
-    end in a reconcile; interleaved, one that read the status before another wrote a new replica count
-    would apply the old count back."""
-    return _LOCKS.setdefault((namespace, name), asyncio.Lock())
+_LOCKS: dict[tuple[str, str], _Held] = {}
+
+
+@asynccontextmanager
+async def locked(namespace: str, name: str) -> AsyncIterator[None]:
+    """One ModelService is reconciled by one task at a time. The periodic loop, kopf's handlers, the
+    Deployment watch and the consolidator all end in a reconcile; interleaved, one that read the status
+    before another wrote a new replica count would apply the old count back. An entry lives only while
+    some task holds or awaits it (single-threaded asyncio: no gap between the count and the removal), so
+    the map does not grow with every ModelService the process has seen."""
+    key = (namespace, name)
+    held = _LOCKS.setdefault(key, _Held())
+    held.users += 1
+    try:
+        async with held.lock:
+            yield
+    finally:
+        held.users -= 1
+        if held.users == 0 and _LOCKS.get(key) is held:
+            del _LOCKS[key]
+
+
+def locks_in_use() -> int:
+    return len(_LOCKS)
 
 
 async def live_body(kube: KubeClient, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -144,7 +166,7 @@ async def under_lock(
 ) -> Outcome:
     """Run `step` on the live ModelService while holding its lock; nothing to do once it is gone."""
     meta = body["metadata"]
-    async with lock_for(meta["namespace"], meta["name"]):
+    async with locked(meta["namespace"], meta["name"]):
         live = await live_body(kube, body)
         if live is None:
             return Outcome(False, "Deleted", "the ModelService is gone or being deleted")
@@ -158,7 +180,7 @@ async def reconcile_locked(
     desired: int | None = None,
     extra: Extra | None = None,
 ) -> Outcome:
-    """`reconcile` for a caller that already holds `lock_for` and has read the live body."""
+    """`reconcile` for a caller that already holds `locked` and has read the live body."""
     meta = body["metadata"]
     try:
         spec = parse_spec(dict(body.get("spec") or {}))

@@ -248,3 +248,14 @@ def test_spare_slots_keep_a_node_for_bursts() -> None:
     assert len(c.nodes) == 2  # the unneeded time starts when the balloon leaves...
     c.autoscale_nodes(Placement.MOST_ALLOCATED, 620.0)
     assert len(c.nodes) == 1  # ...and the node goes after it
+
+
+def test_queue_term_recovers_requests_after_an_overload() -> None:
+    # Bursts on the quick bursty trace overload the replicas: with the queue (the in-flight gauge) in the
+    # demand, the backlog gets replicas of its own and more requests meet the SLO.
+    cfg = BenchConfig()
+    sc = make_scenario("bursty", cfg, traces.default_traces_dir(), quick=True)
+    without = Simulation(sc).run(Greenserve(queue_drain_s=0.0))
+    with_queue = Simulation(sc).run(Greenserve(queue_drain_s=60.0))
+    assert with_queue.slo_attainment > without.slo_attainment + 0.03
+    assert with_queue.total_j < 1.25 * without.total_j

@@ -7,6 +7,12 @@ each pod's agent would export — GPU power, the energy counter, utilization, th
 agent's metric names (greenserve.contract), with the target labels Prometheus would add. A real Prometheus
 scrapes it and the operator reads it through its normal Prometheus source.
 
+Serving: by default every request is served as it arrives (utilization capped at 1, nothing queues). With
+`queueing` each ModelService has one FIFO in front of its Ready pods: they complete at most their capacity,
+the rest waits (clients give up after `max_wait_s` of arrivals; those count as dropped), the request
+counter counts completions as TF Serving does, and each pod's in-flight gauge holds its share of the queue
+plus the requests in service (Little's law), as the agent's would.
+
 Power per GPU follows the documented model in greenserve.policy.energy (energy_anchors.md section 7):
 resident-idle power plus the serving increment times utilization. Every series carries simulated="true".
 Cluster-level series (GPU nodes, node and GPU power including idle GPUs, cumulative energy) let a test or
@@ -71,6 +77,7 @@ class PodState:
     requests: float = 0.0
     power_w: float = 0.0
     utilization: float = 0.0
+    inflight: float = 0.0
 
 
 @dataclass
@@ -79,6 +86,7 @@ class ClusterState:
     power_w: float = 0.0
     energy_j: float = 0.0
     gpu_node_seconds: float = 0.0
+    dropped_requests: float = 0.0
 
 
 @dataclass
@@ -88,8 +96,27 @@ class Twin:
     clock: Callable[[], float] = time.monotonic
     pods: dict[str, PodState] = field(default_factory=dict)
     cluster: ClusterState = field(default_factory=ClusterState)
+    queueing: bool = False
+    max_wait_s: float = 60.0
+    queues: dict[str, float] = field(default_factory=dict)  # ns/name -> requests waiting
     started: float | None = None
     _last: float | None = None
+
+    def _serve(self, svc: str, rate: float, capacity: float, dt: float) -> tuple[float, float]:
+        """(completions per second, requests left waiting) of one ModelService over the last `dt`."""
+        if not self.queueing:
+            return rate, 0.0
+        waiting = self.queues.get(svc, 0.0)
+        if dt <= 0:
+            return min(rate, capacity), waiting
+        served = min(waiting + rate * dt, capacity * dt)
+        waiting += rate * dt - served
+        limit = rate * self.max_wait_s
+        if waiting > limit:
+            self.cluster.dropped_requests += waiting - limit
+            waiting = limit
+        self.queues[svc] = waiting
+        return served / dt, waiting
 
     def step(
         self,
@@ -139,11 +166,13 @@ class Twin:
         for svc, members in by_service.items():
             schedule = self.schedules.get(svc)
             rate = schedule.rate(t) if schedule else 0.0
-            share = rate / len(members)
             cap = capacity_rps.get(svc) or 1.0
+            served_rps, waiting = self._serve(svc, rate, cap * len(members), dt)
+            share = served_rps / len(members)
             for st in members:
                 st.requests += share * dt
                 st.utilization = min(1.0, share / cap)
+                st.inflight = waiting / len(members) + share / cap
                 gpu = gpu_model_for(st.product)
                 st.power_w = st.gpus * gpu.power_w(st.utilization, loaded=True)
 
@@ -184,6 +213,11 @@ class TwinCollector(Collector):
             k.AGENT_SIMULATED.help,
             labels=[k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE],
         )
+        inflight = GaugeMetricFamily(
+            k.AGENT_INFLIGHT.name,
+            k.AGENT_INFLIGHT.help + " (twin)",
+            labels=[k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_MODELSERVICE],
+        )
         reqs = CounterMetricFamily(
             k.REQUESTS.family,
             k.REQUESTS.help + " (twin)",
@@ -197,8 +231,9 @@ class TwinCollector(Collector):
                 energy.add_metric(lv, st.energy_j / gpus)
                 util.add_metric(lv, st.utilization)
             sim.add_metric([st.namespace, st.name, st.modelservice], 1.0)
+            inflight.add_metric([st.namespace, st.name, st.modelservice], st.inflight)
             reqs.add_metric([st.modelservice, "200", st.namespace, st.name, st.modelservice], st.requests)
-        yield from (power, energy, util, sim, reqs)
+        yield from (power, energy, util, sim, inflight, reqs)
         cl = self.twin.cluster
         yield GaugeMetricFamily(
             "greenserve_twin_gpu_nodes", "GPU nodes in the cluster (simulated twin).", value=cl.gpu_nodes
@@ -212,6 +247,11 @@ class TwinCollector(Collector):
             "greenserve_twin_cluster_energy_joules",
             "Simulated energy of all GPU nodes since the twin started.",
             value=cl.energy_j,
+        )
+        yield CounterMetricFamily(
+            "greenserve_twin_requests_dropped",
+            "Requests whose clients gave up waiting in a queue (simulated twin, --queueing).",
+            value=cl.dropped_requests,
         )
         yield CounterMetricFamily(
             "greenserve_twin_gpu_node_seconds",
@@ -287,9 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--schedule", action="append", default=[], help="ns/name=t0:rps,t1:rps,...")
     parser.add_argument("--schedule-file", type=Path, default=None)
+    parser.add_argument(
+        "--queueing", action="store_true", help="pods serve at most their capacity; the rest queues"
+    )
+    parser.add_argument("--max-wait-s", type=float, default=60.0, help="clients give up after this wait")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s twin %(levelname)s %(message)s")
-    twin = Twin(load_schedules(args.schedule, args.schedule_file))
+    twin = Twin(
+        load_schedules(args.schedule, args.schedule_file), queueing=args.queueing, max_wait_s=args.max_wait_s
+    )
     registry = CollectorRegistry()
     registry.register(TwinCollector(twin))
     start_http_server(args.port, addr=args.address, registry=registry)

@@ -1,7 +1,7 @@
 """Render the ModelService CRD from the pydantic types.
 
-`python -m greenserve.api.crdgen` rewrites crds/modelservices.greenserve.io.yaml; `--check` exits 1
-when the file differs from what the types produce (CI runs the check through a unit test).
+`python -m greenserve.api.crdgen` rewrites crds/modelservices.greenserve.io.yaml and the chart's copy;
+`--check` exits 1 when a file differs from what the types produce (CI runs the check through a unit test).
 
 Pydantic's JSON schema is not structural (it uses $ref, anyOf-with-null, titles), so it is rewritten
 into the OpenAPI v3 subset the API server accepts: refs inlined, optionals unwrapped, defaults made
@@ -207,21 +207,28 @@ def render() -> str:
     return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
 
 
+# The chart ships the same CRD (Helm installs crds/ before templates); both copies are generated.
+DEFAULT_OUTPUTS = (Path("crds") / CRD_FILE, Path("charts") / "greenserve" / "crds" / CRD_FILE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path("crds") / CRD_FILE)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs")
+    parser.add_argument(
+        "--out", type=Path, action="append", default=None, help="repeatable; default: crds/ and the chart's"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file differs")
     args = parser.parse_args(argv)
     text = render()
+    outputs: list[Path] = args.out or list(DEFAULT_OUTPUTS)
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date; run python -m greenserve.api.crdgen", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+        stale = [p for p in outputs if not p.exists() or p.read_text() != text]
+        for p in stale:
+            print(f"{p} is out of date; run python -m greenserve.api.crdgen", file=sys.stderr)
+        return 1 if stale else 0
+    for out in outputs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
     return 0
 
 

@@ -265,6 +265,10 @@ class ModelServiceStatus(_Model):
     power_watts: Annotated[float | None, Field(default=None, description="GPU power of the replicas.")] = None
     energy_joules: Annotated[float | None, Field(default=None, description="Cumulative GPU energy.")] = None
     requests_per_second: float | None = None
+    inflight_requests: Annotated[
+        float | None,
+        Field(default=None, description="Requests in flight through the agents (in service and queued)."),
+    ] = None
     joules_per_request: float | None = None
     grams_co2e: Annotated[float | None, Field(default=None, description="Cumulative, from energyJoules.")] = (
         None

@@ -33,7 +33,7 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 def telemetry_fields(
     previous: Mapping[str, Any], metrics: ServiceMetrics | None, carbon_g_per_kwh: float
 ) -> Telemetry:
-    instantaneous = ("powerWatts", "requestsPerSecond", "joulesPerRequest")
+    instantaneous = ("powerWatts", "requestsPerSecond", "inflightRequests", "joulesPerRequest")
     if metrics is None:
         cleared = dict.fromkeys(instantaneous)
         return Telemetry(cleared, False, "NoSource", "no metrics source is configured or reachable")
@@ -57,6 +57,7 @@ def telemetry_fields(
     fields: dict[str, Any] = {
         "powerWatts": _round(metrics.power_w, 1),
         "requestsPerSecond": _round(metrics.requests_per_s),
+        "inflightRequests": _round(metrics.inflight_requests, 1),
         "joulesPerRequest": _round(metrics.joules_per_request),
         "energyJoules": _round(total, 1),
         # A merge patch keeps map keys it does not mention: replicas gone since last time are nulled out.

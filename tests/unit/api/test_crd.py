@@ -27,6 +27,8 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 def test_crd_file_matches_the_types() -> None:
     assert CRD_PATH.read_text() == crdgen.render(), "run `greenserve crd` to regenerate crds/"
+    chart_copy = REPO / "charts" / "greenserve" / "crds" / crdgen.CRD_FILE
+    assert chart_copy.read_text() == crdgen.render(), "the chart's CRD differs: run `make crd`"
 
 
 def test_crd_check_mode_detects_drift(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import subprocess
@@ -71,8 +72,8 @@ def set_loads(path: Path, rates: dict[str, float]) -> None:
     os.replace(tmp, path)
 
 
-@pytest.fixture
-def twin(kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def start_twin(kubeconfig: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The twin as a child process serving on a free port, driven by a schedule file."""
     port = _free_port()
     schedule = tmp_path / "schedule.json"
     schedule.write_text("{}")
@@ -89,6 +90,7 @@ def twin(kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[by
             "1",
             "--schedule-file",
             str(schedule),
+            *extra,
         ],
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         stdout=log,
@@ -103,28 +105,41 @@ def twin(kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[by
             assert proc.poll() is None, (tmp_path / "twin.log").read_text()
             assert time.monotonic() < deadline, "the twin did not start serving"
             time.sleep(0.3)
-    yield proc, port, schedule
+    return proc, port, schedule
+
+
+def stop_twin(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=10)
 
 
 @pytest.fixture
-def prometheus(twin: tuple[subprocess.Popen[bytes], int, Path], tmp_path: Path) -> Iterator[str]:
+def twin(kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    started = start_twin(kubeconfig, tmp_path)
+    yield started
+    stop_twin(started[0])
+
+
+def start_prometheus(twin_port: int, tmp_path: Path) -> prom_server.PrometheusServer:
     binary = prom_server.find_or_install()
     assert binary, "Debian's prometheus package could not be installed (tests/harness/prometheus.sh)"
-    _, port, _ = twin
-    server = prom_server.start(
+    return prom_server.start(
         binary,
         tmp_path,
         [
             {
                 "job_name": "greenserve-twin",
                 "honor_labels": True,  # the twin sets the namespace/pod/node labels Kubernetes SD would add
-                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{twin_port}"]}],
             }
         ],
     )
+
+
+@pytest.fixture
+def prometheus(twin: tuple[subprocess.Popen[bytes], int, Path], tmp_path: Path) -> Iterator[str]:
+    server = start_prometheus(twin[1], tmp_path)
     yield server.url
     server.stop()
 
@@ -137,6 +152,7 @@ def twin_counters(port: int) -> dict[str, float]:
         "greenserve_twin_cluster_energy_joules_total",
         "greenserve_twin_gpu_node_seconds_total",
         "greenserve_twin_gpu_nodes",
+        "greenserve_twin_requests_dropped_total",
     ):
         m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
         out[name] = float(m.group(1)) if m else float("nan")
@@ -476,3 +492,76 @@ def _is_ready(pod: dict[str, Any]) -> bool:
     return not pod["metadata"].get("deletionTimestamp") and any(
         x["type"] == "Ready" and x["status"] == "True" for x in pod.get("status", {}).get("conditions", [])
     )
+
+
+async def test_queued_requests_get_replicas_of_their_own(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    kubeconfig: Path,
+    operator_kubeconfig: Path,
+    operator_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Replicas that complete at most their capacity (the twin's --queueing): under an overload the
+    request counter shows only what they complete, so the rate alone under-reads demand. The agents'
+    in-flight gauge shows the queue; the operator must size for it too, drain it, and lose no request."""
+    proc, port, schedule = start_twin(kubeconfig, tmp_path, "--queueing", "--max-wait-s", "120")
+    prom = start_prometheus(port, tmp_path)
+    op = e2e_operator(operator_kubeconfig, operator_env, prom.url, False, tmp_path)
+    key = f"{namespace}/svc"
+    set_loads(schedule, {key: 20})
+    op.start()
+    try:
+        manifest = msvc_manifest("svc", namespace, False)
+        # The static H100 nodes (no node autoscaling needed here); no scale-down within the test.
+        manifest["spec"]["gpu"]["product"] = "NVIDIA-H100-80GB-HBM3"
+        manifest["spec"]["scaling"].update({"maxReplicas": 16, "scaleDownDelaySeconds": 600})
+        kubectl.apply(manifest)
+
+        async def fresh() -> dict[str, Any] | None:
+            st = (await kube.get(MODELSERVICES, "svc", namespace)).get("status", {})
+            return st if st.get("readyReplicas") and st.get("requestsPerSecond") else None
+
+        await eventually(fresh, 120, interval=1, what="one ready replica reporting traffic")
+        # 400 req/s against 62.5 req/s of capacity per replica (target 50 at 80%): 8 replicas by the rate.
+        set_loads(schedule, {key: 400})
+        t0 = time.monotonic()
+        peak_inflight = 0.0
+        sized_for_queue = None
+        drained_at = None
+        while time.monotonic() - t0 < 240 and drained_at is None:
+            st = (await kube.get(MODELSERVICES, "svc", namespace)).get("status", {})
+            inflight, rps = st.get("inflightRequests"), st.get("requestsPerSecond")
+            desired, ready = st.get("desiredReplicas") or 0, st.get("readyReplicas") or 0
+            await progress(kube, namespace, ("svc",), time.monotonic() - t0)
+            if inflight is not None and rps is not None:
+                peak_inflight = max(peak_inflight, inflight)
+                # More replicas than the completions alone call for: the queue is in the demand.
+                if inflight > 1000 and desired > math.ceil(rps / CAPACITY_TARGET) and sized_for_queue is None:
+                    sized_for_queue = {"inflight": inflight, "rps": rps, "desired": desired}
+                if peak_inflight > 1000 and inflight < 50 and ready >= 8:
+                    drained_at = time.monotonic() - t0
+            await asyncio.sleep(1)
+        counters = twin_counters(port)
+        result = {
+            "replay": "overload-queue",
+            "peak_inflight": round(peak_inflight),
+            "drained_after_s": None if drained_at is None else round(drained_at, 1),
+            "sized_for_queue": sized_for_queue,
+            "dropped_requests": counters["greenserve_twin_requests_dropped_total"],
+        }
+        record(result)
+        assert peak_inflight > 1000, "the overload should have queued requests"
+        assert sized_for_queue is not None, "the operator never sized beyond the completion rate"
+        assert drained_at is not None, "the queue did not drain within 240 s"
+        assert counters["greenserve_twin_requests_dropped_total"] == 0.0
+        assert rbac_denials(op.logs()) == []
+    except AssertionError:
+        await dump_state(kube, namespace, ("svc",))
+        raise
+    finally:
+        op.stop()
+        prom.stop()
+        stop_twin(proc)
+        kubectl.run("delete", "msvc", "svc", "-n", namespace, "--wait=false", check=False)

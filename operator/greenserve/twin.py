@@ -9,7 +9,8 @@ scrapes it and the operator reads it through its normal Prometheus source.
 
 Serving: by default every request is served as it arrives (utilization capped at 1, nothing queues). With
 `queueing` each ModelService has one FIFO in front of its Ready pods: they complete at most their capacity,
-the rest waits (clients give up after `max_wait_s` of arrivals; those count as dropped), the request
+the rest waits (a client gives up once the queue ahead of it exceeds `max_wait_s` of capacity; those
+count as dropped), the request
 counter counts completions as TF Serving does, and each pod's in-flight gauge holds its share of the queue
 plus the requests in service (Little's law), as the agent's would.
 
@@ -111,7 +112,8 @@ class Twin:
             return min(rate, capacity), waiting
         served = min(waiting + rate * dt, capacity * dt)
         waiting += rate * dt - served
-        limit = rate * self.max_wait_s
+        # FIFO: the newest request waits about queue / capacity; clients beyond max_wait_s give up.
+        limit = capacity * self.max_wait_s
         if waiting > limit:
             self.cluster.dropped_requests += waiting - limit
             waiting = limit

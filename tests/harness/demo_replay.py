@@ -1,7 +1,8 @@
 """The demo's replay: a real trace drives the operator on the local control plane, then a report.
 
 Started by tests/harness/demo.sh once the control plane is up and the CRDs are installed. It starts the
-digital twin (SIMULATED per-pod GPU metrics, greenserve.twin), Debian's Prometheus scraping it and the
+digital twin (SIMULATED per-pod GPU metrics, greenserve.twin, with queueing: replicas complete at most
+their capacity and the rest waits in flight), Debian's Prometheus scraping it and the
 operator reading that Prometheus; applies the example ModelService; replays an Azure LLM inference trace,
 compressed in time, as the twin's load while printing a progress line; and ends with
 
@@ -157,6 +158,8 @@ def main() -> int:
             "1",
             "--schedule-file",
             str(schedule),
+            # Replicas complete at most their capacity; the rest waits in flight (what a burst does).
+            "--queueing",
         ],
         env,
     )
@@ -248,7 +251,8 @@ def main() -> int:
         rows.append(row)
         print(
             f"    [{t:5.0f}/{total:.0f} s] load {rate:6.1f} req/s  ready {row['replicas']:.0f}"
-            f"  desired {st.get('desiredReplicas', '?')}  on {row['nodes']:.0f} GPU nodes"
+            f"  desired {st.get('desiredReplicas', '?')}  in flight {st.get('inflightRequests', '?')}"
+            f"  on {row['nodes']:.0f} GPU nodes"
             f"  power {row['power']:7.0f} W (simulated)",
             flush=True,
         )
@@ -270,6 +274,7 @@ def main() -> int:
         "gpu_node_hours": round(delta("greenserve_twin_gpu_node_seconds_total") / 3600, 4),
         "energy_kwh_simulated": round(delta("greenserve_twin_cluster_energy_joules_total") / 3.6e6, 5),
         "moves": len(moves),
+        "requests_dropped": round(delta("greenserve_twin_requests_dropped_total")),
     }
     (args.out / "demo-live.json").write_text(json.dumps({"summary": live, "rows": rows}, indent=1))
     print("\n==> Live replay on the local control plane (energy SIMULATED by the twin's power model)")

@@ -82,8 +82,13 @@ def test_clients_give_up_beyond_the_maximum_wait() -> None:
     clock = Clock()
     twin = Twin({SVC: Schedule((0.0,), (200.0,))}, clock=clock, queueing=True, max_wait_s=5.0)
     run(twin, clock, [pod("a")], 20)
-    assert twin.queues[SVC] == pytest.approx(1000.0)  # 200 req/s x 5 s
-    assert twin.cluster.dropped_requests == pytest.approx(20 * 100.0 - 1000.0)
+    assert twin.queues[SVC] == pytest.approx(500.0)  # 5 s of the replica's 100 req/s
+    assert twin.cluster.dropped_requests == pytest.approx(20 * 100.0 - 500.0)
+    # The load stopping does not drop the queue: the replica works it off.
+    twin.schedules = {SVC: Schedule((0.0,), (0.0,))}
+    run(twin, clock, [pod("a")], 6)
+    assert twin.queues[SVC] == pytest.approx(0.0) and twin.pods["ml/a"].requests > 2000.0
+    assert twin.cluster.dropped_requests == pytest.approx(1500.0)
 
 
 def test_in_flight_gauge_is_exported_under_the_agents_name() -> None:

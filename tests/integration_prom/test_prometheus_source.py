@@ -205,6 +205,8 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert m.joules_per_request == pytest.approx(truth_window_j / n, rel=0.15)
     assert m.latency_p95_ms is not None and m.latency_p95_ms > 0
     assert m.inflight_requests == 0.0  # the load ended: the agents' gauges read an empty queue
+    # The current window first; earlier windows only as far back as Prometheus has data.
+    assert m.rate_history and m.rate_history[0] == m.requests_per_s and len(m.rate_history) <= 3
     assert after_scale_in.requests_per_s is not None
     assert after_scale_in.requests_per_s * WINDOW_S == pytest.approx(n, rel=0.1)
     assert after_scale_in.gpus == 1  # power and energy are the remaining pod's

@@ -153,6 +153,12 @@ class PrometheusSource:
         return {
             "requests": f"sum(increase({selector(k.TFS_REQUEST_COUNT, **sel)}[{w}]))",
             "agent_requests": f"sum(increase({selector(k.REQUESTS.name, **sel)}[{w}]))",
+            # The two windows before: a sustained rise is one that shows in all three.
+            **{
+                f"{key}_{i}": f"sum(increase({selector(metric, **sel)}[{w}] offset {i * self.window_s:g}s))"
+                for key, metric in (("requests", k.TFS_REQUEST_COUNT), ("agent_requests", k.REQUESTS.name))
+                for i in (1, 2)
+            },
             "latency_p95": f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{w}])))",
             "inflight": f"sum({selector(k.AGENT_INFLIGHT.name, **sel)})",
         }
@@ -261,11 +267,18 @@ class PrometheusSource:
             missing.append("gpu_utilization")
         # TF Serving counts every request (REST and gRPC); the agent's own counter is the fallback.
         requests = _value(r["requests"])
+        counter = "requests"
         if requests is None:
-            requests = _value(r["agent_requests"])
+            requests, counter = _value(r["agent_requests"]), "agent_requests"
         if requests is None:
             missing.append("requests")
         rps = None if requests is None else requests / self.window_s
+        history: list[float] = [] if rps is None else [rps]
+        for i in (1, 2):
+            earlier = _value(r.get(f"{counter}_{i}", []))
+            if earlier is None or len(history) < i:
+                break
+            history.append(earlier / self.window_s)
         jpr = None
         if energy_window is not None and requests is not None and requests > 0:
             jpr = energy_window / requests
@@ -286,6 +299,7 @@ class PrometheusSource:
             gpu_utilization=utilization,
             latency_p95_ms=latency_ms,
             inflight_requests=inflight,
+            rate_history=tuple(history),
             replicas_reporting=replicas,
             gpus=None if gpus is None else int(gpus),
             simulated=simulated,

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -136,6 +136,8 @@ class ScrapeSource:
         self._last: dict[tuple[str, str], PodScrape] = {}
         self._known_pods: dict[tuple[str, str], PodRef] = {}
         self._members: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        # The last rates per service, newest first: each call's window follows the previous one's.
+        self._rates: dict[tuple[str, str], tuple[float, ...]] = {}
 
     async def close(self) -> None:
         if self._session is not None and self._own_session:
@@ -193,7 +195,13 @@ class ScrapeSource:
             self._last.pop(key, None)
             self._known_pods.pop(key, None)
         self._members[(namespace, name)] = alive
-        return self._assemble(namespace, name, now, pairs, missing)
+        reading = self._assemble(namespace, name, now, pairs, missing)
+        if reading.requests_per_s is None:
+            self._rates.pop((namespace, name), None)  # a gap breaks the run of adjacent windows
+            return reading
+        history = (reading.requests_per_s, *self._rates.get((namespace, name), ()))[:3]
+        self._rates[(namespace, name)] = history
+        return replace(reading, rate_history=history)
 
     def _assemble(
         self,

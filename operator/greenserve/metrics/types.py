@@ -51,6 +51,9 @@ class ServiceMetrics:
     latency_p95_ms: float | None = None
     # Requests in flight through the agents now (None without agents: plain TF Serving has no gauge).
     inflight_requests: float | None = None
+    # Mean request rates of adjacent windows of window_s, newest first (index 0 is requests_per_s); as
+    # many as the source has, for the policy's sustained-rise projection.
+    rate_history: tuple[float, ...] = ()
     replicas_reporting: int = 0
     gpus: int | None = None
     simulated: bool | None = None

@@ -25,6 +25,8 @@ DEFAULT_SERVICE_TIME_MS = 20.0
 DEFAULT_COLD_START_S = 60.0
 # With an SLO, the energy policies size replicas by the queueing model for this share of requests within
 # the SLO latency (the simulator's greenserve policy does the same); Performance keeps the fixed target.
+# A sustained rise is projected over the cold start up to doubling the rate, as the simulator's policy does.
+TREND_MAX_BOOST = 1.0
 SLO_ATTAINMENT = {ConsolidationPolicy.BALANCED: 0.995, ConsolidationPolicy.POWER_SAVING: 0.99}
 
 
@@ -53,6 +55,9 @@ def scaling_inputs(
     queued = None
     if reading is not None and capacity:
         queued = pa.queued_from_inflight(reading.inflight_requests, rate, capacity)
+    trend = None
+    if reading is not None and len(reading.rate_history) >= 2 and reading.window_s > 0:
+        trend = pa.sustained_trend(reading.rate_history, reading.window_s)
     return pa.ScalingInputs(
         current_replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
@@ -73,6 +78,8 @@ def scaling_inputs(
         idle_power_w=gpu.loaded_idle_w * gpus,
         cold_start_energy_j=gpu.busy_w * gpus * DEFAULT_COLD_START_S,
         queued_requests=queued,
+        request_rate_trend=trend,
+        trend_max_boost=TREND_MAX_BOOST,
     )
 
 

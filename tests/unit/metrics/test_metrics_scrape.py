@@ -168,6 +168,27 @@ async def test_second_scrape_gives_rates_and_joules_per_request(
     assert m.missing == ()
 
 
+async def test_rates_of_successive_windows_are_kept_newest_first(
+    agents: list[tuple[FakeAgent, PodRef]],
+) -> None:
+    clock = Clock()
+    src = ScrapeSource(clock=clock)
+    pods = [p for _, p in agents]
+    (a, _), _ = agents
+    histories = []
+    try:
+        await src.service_metrics("ml", "svc", pods)
+        for n in (10, 20, 30, 40):
+            for _ in range(n):
+                a.tfs.record("m", "OK", "predict", 1000.0)
+            clock.t += 10.0
+            histories.append((await src.service_metrics("ml", "svc", pods)).rate_history)
+    finally:
+        await src.close()
+    assert histories[0] == (pytest.approx(1.0),)
+    assert histories[-1] == (pytest.approx(4.0), pytest.approx(3.0), pytest.approx(2.0))
+
+
 async def test_in_flight_gauges_add_up_over_the_replicas(agents: list[tuple[FakeAgent, PodRef]]) -> None:
     (a, _), (b, _) = agents
     a.inflight, b.inflight = 3.0, 4.0

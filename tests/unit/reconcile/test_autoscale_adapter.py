@@ -64,3 +64,17 @@ def test_a_queue_in_the_in_flight_gauge_adds_the_replicas_that_clear_it() -> Non
     # A queue never lowers the demand, and an agent-less server (no gauge) sizes by the rate alone.
     assert desired(spec("Balanced"), replace(reading(100), inflight_requests=0.0), current=1).desired == 2
     assert desired(spec("Balanced"), base).desired == 9
+
+
+def test_a_sustained_rise_is_projected_over_the_cold_start() -> None:
+    from dataclasses import replace
+
+    flat = replace(reading(500), rate_history=(500.0, 500.0, 500.0), window_s=30.0)
+    # +100 req/s per 30 s window in all three: 3.3 req/s per second, projected over the 60 s cold start
+    # and the reading's age (5 s): about 717 req/s to size for.
+    rising = replace(reading(500), rate_history=(500.0, 400.0, 300.0), window_s=30.0)
+    wobble = replace(reading(500), rate_history=(500.0, 300.0, 400.0), window_s=30.0)
+    base = desired(spec("Performance"), flat, current=1).desired
+    assert base == 5  # ceil(500 / 100)
+    assert desired(spec("Performance"), rising, current=1).desired == 8  # ceil(717 / 100)
+    assert desired(spec("Performance"), wobble, current=1).desired == base  # not sustained: no boost

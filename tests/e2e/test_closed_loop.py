@@ -208,14 +208,7 @@ async def l4_nodes(kube: KubeClient) -> list[str]:
 
 async def ready_pods(kube: KubeClient, ns: str) -> list[dict[str, Any]]:
     pods = await kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_MODELSERVICE}=svc")
-    return [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(
-            x["type"] == "Ready" and x["status"] == "True" for x in p.get("status", {}).get("conditions", [])
-        )
-    ]
+    return [p for p in pods if _is_ready(p)]
 
 
 @pytest.mark.parametrize("consolidation", [True], ids=["consolidation-on"])
@@ -241,25 +234,7 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
     t0 = time.monotonic()
     start = twin_counters(twin_port)
     try:
-        kubectl.apply(
-            {
-                "apiVersion": c.API_VERSION,
-                "kind": c.KIND,
-                "metadata": {"name": "svc", "namespace": namespace},
-                "spec": {
-                    "model": {"name": "svc", "storageUri": "/models/svc"},
-                    "gpu": {"count": 1, "product": PRODUCT},
-                    "scaling": {
-                        "minReplicas": 1,
-                        "maxReplicas": 20,
-                        "metric": "requestsPerSecond",
-                        "target": CAPACITY_TARGET,
-                        "scaleDownDelaySeconds": 20,
-                    },
-                    "energy": {"consolidation": consolidation},
-                },
-            }
-        )
+        kubectl.apply(msvc_manifest("svc", namespace, consolidation))
 
         async def replicas_ready(n: int) -> list[dict[str, Any]] | None:
             pods = await ready_pods(kube, namespace)

@@ -50,17 +50,17 @@ def _tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, float, float, f
     gpu = gpu_model_for(scenario.cluster.gpu_product)
     cfg = scenario.cluster
     rates = trace.rates[:, scenario.warmup_steps :]
+    gpus = {spec.gpus for spec in scenario.models}
+    if len(gpus) != 1:
+        raise ValueError("the bound assumes one GPU count for all models")
+    # A ready replica's context power and its share of a node's base power, per step.
+    cost = gpus.pop() * (gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node) * dt
     rows: list[list[float]] = []
     counts: list[int] = []
-    cost = 0.0
     busy = 0.0
     arrivals = float(rates.sum() * dt)
     for m, spec in enumerate(scenario.models):
         slo_s = spec.slo_ms / 1000.0
-        per_replica_w = spec.gpus * (gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node)
-        cost = per_replica_w * dt  # the same for every model with the same GPU count
-        if spec.gpus != scenario.models[0].gpus:
-            raise ValueError("the bound assumes one GPU count for all models")
         lams, n = np.unique(rates[m], return_counts=True)
         busy += float((gpu.busy_w - gpu.loaded_idle_w) * spec.gpus * rates[m].sum() * dt / spec.capacity_rps)
         for lam, count in zip(lams.tolist(), n.tolist(), strict=True):

@@ -94,7 +94,7 @@ def load_trace(
     step = 20.0 if quick else 5.0
     if name.removesuffix("-1h") in traces.AZURE_FILES:
         base = name.removesuffix("-1h")
-        path = traces_dir / traces.AZURE_FILES[base]
+        path = traces.resolve_trace_file(traces_dir / traces.AZURE_FILES[base])
         if not path.is_file():
             raise FileNotFoundError(f"trace {path} not found (pass --traces DIR)")
         scale = 100.0 if base == "azure-code" else 50.0

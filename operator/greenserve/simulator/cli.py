@@ -18,7 +18,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--traces",
         type=Path,
         default=None,
-        help="directory of the Azure CSVs (default ../shared/data/traces)",
+        help="directory of the Azure CSVs, plain or .csv.gz (default: greenserve/simulator/data, shipped)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=float, default=0.7, help="target utilization of every dynamic policy")

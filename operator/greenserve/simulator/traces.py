@@ -2,12 +2,14 @@
 
 A trace here is a matrix `rates[model, step]` (requests/s, averaged over the step): the simulator is a
 fluid model per step, so individual arrivals are binned. Real traces are the Azure LLM inference 2023 CSVs
-(TIMESTAMP, ContextTokens, GeneratedTokens; about one hour each); synthetic ones are diurnal or bursty.
+(TIMESTAMP, ContextTokens, GeneratedTokens; about one hour each), shipped gzip-compressed in
+`greenserve/simulator/data/` (CC BY 4.0, attribution in its README.md); synthetic ones are diurnal or bursty.
 Everything random takes a seed, so a trace is reproducible.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,15 +48,25 @@ class Trace:
 
 
 def default_traces_dir() -> Path:
-    """`<repo>/../shared/data/traces` (CI clones the repo with shared/ beside it)."""
-    repo = Path(__file__).resolve().parents[3]
-    return repo.parent / "shared" / "data" / "traces"
+    """The traces shipped inside the package (`greenserve/simulator/data/`), so a clone or an installed
+    wheel runs the benchmark alone."""
+    return Path(__file__).resolve().parent / "data"
+
+
+def resolve_trace_file(path: Path) -> Path:
+    """`path`, or its gzip-compressed sibling `path.gz` when only that exists (the shipped form), so a
+    directory of plain CSVs given with `--traces` works too."""
+    gz = path.with_name(path.name + ".gz")
+    if not path.exists() and gz.exists():
+        return gz
+    return path
 
 
 def read_azure_timestamps(path: Path) -> FloatArray:
-    """Arrival times (s from the first request) of an Azure LLM inference CSV."""
+    """Arrival times (s from the first request) of an Azure LLM inference CSV, plain or gzip-compressed."""
+    path = resolve_trace_file(path)
     stamps: list[str] = []
-    with path.open() as fh:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as fh:
         header = fh.readline()
         if not header.startswith("TIMESTAMP"):
             raise ValueError(f"{path}: not an Azure LLM inference trace (header {header.strip()!r})")

@@ -13,8 +13,8 @@ import pytest
 
 from support.paths import harness_kubeconfig
 
-# Subprocesses (the operator, the twin, the agent) import this checkout's code, not whatever checkout the shared
-# venv's editable install last pointed at.
+# Subprocesses (the operator, the twin, the agent) import this checkout's code, not whatever checkout the
+# shared venv's editable install last pointed at.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [os.path.join(_REPO, "operator"), os.path.join(_REPO, "serving-image")]

@@ -155,9 +155,17 @@ def test_values_outside_the_schema_are_rejected(helm_bin: Path, args: list[str],
     assert message in out.stderr, out.stderr
 
 
-def test_kube_version_below_the_minimum_is_refused(helm_bin: Path) -> None:
-    out = helm(helm_bin, "template", "x", str(CHART), "--kube-version", "v1.27.0", check=False)
+@pytest.mark.parametrize("version", ["v1.27.0", "v1.29.15", "v1.29.15-eks-1a2b3c"])
+def test_kube_version_below_the_minimum_is_refused(helm_bin: Path, version: str) -> None:
+    # The serving pods' preStop drain is a `sleep` action, which needs Kubernetes 1.30.
+    out = helm(helm_bin, "template", "x", str(CHART), "--kube-version", version, check=False)
     assert out.returncode != 0 and "kubeVersion" in out.stderr
+
+
+@pytest.mark.parametrize("version", ["v1.30.0", "v1.30.4-eks-1a2b3c", "v1.30.2-gke.1587003"])
+def test_kube_version_from_1_30_is_accepted(helm_bin: Path, version: str) -> None:
+    out = helm(helm_bin, "template", "x", str(CHART), "--kube-version", version, check=False)
+    assert out.returncode == 0, out.stderr
 
 
 # --- the operator Deployment

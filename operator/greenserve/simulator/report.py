@@ -45,35 +45,29 @@ def acceptance(
     slo: float = ATTAINMENT_TARGET,
     bounds: Mapping[str, EnergyBound] | None = None,
 ) -> str:
-    """The issue's targets per trace: >= 35% less energy than HPA-like at equal or better SLO attainment
-    (at least 99.5%), and within 1.25x of the oracle. Each line also gives the oracle's own saving vs
-    HPA-like and, with `bounds`, the most any policy can save at that SLO (bound.py): where that is under
-    35%, the saving target is out of reach for every policy, not just for greenserve."""
+    """Per trace, greenserve against HPA-like and the oracle: energy saving, SLO attainment, energy
+    relative to the oracle and the oracle's own saving; with `bounds`, the most any policy can save at
+    that SLO (bound.py), which tells how much of a gap is left to any policy at all. Plain figures, no
+    pass/fail verdicts: the output is for users comparing policies on their own traces."""
     lines = []
     for trace, rs in results.items():
         by = {r.policy: r for r in rs}
         g, h, o = by.get("greenserve"), by.get("hpa"), by.get("oracle")
         if g is None or h is None or o is None:
             continue
-        saving = 1.0 - g.total_j / h.total_j
-        slo_ok = g.slo_attainment >= max(slo, h.slo_attainment) - 1e-12
-        oracle_ok = g.total_j <= 1.25 * o.total_j
-        saving_ok = saving >= 0.35
         lines.append(
-            f"{trace}: energy vs hpa {-100 * saving:+.1f}% "
-            f"(target <= -35%: {'ok' if saving_ok else 'MISSED'}); "
-            f"SLO {100 * g.slo_attainment:.3f}% vs hpa {100 * h.slo_attainment:.3f}% "
-            f"(target >= hpa and >= {100 * slo:.1f}%: {'ok' if slo_ok else 'MISSED'}); "
-            f"vs oracle {g.total_j / o.total_j:.2f}x (target <= 1.25x: {'ok' if oracle_ok else 'MISSED'}); "
-            f"oracle vs hpa {-100 * (1.0 - o.total_j / h.total_j):+.1f}%"
+            f"{trace}: greenserve energy {-100 * (1.0 - g.total_j / h.total_j):+.1f}% vs HPA-like; "
+            f"requests within the SLO {100 * g.slo_attainment:.3f}% "
+            f"(HPA-like {100 * h.slo_attainment:.3f}%, objective {100 * slo:.1f}%); "
+            f"{g.total_j / o.total_j:.2f}x the oracle's energy; "
+            f"oracle {-100 * (1.0 - o.total_j / h.total_j):+.1f}% vs HPA-like"
         )
         b = (bounds or {}).get(trace)
         if b is not None:
             best = 1.0 - b.total_j / h.total_j
-            verdict = "35% reachable in principle" if best >= 0.35 else "35% IMPOSSIBLE"
             lines.append(
                 f"  lower bound for any policy at SLO >= {100 * b.attainment:.3f}%: {b.kwh:.2f} kWh, "
-                f"at most {100 * best:.1f}% less than hpa ({verdict}); "
+                f"at most {100 * best:.1f}% less than HPA-like; "
                 f"greenserve {g.total_j / b.total_j:.2f}x the bound"
             )
     return "\n".join(lines)

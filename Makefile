@@ -17,7 +17,7 @@ cluster-down:
 	bash tests/harness/cluster.sh down
 
 lint:
-	V=$$(bash tests/harness/venv.sh); $$V/bin/ruff check . && $$V/bin/mypy
+	V=$$(bash tests/harness/venv.sh); $$V/bin/ruff check . && $$V/bin/mypy && PYTHONPATH=operator:serving-image $$V/bin/lint-imports
 
 crd:             ## regenerate crds/ from the API types
 	$$(bash tests/harness/venv.sh)/bin/python -m greenserve.api.crdgen

@@ -13,6 +13,7 @@ if [[ -f tests/harness/prometheus.sh ]]; then bash tests/harness/prometheus.sh; 
 
 echo "[test] ruff"; ruff check .
 echo "[test] mypy"; mypy
+echo "[test] import layers"; PYTHONPATH="$REPO/operator:$REPO/serving-image" lint-imports
 echo "[test] CRD matches the API types"; python -m greenserve.api.crdgen --check
 
 t1=$SECONDS

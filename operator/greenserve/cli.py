@@ -40,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("simulate", help="run the simulator", add_help=False)
     sub.add_parser("bench", help="benchmark greenserve's policy against the baselines", add_help=False)
-    if argv and argv[0] in {"crd", "simulate", "bench", "twin"}:
-        if argv[0] == "twin":
-            from greenserve import twin
-
-            return twin.main(argv[1:])
+    if argv and argv[0] in {"crd", "simulate", "bench"}:
         if argv[0] == "crd":
             from greenserve.api import crdgen
 

@@ -1,6 +1,6 @@
 """A simulated NVML device for machines without a GPU.
 
-Power follows the state model of ``shared/research/energy_anchors.md`` section 7:
+Power follows the operator's state model (``operator/greenserve/policy/energy.py``):
 
 * no model resident (no CUDA context):      P = P_bare
 * model resident, no work:                  P = P_loaded (context idle, the "parking tax")
@@ -10,9 +10,9 @@ Power follows the state model of ``shared/research/energy_anchors.md`` section 7
 reading (a proxy for SM activity). The energy counter integrates that power exactly, in mJ, like NVML's.
 Every series the collector derives from this device carries ``simulated="true"`` and the agent logs it.
 
-Per-product figures (W), from energy_anchors.md section 6 (public nvidia-smi snapshots, "S") and the
-section 7 default table (P_serving is a sustained batched-inference peak, an estimate, "E"); see
-:data:`PRODUCTS`. The operator's own power model (``greenserve.policy.energy``) uses the same anchors.
+Per-product figures (W): idle figures from public nvidia-smi snapshots ("S"); P_serving is a sustained
+batched-inference peak, an estimate ("E"); see :data:`PRODUCTS`. The operator's own power model
+(``greenserve.policy.energy``) uses the same figures.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 PRODUCT = "NVIDIA-L4"  # only the Karpenter NodePool's nodes carry it (tests/harness/karpenter/nodepool.yaml)
 CAPACITY_TARGET = 50  # req/s per replica at target load
 RESULTS = REPO / ".harness" / "e2e-results.json"
+TWIN = REPO / "tests" / "harness" / "twin.py"  # harness code, run as a script
 
 
 def _free_port() -> int:
@@ -81,9 +82,7 @@ def start_twin(kubeconfig: Path, tmp_path: Path, *extra: str) -> tuple[subproces
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "greenserve",
-            "twin",
+            str(TWIN),
             "--port",
             str(port),
             "--interval",

@@ -1,7 +1,7 @@
 """The demo's replay: a real trace drives the operator on the local control plane, then a report.
 
 Started by tests/harness/demo.sh once the control plane is up and the CRDs are installed. It starts the
-digital twin (SIMULATED per-pod GPU metrics, greenserve.twin, with queueing: replicas complete at most
+digital twin (SIMULATED per-pod GPU metrics, tests/harness/twin.py, with queueing: replicas complete at most
 their capacity and the rest waits in flight), Debian's Prometheus scraping it and the
 operator reading that Prometheus; applies the example ModelService; replays an Azure LLM inference trace,
 compressed in time, as the twin's load while printing a progress line; and ends with
@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+# The twin is harness code, not part of the shipped package; it runs as a script.
+TWIN = REPO / "tests" / "harness" / "twin.py"
 sys.path.insert(0, str(REPO / "tests"))
 
 from greenserve.simulator.traces import default_traces_dir, read_azure_timestamps  # noqa: E402
@@ -149,9 +151,7 @@ def main() -> int:
         "twin",
         [
             sys.executable,
-            "-m",
-            "greenserve",
-            "twin",
+            str(TWIN),
             "--port",
             str(twin_port),
             "--interval",

@@ -23,7 +23,8 @@ LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 MANAGED_BY: Final = "greenserve"
 
-# Annotations written on pods and nodes to steer the node autoscalers (see consolidation_kwok.md, section 7).
+# Annotations written on pods and nodes to steer the node autoscalers (README, "How it scales and
+# consolidates").
 ANN_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 ANN_KARPENTER_DO_NOT_DISRUPT: Final = "karpenter.sh/do-not-disrupt"
 ANN_CA_SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"

@@ -46,7 +46,7 @@ async def start(memo: MutableMapping[str, Any]) -> None:
         identity,
         duration_s=int(max(15, deps.config.consolidation_interval_s * 2)),
     )
-    consolidator = Consolidator(deps.kube, deps.config)
+    consolidator = Consolidator(deps.kube, deps.config, metrics=deps.metrics)
     memo["consolidator"] = consolidator
     memo["consolidation_task"] = asyncio.create_task(_loop(deps, consolidator, lock))
     memo["consolidation_lock"] = lock

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from greenserve.metrics.types import GpuMetrics, PodRef, ServiceMetrics
+from greenserve.metrics.types import PodRef, ServiceMetrics
 
 
 @runtime_checkable
@@ -15,10 +15,6 @@ class MetricsSource(Protocol):
     ) -> ServiceMetrics:
         """Power, energy and traffic of one ModelService; ``pods`` narrows (or, for scraping, defines) the
         replicas. Never raises for missing data: it comes back as None fields, ``stale`` and ``missing``."""
-        ...
-
-    async def node_gpu_metrics(self, node: str | None = None) -> list[GpuMetrics]:
-        """Every GPU of ``node`` (or of all nodes) with its power and the pod using it, for consolidation."""
         ...
 
     async def close(self) -> None: ...

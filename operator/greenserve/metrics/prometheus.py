@@ -26,7 +26,7 @@ from typing import Any, Literal
 import aiohttp
 
 from greenserve import contract as k
-from greenserve.metrics.types import GpuMetrics, PodRef, ServiceMetrics, SourceKind
+from greenserve.metrics.types import PodRef, ServiceMetrics, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -310,105 +310,6 @@ class PrometheusSource:
             missing=tuple(missing),
             source=source,
         )
-
-    # --- per node ------------------------------------------------------------------------------------
-
-    async def node_gpu_metrics(self, node: str | None = None) -> list[GpuMetrics]:
-        """GPUs from the agents (``node`` target label) and from dcgm-exporter (``Hostname`` or
-        ``hostname``); a GPU both report (same UUID) is taken from the agent."""
-        try:
-            agent, dcgm = await asyncio.gather(self._agent_gpus(node), self._dcgm_gpus(node))
-        except PrometheusError as exc:
-            log.warning("node GPU metrics unavailable: %s", exc)
-            return []
-        seen = {g.uuid for g in agent if g.uuid}
-        return agent + [g for g in dcgm if not g.uuid or g.uuid not in seen]
-
-    def _fresh(self, ts: float | None) -> bool:
-        return ts is not None and self._clock() - ts <= self.stale_after_s
-
-    async def _agent_gpus(self, node: str | None) -> list[GpuMetrics]:
-        sel = {k.LABEL_NODE: node} if node else {}
-        q = {
-            "power": selector(k.GPU_POWER.name, **sel),
-            "energy": selector(k.GPU_ENERGY.name, **sel),
-            "util": selector(k.GPU_UTILIZATION.name, **sel),
-        }
-        r = await self._gather(q)
-        key_labels = (k.LABEL_NAMESPACE, k.LABEL_POD, k.LABEL_GPU)
-
-        def key(s: Sample) -> tuple[str, ...]:
-            return tuple(s.labels.get(label, "") for label in key_labels)
-
-        energy = {key(s): s.value for s in r["energy"]}
-        util = {key(s): s.value for s in r["util"]}
-        return [
-            GpuMetrics(
-                node=s.labels.get(k.LABEL_NODE),
-                gpu=s.labels.get(k.LABEL_GPU, ""),
-                uuid=s.labels.get(k.LABEL_UUID),
-                power_w=s.value,
-                energy_j=energy.get(key(s)),
-                utilization=util.get(key(s)),
-                namespace=s.labels.get(k.LABEL_NAMESPACE),
-                pod=s.labels.get(k.LABEL_POD),
-                modelservice=s.labels.get(k.LABEL_MODELSERVICE),
-                simulated=s.labels.get(k.LABEL_SIMULATED) == "true",
-                sampled_at=s.timestamp,
-                stale=not self._fresh(s.timestamp),
-                source="prometheus/agent",
-            )
-            for s in r["power"]
-        ]
-
-    def _dcgm_vector(self, metric: str, node: str | None) -> str:
-        if node is None:
-            return selector(metric)
-        # dcgm-exporter renamed Hostname to hostname after 4.5.3-4.8.2: accept either.
-        return " or ".join(selector(metric, **{label: node}) for label in k.DCGM_HOST_LABELS)
-
-    async def _dcgm_gpus(self, node: str | None) -> list[GpuMetrics]:
-        q = {
-            "power": self._dcgm_vector(k.DCGM_POWER, node),
-            "energy": self._dcgm_vector(k.DCGM_ENERGY, node),
-            "util": self._dcgm_vector(k.DCGM_GPU_UTIL, node),
-            "stamp": f"timestamp({self._dcgm_vector(k.DCGM_POWER, node)})",
-        }
-        r = await self._gather(q)
-
-        def host(s: Sample) -> str | None:
-            for label in k.DCGM_HOST_LABELS:
-                if s.labels.get(label):
-                    return s.labels[label]
-            return None
-
-        def key(s: Sample) -> tuple[str | None, str]:
-            return host(s), s.labels.get(k.DCGM_LABEL_UUID) or s.labels.get(k.DCGM_LABEL_GPU, "")
-
-        energy = {key(s): s.value * k.DCGM_ENERGY_UNIT_J for s in r["energy"]}
-        util = {key(s): s.value * k.DCGM_UTIL_UNIT_RATIO for s in r["util"]}
-        stamps = {key(s): s.value for s in r["stamp"]}
-        out: list[GpuMetrics] = []
-        for s in r["power"]:
-            ts = stamps.get(key(s))
-            out.append(
-                GpuMetrics(
-                    node=host(s),
-                    gpu=s.labels.get(k.DCGM_LABEL_GPU, ""),
-                    uuid=s.labels.get(k.DCGM_LABEL_UUID),
-                    power_w=s.value,
-                    energy_j=energy.get(key(s)),
-                    utilization=util.get(key(s)),
-                    namespace=s.labels.get(k.LABEL_NAMESPACE) or None,
-                    pod=s.labels.get(k.LABEL_POD) or None,  # "" = GPU allocated to no pod
-                    modelservice=None,
-                    simulated=False,
-                    sampled_at=ts,
-                    stale=not self._fresh(ts),
-                    source="prometheus/dcgm",
-                )
-            )
-        return out
 
 
 def _value(samples: list[Sample]) -> float | None:

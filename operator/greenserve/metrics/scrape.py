@@ -20,7 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
-from greenserve.metrics.types import GpuMetrics, PodRef, ServiceMetrics
+from greenserve.metrics.types import PodRef, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ class PodScrape:
     requests: float | None = None  # TF Serving's request_count, else the agent's requests_total
     inflight: float | None = None  # the agent's in-flight gauge
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le (us) -> cumulative count
-    gpu_rows: list[dict[str, str | float]] = field(default_factory=list)
 
 
 def parse_exposition(text: str, at: float) -> PodScrape:
@@ -48,7 +47,6 @@ def parse_exposition(text: str, at: float) -> PodScrape:
     util: list[float] = []
     tfs_requests: float | None = None
     agent_requests: float | None = None
-    per_gpu: dict[str, dict[str, str | float]] = {}
     for family in text_string_to_metric_families(text):
         # A declared request counter without series means no request yet: a measured zero.
         if family.name == k.TFS_REQUEST_COUNT and tfs_requests is None:
@@ -57,17 +55,13 @@ def parse_exposition(text: str, at: float) -> PodScrape:
             agent_requests = 0.0
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
-            gpu = labels.get(k.LABEL_GPU, "")
             if name == k.GPU_POWER.name:
                 power.append(value)
-                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["power_w"] = value
                 out.simulated = labels.get(k.LABEL_SIMULATED) == "true"
             elif name == k.GPU_ENERGY.name:
                 energy.append(value)
-                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["energy_j"] = value
             elif name == k.GPU_UTILIZATION.name:
                 util.append(value)
-                per_gpu.setdefault(gpu, {"uuid": labels.get(k.LABEL_UUID, "")})["utilization"] = value
             elif name == k.AGENT_SIMULATED.name:
                 out.simulated = value > 0
             elif name == k.AGENT_INFLIGHT.name:
@@ -86,7 +80,6 @@ def parse_exposition(text: str, at: float) -> PodScrape:
     out.utilization = sum(util) / len(util) if util else None
     out.gpus = len(power)
     out.requests = tfs_requests if tfs_requests is not None else agent_requests
-    out.gpu_rows = [{"gpu": g, **row} for g, row in sorted(per_gpu.items())]
     return out
 
 
@@ -275,33 +268,3 @@ class ScrapeSource:
             source="scrape",
         )
 
-    async def node_gpu_metrics(self, node: str | None = None) -> list[GpuMetrics]:
-        """GPUs of the pods this source has scraped (it has no node-wide view without DCGM)."""
-        out: list[GpuMetrics] = []
-        for key, sc in self._last.items():
-            pod = self._known_pods.get(key)
-            if pod is None or (node is not None and pod.node != node):
-                continue
-            for row in sc.gpu_rows:
-                out.append(
-                    GpuMetrics(
-                        node=pod.node,
-                        gpu=str(row["gpu"]),
-                        uuid=str(row.get("uuid")) or None,
-                        power_w=_float(row.get("power_w")),
-                        energy_j=_float(row.get("energy_j")),
-                        utilization=_float(row.get("utilization")),
-                        namespace=pod.namespace,
-                        pod=pod.name,
-                        modelservice=None,
-                        simulated=sc.simulated,
-                        sampled_at=sc.at,
-                        stale=self._clock() - sc.at > self.stale_after_s,
-                        source="scrape",
-                    )
-                )
-        return out
-
-
-def _float(v: str | float | None) -> float | None:
-    return v if isinstance(v, float) else None

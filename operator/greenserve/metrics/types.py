@@ -63,22 +63,3 @@ class ServiceMetrics:
     stale: bool = True
     missing: tuple[str, ...] = ()
     source: SourceKind = "none"
-
-
-@dataclass(frozen=True)
-class GpuMetrics:
-    """One GPU as seen by a node-level source (DCGM exporter or the agents)."""
-
-    node: str | None
-    gpu: str
-    uuid: str | None
-    power_w: float | None
-    energy_j: float | None
-    utilization: float | None
-    namespace: str | None
-    pod: str | None
-    modelservice: str | None
-    simulated: bool | None
-    sampled_at: float | None
-    stale: bool
-    source: SourceKind

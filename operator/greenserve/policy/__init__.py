@@ -10,7 +10,7 @@
   start-before-stop moves that empty the least-allocated GPU nodes, the nodes expected to empty, and
   `controller.kubernetes.io/pod-deletion-cost` values; `apply_moves` gives the snapshot after a plan.
 * `energy`: `GpuPowerModel.power_w(util, loaded)`, `NodePowerModel`, `counter_delta`, `joules_to_kwh`,
-  `grams_co2e`, `break_even_idle_s` (shared/research/energy_anchors.md sections 6-7; dependency-free).
+  `grams_co2e`, `break_even_idle_s` (the power model documented in policy/energy.py; dependency-free).
 * `queueing`: Erlang C, M/M/c p95 response time, replicas for an SLO.
 * `headroom`: spare GPU slots to keep free for bursts (balloon pods).
 """

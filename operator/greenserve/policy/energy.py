@@ -1,13 +1,13 @@
 """GPU and node power model, energy counters and carbon: pure, dependency-free.
 
-Power per GPU follows the state model of shared/research/energy_anchors.md section 7:
+Power per GPU follows a three-state model:
 
 * no replica resident (no CUDA context):  P = P_bare
 * replica resident, no work:              P = P_ctx          (the "parking tax")
 * serving at utilization a in [0, 1]:     P = P_ctx + (P_peak - P_ctx) * a
 
-Figures per product (W) are the section 7 defaults: P_bare and P_ctx from public nvidia-smi snapshots
-(section 6), P_peak a sustained batched-inference estimate. They are a model: reports built on it are
+Figures per product (W): P_bare and P_ctx from public nvidia-smi snapshots, P_peak a sustained
+batched-inference estimate. They are a model: reports built on it are
 labelled simulated. The node base (host CPUs, memory, fans, NICs of an 8-GPU server at idle) is an
 estimate too, 300 W by default, configurable.
 """
@@ -98,7 +98,7 @@ def grams_co2e(joules: float, g_per_kwh: float) -> float:
 
 
 def break_even_idle_s(idle_power_w: float, cold_start_energy_j: float, cold_start_s: float) -> float:
-    """How long keeping a warm replica idle costs as much as one cold start (energy_anchors.md section 7).
+    """How long keeping a warm replica idle costs as much as one cold start (the model above).
 
     Parking longer than this wastes more energy than a reload would; the cold start's delay is paid in
     latency, so the timeout is never shorter than the cold start itself.

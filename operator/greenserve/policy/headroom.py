@@ -3,8 +3,9 @@
 A replica that finds no free GPU waits for a node to boot (minutes) before its model even starts to load,
 so a packed cluster pays for every burst twice. Keeping a few free slots, as the cluster-proportional
 overprovisioner does with low-priority "balloon" pods (preempted at once by real replicas), bounds that
-wait to the model load. A free slot costs little: its GPU stays bare (P_bare, energy_anchors.md section
-7) and it only keeps a node when that node is otherwise needed anyway or the slots do not fit elsewhere.
+wait to the model load. A free slot costs little: its GPU stays bare (P_bare in
+policy/energy.py) and it only keeps a node when that node is otherwise needed anyway or the slots do
+not fit elsewhere.
 
 `spare_gpus` = max(minimum, ceil(fraction * GPUs in use + growth)), where growth is the GPUs a sustained
 rise in demand will need within the time a new node takes to become usable (provisioning + cold start),

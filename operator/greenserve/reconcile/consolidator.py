@@ -33,6 +33,7 @@ from greenserve.api.v1alpha1 import ConsolidationPolicy
 from greenserve.cluster import events
 from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient, Resource
 from greenserve.config import OperatorConfig
+from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.policy import consolidation as pc
 from greenserve.reconcile import modelservice as rec
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TAINT_KEY = f"{c.GROUP}/consolidating"
 MOVE_TIMEOUT_S = 300.0
+TAINT_RETRIES = 5
 AUTOSCALER_DELETION_TAINTS = (
     "ToBeDeletedByClusterAutoscaler",
     "DeletionCandidateOfClusterAutoscaler",
@@ -180,9 +182,14 @@ def movable_services(msvcs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[
 
 class Consolidator:
     def __init__(
-        self, kube: KubeClient, config: OperatorConfig, limits: pc.ConsolidationLimits | None = None
+        self,
+        kube: KubeClient,
+        config: OperatorConfig,
+        limits: pc.ConsolidationLimits | None = None,
+        metrics: OperatorMetrics | None = None,
     ):
         self.kube = kube
+        self.metrics = metrics
         self.config = config
         self.limits = limits or pc.ConsolidationLimits(
             max_moves=1, min_interval_s=config.consolidation_interval_s
@@ -196,26 +203,57 @@ class Consolidator:
     async def _set_move(
         self, msvc: Mapping[str, Any], move: dict[str, Any] | None, message: str
     ) -> dict[str, Any]:
+        """Write `status.move` and the Consolidating condition under the ModelService's lock, from the live
+        object, so a concurrent reconcile's status write is neither overwritten nor overwrites this one."""
         meta = msvc["metadata"]
-        status = msvc.get("status") or {}
-        conditions = cond.set_condition(
-            status.get("conditions"),
-            cond.CONSOLIDATING,
-            move is not None,
-            "MoveInProgress" if move else "Idle",
-            message,
-            meta.get("generation"),
-        )
-        patched = await self.kube.patch_status(
-            MODELSERVICES, meta["name"], meta["namespace"], {"move": move, "conditions": conditions}
-        )
-        return patched
+        async with rec.locked(meta["namespace"], meta["name"]):
+            live = await rec.live_body(self.kube, msvc)
+            if live is None:
+                return dict(msvc)  # deleted meanwhile: nothing left to record the move on
+            status = live.get("status") or {}
+            conditions = cond.set_condition(
+                status.get("conditions"),
+                cond.CONSOLIDATING,
+                move is not None,
+                "MoveInProgress" if move else "Idle",
+                message,
+                live["metadata"].get("generation"),
+            )
+            return await self.kube.patch_status(
+                MODELSERVICES, meta["name"], meta["namespace"], {"move": move, "conditions": conditions}
+            )
 
     async def _taint(self, node: Mapping[str, Any], on: bool) -> None:
-        taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
-        if on:
-            taints.append({"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"})
-        await self.kube.patch(NODES, node["metadata"]["name"], {"spec": {"taints": taints}})
+        """Add or remove our taint on a fresh read, guarded by resourceVersion: a taint that Karpenter or
+        the cluster-autoscaler adds between our read and our write makes the patch fail with 409 (and we
+        re-read) instead of being dropped by a whole-list write from a stale copy."""
+        name = node["metadata"]["name"]
+        for _ in range(TAINT_RETRIES):
+            try:
+                live = await self.kube.get(NODES, name)
+            except ApiError as err:
+                if err.not_found:
+                    return
+                raise
+            current = (live.get("spec") or {}).get("taints") or []
+            taints = [t for t in current if t.get("key") != TAINT_KEY]
+            if on:
+                taints.append({"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"})
+            if taints == current:
+                return
+            patch = {
+                "metadata": {"resourceVersion": live["metadata"]["resourceVersion"]},
+                "spec": {"taints": taints},
+            }
+            try:
+                await self.kube.patch(NODES, name, patch)
+                return
+            except ApiError as err:
+                if err.not_found:
+                    return
+                if not err.conflict:
+                    raise
+        raise ApiError(409, "Conflict", f"node {name}: taint not written after {TAINT_RETRIES} conflicts")
 
     async def _set_deletion_costs(self, pods: Sequence[Mapping[str, Any]], costs: Mapping[str, int]) -> None:
         for pod in pods:
@@ -261,6 +299,8 @@ class Consolidator:
                 f"replica {move['pod']} moved off {move['fromNode']} to free the GPU node",
             )
             self.state.moves_completed += 1
+            if self.metrics is not None:
+                self.metrics.record_move(meta["namespace"], meta["name"])
             self._note(f"{key}: retired {move['pod']} from {move['fromNode']}")
             return False
         if now - float(move.get("startedAt") or now) > MOVE_TIMEOUT_S:

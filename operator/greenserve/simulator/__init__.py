@@ -1,4 +1,4 @@
-"""Simulator and benchmark of greenserve's scaling and consolidation policy against baselines (issue 4).
+"""Simulator and benchmark of greenserve's scaling and consolidation policy against the peers' policies.
 
 `greenserve simulate|bench` and `python -m greenserve.simulator bench [--quick]`. Modules: `traces`
 (Azure CSVs, seeded diurnal/bursty), `cluster` (scheduler placement, node autoscaler, balloon slots),

@@ -21,7 +21,7 @@ def _ratio(a: float, b: float) -> str:
 
 def table(results: Mapping[str, Sequence[Result]]) -> str:
     lines = [
-        "Energy is SIMULATED (power model of policy/energy.py, energy_anchors.md section 7), not measured.",
+        "Energy is SIMULATED (power model of policy/energy.py), not measured.",
         HEADER,
     ]
     for trace, rs in results.items():

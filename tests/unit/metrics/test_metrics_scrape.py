@@ -236,16 +236,6 @@ async def test_a_warming_replica_without_metrics_does_not_make_the_reading_stale
     assert lost.stale is True and [x for x in lost.missing if x.startswith("pod:")] == ["pod:svc-1"]
 
 
-async def test_node_gpu_metrics_from_scraped_pods(agents: list[tuple[FakeAgent, PodRef]]) -> None:
-    src = ScrapeSource()
-    try:
-        await src.service_metrics("ml", "svc", [p for _, p in agents])
-        gpus = await src.node_gpu_metrics("n1")
-    finally:
-        await src.close()
-    assert sorted((g.gpu, g.power_w, g.pod) for g in gpus) == [("0", 40.0, "svc-1"), ("1", 50.0, "svc-1")]
-
-
 def test_counter_reset_between_scrapes_counts_the_new_value() -> None:
     fams = parse_exposition(
         "# TYPE :tensorflow:serving:request_count counter\n"

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from greenserve import contract as k
 from greenserve.api import constants as c
-from greenserve.twin import Schedule, Twin, TwinCollector
+from harness.twin import Schedule, Twin, TwinCollector
 
 SVC = "ml/svc"
 CAP = {SVC: 100.0}  # req/s per replica at 100% utilization

@@ -14,7 +14,7 @@ count as dropped), the request
 counter counts completions as TF Serving does, and each pod's in-flight gauge holds its share of the queue
 plus the requests in service (Little's law), as the agent's would.
 
-Power per GPU follows the documented model in greenserve.policy.energy (energy_anchors.md section 7):
+Power per GPU follows the documented model in greenserve.policy.energy :
 resident-idle power plus the serving increment times utilization. Every series carries simulated="true".
 Cluster-level series (GPU nodes, node and GPU power including idle GPUs, cumulative energy) let a test or
 the demo report GPU-node-hours and simulated energy.
@@ -321,7 +321,7 @@ def load_schedules(specs: list[str], file: Path | None) -> dict[str, Schedule]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="greenserve twin", description=__doc__.splitlines()[0] if __doc__ else ""
+        prog="tests/harness/twin.py", description=__doc__.splitlines()[0] if __doc__ else ""
     )
     parser.add_argument("--port", type=int, default=9500)
     parser.add_argument("--address", default="127.0.0.1")

@@ -19,6 +19,7 @@ Ready is not started again.
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 import time
@@ -58,6 +59,65 @@ class ConsolidatorState:
     moves_completed: int = 0
     log: list[str] = field(default_factory=list)
 
+
+
+class MoveStep(enum.Enum):
+    """Where an in-flight move stands; every step is decided afresh from the API's state, so an operator
+    restarted at any point takes the same step again (each is idempotent)."""
+
+    WAIT = "ReplacementPending"  # started: the surge runs, the replacement is not Ready yet
+    RETIRE = "ReplacementReady"  # the replacement serves: retire the source and close the move
+    SOURCE_GONE = "SourceGone"  # the source went away by itself (scale-in, eviction): close the move
+    TIMED_OUT = "TimedOut"  # no Ready replacement within MOVE_TIMEOUT_S: abandon, the source stays
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """`status.move`: the only move state there is (the API holds it, not the operator's memory)."""
+
+    pod: str
+    from_node: str
+    to_node: str
+    started_at: float
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> MoveRecord | None:
+        if not raw or not raw.get("pod"):
+            return None
+        return cls(
+            str(raw["pod"]),
+            str(raw.get("fromNode") or ""),
+            str(raw.get("toNode") or ""),
+            float(raw.get("startedAt") or 0.0),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "pod": self.pod,
+            "fromNode": self.from_node,
+            "toNode": self.to_node,
+            "startedAt": self.started_at,
+        }
+
+
+def next_step(
+    move: MoveRecord,
+    pods: Sequence[Mapping[str, Any]],
+    desired: int,
+    now: float,
+    timeout_s: float = MOVE_TIMEOUT_S,
+) -> MoveStep:
+    """The move's next step from its service's live pods: retire the source only once `desired` replicas
+    other than it are Ready (make-before-break), never on a count that includes a terminating pod."""
+    live = [p for p in pods if not _terminating(p)]
+    source = next((p for p in live if p["metadata"]["name"] == move.pod), None)
+    if source is None:
+        return MoveStep.SOURCE_GONE
+    if sum(1 for p in live if p is not source and _ready(p)) >= desired:
+        return MoveStep.RETIRE
+    if now - move.started_at > timeout_s:
+        return MoveStep.TIMED_OUT
+    return MoveStep.WAIT
 
 def _gpus(pod: Mapping[str, Any]) -> int:
     total = 0
@@ -274,56 +334,88 @@ class Consolidator:
                 if not err.not_found:
                     raise
 
-    async def _progress(self, msvc: dict[str, Any], pods: Sequence[Mapping[str, Any]], now: float) -> bool:
-        """Advance an in-flight move; True while it is still in flight."""
-        move = msvc["status"]["move"]
+    async def _progress(self, msvc: Mapping[str, Any], now: float) -> bool:
+        """Advance an in-flight move by one step, from a fresh read of the ModelService and its pods
+        (the pass's cluster-wide list may predate a retirement or a scale-in); True while in flight."""
         meta = msvc["metadata"]
-        key = f"{meta['namespace']}/{meta['name']}"
-        mine = [p for p in pods if _service_key(p) == key and not _terminating(p)]
-        source = next((p for p in mine if p["metadata"]["name"] == move["pod"]), None)
-        desired = int((msvc.get("status") or {}).get("desiredReplicas") or 0)
-        others_ready = [p for p in mine if p is not source and _ready(p)]
-        if source is None:
-            await self._set_move(msvc, None, f"{move['pod']} is gone; move closed")
+        ns, name = meta["namespace"], meta["name"]
+        live = await rec.live_body(self.kube, msvc)
+        record = MoveRecord.from_status(((live or {}).get("status") or {}).get("move"))
+        if live is None or record is None:
             return False
-        if len(others_ready) >= desired:
-            # The replacement serves: retire the source through the ReplicaSet, cheapest pod first.
-            await self._set_deletion_costs([source], {move["pod"]: pc.DRAIN_DELETION_COST})
-            updated = await self._set_move(msvc, None, f"moved {move['pod']} off {move['fromNode']}")
+        pods = await self.kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_MODELSERVICE}={name}")
+        desired = int((live.get("status") or {}).get("desiredReplicas") or 0)
+        step = next_step(record, pods, desired, now)
+        if step is MoveStep.SOURCE_GONE:
+            await self._set_move(live, None, f"{record.pod} is gone; move closed")
+            return False
+        if step is MoveStep.RETIRE:
+            # The replacement serves: retire the source through the ReplicaSet, cheapest pod first. The
+            # cost is written before the move is cleared, so a restart in between retires the same pod.
+            source = next(p for p in pods if p["metadata"]["name"] == record.pod)
+            await self._set_deletion_costs([source], {record.pod: pc.DRAIN_DELETION_COST})
+            updated = await self._set_move(live, None, f"moved {record.pod} off {record.from_node}")
             await rec.reconcile(self.kube, updated, self.config)
             await events.post(
                 self.kube,
-                msvc,
+                live,
                 "Normal",
                 "ReplicaMoved",
-                f"replica {move['pod']} moved off {move['fromNode']} to free the GPU node",
+                f"replica {record.pod} moved off {record.from_node} to free the GPU node",
             )
             self.state.moves_completed += 1
             if self.metrics is not None:
-                self.metrics.record_move(meta["namespace"], meta["name"])
-            self._note(f"{key}: retired {move['pod']} from {move['fromNode']}")
+                self.metrics.record_move(ns, name)
+            self._note(f"{ns}/{name}: retired {record.pod} from {record.from_node}")
             return False
-        if now - float(move.get("startedAt") or now) > MOVE_TIMEOUT_S:
-            updated = await self._set_move(msvc, None, "replacement not ready in time; move abandoned")
+        if step is MoveStep.TIMED_OUT:
+            updated = await self._set_move(live, None, "replacement not ready in time; move abandoned")
             await rec.reconcile(self.kube, updated, self.config)
             await events.post(
                 self.kube,
-                msvc,
+                live,
                 "Warning",
                 "MoveTimedOut",
-                f"replacement for {move['pod']} not ready after {MOVE_TIMEOUT_S:.0f}s",
+                f"replacement for {record.pod} not ready after {MOVE_TIMEOUT_S:.0f}s",
             )
+            return False
+        return True  # MoveStep.WAIT: reconcile keeps the surge applied while status.move is set
+
+    async def _still_valid(self, move: pc.Move) -> bool:
+        """Re-check a planned move against a fresh read before acting on it (the plan came from lists
+        taken at the start of the pass): the source pod still runs Ready on its node, and the target
+        still takes new replicas and has room for the replacement."""
+        ns = move.service.split("/", 1)[0]
+        source = await self.kube.get_or_none(PODS, move.pod, ns)
+        if (
+            source is None
+            or _terminating(source)
+            or not _ready(source)
+            or (source.get("spec") or {}).get("nodeName") != move.from_node
+        ):
+            self._note(f"plan for {move.pod} is stale: the source changed; replanning next pass")
+            return False
+        target = await self.kube.get_or_none(NODES, move.to_node)
+        if target is None:
+            self._note(f"plan for {move.pod} is stale: node {move.to_node} is gone")
+            return False
+        on_target = await self._list(PODS, field_selector=f"spec.nodeName={move.to_node}")
+        used = sum(_gpus(p) for p in on_target if not _terminating(p))
+        view = node_view(target, used)
+        tainted = any(t.get("key") == TAINT_KEY for t in (target.get("spec") or {}).get("taints") or [])
+        if view.draining or view.protected or tainted or view.gpu_capacity - used < move.gpus:
+            self._note(f"plan for {move.pod} is stale: node {move.to_node} no longer fits it")
             return False
         return True
 
-    async def _list(self, res: Resource) -> list[dict[str, Any]]:
+    async def _list(self, res: Resource, field_selector: str | None = None) -> list[dict[str, Any]]:
         """Cluster-wide, or per watched namespace when the operator is namespaced (its RBAC is then a Role
         per namespace; other tenants' GPU pods are invisible and count as free capacity on the nodes)."""
         if not self.config.namespaces:
-            return await self.kube.list_objects(res)
+            return await self.kube.list_objects(res, field_selector=field_selector)
         out: list[dict[str, Any]] = []
         for ns in self.config.namespaces:
-            out += await self.kube.list_objects(res, ns)
+            out += await self.kube.list_objects(res, ns, field_selector=field_selector)
         return out
 
     async def run_once(self, now: float) -> pc.ConsolidationPlan | None:
@@ -334,11 +426,12 @@ class Consolidator:
         in_flight = False
         for msvc in msvcs:
             if (msvc.get("status") or {}).get("move"):
-                in_flight = await self._progress(msvc, pods, now) or in_flight
-        if in_flight:
+                in_flight = await self._progress(msvc, now) or in_flight
+        if in_flight or any((m.get("status") or {}).get("move") for m in msvcs):
+            # A move closed this pass: its source is about to be removed by the ReplicaSet, by its lowest
+            # deletion cost. Planning now would rewrite that cost before the ReplicaSet acts, so the next
+            # pass plans, from a picture without the retired pod.
             return None
-        if in_flight is False and any((m.get("status") or {}).get("move") for m in msvcs):
-            pods = await self._list(PODS)  # retirements changed the picture
         movable = movable_services(msvcs, pods)
         snapshot = build_snapshot(nodes, pods, movable, now)
         limits = pc.ConsolidationLimits(
@@ -364,14 +457,15 @@ class Consolidator:
                 await self._taint(node, wanted)
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")
         # 3. Start the next move.
-        if plan.moves:
+        if plan.moves and await self._still_valid(plan.moves[0]):
             move = plan.moves[0]
             ns, name = move.service.split("/", 1)
             msvc = next(
                 m for m in msvcs if m["metadata"]["namespace"] == ns and m["metadata"]["name"] == name
             )
-            record = {"pod": move.pod, "fromNode": move.from_node, "toNode": move.to_node, "startedAt": now}
-            updated = await self._set_move(msvc, record, f"moving {move.pod} off {move.from_node}")
+            record = MoveRecord(move.pod, move.from_node, move.to_node, now)
+            message = f"moving {move.pod} off {move.from_node}"
+            updated = await self._set_move(msvc, record.to_status(), message)
             await rec.reconcile(self.kube, updated, self.config)
             await events.post(
                 self.kube,

@@ -24,33 +24,53 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from greenserve.policy.energy import GPU_MODELS, GpuPowerModel
 from greenserve_agent.nvml import ClockKind, GpuDevice, MemoryInfo, Utilization
 
 
 @dataclass(frozen=True)
 class SimulatedProduct:
+    """What NVML reports about a product; its power figures are the operator's model (one table)."""
+
     name: str  # as NVML reports it
-    bare_w: float
-    loaded_w: float
-    serving_w: float
-    limit_w: float  # TDP / default power cap
+    power: GpuPowerModel
     memory_gib: int
     sm_clock_max_mhz: int
     mem_clock_mhz: int
     sm_clock_idle_mhz: int = 300
 
+    @property
+    def bare_w(self) -> float:
+        return self.power.bare_w
 
-#: bare / loaded / serving / TDP (W), see the module docstring for provenance.
+    @property
+    def loaded_w(self) -> float:
+        return self.power.loaded_idle_w
+
+    @property
+    def serving_w(self) -> float:
+        return self.power.busy_w
+
+    @property
+    def limit_w(self) -> float:  # TDP / default power cap
+        return self.power.tdp_w
+
+
+def _sim(name: str, model: str, memory_gib: int, sm_mhz: int, mem_mhz: int) -> SimulatedProduct:
+    return SimulatedProduct(name, GPU_MODELS[model], memory_gib, sm_mhz, mem_mhz)
+
+
+#: NVML identity per product; power from greenserve.policy.energy.GPU_MODELS.
 PRODUCTS: dict[str, SimulatedProduct] = {
-    "T4": SimulatedProduct("Tesla T4", 9, 26, 65, 70, 16, 1590, 5001),
-    "L4": SimulatedProduct("NVIDIA L4", 15, 30, 68, 72, 24, 2040, 6251),
-    "A10": SimulatedProduct("NVIDIA A10", 12, 37, 140, 150, 24, 1695, 6251),
-    "A10G": SimulatedProduct("NVIDIA A10G", 15, 60, 200, 300, 24, 1710, 6251),
-    "A100-PCIE-40GB": SimulatedProduct("NVIDIA A100-PCIE-40GB", 35, 60, 220, 250, 40, 1410, 1215),
-    "A100-PCIE-80GB": SimulatedProduct("NVIDIA A100 80GB PCIe", 45, 62, 250, 300, 80, 1410, 1512),
-    "A100-SXM4-80GB": SimulatedProduct("NVIDIA A100-SXM4-80GB", 52, 85, 360, 400, 80, 1410, 1593),
-    "H100-PCIE": SimulatedProduct("NVIDIA H100 PCIe", 48, 82, 290, 350, 80, 1755, 1593),
-    "H100-SXM": SimulatedProduct("NVIDIA H100 80GB HBM3", 72, 110, 600, 700, 80, 1980, 2619),
+    "T4": _sim("Tesla T4", "T4", 16, 1590, 5001),
+    "L4": _sim("NVIDIA L4", "L4", 24, 2040, 6251),
+    "A10": _sim("NVIDIA A10", "A10", 24, 1695, 6251),
+    "A10G": _sim("NVIDIA A10G", "A10G", 24, 1710, 6251),
+    "A100-PCIE-40GB": _sim("NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", 40, 1410, 1215),
+    "A100-PCIE-80GB": _sim("NVIDIA A100 80GB PCIe", "A100-PCIE-80GB", 80, 1410, 1512),
+    "A100-SXM4-80GB": _sim("NVIDIA A100-SXM4-80GB", "A100-SXM", 80, 1410, 1593),
+    "H100-PCIE": _sim("NVIDIA H100 PCIe", "H100-PCIE", 80, 1755, 1593),
+    "H100-SXM": _sim("NVIDIA H100 80GB HBM3", "H100-SXM", 80, 1980, 2619),
 }
 DEFAULT_PRODUCT = "T4"
 #: Device memory a resident TF Serving model holds in the simulation (context plus a small model).

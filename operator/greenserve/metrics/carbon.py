@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-JOULES_PER_KWH = 3.6e6
+from greenserve.policy.energy import counter_delta, grams_co2e
 
-
-def grams_co2e(joules: float, intensity_g_per_kwh: float) -> float:
-    """Operational emissions of ``joules`` at a grid intensity in gCO2e/kWh."""
-    return joules / JOULES_PER_KWH * intensity_g_per_kwh
+__all__ = ["accumulate_energy", "grams_co2e"]
 
 
 def accumulate_energy(
@@ -23,11 +20,5 @@ def accumulate_energy(
     nothing more, so the total never decreases when replicas move. Returns the new total and the
     readings to pass as ``last`` next time.
     """
-    added = 0.0
-    for pod, value in current.items():
-        prev = last.get(pod)
-        if prev is None or value < prev:
-            added += value
-        else:
-            added += value - prev
+    added = sum(counter_delta(last.get(pod), value) for pod, value in current.items())
     return total_j + added, dict(current)

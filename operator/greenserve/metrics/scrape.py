@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
 from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.policy.energy import counter_delta
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,6 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
         prev_bound, prev_count = bound, count
     return None
-
-
-def _delta(now: float, before: float) -> float:
-    """Counter increase; a smaller value means the counter restarted (the pod's agent restarted)."""
-    return now - before if now >= before else now
 
 
 class ScrapeSource:
@@ -215,19 +211,19 @@ class ScrapeSource:
         latency: dict[float, float] = {}
         if pairs:
             energy_window = total(
-                _delta(b.energy_j, a.energy_j)
+                counter_delta(a.energy_j, b.energy_j)
                 for a, b in pairs
                 if a.energy_j is not None and b.energy_j is not None
             )
             # Request counters appear with the first request (TF Serving creates cells lazily): a series
             # absent from the earlier scrape started from 0 since.
             requests = total(
-                _delta(b.requests, a.requests or 0.0) for a, b in pairs if b.requests is not None
+                counter_delta(a.requests or 0.0, b.requests) for a, b in pairs if b.requests is not None
             )
             window = sum(b.at - a.at for a, b in pairs) / len(pairs)
             for a, b in pairs:
                 for le, count in b.latency_buckets.items():
-                    latency[le] = latency.get(le, 0.0) + _delta(count, a.latency_buckets.get(le, 0.0))
+                    latency[le] = latency.get(le, 0.0) + counter_delta(a.latency_buckets.get(le, 0.0), count)
         rps = None if requests is None or not window else requests / window
         jpr = energy_window / requests if energy_window is not None and requests else None
         p95 = histogram_quantile(0.95, latency) if latency else None

@@ -94,6 +94,7 @@ def joules_to_kwh(joules: float) -> float:
 
 
 def grams_co2e(joules: float, g_per_kwh: float) -> float:
+    """Operational emissions of ``joules`` at a grid intensity in gCO2e/kWh."""
     return joules_to_kwh(joules) * g_per_kwh
 
 

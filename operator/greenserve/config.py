@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -11,10 +12,48 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes"}:
+        return True
+    if raw in {"0", "false", "no"}:
+        return False
+    raise ValueError(f"{name}={raw!r}: expected true or false")
+
+
+def _env_headers(name: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of header name -> value, e.g. {"X-Scope-OrgID": "tenant-1"}."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: not JSON ({exc.msg}); expected an object of header: value") from exc
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"{name}: expected a JSON object of string header names to string values")
+    return tuple(value.items())
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     #: Prometheus HTTP API base URL; unset means metrics are scraped from pods directly.
     prometheus_url: str | None = None
+    #: Bearer token file for Prometheus, re-read when it changes (e.g. a projected ServiceAccount token).
+    prometheus_bearer_token_file: str | None = None
+    #: Basic auth for Prometheus: the username and a file holding the password (a mounted Secret).
+    prometheus_username: str | None = None
+    prometheus_password_file: str | None = None
+    #: CA bundle (PEM file) that signs an https Prometheus' certificate.
+    prometheus_ca_file: str | None = None
+    #: Skip TLS verification of Prometheus (testing only).
+    prometheus_insecure_skip_verify: bool = False
+    #: Extra headers on every Prometheus query, e.g. X-Scope-OrgID for Mimir, Cortex or Thanos tenants.
+    prometheus_headers: tuple[tuple[str, str], ...] = ()
     #: Scrape the serving pods' agents directly when no Prometheus is configured (opt in: the operator
     #: then connects to pod IPs).
     scrape_pods: bool = False
@@ -44,6 +83,12 @@ class OperatorConfig:
         namespaces = tuple(n for n in os.environ.get("GREENSERVE_NAMESPACES", "").split(",") if n)
         return cls(
             prometheus_url=os.environ.get("GREENSERVE_PROMETHEUS_URL") or None,
+            prometheus_bearer_token_file=os.environ.get("GREENSERVE_PROMETHEUS_BEARER_TOKEN_FILE") or None,
+            prometheus_username=os.environ.get("GREENSERVE_PROMETHEUS_USERNAME") or None,
+            prometheus_password_file=os.environ.get("GREENSERVE_PROMETHEUS_PASSWORD_FILE") or None,
+            prometheus_ca_file=os.environ.get("GREENSERVE_PROMETHEUS_CA_FILE") or None,
+            prometheus_insecure_skip_verify=_env_bool("GREENSERVE_PROMETHEUS_INSECURE_SKIP_VERIFY", False),
+            prometheus_headers=_env_headers("GREENSERVE_PROMETHEUS_HEADERS"),
             scheduler_name=os.environ.get("GREENSERVE_SCHEDULER_NAME") or None,
             scrape_pods=os.environ.get("GREENSERVE_SCRAPE_PODS", "").lower() in {"1", "true", "yes"},
             carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),

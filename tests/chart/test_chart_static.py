@@ -79,8 +79,14 @@ def test_ci_values_cover_every_optional_feature() -> None:
         "serviceMonitor",
         "podDisruptionBudget",
         "priorityClassName",
+        "basicAuth",
     ):
         assert feature in merged, f"no ci/*-values.yaml exercises {feature}"
+
+
+# Conditional subschemas (cross-field rules such as "one credential at most") constrain properties that
+# the enclosing object already declares; they are not objects of their own.
+_CONSTRAINTS = {"if", "then", "else", "not"}
 
 
 def _walk_objects(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -89,6 +95,8 @@ def _walk_objects(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]
         if "properties" in node:
             found.append((path or "/", node))
         for key, child in node.items():
+            if key in _CONSTRAINTS:
+                continue
             found += _walk_objects(child, f"{path}/{key}")
     elif isinstance(node, list):
         for i, child in enumerate(node):
@@ -123,6 +131,10 @@ def test_every_default_value_is_described_by_the_schema() -> None:
     check(values, schema, "")
 
 
+def _P(assignment: str) -> list[str]:
+    return ["--set", f"operator.config.prometheus.{assignment}"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -146,6 +158,30 @@ def test_every_default_value_is_described_by_the_schema() -> None:
         (["--set", "scheduler.binpack.weights.gpu=0"], "minimum"),
         (["--set", "metrics.port=70000"], "maximum"),
         (["--set-json", 'operator.tolerations=[{"key":"a","effect":"Sometimes"}]'], "tolerations/0/effect"),
+        # Prometheus auth: one credential, complete basic auth, one CA source, no contradictions.
+        (
+            [*_P("bearerTokenSecret.name=tok"), *_P("bearerTokenFile=/var/run/token")],
+            "prometheus/bearerTokenSecret/name",
+        ),
+        (
+            [
+                *_P("bearerTokenSecret.name=tok"),
+                *_P("basicAuth.username=u"),
+                *_P("basicAuth.passwordSecret.name=p"),
+            ],
+            "prometheus/basicAuth/username",
+        ),
+        (_P("basicAuth.username=u"), "prometheus/basicAuth/passwordSecret/name"),
+        (_P("basicAuth.passwordSecret.name=p"), "prometheus/basicAuth/username"),
+        ([*_P("tls.caConfigMap.name=a"), *_P("tls.caSecret.name=b")], "prometheus/tls/caSecret/name"),
+        (
+            [*_P("tls.caSecret.name=a"), *_P("tls.insecureSkipVerify=true")],
+            "prometheus/tls/insecureSkipVerify",
+        ),
+        (_P("bearerTokenFile=token"), "prometheus/bearerTokenFile"),
+        (_P("bearerTokenSecret.name=Not_A_Name"), "prometheus/bearerTokenSecret/name"),
+        (["--set-json", 'operator.config.prometheus.headers={"X-Scope-OrgID":1}'], "headers/X-Scope-OrgID"),
+        (_P("headers.Authorization=x"), "Authorization"),
     ],
 )
 def test_values_outside_the_schema_are_rejected(helm_bin: Path, args: list[str], message: str) -> None:
@@ -241,6 +277,88 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
     svc = one(objs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+def _mounts_and_volumes(objs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in operator_container(objs)["volumeMounts"]}
+    return mounts, {v["name"]: v for v in pod["volumes"]}
+
+
+def test_prometheus_bearer_token_secret_ca_secret_and_headers(helm_bin: Path) -> None:
+    objs = render(
+        helm_bin,
+        values={
+            "operator.config.prometheusUrl": "https://thanos:10902",
+            "operator.config.prometheus": {
+                "bearerTokenSecret": {"name": "prom-token", "key": "tok"},
+                "tls": {"caSecret": {"name": "prom-tls", "key": "bundle.pem"}},
+                "headers": {"X-Scope-OrgID": "team-a", "X-Extra": "1"},
+            },
+        },
+    )
+    env = env_of(operator_container(objs))
+    mounts, volumes = _mounts_and_volumes(objs)
+    token_file, ca_file = env["GREENSERVE_PROMETHEUS_BEARER_TOKEN_FILE"], env["GREENSERVE_PROMETHEUS_CA_FILE"]
+    # The files the operator reads are the Secret keys, mounted whole (a subPath would never rotate).
+    assert (
+        token_file == f"{mounts['prometheus-token']}/token" and ca_file == f"{mounts['prometheus-ca']}/ca.crt"
+    )
+    assert volumes["prometheus-token"]["secret"] == {
+        "secretName": "prom-token",
+        "items": [{"key": "tok", "path": "token"}],
+    }
+    assert volumes["prometheus-ca"]["secret"] == {
+        "secretName": "prom-tls",
+        "items": [{"key": "bundle.pem", "path": "ca.crt"}],
+    }
+    assert all("subPath" not in m for m in operator_container(objs)["volumeMounts"])
+    assert json.loads(env["GREENSERVE_PROMETHEUS_HEADERS"]) == {"X-Scope-OrgID": "team-a", "X-Extra": "1"}
+    assert (
+        "GREENSERVE_PROMETHEUS_USERNAME" not in env
+        and "GREENSERVE_PROMETHEUS_INSECURE_SKIP_VERIFY" not in env
+    )
+
+
+def test_prometheus_basic_auth_and_ca_config_map(helm_bin: Path) -> None:
+    objs = render(helm_bin, values_files=[CHART / "ci" / "prometheus-auth-values.yaml"])
+    env = env_of(operator_container(objs))
+    mounts, volumes = _mounts_and_volumes(objs)
+    assert env["GREENSERVE_PROMETHEUS_USERNAME"] == "greenserve"
+    assert env["GREENSERVE_PROMETHEUS_PASSWORD_FILE"] == f"{mounts['prometheus-password']}/password"
+    assert volumes["prometheus-password"]["secret"] == {
+        "secretName": "mimir-basic-auth",
+        "items": [{"key": "password", "path": "password"}],
+    }
+    assert volumes["prometheus-ca"]["configMap"] == {
+        "name": "monitoring-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert env["GREENSERVE_PROMETHEUS_CA_FILE"] == f"{mounts['prometheus-ca']}/ca.crt"
+    assert "GREENSERVE_PROMETHEUS_BEARER_TOKEN_FILE" not in env and "prometheus-token" not in volumes
+
+
+def test_prometheus_token_file_in_the_pod_and_insecure_skip_verify(helm_bin: Path) -> None:
+    token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    objs = render(
+        helm_bin,
+        values={
+            "operator.config.prometheus.bearerTokenFile": token,
+            "operator.config.prometheus.tls.insecureSkipVerify": True,
+        },
+    )
+    env = env_of(operator_container(objs))
+    mounts, volumes = _mounts_and_volumes(objs)
+    assert env["GREENSERVE_PROMETHEUS_BEARER_TOKEN_FILE"] == token
+    assert env["GREENSERVE_PROMETHEUS_INSECURE_SKIP_VERIFY"] == "true"
+    assert set(volumes) == {"tmp"} and set(mounts) == {"tmp"}
+
+
+def test_no_prometheus_auth_by_default(helm_bin: Path) -> None:
+    objs = render(helm_bin)
+    env = env_of(operator_container(objs))
+    assert not [name for name in env if name.startswith("GREENSERVE_PROMETHEUS_")]
+    assert set(_mounts_and_volumes(objs)[1]) == {"tmp"}
 
 
 def test_without_prometheus_the_operator_scrapes_pods(helm_bin: Path) -> None:

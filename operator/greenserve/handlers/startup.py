@@ -14,12 +14,24 @@ from greenserve.config import OperatorConfig
 from greenserve.handlers import consolidation
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
-from greenserve.metrics.prometheus import PrometheusSource
+from greenserve.metrics.prometheus import PrometheusAuth, PrometheusSource
 from greenserve.metrics.scrape import ScrapeSource
 from greenserve.reconcile.loop import LoopDeps
 
 log = logging.getLogger(__name__)
 _OPERATOR_METRICS: OperatorMetrics | None = None  # one registry per process, across kopf restarts in tests
+
+
+def prometheus_auth(config: OperatorConfig) -> PrometheusAuth:
+    """Raises ValueError with the offending setting for contradictory auth options."""
+    return PrometheusAuth(
+        bearer_token_file=config.prometheus_bearer_token_file,
+        username=config.prometheus_username,
+        password_file=config.prometheus_password_file,
+        ca_file=config.prometheus_ca_file,
+        insecure_skip_verify=config.prometheus_insecure_skip_verify,
+        headers=config.prometheus_headers,
+    )
 
 
 def _metrics_source(config: OperatorConfig) -> MetricsSource | None:
@@ -28,6 +40,7 @@ def _metrics_source(config: OperatorConfig) -> MetricsSource | None:
             config.prometheus_url,
             window_s=config.metrics_window_s,
             stale_after_s=config.metrics_stale_after_s,
+            auth=prometheus_auth(config),
         )
     if config.scrape_pods:
         return ScrapeSource(stale_after_s=config.metrics_stale_after_s)

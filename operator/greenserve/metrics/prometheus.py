@@ -10,14 +10,23 @@ Freshness: an instant query returns a series' last sample up to Prometheus' look
 so each read also asks for ``timestamp()`` and marks the result stale when the oldest newest-sample is
 older than ``stale_after_s``. A series that Prometheus has marked stale (target gone) is simply absent:
 the field comes back None and is listed in ``missing``.
+
+Authentication (:class:`PrometheusAuth`): a bearer token or a basic-auth password read from files, re-read
+when the file changes (projected ServiceAccount tokens and mounted Secrets are rotated in place), a CA
+bundle or insecure-skip-verify for https, and extra headers such as a multi-tenant ``X-Scope-OrgID``. An
+unreadable credential is a PrometheusError like an unreachable server: the metrics are missing and
+scaling holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
+import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +51,101 @@ class Sample:
     labels: dict[str, str]
     value: float
     timestamp: float
+
+
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """How to authenticate to Prometheus (or Thanos, Mimir, Cortex, a managed service behind a proxy).
+
+    At most one of ``bearer_token_file`` and basic auth (``username`` with ``password_file``); credentials
+    come from files only, so they never sit in the environment or the Deployment spec.
+    """
+
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # (name, value) pairs, sent as given
+
+    def __post_init__(self) -> None:
+        if self.bearer_token_file and (self.username or self.password_file):
+            raise ValueError("Prometheus auth: set either a bearer token file or basic auth, not both")
+        if bool(self.username) != bool(self.password_file):
+            raise ValueError("Prometheus basic auth needs both a username and a password file")
+        if self.ca_file and self.insecure_skip_verify:
+            raise ValueError("Prometheus TLS: a CA file and insecure-skip-verify contradict each other")
+        for name, value in self.headers:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or any(c in value for c in "\r\n"):
+                raise ValueError(f"Prometheus header {name!r}: not a valid HTTP header name or value")
+            if name.lower() == "authorization" and (self.bearer_token_file or self.username):
+                raise ValueError("Prometheus headers: Authorization comes from the token or basic auth")
+
+
+class _WatchedFile:
+    """A small file's content, re-read whenever its identity (inode, size, mtime) changes. Kubernetes
+    swaps a mounted Secret's ``..data`` symlink atomically, and ``os.stat`` follows it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._text = ""
+
+    def read(self) -> str:
+        try:
+            st = os.stat(self.path)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if key != self._key:
+                with open(self.path, encoding="utf-8") as fh:
+                    self._text = fh.read().strip()
+                self._key = key
+        except OSError as exc:
+            raise PrometheusError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        if not self._text:
+            raise PrometheusError(f"{self.path} is empty")
+        return self._text
+
+
+class _Credentials:
+    """Request headers and the TLS context of one PrometheusAuth, files re-read on change."""
+
+    def __init__(self, auth: PrometheusAuth) -> None:
+        self.auth = auth
+        self._token = _WatchedFile(auth.bearer_token_file) if auth.bearer_token_file else None
+        self._password = _WatchedFile(auth.password_file) if auth.password_file else None
+        self._ca = _WatchedFile(auth.ca_file) if auth.ca_file else None
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_for = ""
+
+    def headers(self) -> dict[str, str]:
+        out = dict(self.auth.headers)
+        if self._token is not None:
+            out["Authorization"] = f"Bearer {self._token.read()}"
+        elif self._password is not None and self.auth.username:
+            pair = f"{self.auth.username}:{self._password.read()}".encode()
+            out["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return out
+
+    def ssl(self) -> ssl.SSLContext | bool:
+        """True: the default verification; a context for a CA bundle (rebuilt when it changes) or for
+        skipping verification."""
+        if self.auth.insecure_skip_verify:
+            if self._ssl is None:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                self._ssl = ctx
+            return self._ssl
+        if self._ca is None:
+            return True
+        pem = self._ca.read()
+        if self._ssl is None or pem != self._ssl_for:
+            try:
+                self._ssl = ssl.create_default_context(cadata=pem)
+            except (ssl.SSLError, ValueError) as exc:
+                raise PrometheusError(f"CA bundle {self._ca.path}: {exc}") from exc
+            self._ssl_for = pem
+        return self._ssl
 
 
 def _quote(value: str) -> str:
@@ -79,10 +183,12 @@ class PrometheusSource:
         stale_after_s: float = 120.0,
         gpu_source: GpuSourceMode = "auto",
         timeout_s: float = 5.0,
+        auth: PrometheusAuth | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url.rstrip("/")
+        self._credentials = _Credentials(auth or PrometheusAuth())
         self.window_s = window_s
         self.stale_after_s = stale_after_s
         self.gpu_source = gpu_source
@@ -108,10 +214,18 @@ class PrometheusSource:
     async def query(self, promql: str) -> list[Sample]:
         """An instant query; returns the vector (a scalar result becomes one sample without labels)."""
         session = await self._http()
+        headers, tls = self._credentials.headers(), self._credentials.ssl()
         try:
             async with session.post(
-                f"{self.url}/api/v1/query", data={"query": promql}, timeout=self._timeout
+                f"{self.url}/api/v1/query",
+                data={"query": promql},
+                headers=headers,
+                ssl=tls,
+                timeout=self._timeout,
             ) as resp:
+                if resp.status in (401, 403):
+                    # The body of an auth proxy is rarely the API's JSON; say what happened instead.
+                    raise PrometheusError(f"{promql}: HTTP {resp.status} {resp.reason}: check credentials")
                 body: dict[str, Any] = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PrometheusError(f"{promql}: {type(exc).__name__}: {exc}") from exc

@@ -136,6 +136,8 @@ class GpuSpec(_Model):
 class ScalingMetric(enum.StrEnum):
     REQUESTS_PER_SECOND = "requestsPerSecond"
     GPU_UTILIZATION = "gpuUtilization"
+    # Requests in flight per replica (Knative's concurrency), from the greenserve agent's gauge.
+    CONCURRENCY = "concurrency"
 
 
 class ScalingSpec(_Model):
@@ -167,7 +169,8 @@ class ScalingSpec(_Model):
             ge=1,
             le=1_000_000,
             description="requestsPerSecond: requests/s one replica serves at its target load. "
-            "gpuUtilization: target GPU utilization in percent.",
+            "gpuUtilization: target GPU utilization in percent. "
+            "concurrency: requests in flight per replica.",
         ),
     ] = 50
     scale_down_delay_seconds: Annotated[

@@ -4,7 +4,9 @@
 
 * **Hold** when metrics are missing or stale: never scale on data it cannot see (and never down).
 * **Demand**: ceil(request rate / (capacity per replica * target utilization)); with only GPU utilization,
-  ceil(ready replicas * utilization / target), as the HPA formula does. With a rising `request_rate_trend`
+  ceil(ready replicas * utilization / target), as the HPA formula does. By concurrency (Knative's KPA
+  metric, `target_concurrency` set): ceil(requests in flight across the replicas / target per replica);
+  without an in-flight reading it holds, whatever the other metrics say. With a rising `request_rate_trend`
   the rate is projected to when a replica started now would be Ready (metrics age + cold start), so a
   ramp is met by replicas already loaded; a falling trend is ignored (scale-down stays stabilised).
   `sustained_trend` computes it from adjacent windows so that only a sustained rise counts.
@@ -74,6 +76,10 @@ class ScalingInputs:
     # Requests waiting beyond those in service (None: unknown), cleared over queue_drain_s seconds.
     queued_requests: float | None = None
     queue_drain_s: float = 60.0
+    # Scale on concurrency instead: requests in flight summed over the replicas (the agents' gauge; None:
+    # missing) against this many per replica. In flight already counts the queued, so no queue term.
+    target_concurrency: float | None = None
+    concurrency: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,11 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
     target = min(1.0, max(0.05, inputs.target_utilization))
     need: int | None = None
     reason = STEADY
-    if inputs.request_rate is not None and inputs.capacity_rps:
+    if inputs.target_concurrency:
+        if inputs.concurrency is None:
+            return None
+        need = math.ceil(max(0.0, inputs.concurrency) / inputs.target_concurrency - 1e-9)
+    elif inputs.request_rate is not None and inputs.capacity_rps:
         need = math.ceil(max(0.0, inputs.request_rate) / (inputs.capacity_rps * target) - 1e-9)
     elif inputs.gpu_utilization is not None:
         need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
@@ -166,9 +176,15 @@ def sustained_trend(rates: Sequence[float], window_s: float) -> float:
     return max(0.0, min(rises))
 
 
+def _signal_missing(inputs: ScalingInputs) -> bool:
+    if inputs.target_concurrency:
+        return inputs.concurrency is None
+    return inputs.request_rate is None and inputs.gpu_utilization is None
+
+
 def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecision:
     current = inputs.current_replicas
-    if inputs.sampled_at is None or (inputs.request_rate is None and inputs.gpu_utilization is None):
+    if inputs.sampled_at is None or _signal_missing(inputs):
         return ScaleDecision(current, HOLD_MISSING, state)
     if now - inputs.sampled_at > inputs.stale_after_s:
         return ScaleDecision(current, HOLD_STALE, state)
@@ -192,9 +208,12 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     need, reason = found
 
     # Idle handling: requests stopped entirely.
-    idle = (inputs.request_rate is not None and inputs.request_rate <= 0) or (
-        inputs.request_rate is None and (inputs.gpu_utilization or 0.0) <= 0
-    )
+    if inputs.request_rate is not None:
+        idle = inputs.request_rate <= 0
+    elif inputs.target_concurrency:
+        idle = (inputs.concurrency or 0.0) <= 0
+    else:
+        idle = (inputs.gpu_utilization or 0.0) <= 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
     floor = max(inputs.min_replicas, 1)
     if idle and inputs.min_replicas == 0:

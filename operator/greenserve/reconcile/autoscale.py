@@ -48,6 +48,7 @@ def scaling_inputs(
     replicas = int(current) if isinstance(current, int) else initial_replicas(spec)
     s = spec.scaling
     by_rps = s.metric == ScalingMetric.REQUESTS_PER_SECOND
+    by_concurrency = s.metric == ScalingMetric.CONCURRENCY
     gpu = gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT)
     gpus = max(spec.gpu.count, 1)
     capacity = float(s.target) / 0.8 if by_rps else None
@@ -64,7 +65,7 @@ def scaling_inputs(
         min_replicas=s.min_replicas,
         max_replicas=s.max_replicas,
         # With a request-rate target the capacity is the target itself at full utilisation of it.
-        target_utilization=0.8 if by_rps else s.target / 100.0,
+        target_utilization=0.8 if by_rps or by_concurrency else s.target / 100.0,
         capacity_rps=capacity,
         request_rate=rate,
         gpu_utilization=reading.gpu_utilization if reading else None,
@@ -80,6 +81,9 @@ def scaling_inputs(
         queued_requests=queued,
         request_rate_trend=trend,
         trend_max_boost=TREND_MAX_BOOST,
+        # Knative-style: in-flight requests per replica from the agents' gauge; no gauge, no scaling.
+        target_concurrency=float(s.target) if by_concurrency else None,
+        concurrency=reading.inflight_requests if reading is not None and by_concurrency else None,
     )
 
 

@@ -2,12 +2,19 @@
 
 The policy's stabilisation state round-trips through status.scaler, so the decision after an operator
 restart is the one the old process would have made.
+
+The energy policies size the fleet, not each model alone (policy/fleet.py): `FleetBook` keeps the latest
+sizing inputs of every ModelService this process reconciled, and one price per late request is set for
+all those with the same attainment target. The book lives in memory: after a restart it refills as each
+ModelService is reconciled, and until then the fleet is the ModelServices seen so far (one alone is sized
+for the target by itself, as without the fleet objective). Entries older than the metrics' staleness
+threshold drop out, so a deleted or silent ModelService no longer moves the price.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from greenserve.api import conditions as cond
@@ -16,7 +23,8 @@ from greenserve.config import OperatorConfig
 from greenserve.manifests.builders import initial_replicas
 from greenserve.metrics.types import ServiceMetrics
 from greenserve.policy import autoscaling as pa
-from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, gpu_model_for
+from greenserve.policy import estimate, fleet
+from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, NodePowerModel, gpu_model_for
 
 # Mean service time of one request when the spec gives no SLO to derive it from; only shapes the
 # queueing guard, the capacity comes from spec.scaling.target.
@@ -28,6 +36,29 @@ DEFAULT_COLD_START_S = 60.0
 # A sustained rise is projected over the cold start up to doubling the rate, as the simulator's policy does.
 TREND_MAX_BOOST = 1.0
 SLO_ATTAINMENT = {ConsolidationPolicy.BALANCED: 0.995, ConsolidationPolicy.POWER_SAVING: 0.99}
+# A replica's share of its node's base power: GPU nodes of 8 GPUs (the simulator's default) unless known.
+GPUS_PER_NODE = 8
+
+
+class FleetBook:
+    """The latest fleet-sizing inputs per ModelService, in memory (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[float, float, fleet.FleetMember]] = {}
+
+    def price(
+        self, key: tuple[str, str], target: float, member: fleet.FleetMember, now: float, ttl_s: float
+    ) -> float:
+        """Record `key`'s member and return the price that sizes its fleet (same target) for `target`."""
+        self._entries[key] = (now, target, member)
+        for k, (seen, _, _) in list(self._entries.items()):
+            if now - seen > ttl_s:
+                del self._entries[k]
+        members = [m for _, t, m in self._entries.values() if t == target]
+        return fleet.fleet_price(members, target)
+
+
+FLEET = FleetBook()
 
 
 @dataclass(frozen=True)
@@ -58,7 +89,14 @@ def scaling_inputs(
         queued = pa.queued_from_inflight(reading.inflight_requests, rate, capacity)
     trend = None
     if reading is not None and len(reading.rate_history) >= 2 and reading.window_s > 0:
-        trend = pa.sustained_trend(reading.rate_history, reading.window_s)
+        trend = estimate.significant_trend(reading.rate_history, reading.window_s)
+    slo_attainment = SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None
+    if slo_attainment and reading is not None and rate is not None and reading.window_s > 0:
+        # Pool the windows at low rates and size for the rate's upper confidence bound (policy/estimate.py);
+        # no request in any window stays 0 (idle).
+        est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
+        if est is not None and est.events > 0:
+            rate = est.rate
     return pa.ScalingInputs(
         current_replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
@@ -72,7 +110,7 @@ def scaling_inputs(
         sampled_at=reading.sampled_at if reading else None,
         stale_after_s=config.metrics_stale_after_s,
         slo_p95_ms=float(spec.slo.latency_p95_ms) if spec.slo.latency_p95_ms else None,
-        slo_attainment=SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None,
+        slo_attainment=slo_attainment,
         service_time_ms=DEFAULT_SERVICE_TIME_MS,
         scale_down_delay_s=float(s.scale_down_delay_seconds),
         cold_start_s=DEFAULT_COLD_START_S,
@@ -93,9 +131,29 @@ def decide(
     reading: ServiceMetrics | None,
     now: float,
     config: OperatorConfig,
+    fleet_book: FleetBook | None = None,
 ) -> Decision:
     """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds."""
     inputs = scaling_inputs(spec, status, reading, config)
+    target = inputs.slo_attainment
+    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
+        # The fleet objective: this model's share of the fleet's target at the fleet's price.
+        power = max(spec.gpu.count, 1) * (
+            gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT).loaded_idle_w
+            + NodePowerModel().base_w / GPUS_PER_NODE
+        )
+        member = fleet.FleetMember(
+            max(0.0, inputs.request_rate),
+            inputs.capacity_rps or 1000.0 / inputs.service_time_ms,
+            inputs.slo_p95_ms / 1000.0,
+            power,
+            spec.scaling.min_replicas,
+            spec.scaling.max_replicas,
+        )
+        book = FLEET if fleet_book is None else fleet_book
+        key = (reading.namespace, reading.name)
+        price = book.price(key, target, member, now, config.metrics_stale_after_s)
+        inputs = replace(inputs, slo_attainment=fleet.member_target(member, price, target))
     raw_state = status.get("scaler")
     state = pa.ScalerState.from_dict(raw_state) if isinstance(raw_state, dict) else pa.ScalerState()
     result = pa.decide(inputs, state, now)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from greenserve.simulator import bench as bench_mod
-from greenserve.simulator import report
+from greenserve.simulator import matrix, report, traces
 from greenserve.simulator.traces import default_traces_dir
 
 
@@ -71,9 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--policy", default="greenserve", choices=bench_mod.POLICY_NAMES)
     sim.add_argument("--trace", default="diurnal", help="azure-code, azure-conv, diurnal, bursty, azure-*-1h")
     _common(sim)
-    b = sub.add_parser("bench", help="every policy on the benchmark traces")
+    b = sub.add_parser(
+        "bench",
+        help="every policy at matched SLO attainment over the scenario matrix; with --trace, every policy "
+        "at its default setting on those traces",
+    )
     b.add_argument(
-        "--trace", action="append", default=None, help="repeatable; default: azure-code azure-conv diurnal"
+        "--trace",
+        action="append",
+        default=None,
+        help="repeatable: azure-code, azure-conv, diurnal, bursty, azure-*-1h (default: the matrix)",
+    )
+    b.add_argument(
+        "--workers", type=int, default=2, help="matrix: processes (at most 2; 1 runs in this process)"
     )
     b.add_argument(
         "--stress", action="store_true", help="also the Azure traces at their native 1 h time scale"
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _config(args)
     traces_dir = args.traces or default_traces_dir()
     start = time.perf_counter()
+    if args.cmd == "bench" and not args.trace and not args.stress:
+        return _matrix(args, traces_dir)
     try:
         if args.cmd == "simulate":
             scenario = bench_mod.make_scenario(args.trace, cfg, traces_dir, quick=args.quick)
@@ -117,4 +129,36 @@ def main(argv: list[str] | None = None) -> int:
         for path in report.plot(results, args.out):
             print(f"wrote {path}")
     print(f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
+    """`greenserve bench`: the matched-SLO benchmark over the scenario matrix (simulator/matrix.py)."""
+    base = matrix.MatrixConfig.quick() if args.quick else matrix.MatrixConfig()
+    cfg = replace(base, seed=args.seed, workers=max(1, min(2, args.workers)), traces_dir=traces_dir)
+    keys = matrix.scenarios(quick=args.quick)
+    if not all((traces_dir / f).is_file() for f in traces.AZURE_FILES.values()):
+        keys = [k for k in keys if k.shape not in traces.AZURE_FILES]
+        print(f"(Azure traces not found in {traces_dir}: their scenarios are left out)")
+    try:
+        result = matrix.run_matrix(keys, cfg, quick=args.quick, progress=print)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(matrix.table(result))
+    print()
+    print(matrix.summary(result))
+    print(
+        f"\nscenarios: {cfg.hours:g} h measured after {cfg.warmup_h:g} h warm-up, {cfg.step_s:g} s steps, "
+        f"seed {cfg.seed}; services "
+        + ", ".join(
+            f"{c.name} (SLO {1000 * c.slo_s:g} ms, cold start {c.cold_start_s:g} s)"
+            for c in matrix.SERVICE_CLASSES.values()
+        )
+        + "; 8x L4 nodes + 300 W base, 120 s provisioning, 600 s empty-node removal"
+    )
+    if args.out is not None:
+        for path in matrix.plot(result, args.out):
+            print(f"wrote {path}")
+    print(f"({result.wall_s:.1f} s, {len(result.points)} runs)")
     return 0

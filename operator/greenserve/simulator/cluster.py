@@ -76,6 +76,8 @@ class Cluster:
         self.config = config
         self.nodes: dict[int, Node] = {}
         self.replicas: dict[int, Replica] = {}
+        # The same replicas by model: policies ask per model every tick (O(replicas of m), not O(all)).
+        self.by_model: dict[int, dict[int, Replica]] = {}
         self._next_rid = 0
         self._next_nid = 0
         self.cold_starts = 0
@@ -106,6 +108,7 @@ class Cluster:
         r = Replica(self._next_rid, model, gpus, now, 0.0 if warm else cold_start_s)
         self._next_rid += 1
         self.replicas[r.rid] = r
+        self.by_model.setdefault(model, {})[r.rid] = r
         if not warm:
             self.cold_starts += 1
         return r
@@ -119,6 +122,7 @@ class Cluster:
 
     def remove_replica(self, rid: int, now: float) -> None:
         r = self.replicas.pop(rid)
+        del self.by_model[r.model][rid]
         if r.node is not None:
             node = self.nodes[r.node]
             node.used -= r.gpus
@@ -130,7 +134,7 @@ class Cluster:
         return [r for r in self.replicas.values() if r.node is None]
 
     def of_model(self, model: int) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.model == model]
+        return list(self.by_model.get(model, {}).values())
 
     def pick_node(
         self, gpus: int, placement: Placement, now: float, exclude: set[int] | None = None

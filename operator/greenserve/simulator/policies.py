@@ -11,9 +11,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from greenserve.policy import autoscaling, consolidation, headroom
+import numpy as np
+
+from greenserve.policy import autoscaling, consolidation, estimate, fleet, headroom
 from greenserve.simulator.cluster import Placement, Replica
 from greenserve.simulator.engine import Simulation
+from greenserve.simulator.traces import FloatArray
 
 
 def _replicaset_victim_key(sim: Simulation):  # type: ignore[no-untyped-def]
@@ -200,38 +203,83 @@ class Greenserve:
     trend_max_boost: float = 1.0
     # Add the replicas that clear the queue (in-flight beyond those in service) over this time; 0 = off.
     queue_drain_s: float = 60.0
+    # Rate estimates (policy/estimate.py) pool up to this much metric history at low rates; 0 = the
+    # newest window only, as read.
+    estimate_horizon_s: float = 300.0
+    # Size the whole fleet for `slo_attainment` at one price per late request (policy/fleet.py) instead
+    # of every model for it on its own.
+    fleet_objective: bool = True
     name: str = "greenserve"
     placement: Placement = Placement.MOST_ALLOCATED
     control_interval_s: float = 15.0
     _states: list[autoscaling.ScalerState] = field(default_factory=list)
     _last_move_at: float | None = None
     _trends: list[float] = field(default_factory=list)
+    _history: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _targets: list[float] = field(default_factory=list)  # per model: the fleet objective's share
+    _rates: list[float] = field(default_factory=list)
 
     def initial(self, sim: Simulation) -> list[int]:
         self._states = [autoscaling.ScalerState() for _ in sim.models]
         self._trends = [0.0] * len(sim.models)
         self._last_move_at = None
+        self._observe(sim)
         out = []
         for m in range(len(sim.models)):
             found = autoscaling.demand_replicas(self._inputs(sim, m, 0, 0))
             out.append(max(self.min_replicas, found[0] if found else 1))
         return out
 
+    def _observe(self, sim: Simulation) -> None:
+        """This tick's metric history (adjacent windows, newest first) and the fleet's price."""
+        w = sim.scenario.metrics_window_s
+        n = max(self.trend_windows, 1, round(self.estimate_horizon_s / w))
+        self._history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1)
+        self._rates = [self._estimate(sim, hist) for hist in self._history.tolist()]
+        self._targets = []
+        if self.fleet_objective and self.slo_attainment:
+            members = [self._member(sim, m, rate) for m, rate in enumerate(self._rates)]
+            price = fleet.fleet_price(members, self.slo_attainment)
+            self._targets = [fleet.member_target(m, price, self.slo_attainment) for m in members]
+
+    def _estimate(self, sim: Simulation, hist: list[float]) -> float:
+        """The rate to size for: 0 without a request in the pooled horizon (idle), else the estimate."""
+        if self.estimate_horizon_s <= 0:
+            return float(hist[0])
+        est = estimate.estimate_rate(hist, sim.scenario.metrics_window_s)
+        return 0.0 if est is None or est.events <= 0 else est.rate
+
+    def _member(self, sim: Simulation, m: int, rate: float) -> fleet.FleetMember:
+        spec = sim.models[m]
+        return fleet.FleetMember(
+            rate,
+            spec.capacity_rps,
+            spec.slo_ms / 1000.0,
+            self._replica_power_w(sim, m),
+            self.min_replicas,
+            min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization)),
+        )
+
+    @staticmethod
+    def _replica_power_w(sim: Simulation, m: int) -> float:
+        """A warm replica's context power and its GPUs' share of a node's base power (as bound.py)."""
+        cfg = sim.scenario.cluster
+        return sim.models[m].gpus * (sim.gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node)
+
     def _inputs(self, sim: Simulation, m: int, current: int, ready: int) -> autoscaling.ScalingInputs:
         spec = sim.models[m]
-        rate = sim.observed_rate(m)
+        rate = self._rates[m]
         gpu = sim.gpu
         trend = None
         if self.use_trend:
             w = sim.scenario.metrics_window_s
-            windows = [sim.observed_rate(m, w, lag_s=i * w) for i in range(self.trend_windows)]
-            trend = autoscaling.sustained_trend(windows, w)
+            trend = estimate.significant_trend(self._history[m, : self.trend_windows].tolist(), w)
             self._trends[m] = trend
         queued = None
         if self.queue_drain_s > 0 and sim.k > 0:
             # The in-flight gauge of the last step (busy servers + queue), as the agents export it.
             queued = autoscaling.queued_from_inflight(
-                float(sim.concurrency[m, sim.k - 1]), rate, spec.capacity_rps
+                float(sim.concurrency[m, sim.k - 1]), float(self._history[m, 0]), spec.capacity_rps
             )
         return autoscaling.ScalingInputs(
             current_replicas=current,
@@ -252,7 +300,7 @@ class Greenserve:
             cold_start_energy_j=gpu.loaded_idle_w * spec.cold_start_s * spec.gpus,
             request_rate_trend=trend,
             trend_max_boost=self.trend_max_boost,
-            slo_attainment=self.slo_attainment,
+            slo_attainment=self._targets[m] if self._targets else self.slo_attainment,
             queued_requests=queued,
             queue_drain_s=max(1.0, self.queue_drain_s),
         )
@@ -293,6 +341,7 @@ class Greenserve:
         return headroom.spare_gpus(in_use, self.spare_fraction, self.min_spare_gpus, growth)
 
     def control(self, sim: Simulation) -> None:
+        self._observe(sim)
         spare = self._spare(sim)
         sim.cluster.spare_gpus = spare
         snap = self._snapshot(sim)

@@ -1,0 +1,130 @@
+"""Request-rate estimates that stay right at low rates: pure.
+
+A model at 0.05 req/s sees 0, 1 or 2 requests in a 30 s window: one window's rate is noise, and sizing
+from it (or projecting a trend from three of them) adds replicas for nothing. `estimate_rate` pools
+adjacent metric windows (newest first) into a longer horizon while they agree, and sizes from an upper
+quantile of the rate's posterior:
+
+* **Pooling**: windows are added, oldest last, until the pooled count reaches `target_events` (enough for a
+  relative error of 1/sqrt(target_events): 10% at 100) or the history ends. A high-rate model is therefore
+  estimated from its newest window alone, as before; a low-rate one from minutes.
+* **Step filter**: a window is not pooled when the newest window's count departs from the older windows'
+  rate by more than `step_z` standard deviations (conditional binomial test of two Poisson counts): a
+  real change of level is followed at once, from the newest window only, instead of being averaged away.
+* **Confidence**: the rate is the `confidence` quantile of its Gamma posterior (Jeffreys prior:
+  Gamma(events + 1/2, horizon)), so the stated confidence is that the true rate of the horizon is at most
+  the figure sized for. At many events it converges on the mean.
+
+`significant_trend` is `autoscaling.sustained_trend` with a significance test: a rise counts only when the
+newest window's count exceeds the oldest's by more than `z` standard deviations of their difference, so
+Poisson noise at low rates never fires the trend projection.
+
+Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3) are statistical, not fitted to
+any trace: at z = 3.5 a single window flags a false step about once in 4,000 windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from greenserve.policy.autoscaling import sustained_trend
+
+CONFIDENCE = 0.9
+TARGET_EVENTS = 100.0
+STEP_Z = 3.5
+TREND_Z = 3.0
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    rate: float  # requests/s to size for: the `confidence` quantile of the posterior
+    mean: float  # posterior mean, requests/s
+    horizon_s: float  # the pooled windows' total length
+    events: float  # requests counted over the horizon
+    step: bool  # the newest window broke from the older ones (a change of level)
+
+
+def normal_quantile(p: float) -> float:
+    """Standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError("p must be in (0, 1)")
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
+         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
+         6.680131188771972e01, -1.328068155288572e01)  # fmt: skip
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
+         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    lo = 0.02425
+    if p < lo:
+        q = math.sqrt(-2 * math.log(p))
+        num = ((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]
+        return num / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    if p > 1 - lo:
+        return -normal_quantile(1 - p)
+    q = p - 0.5
+    r = q * q
+    num = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+    return num / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+def gamma_quantile(shape: float, p: float) -> float:
+    """Quantile of Gamma(shape, 1) by the Wilson-Hilferty cube-root approximation (a few % at shape 1/2,
+    better above), clamped at 0."""
+    if shape <= 0:
+        return 0.0
+    z = normal_quantile(p)
+    x = 1.0 - 1.0 / (9.0 * shape) + z / (3.0 * math.sqrt(shape))
+    return shape * max(0.0, x) ** 3
+
+
+def step_z(newer: float, older: float, newer_s: float, older_s: float) -> float:
+    """z-score of a count `newer` over `newer_s` against `older` over `older_s` under one common rate:
+    given their sum, `newer` is Binomial(sum, newer_s / (newer_s + older_s))."""
+    total = newer + older
+    if total <= 0 or newer_s <= 0 or older_s <= 0:
+        return 0.0
+    p = newer_s / (newer_s + older_s)
+    return (newer - total * p) / math.sqrt(total * p * (1.0 - p))
+
+
+def estimate_rate(
+    rates: Sequence[float],
+    window_s: float,
+    *,
+    confidence: float = CONFIDENCE,
+    target_events: float = TARGET_EVENTS,
+    z: float = STEP_Z,
+) -> RateEstimate | None:
+    """The rate to size for from adjacent windows' mean rates (newest first); None without data."""
+    if not rates or window_s <= 0:
+        return None
+    counts = [max(0.0, r) * window_s for r in rates]
+    newest = counts[0]
+    events, used = newest, 1
+    step = False
+    older = 0.0
+    for i in range(1, len(counts)):
+        if events >= target_events:
+            break
+        older += counts[i]
+        if abs(step_z(newest, older, window_s, i * window_s)) > z:
+            step = True
+            break
+        events, used = newest + older, i + 1
+    horizon = used * window_s
+    shape = events + 0.5
+    rate = gamma_quantile(shape, min(0.999999, max(0.5, confidence))) / horizon
+    return RateEstimate(max(rate, events / horizon), events / horizon, horizon, events, step)
+
+
+def significant_trend(rates: Sequence[float], window_s: float, *, z: float = TREND_Z) -> float:
+    """`sustained_trend`, but 0 unless the newest window's count exceeds the oldest's significantly."""
+    if len(rates) < 2 or window_s <= 0:
+        return 0.0
+    newest, oldest = max(0.0, rates[0]) * window_s, max(0.0, rates[-1]) * window_s
+    if newest - oldest <= z * math.sqrt(newest + oldest):
+        return 0.0
+    return sustained_trend(rates, window_s)

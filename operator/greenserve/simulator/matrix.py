@@ -1,0 +1,459 @@
+"""The matched-SLO benchmark over a scenario matrix (SIMULATED energy).
+
+A single run compares policies at whatever SLO attainment each happens to reach, so a policy can look
+green by answering fewer requests in time. Here every policy is swept over its own knob and read off its
+energy-attainment frontier: at a level A (99%, 99.5%, 99.9%), the least energy of any of its settings that
+answered at least A of the requests within the SLO (`frontier_energy`).
+
+Scenarios (`scenarios`), all generated from a seed (reproducible) except the Azure shapes, which replay the
+Azure LLM inference traces' aggregate arrival curve:
+
+* service classes: 5 ms (SLO 50 ms), 100 ms (SLO 500 ms), 2 s (SLO 10 s) per request, one GPU per replica;
+  cold starts 30 / 60 / 120 s;
+* fleets of 8, 50 and 200 models with Zipf popularity (exponent 1; 2 for long-tail), mean per-model rates
+  clipped to 0.01-500 req/s, the most popular model's mean `top_rps` of its class;
+* shapes: azure-code and azure-conv (the trace's hour, binned at 10 s and stretched to a day as
+  `greenserve bench` does, each model from a random point of it), diurnal (a day compressed into the
+  run, 6:1 peak to trough, phase jittered per model, minute-scale noise), bursty (3 bursts an hour per
+  model to x3 the rate, rising over 2 minutes, 5 minutes long on average) and
+  long-tail (steep Zipf: most models well under 1 req/s); Poisson counts per step on top of every shape.
+
+Knobs: HPA-like's target utilization (0.9 down to 0.3, then 0.2 and 0.1 while it has not reached the top
+level), Knative-like's target utilization, greenserve's attainment target (the fleet objective's target).
+The bound (`simulator/bound.py`) gives the least energy any policy can use at 99.5%.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from greenserve.policy.energy import joules_to_kwh
+from greenserve.simulator import traces
+from greenserve.simulator.bound import energy_lower_bound
+from greenserve.simulator.cluster import ClusterConfig
+from greenserve.simulator.engine import ModelSpec, Result, Scenario, Simulation
+from greenserve.simulator.policies import Greenserve, HpaLike, KnativeLike
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+LEVELS = (0.99, 0.995, 0.999)
+MATCH_LEVEL = 0.995
+SHAPES = ("azure-code", "azure-conv", "diurnal", "bursty", "long-tail")
+FLEETS = (8, 50, 200)
+
+
+@dataclass(frozen=True)
+class ServiceClass:
+    name: str
+    service_time_s: float
+    slo_s: float
+    cold_start_s: float
+    top_rps: float  # mean rate of a fleet's most popular model
+
+    @property
+    def capacity_rps(self) -> float:
+        return 1.0 / self.service_time_s
+
+
+SERVICE_CLASSES = {
+    c.name: c
+    for c in (
+        ServiceClass("5ms", 0.005, 0.05, 30.0, 500.0),
+        ServiceClass("100ms", 0.1, 0.5, 60.0, 100.0),
+        ServiceClass("2s", 2.0, 10.0, 120.0, 5.0),
+    )
+}
+MIN_RPS, MAX_RPS = 0.01, 500.0
+AZURE_STRETCH = 24.0
+# Bursts: 3 an hour per model, x3 the rate, rising over 2 minutes, 5 minutes long on average.
+BURSTS_PER_H, BURST_FACTOR, BURST_RAMP_S, BURST_S = 3.0, 3.0, 120.0, 300.0
+
+
+@dataclass(frozen=True, order=True)
+class ScenarioKey:
+    shape: str
+    service: str
+    fleet: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.shape}/{self.service}/{self.fleet}"
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    hours: float = 3.0  # measured
+    warmup_h: float = 0.5  # run, not measured
+    step_s: float = 15.0
+    seed: int = 0
+    workers: int = 2
+    traces_dir: Path | None = None
+
+    @classmethod
+    def quick(cls) -> MatrixConfig:
+        return cls(hours=1.0, warmup_h=0.25, step_s=30.0)
+
+
+def zipf_rates(n: int, top_rps: float, exponent: float) -> np.ndarray:
+    """Mean rates of `n` models with Zipf popularity, the first at `top_rps`, clipped to 0.01-500 req/s."""
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    return np.clip(top_rps * ranks**-exponent, MIN_RPS, MAX_RPS)
+
+
+@lru_cache(maxsize=4)
+def _azure_curve(shape: str, traces_dir: Path) -> np.ndarray:
+    """The trace's aggregate arrival rate in 10 s bins over its hour, normalised to mean 1."""
+    path = traces_dir / traces.AZURE_FILES[shape]
+    if not path.is_file():
+        raise FileNotFoundError(f"trace {path} not found (pass --traces DIR)")
+    t = traces.read_azure_timestamps(path)
+    counts = np.bincount((t // 10.0).astype(np.int64)).astype(np.float64)
+    return np.asarray(counts / counts.mean(), dtype=np.float64)
+
+
+def _shape(
+    key: ScenarioKey, n_steps: int, step_s: float, rng: np.random.Generator, cfg: MatrixConfig
+) -> np.ndarray:
+    """Per-model multipliers of the mean rate, shape (fleet, steps), mean about 1."""
+    n = key.fleet
+    t = np.arange(n_steps) * step_s
+    if key.shape in traces.AZURE_FILES:
+        curve = _azure_curve(key.shape, cfg.traces_dir or traces.default_traces_dir())
+        # The hour stretched to a day (x24, as `greenserve bench` does); each model starts at a random
+        # point of that day, as independent tenants of the same kind of traffic.
+        pos = t / (AZURE_STRETCH * 10.0)
+        shift = rng.uniform(0, curve.size, n)
+        idx = ((pos[None, :] + shift[:, None]).astype(np.int64)) % curve.size
+        return curve[idx]
+    if key.shape == "bursty":
+        out = np.ones((n, n_steps))
+        hours = n_steps * step_s / 3600.0
+        ramp = np.minimum(1.0, np.arange(n_steps) * step_s / BURST_RAMP_S)
+        for m in range(n):
+            for _ in range(rng.poisson(BURSTS_PER_H * hours)):
+                start = int(rng.integers(0, n_steps))
+                length = max(1, int(rng.exponential(BURST_S) / step_s))
+                rise = ramp[: min(length, n_steps - start)]
+                out[m, start : start + rise.size] *= 1.0 + (BURST_FACTOR - 1.0) * rise
+        return out
+    # diurnal and long-tail: a compressed day, 6:1 peak to trough (long-tail: 2:1), minute-scale noise
+    ratio = 6.0 if key.shape == "diurnal" else 2.0
+    amp = (ratio - 1.0) / (ratio + 1.0)
+    period = n_steps * step_s
+    phase = rng.uniform(-1.0, 1.0, n) * period / 12.0
+    day = 1.0 + amp * np.sin(2 * np.pi * (t[None, :] - phase[:, None]) / period)
+    decay = math.exp(-step_s / 600.0)
+    eps = rng.normal(0.0, 0.1 * math.sqrt(1 - decay**2), (n, n_steps))
+    noise = np.zeros((n, n_steps))
+    for k in range(1, n_steps):
+        noise[:, k] = decay * noise[:, k - 1] + eps[:, k]
+    return day * np.exp(noise)
+
+
+@lru_cache(maxsize=4)
+def make_scenario(key: ScenarioKey, cfg: MatrixConfig) -> Scenario:
+    svc = SERVICE_CLASSES[key.service]
+    step = cfg.step_s
+    warm = round(cfg.warmup_h * 3600 / step)
+    n_steps = warm + round(cfg.hours * 3600 / step)
+    rng = np.random.default_rng(
+        [cfg.seed, SHAPES.index(key.shape), key.fleet, int(svc.service_time_s * 1000)]
+    )
+    exponent = 2.0 if key.shape == "long-tail" else 1.0
+    mean = zipf_rates(key.fleet, svc.top_rps, exponent)
+    lam = mean[:, None] * _shape(key, n_steps, step, rng, cfg)
+    rates = rng.poisson(lam * step) / step
+    trace = traces.Trace(key.name, step, rates.astype(np.float64))
+    models = tuple(
+        ModelSpec(f"m{i}", svc.capacity_rps, svc.cold_start_s, svc.slo_s * 1000.0) for i in range(key.fleet)
+    )
+    return Scenario(trace, models, ClusterConfig(), 30.0, warm)
+
+
+# --- knobs and runs ----------------------------------------------------------------------------------
+
+HPA_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+HPA_LOW_TARGETS = (0.2, 0.1)
+KNATIVE_TARGETS = (0.9, 0.7, 0.5, 0.3)
+GREENSERVE_TARGETS = (0.95, 0.98, 0.99, 0.995, 0.999)
+QUICK_KNOBS = {
+    "hpa": (0.9, 0.7, 0.5, 0.3),
+    "knative": (0.7, 0.4),
+    "greenserve": (0.98, 0.99, 0.995, 0.999),
+}
+
+
+def make_policy(policy: str, knob: float) -> HpaLike | KnativeLike | Greenserve:
+    if policy == "hpa":
+        return HpaLike(knob)
+    if policy == "knative":
+        return KnativeLike(target_utilization=knob)
+    if policy == "greenserve":
+        return Greenserve(slo_attainment=knob)
+    raise ValueError(f"unknown policy {policy!r}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run: a policy at one knob setting on one scenario."""
+
+    scenario: str
+    policy: str
+    knob: float
+    attainment: float
+    energy_j: float
+    gpu_hours: float
+    wall_s: float
+
+
+def _run(job: tuple[ScenarioKey, MatrixConfig, str, float]) -> Point:
+    key, cfg, policy, knob = job
+    res: Result = Simulation(make_scenario(key, cfg)).run(make_policy(policy, knob))
+    return Point(key.name, policy, knob, res.slo_attainment, res.total_j, res.gpu_hours, res.wall_s)
+
+
+def _bound(job: tuple[ScenarioKey, MatrixConfig]) -> tuple[str, float]:
+    key, cfg = job
+    return key.name, energy_lower_bound(make_scenario(key, cfg), MATCH_LEVEL).total_j
+
+
+def frontier_energy(points: Iterable[Point], level: float) -> Point | None:
+    """The least-energy point that reached at least `level` (None if no setting did): the frontier at
+    `level`. Its energy is non-decreasing in `level` (a setting that reaches a level reaches every lower)."""
+    ok = [p for p in points if p.attainment >= level - 1e-12]
+    return min(ok, key=lambda p: (p.energy_j, -p.attainment)) if ok else None
+
+
+def scenarios(quick: bool = False) -> list[ScenarioKey]:
+    """The matrix: every shape x service class on the 50-model fleet, and every shape on 8 and 200 models
+    at 100 ms (quick: one scenario per service class and shape family on 8 models)."""
+    if quick:
+        return [
+            ScenarioKey("diurnal", "100ms", 8),
+            ScenarioKey("bursty", "5ms", 8),
+            ScenarioKey("long-tail", "2s", 8),
+        ]
+    keys = {ScenarioKey(s, c, 50) for s in SHAPES for c in SERVICE_CLASSES}
+    keys |= {ScenarioKey(s, "100ms", f) for s in SHAPES for f in (8, 200)}
+    keys |= {ScenarioKey("long-tail", "2s", f) for f in (8, 200)}
+    return sorted(keys, key=lambda k: (k.fleet, k.service, k.shape))
+
+
+@dataclass
+class MatrixResult:
+    points: list[Point]
+    bounds: dict[str, float]
+    keys: list[ScenarioKey]
+    wall_s: float
+
+    def of(self, scenario: str, policy: str) -> list[Point]:
+        return [p for p in self.points if p.scenario == scenario and p.policy == policy]
+
+
+def _pool_map(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+    """`fn` over `jobs`, in `workers` processes (at most 2: CI's cores)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(fn, jobs, chunksize=1))
+
+
+def run_matrix(
+    keys: Sequence[ScenarioKey],
+    cfg: MatrixConfig,
+    *,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> MatrixResult:
+    start = time.perf_counter()
+    knobs = (
+        QUICK_KNOBS
+        if quick
+        else {"hpa": HPA_TARGETS, "knative": KNATIVE_TARGETS, "greenserve": GREENSERVE_TARGETS}
+    )
+    jobs = [(k, cfg, p, v) for k in keys for p, vs in knobs.items() for v in vs]
+    workers = max(1, min(cfg.workers, os.cpu_count() or 1, 2))
+    points = _pool_map(_run, jobs, workers)
+    # HPA-like below 0.3 only where it has not reached the top level yet.
+    top = max(LEVELS)
+    extra = [
+        (k, cfg, "hpa", v)
+        for k in keys
+        if not quick
+        and frontier_energy([p for p in points if p.scenario == k.name and p.policy == "hpa"], top) is None
+        for v in HPA_LOW_TARGETS
+    ]
+    points += _pool_map(_run, extra, workers)
+    if progress:
+        progress(f"{len(jobs) + len(extra)} runs in {time.perf_counter() - start:.0f} s")
+    bounds = dict(_pool_map(_bound, [(k, cfg) for k in keys], workers))
+    return MatrixResult(points, bounds, list(keys), time.perf_counter() - start)
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def _fmt_ratio(a: Point | None, b: Point | None, attr: str = "energy_j") -> str:
+    if a is None or b is None:
+        return "-"
+    return f"{getattr(a, attr) / getattr(b, attr):.2f}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scenario's comparison at matched attainment (frontier points, None where none reached it)."""
+
+    scenario: str
+    best: dict[str, float]  # highest attainment reached per policy
+    at: dict[tuple[str, float], Point | None]  # (policy, level) -> frontier point
+    bound_j: float | None
+
+    def ratio(self, policy: str, level: float, attr: str = "energy_j", vs: str = "hpa") -> float | None:
+        a, b = self.at.get((policy, level)), self.at.get((vs, level))
+        return None if a is None or b is None else float(getattr(a, attr) / getattr(b, attr))
+
+
+def rows(result: MatrixResult) -> list[Row]:
+    out = []
+    for key in result.keys:
+        at: dict[tuple[str, float], Point | None] = {}
+        best: dict[str, float] = {}
+        for policy in ("hpa", "knative", "greenserve"):
+            pts = result.of(key.name, policy)
+            best[policy] = max((p.attainment for p in pts), default=0.0)
+            for level in LEVELS:
+                at[(policy, level)] = frontier_energy(pts, level)
+        out.append(Row(key.name, best, at, result.bounds.get(key.name)))
+    return out
+
+
+def table(result: MatrixResult) -> str:
+    """Per scenario: each policy's best attainment; greenserve's energy against HPA-like's at 99%, 99.5%
+    and 99.9% on their frontiers; GPU-hours at 99.5%; Knative-like against HPA-like at 99.5%; greenserve
+    against the bound at 99.5%."""
+    head = (
+        f"{'scenario':<24}{'best SLO% hpa/kn/gs':>24}{'E gs/hpa@99':>13}{'@99.5':>7}{'@99.9':>7}"
+        f"{'GPUh@99.5':>11}{'E kn/hpa':>10}{'gs/bound':>10}"
+    )
+    lines = [
+        "Energy is SIMULATED (power model of policy/energy.py), not measured. Ratios at matched SLO "
+        "attainment: each policy's least energy over its knob settings that reached the level.",
+        head,
+    ]
+    for r in rows(result):
+        best = "/".join(f"{100 * r.best[p]:.2f}" for p in ("hpa", "knative", "greenserve"))
+        gs_bound = "-"
+        g = r.at[("greenserve", MATCH_LEVEL)]
+        if g is not None and r.bound_j:
+            gs_bound = f"{g.energy_j / r.bound_j:.2f}"
+        cells = [_fmt_ratio(r.at[("greenserve", lv)], r.at[("hpa", lv)]) for lv in LEVELS]
+        lines.append(
+            f"{r.scenario:<24}{best:>24}{cells[0]:>13}{cells[1]:>7}{cells[2]:>7}"
+            f"{_fmt_ratio(r.at[('greenserve', MATCH_LEVEL)], r.at[('hpa', MATCH_LEVEL)], 'gpu_hours'):>11}"
+            f"{_fmt_ratio(r.at[('knative', MATCH_LEVEL)], r.at[('hpa', MATCH_LEVEL)]):>10}{gs_bound:>10}"
+        )
+    lines.append("('-': a policy did not reach that attainment at any of its settings)")
+    return "\n".join(lines)
+
+
+def summary(result: MatrixResult) -> str:
+    """The matched-99.5% findings in plain words."""
+    rs = rows(result)
+    matched = [r for r in rs if r.ratio("greenserve", MATCH_LEVEL) is not None]
+    worse = [r.scenario for r in matched if (r.ratio("greenserve", MATCH_LEVEL) or 0) > 1.0]
+    no_gs = [r.scenario for r in rs if r.at[("greenserve", MATCH_LEVEL)] is None]
+    no_hpa = [r.scenario for r in rs if r.at[("hpa", MATCH_LEVEL)] is None]
+    far = [
+        r.scenario
+        for r in rs
+        if r.at[("greenserve", MATCH_LEVEL)] is not None
+        and r.bound_j
+        and r.at[("greenserve", MATCH_LEVEL)].energy_j > 1.25 * r.bound_j  # type: ignore[union-attr]
+    ]
+    ratios = [r.ratio("greenserve", MATCH_LEVEL) or 0.0 for r in matched]
+    lines = [
+        f"at matched 99.5%: {len(matched)} of {len(rs)} scenarios comparable; greenserve/HPA-like energy "
+        + (f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-")
+        + f"; more energy than HPA-like on {len(worse)}"
+        + (f" ({', '.join(worse)})" if worse else ""),
+        f"greenserve reached 99.5% nowhere on: {', '.join(no_gs) or 'none'}",
+        f"HPA-like reached 99.5% nowhere on: {', '.join(no_hpa) or 'none'}",
+        f"greenserve above 1.25x the bound at 99.5%: {', '.join(far) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: MatrixResult, out: Path) -> list[Path]:
+    """matrix-frontiers.png (energy against attainment per policy and scenario, the bound at 99.5%) and
+    matrix-ratios.png (greenserve against HPA-like and the bound at matched 99.5%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    keys = result.keys
+    cols = min(5, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.8 * nrows), squeeze=False)
+    colors = {"hpa": "tab:blue", "knative": "tab:orange", "greenserve": "tab:green"}
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for policy, color in colors.items():
+            pts = sorted(result.of(key.name, policy), key=lambda p: p.attainment)
+            ax.plot(
+                [100 * p.attainment for p in pts],
+                [joules_to_kwh(p.energy_j) for p in pts],
+                "o-",
+                color=color,
+                ms=3,
+                lw=1,
+                label=policy,
+            )
+        b = result.bounds.get(key.name)
+        if b:
+            ax.plot([100 * MATCH_LEVEL], [joules_to_kwh(b)], "k*", ms=8, label="bound")
+        ax.set_xlim(98.0, 100.0)
+        ax.set_title(key.name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("energy (kWh, SIMULATED) against SLO attainment (%), one point per knob setting")
+    fig.tight_layout()
+    paths = [out / "matrix-frontiers.png"]
+    fig.savefig(paths[0], dpi=90)
+    plt.close(fig)
+
+    rs = rows(result)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rs)), 4.5))
+    x = np.arange(len(rs))
+    vs_hpa = [r.ratio("greenserve", MATCH_LEVEL) or np.nan for r in rs]
+    vs_bound = [
+        (p.energy_j / r.bound_j)
+        if (p := r.at[("greenserve", MATCH_LEVEL)]) is not None and r.bound_j
+        else np.nan
+        for r in rs
+    ]
+    ax.bar(x - 0.2, vs_hpa, 0.4, label="greenserve / HPA-like energy")
+    ax.bar(x + 0.2, vs_bound, 0.4, label="greenserve / bound")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(1.25, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [r.scenario for r in rs], rotation=70, fontsize=7)
+    ax.set_ylabel("ratio at matched 99.5% (SIMULATED)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "matrix-ratios.png")
+    fig.savefig(paths[1], dpi=90)
+    plt.close(fig)
+    return paths

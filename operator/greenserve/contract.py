@@ -299,6 +299,13 @@ OP_MOVES: Final = MetricSpec(
     (*_MSVC_LABELS, "reason"),
     "Replicas moved (make-before-break) by consolidation.",
 )
+OP_PASSES: Final = MetricSpec(
+    PREFIX + "operator_passes_total",
+    "counter",
+    "",
+    ("loop",),
+    "Completed passes of the operator's loops (loop resync: one ModelService; consolidation: the cluster).",
+)
 OPERATOR_METRICS: Final = (
     OP_POWER,
     OP_ENERGY,
@@ -310,4 +317,5 @@ OPERATOR_METRICS: Final = (
     OP_METRICS_STALE,
     OP_SCALE_DECISIONS,
     OP_MOVES,
+    OP_PASSES,
 )

@@ -180,7 +180,7 @@ async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
 
     await eventually(recorded, 30, what="ConsolidationMove and ReplicaMoved events")
     # The move is closed in status; a later pass plans nothing more for these nodes (idempotent).
-    await asyncio.sleep(8)
+    await consolidating_operator.wait_passes("consolidation", 3)
     pods = await pods_of(kube, namespace, "small")
     assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == full
     assert consolidating_operator.alive
@@ -216,7 +216,7 @@ async def test_operator_killed_mid_move_finishes_it_after_restart(
     assert watch.min_ready >= 1, "the restart dropped the service below its ready replicas"
     assert watch.max_pods == 2, "a restart must not start a second replacement"
     assert await watch.other_node_empty()
-    await asyncio.sleep(6)  # converged: one replica, no move left in status
+    await consolidating_operator.wait_passes("consolidation", 3)  # converged: one replica, no move left
     pods = await pods_of(kube, namespace, "small")
     assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == full
     assert (await kube.get(MODELSERVICES, "small", namespace))["status"].get("move") is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -159,8 +158,8 @@ async def test_unsupported_storage_is_reported_not_retried(
     ready = await eventually(reported, 60, what="Ready=False/UnsupportedStorageUri")
     assert ready["status"] == "False" and "hdfs" in ready["message"]
     assert await kube.get_or_none(DEPLOYMENTS, "hdfs", namespace) is None
-    # Several resync periods later: the operator is alive and posted the warning once, not on every pass.
-    await asyncio.sleep(10)
+    # Several resync passes later: the operator is alive and posted the warning once, not on every pass.
+    await operator.wait_passes("resync", 3)
     assert operator.alive
     events = await kube.list_objects(EVENTS, namespace, field_selector="involvedObject.name=hdfs")
     warnings = [e for e in events if e["reason"] == cond.REASON_UNSUPPORTED_STORAGE]
@@ -296,6 +295,6 @@ async def test_no_metrics_holds_replicas_and_says_so(
     assert metrics is not None and metrics["status"] == "False"
     assert scaling is not None and scaling["reason"] == "Hold:MetricsMissing"
     assert msvc["status"].get("powerWatts") is None  # unknown is blank, never 0
-    await asyncio.sleep(8)  # several resync periods: still one replica, min 0 notwithstanding
+    await operator.wait_passes("resync", 3)  # looked again three times: still one replica, min 0 or not
     dep = await kube.get(DEPLOYMENTS, "blind", namespace)
     assert dep["spec"]["replicas"] == 1

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenserve import contract as k
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -70,6 +75,7 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_port = _free_port()
 
     def start(self) -> None:
         self.starts += 1
@@ -77,7 +83,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "GREENSERVE_RECONCILE_INTERVAL": "3",
-            "GREENSERVE_METRICS_PORT": "0",
+            "GREENSERVE_METRICS_PORT": str(self.metrics_port),
             "GREENSERVE_CONSOLIDATION": "false",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
@@ -105,12 +111,43 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def passes(self, loop: str) -> float:
+        """Completed passes of one of the operator's loops (`resync` or `consolidation`), from its own
+        metrics endpoint; 0 before the endpoint is up."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == k.OP_PASSES.name and sample.labels.get("loop") == loop:
+                    return float(sample.value)
+        return 0.0
+
+    async def wait_passes(self, loop: str, count: int, timeout: float = 60.0) -> None:
+        """Wait until `count` more passes of `loop` have completed: for negative assertions ("nothing
+        changes"), which need the operator to have looked again, not a guessed sleep."""
+        start = self.passes(loop)
+
+        async def done() -> bool:
+            return self.passes(loop) >= start + count
+
+        await eventually(done, timeout, interval=0.2, what=f"{count} more {loop} passes")
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rbac_denials(logs: str) -> list[str]:

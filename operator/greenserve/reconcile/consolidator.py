@@ -419,6 +419,12 @@ class Consolidator:
         return out
 
     async def run_once(self, now: float) -> pc.ConsolidationPlan | None:
+        plan = await self._pass(now)
+        if self.metrics is not None:
+            self.metrics.record_pass("consolidation")
+        return plan
+
+    async def _pass(self, now: float) -> pc.ConsolidationPlan | None:
         msvcs = await self._list(MODELSERVICES)
         pods = await self._list(PODS)
         nodes = await self.kube.list_objects(NODES)

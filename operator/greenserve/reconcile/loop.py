@@ -71,7 +71,10 @@ async def _read_metrics(deps: LoopDeps, ns: str, name: str, pods: list[PodRef]) 
 
 async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
     # Decide from the live status: the stabilisation state and replica count we wrote last time.
-    return await rec.under_lock(deps.kube, body, lambda live: _resync_locked(deps, live))
+    outcome = await rec.under_lock(deps.kube, body, lambda live: _resync_locked(deps, live))
+    if deps.metrics is not None:
+        deps.metrics.record_pass("resync")
+    return outcome
 
 
 async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:

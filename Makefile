@@ -1,5 +1,5 @@
 # greenserve developer commands. `make demo` and `make test` are the README's two commands.
-.PHONY: demo test unit cluster-up cluster-down lint crd bench
+.PHONY: demo test unit cluster-up cluster-down lint crd bench images
 
 demo:            ## local control plane + operator + example ModelService becoming Ready
 	bash tests/harness/demo.sh
@@ -18,6 +18,9 @@ cluster-down:
 
 lint:
 	V=$$(bash tests/harness/venv.sh); $$V/bin/ruff check . && $$V/bin/mypy && PYTHONPATH=operator:serving-image $$V/bin/lint-imports
+
+images:          ## operator image + serving image (CPU test variant) as OCI archives in ~/.cache/greenserve/images
+	bash tests/harness/images.sh
 
 crd:             ## regenerate crds/ from the API types
 	$$(bash tests/harness/venv.sh)/bin/python -m greenserve.api.crdgen

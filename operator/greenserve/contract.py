@@ -193,6 +193,12 @@ TFS_LABEL_ENTRYPOINT: Final = "entrypoint"
 TFS_LATENCY_UNIT_S: Final = 1e-6  # request_latency is in microseconds
 TFS_LATENCY_BUCKETS_US: Final = tuple(10.0 * 1.8**i for i in range(32))  # plus +Inf
 TFS_MONITORING_PATH: Final = "/monitoring/prometheus/metrics"
+# TF Serving exports nothing without --monitoring_config_file naming this (text-format MonitoringConfig).
+# The operator's pods get it from their ConfigMap; the serving image ships the same file
+# (serving-image/monitoring.config).
+TFS_MONITORING_CONFIG: Final = (
+    'prometheus_config {\n  enable: true,\n  path: "' + TFS_MONITORING_PATH + '"\n}\n'
+)
 
 # --- NVIDIA DCGM exporter (read by the operator, never exported by greenserve) --------------------------
 DCGM_POWER: Final = "DCGM_FI_DEV_POWER_USAGE"  # gauge, W
@@ -205,6 +211,10 @@ DCGM_HOST_LABELS: Final = ("Hostname", "hostname")
 DCGM_LABEL_UUID: Final = "UUID"
 DCGM_LABEL_GPU: Final = "gpu"
 DCGM_LABEL_MODEL_NAME: Final = "modelName"
+# dcgm-exporter's namespace/pod labels as Prometheus renames them when the scrape does not honor labels
+# (the GPU operator's ServiceMonitor): the target's own namespace/pod take the plain names.
+DCGM_LABEL_EXPORTED_NAMESPACE: Final = "exported_namespace"
+DCGM_LABEL_EXPORTED_POD: Final = "exported_pod"
 
 # --- agent environment and ports ----------------------------------------------------------------------
 AGENT_METRICS_PORT: Final = 9400

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 BackendKind = Literal["auto", "tfserving", "local"]
 SimulateMode = Literal["auto", "true", "false"]
 TFS_BINARY = "tensorflow_model_server"
-MONITORING_CONFIG = 'prometheus_config {\n  enable: true,\n  path: "' + k.TFS_MONITORING_PATH + '"\n}\n'
+MONITORING_CONFIG = k.TFS_MONITORING_CONFIG
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes.
 _SKIP_HEADERS = frozenset(
     h.lower()

@@ -241,7 +241,7 @@ def test_defaults_are_applied_by_the_api_server(kubectl: Kubectl, namespace: str
     import json
 
     stored = json.loads(kubectl.run("get", "msvc", "defaults", "-n", namespace, "-o", "json").stdout)["spec"]
-    assert stored["runtime"]["image"] == c.DEFAULT_TFS_IMAGE
+    assert stored["runtime"]["image"] == c.DEFAULT_SERVING_IMAGE
     assert stored["runtime"]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     assert stored["gpu"]["count"] == 1 and stored["gpu"]["tolerations"][0]["key"] == c.GPU_RESOURCE
     assert stored["scaling"]["scaleDownDelaySeconds"] == 300

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from greenserve import __version__
+
 GROUP: Final = "greenserve.io"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -38,5 +40,10 @@ TFS_GRPC_PORT: Final = 8500
 TFS_REST_PORT: Final = 8501
 AGENT_METRICS_PORT: Final = 9400
 
-# The pinned default runtime; the GPU build of the same TF Serving release as the serving image.
-DEFAULT_TFS_IMAGE: Final = "tensorflow/serving:2.18.0-gpu"
+# The one registry of both images (.github/workflows/release.yaml, the chart, the Dockerfiles).
+IMAGE_REGISTRY: Final = "ghcr.io/greenserve"
+# The pinned default runtime: greenserve's serving image of this release (serving-image/Dockerfile: TF
+# Serving's GPU build with the agent on :9400). Plain tensorflow/serving has no agent, so no request rate.
+DEFAULT_SERVING_IMAGE: Final = f"{IMAGE_REGISTRY}/greenserve-serving:{__version__}"
+# The non-root user of both images; serving pods run as it whatever the image's own USER is.
+RUNTIME_UID: Final = 65532

@@ -98,9 +98,10 @@ class RuntimeSpec(_Model):
         Field(
             min_length=1,
             max_length=512,
-            description="TF Serving image; a -gpu build when spec.gpu.count > 0.",
+            description="Model-server image: greenserve's serving image (TF Serving with the greenserve "
+            "agent) or one built FROM it; a GPU build when spec.gpu.count > 0.",
         ),
-    ] = constants.DEFAULT_TFS_IMAGE
+    ] = constants.DEFAULT_SERVING_IMAGE
     resources: Resources = Field(default_factory=Resources)
     batching: Batching = Field(default_factory=Batching)
 

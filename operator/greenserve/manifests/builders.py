@@ -11,11 +11,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from greenserve import contract
 from greenserve.api import constants as c
 from greenserve.api.v1alpha1 import ModelServiceSpec
 from greenserve.manifests.storage import ModelStorage, resolve
 
-BATCHING_FILE = "/etc/greenserve/batching.config"
+# The pod's ConfigMap is mounted here (it shadows the serving image's own copy of monitoring.config).
+CONFIG_DIR = "/etc/greenserve"
+BATCHING_FILE = f"{CONFIG_DIR}/batching.config"
+MONITORING_FILE = f"{CONFIG_DIR}/monitoring.config"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,21 @@ def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
     return out
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security "restricted": non-root (as the images' uid, also for an image whose USER is root),
+    the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": c.RUNTIME_UID,
+        "runAsGroup": c.RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
     name = spec.model.name
     args = [
@@ -118,11 +137,12 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
         f"--rest_api_port={c.TFS_REST_PORT}",
         f"--model_name={name}",
         f"--model_base_path={storage.base_path}",
+        # TF Serving's request metrics (Prometheus endpoint) are off without it.
+        f"--monitoring_config_file={MONITORING_FILE}",
     ]
-    mounts = list(storage.mounts)
+    mounts = [*storage.mounts, {"name": "greenserve-config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if spec.runtime.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_FILE}"]
-        mounts.append({"name": "greenserve-config", "mountPath": "/etc/greenserve", "readOnly": True})
     container: dict[str, Any] = {
         "name": "tfserving",
         "image": spec.runtime.image,
@@ -130,17 +150,29 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
         "ports": [
             {"name": "grpc", "containerPort": c.TFS_GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": c.TFS_REST_PORT, "protocol": "TCP"},
+            # The agent's /metrics; PodMonitors and scrape configs select the port by this name.
+            {"name": "metrics", "containerPort": c.AGENT_METRICS_PORT, "protocol": "TCP"},
         ],
         "resources": _resources(spec),
+        "securityContext": container_security_context(),
         # The model status endpoint answers 200 only once the model is known to the server.
         "readinessProbe": {
             "httpGet": {"path": f"/v1/models/{name}", "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
-        # Model loading can take minutes on a cold GPU node; liveness only starts after this succeeds.
-        "startupProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5, "failureThreshold": 120},
-        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10, "failureThreshold": 6},
+        # Liveness is the agent's: it answers while the model server process runs (the local backend
+        # of the CPU test image has no gRPC port to probe). Model loading shows in readiness only.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
         "volumeMounts": mounts,
     }
     if spec.model.credentials_secret:
@@ -152,10 +184,9 @@ def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: Bui
     storage = resolve(spec.model.storage_uri)
     container = _container(spec, storage)
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}}
-    volumes = list(storage.volumes)
-    if spec.runtime.batching.enabled:
-        volumes.append({"name": "greenserve-config", "configMap": {"name": config_map_name(owner)}})
+    volumes = [*storage.volumes, {"name": "greenserve-config", "configMap": {"name": config_map_name(owner)}}]
     pod_spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
         "containers": [container],
         "tolerations": [t.model_dump(exclude_none=True) for t in spec.gpu.tolerations],
         "terminationGracePeriodSeconds": options.termination_grace_seconds,
@@ -254,11 +285,16 @@ def config_map_name(owner: Owner) -> str:
 
 
 def config_map(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
+    """TF Serving's config files: monitoring always (so any TF Serving image exports its request
+    metrics), batching when enabled."""
+    data = {"monitoring.config": contract.TFS_MONITORING_CONFIG}
+    if spec.runtime.batching.enabled:
+        data["batching.config"] = batching_config(spec)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(owner, config_map_name(owner)),
-        "data": {"batching.config": batching_config(spec)},
+        "data": data,
     }
 
 
@@ -271,8 +307,9 @@ def objects(
     owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions
 ) -> list[dict[str, Any]]:
     """Everything one ModelService owns, in apply order (config before the pods that mount it)."""
-    out: list[dict[str, Any]] = []
-    if spec.runtime.batching.enabled:
-        out.append(config_map(owner, spec))
-    out += [deployment(owner, spec, replicas, options), service(owner), pod_disruption_budget(owner)]
-    return out
+    return [
+        config_map(owner, spec),
+        deployment(owner, spec, replicas, options),
+        service(owner),
+        pod_disruption_budget(owner),
+    ]

@@ -17,7 +17,7 @@ def spec(**overrides: Any) -> dict[str, Any]:
 
 def test_defaults() -> None:
     s = parse_spec(spec())
-    assert s.runtime.image == constants.DEFAULT_TFS_IMAGE
+    assert s.runtime.image == constants.DEFAULT_SERVING_IMAGE
     assert s.gpu.count == 1
     assert s.gpu.tolerations[0].key == constants.GPU_RESOURCE
     assert (s.scaling.min_replicas, s.scaling.max_replicas) == (1, 4)

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from greenserve import contract
+from greenserve.api.v1alpha1 import parse_spec
+from greenserve.manifests import builders
 from support.chart import CHART, helm, kube_version, render
 from support.paths import REPO
 
@@ -77,6 +79,7 @@ def test_ci_values_cover_every_optional_feature() -> None:
         "binpack",
         "watchNamespaces",
         "serviceMonitor",
+        "podMonitor",
         "podDisruptionBudget",
         "priorityClassName",
         "basicAuth",
@@ -395,9 +398,63 @@ def test_optional_objects(helm_bin: Path) -> None:
     sm = one(objs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "kps"
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # The operator's series carry their own `namespace` label; without honorLabels Prometheus renames it.
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     assert sm["spec"]["selector"]["matchLabels"].items() <= one(objs, "Service")["metadata"]["labels"].items()
     defaults = render(helm_bin)
     assert not by_kind(defaults, "PodDisruptionBudget") and not by_kind(defaults, "ServiceMonitor")
+    assert not by_kind(defaults, "PodMonitor")
+
+
+@pytest.mark.parametrize("watch", [[], ["models", "team-b"]])
+def test_pod_monitor_scrapes_the_agents_named_port_with_the_operators_labels(
+    helm_bin: Path, watch: list[str]
+) -> None:
+    values: dict[str, Any] = {
+        "metrics.podMonitor.enabled": True,
+        "metrics.podMonitor.labels": {"release": "kube-prometheus-stack"},
+    }
+    if watch:
+        values["operator.watchNamespaces"] = watch
+    pm = one(render(helm_bin, values=values), "PodMonitor")
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert pm["spec"]["namespaceSelector"] == ({"matchNames": watch} if watch else {"any": True})
+    # It selects what the operator's Deployment builder puts on serving pods.
+    owner = builders.Owner(name="resnet", namespace="models", uid="1")
+    spec = parse_spec({"model": {"name": "resnet", "storageUri": "pvc://models/resnet"}})
+    template = builders.deployment(owner, spec, 1, builders.BuildOptions())["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    selector = pm["spec"]["selector"]
+    assert selector["matchLabels"].items() <= pod_labels.items()
+    for expr in selector["matchExpressions"]:
+        assert expr["operator"] == "Exists" and expr["key"] in pod_labels
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    assert ports[endpoint["port"]] == contract.AGENT_METRICS_PORT
+    assert endpoint["path"] == contract.AGENT_METRICS_PATH
+    assert endpoint["honorLabels"] is True
+    # namespace and pod come from prometheus-operator; node and modelservice from these relabelings,
+    # the same meta labels as the plain-Prometheus job.
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    job = {
+        r["target_label"]: r["source_labels"]
+        for r in contract.kubernetes_pod_scrape_config()["relabel_configs"]
+        if "target_label" in r
+    }
+    assert targets == {
+        contract.LABEL_MODELSERVICE: job[contract.LABEL_MODELSERVICE],
+        contract.LABEL_NODE: job[contract.LABEL_NODE],
+    }
+
+
+def test_plain_prometheus_scrape_job_in_the_chart_docs_is_the_contracts() -> None:
+    path = CHART / "docs" / "prometheus-scrape-config.yaml"
+    shipped = yaml.safe_load(path.read_text())
+    (job,) = shipped["scrape_configs"]
+    assert job == contract.kubernetes_pod_scrape_config(interval=job["scrape_interval"]), (
+        f"{path} differs from greenserve.contract.kubernetes_pod_scrape_config(): regenerate it"
+    )
+    assert job["scrape_interval"] == "15s"
 
 
 # --- RBAC

@@ -37,17 +37,26 @@ DCGM_POWER_W = 123.5
 
 class FakeDcgm:
     """dcgm-exporter's exposition: one GPU with the old `Hostname` label serving pod svc-b-0, one idle GPU
-    with the new `hostname` label. The energy counter (mJ) integrates the constant power."""
+    with the new `hostname` label. The energy counter (mJ) integrates the constant power. ``exported``
+    serves the GPU operator's node instead: a GPU of node-5 serving svc-c-0 (hostname label) and an idle
+    one, scraped without honor_labels."""
 
-    def __init__(self) -> None:
+    def __init__(self, exported: bool = False) -> None:
         self.t0 = time.time()
+        self.exported = exported
 
     def text(self) -> str:
         mj = 5e9 + DCGM_POWER_W * (time.time() - self.t0) * 1000
-        a = 'gpu="0",UUID="GPU-d0",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",Hostname="node-3",'
-        a += f'namespace="{NS}",pod="svc-b-0",container="tfserving"'
-        b = 'gpu="1",UUID="GPU-d1",device="nvidia1",modelName="NVIDIA L4",hostname="node-4",'
-        b += 'namespace="",pod=""'
+        if self.exported:
+            a = 'gpu="0",UUID="GPU-e0",device="nvidia0",modelName="NVIDIA L4",hostname="node-5",'
+            a += f'namespace="{NS}",pod="svc-c-0",container="tfserving"'
+            b = 'gpu="1",UUID="GPU-e1",device="nvidia1",modelName="NVIDIA L4",hostname="node-5",'
+            b += 'namespace="",pod=""'
+        else:
+            a = 'gpu="0",UUID="GPU-d0",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",Hostname="node-3",'
+            a += f'namespace="{NS}",pod="svc-b-0",container="tfserving"'
+            b = 'gpu="1",UUID="GPU-d1",device="nvidia1",modelName="NVIDIA L4",hostname="node-4",'
+            b += 'namespace="",pod=""'
         return (
             f"# TYPE {k.DCGM_POWER} gauge\n{k.DCGM_POWER}{{{a}}} {DCGM_POWER_W}\n{k.DCGM_POWER}{{{b}}} 16.0\n"
             f"# TYPE {k.DCGM_ENERGY} counter\n{k.DCGM_ENERGY}{{{a}}} {mj:.0f}\n{k.DCGM_ENERGY}{{{b}}} 42\n"
@@ -92,6 +101,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "svc-a-1": start_agent(base, root / "a1.log", "--agent-simulated-gpu-count=2"),
     }
     dcgm = serve_dcgm(FakeDcgm())
+    gpu_operator_dcgm = serve_dcgm(FakeDcgm(exported=True))
     prom = None
     try:
         for agent in agents.values():
@@ -114,12 +124,28 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "honor_labels": True,  # keep the exporter's pod/namespace labels
                     "static_configs": [{"targets": [f"127.0.0.1:{dcgm.server_address[1]}"]}],
                 },
+                {
+                    # The GPU operator's ServiceMonitor: no honorLabels, and the target's own namespace
+                    # and pod, so the exporter's become exported_namespace/exported_pod.
+                    "job_name": "gpu-operator/nvidia-dcgm-exporter",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{gpu_operator_dcgm.server_address[1]}"],
+                            "labels": {
+                                "namespace": "gpu-operator",
+                                "pod": "nvidia-dcgm-exporter-x7k2p",
+                                "service": "nvidia-dcgm-exporter",
+                                "endpoint": "gpu-metrics",
+                            },
+                        }
+                    ],
+                },
             ],
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             health = prom.targets_up()
-            if len(health) == 3 and set(health.values()) == {"up"}:
+            if len(health) == 4 and set(health.values()) == {"up"}:
                 break
             time.sleep(0.5)
         else:
@@ -131,6 +157,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         if prom is not None:
             prom.stop()
         dcgm.shutdown()
+        gpu_operator_dcgm.shutdown()
         for agent in agents.values():
             agent.stop()
 
@@ -231,6 +258,25 @@ async def test_dcgm_fallback(env: Env) -> None:
     # No TF Serving metrics for svc-b: traffic is missing, never zero.
     assert svc_b.requests_per_s is None and svc_b.joules_per_request is None
     assert "requests" in svc_b.missing
+
+
+async def test_dcgm_behind_the_gpu_operators_service_monitor_exported_labels(env: Env) -> None:
+    src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    try:
+        raw = await src.query(f'{k.DCGM_POWER}{{hostname="node-5"}}')
+        svc_c = await src.service_metrics(NS, "svc-c", [PodRef(NS, "svc-c-0")])
+    finally:
+        await src.close()
+    # The premise: Prometheus renamed the exporter's labels.
+    served = next(s.labels for s in raw if s.labels.get(k.DCGM_LABEL_UUID) == "GPU-e0")
+    assert served["namespace"] == "gpu-operator"
+    assert (served["exported_namespace"], served["exported_pod"]) == (NS, "svc-c-0")
+    assert svc_c.source == "prometheus/dcgm"
+    assert svc_c.power_w == pytest.approx(DCGM_POWER_W)  # the serving GPU only, not the idle one
+    assert svc_c.gpus == 1 and svc_c.replicas_reporting == 1 and not svc_c.stale
+    assert svc_c.gpu_utilization == pytest.approx(0.8)
+    assert svc_c.energy_window_j == pytest.approx(DCGM_POWER_W * WINDOW_S, rel=0.1)
+    assert not [m for m in svc_c.missing if m.startswith("pod:")]
 
 
 async def test_missing_and_stale_are_reported_not_zero(env: Env) -> None:

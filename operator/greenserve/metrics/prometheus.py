@@ -322,18 +322,38 @@ class PrometheusSource:
         )
 
     async def _dcgm_service(self, namespace: str, name: str, pods: Sequence[PodRef]) -> ServiceMetrics:
-        sel = {k.LABEL_NAMESPACE: namespace, k.LABEL_POD: pods_regex(pods)}
+        # dcgm-exporter writes the pod a GPU is allocated to as namespace/pod. Scraped with honor_labels
+        # they stay so; through a ServiceMonitor without honorLabels (the GPU operator's) Prometheus moves
+        # them to exported_namespace/exported_pod and puts the exporter's own pod in namespace/pod.
+        # Each query reads both forms (a series has one of them for a given serving pod).
+        regex = pods_regex(pods)
+        sel = {k.LABEL_NAMESPACE: namespace, k.LABEL_POD: regex}
+        exported = {k.DCGM_LABEL_EXPORTED_NAMESPACE: namespace, k.DCGM_LABEL_EXPORTED_POD: regex}
+
+        def vector(metric: str) -> str:
+            return f"({selector(metric, **sel)} or {selector(metric, **exported)})"
+
+        def each(fn: str, metric: str) -> str:
+            # Range functions need plain selectors: apply fn to each form, then join them.
+            return f"({fn.format(selector(metric, **sel))} or {fn.format(selector(metric, **exported))})"
+
         w = self._window
-        power = selector(k.DCGM_POWER, **sel)
+        power = vector(k.DCGM_POWER)
+        exported_pods = selector(k.DCGM_POWER, **exported)
         q = {
             "power": f"sum({power})",
             "gpus": f"count({power})",
-            "pods": f"count by ({k.LABEL_POD}) ({power})",
-            "stamp": f"min(timestamp({power}))",
-            "energy_window": (
-                f"sum(increase({selector(k.DCGM_ENERGY, **sel)}[{w}])) * {k.DCGM_ENERGY_UNIT_J}"
+            "pods": (
+                f"count by ({k.LABEL_POD}) ({selector(k.DCGM_POWER, **sel)}) or label_replace("
+                f'count by ({k.DCGM_LABEL_EXPORTED_POD}) ({exported_pods}), "{k.LABEL_POD}", "$1", '
+                f'"{k.DCGM_LABEL_EXPORTED_POD}", "(.+)")'
             ),
-            "utilization": f"avg({selector(k.DCGM_GPU_UTIL, **sel)}) * {k.DCGM_UTIL_UNIT_RATIO}",
+            # timestamp() of a selector, not of an expression (that would be the evaluation time).
+            "stamp": f"min({each('timestamp({})', k.DCGM_POWER)})",
+            "energy_window": (
+                f"sum({each('increase({}[' + w + '])', k.DCGM_ENERGY)}) * {k.DCGM_ENERGY_UNIT_J}"
+            ),
+            "utilization": f"avg({vector(k.DCGM_GPU_UTIL)}) * {k.DCGM_UTIL_UNIT_RATIO}",
             # TF Serving's metrics come from the pods' own scrape (agent or plain TF Serving).
             **self._traffic_queries({k.LABEL_NAMESPACE: namespace, k.LABEL_POD: pods_regex(pods)}),
         }

@@ -2,16 +2,15 @@
 
 It covers what the operator needs (get, list, server-side apply, merge patch, status patch, delete) with
 one error type, instead of a generated client whose per-kind methods hide the REST semantics this operator
-relies on (apply field managers, 404/409 handling).
+relies on (apply field managers, 404/409 handling). Credentials come from the Kubernetes client's own
+loaders through cluster/credentials.py, the source kopf logs in with too.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import yaml
 
 from greenserve.api import constants
+from greenserve.cluster.credentials import Credentials, KubeAuth, KubeAuthError
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+__all__ = ["ApiError", "Credentials", "KubeAuth", "KubeAuthError", "KubeClient", "Resource"]
 
 
 class ApiError(Exception):
@@ -43,77 +42,15 @@ class ApiError(Exception):
         return self.status == 409
 
 
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    token: str | None = None
-    token_file: str | None = None
-    insecure: bool = False
-    impersonate: str | None = None
+def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | None = None) -> KubeAuth:
+    """Credentials from a kubeconfig (the given file, else KUBECONFIG, else ~/.kube/config), for the current
+    or the named context, through the Kubernetes client's loader (exec plugins included)."""
+    return KubeAuth(path or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config", context)
 
 
-def _materialise(data_b64: str | None, path: str | None, base: Path, suffix: str) -> str | None:
-    if data_b64:
-        handle = tempfile.NamedTemporaryFile(prefix="greenserve-", suffix=suffix, delete=False)  # noqa: SIM115
-        with handle:
-            handle.write(base64.b64decode(data_b64))
-        return handle.name
-    if path:
-        return str((base / path).resolve()) if not os.path.isabs(path) else path
-    return None
-
-
-def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | None = None) -> Credentials:
-    """Credentials from a kubeconfig (KUBECONFIG or ~/.kube/config), for the current or the named context."""
-    raw_path = (
-        path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config"
-    )
-    cfg_path = Path(raw_path)
-    cfg = yaml.safe_load(cfg_path.read_text())
-    base = cfg_path.parent
-    ctx_name = context or cfg.get("current-context")
-    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    user: dict[str, Any] = {}
-    for entry in cfg.get("users") or []:
-        if entry["name"] == ctx.get("user"):
-            user = entry.get("user") or {}
-    return Credentials(
-        server=cluster["server"].rstrip("/"),
-        ca_file=_materialise(
-            cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base, ".crt"
-        ),
-        cert_file=_materialise(
-            user.get("client-certificate-data"), user.get("client-certificate"), base, ".crt"
-        ),
-        key_file=_materialise(user.get("client-key-data"), user.get("client-key"), base, ".key"),
-        token=user.get("token"),
-        token_file=user.get("tokenFile"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-    )
-
-
-def load_in_cluster() -> Credentials:
-    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    if ":" in host:
-        host = f"[{host}]"
-    # The projected token rotates; it is re-read on every request.
-    return Credentials(
-        server=f"https://{host}:{port}", ca_file=str(SA_DIR / "ca.crt"), token_file=str(SA_DIR / "token")
-    )
-
-
-def load_credentials() -> Credentials:
-    if (
-        "KUBERNETES_SERVICE_HOST" in os.environ
-        and (SA_DIR / "token").exists()
-        and not os.environ.get("KUBECONFIG")
-    ):
-        return load_in_cluster()
-    return load_kubeconfig()
+def load_credentials() -> KubeAuth:
+    """In-cluster config in a pod, else the kubeconfig (see cluster/credentials.py)."""
+    return KubeAuth()
 
 
 @dataclass(frozen=True)
@@ -164,40 +101,57 @@ def resource_for(obj: Mapping[str, Any]) -> Resource:
 
 
 class KubeClient:
-    """One aiohttp session to the API server. Use as an async context manager, or call close()."""
+    """One aiohttp session to the API server. Use as an async context manager, or call close().
 
-    def __init__(self, creds: Credentials | None = None, timeout_s: float = 30.0) -> None:
-        self.creds = creds or load_credentials()
+    ``source`` is fixed ``Credentials`` or a ``KubeAuth`` (default: in-cluster, else the kubeconfig) asked
+    before every request, so rotated tokens and renewed exec-plugin credentials are picked up; a 401 asks
+    it for fresh credentials once and retries.
+    """
+
+    def __init__(self, source: Credentials | KubeAuth | None = None, timeout_s: float = 30.0) -> None:
+        self.auth: KubeAuth | None = None if isinstance(source, Credentials) else (source or KubeAuth())
+        self._static = source if isinstance(source, Credentials) else None
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._session_tls: tuple[str | None, str | None, str | None, bool] | None = None
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.creds.server.startswith("https"):
+    async def credentials(self, *, fresh: bool = False) -> Credentials:
+        if self._static is not None:
+            return self._static
+        assert self.auth is not None
+        return await self.auth.credentials(fresh=fresh)
+
+    @staticmethod
+    def _ssl(creds: Credentials) -> ssl.SSLContext | bool:
+        if not creds.server.startswith("https"):
             return False
-        ctx = ssl.create_default_context(cafile=self.creds.ca_file)
-        if self.creds.insecure:
+        ctx = ssl.create_default_context(cafile=creds.ca_file)
+        if creds.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        if self.creds.cert_file and self.creds.key_file:
-            ctx.load_cert_chain(self.creds.cert_file, self.creds.key_file)
+        if creds.cert_file and creds.key_file:
+            ctx.load_cert_chain(creds.cert_file, creds.key_file)
         return ctx
 
-    async def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    async def _session_(self, creds: Credentials) -> aiohttp.ClientSession:
+        # A new client certificate or CA (an exec plugin's, say) needs a new connection pool.
+        if self._session is not None and (self._session.closed or self._session_tls != creds.tls_key):
+            await self._session.close()
+            self._session = None
+        if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl()), timeout=self._timeout
+                connector=aiohttp.TCPConnector(ssl=self._ssl(creds)), timeout=self._timeout
             )
+            self._session_tls = creds.tls_key
         return self._session
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
+    @staticmethod
+    def _headers(creds: Credentials, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        token = self.creds.token
-        if self.creds.token_file:
-            token = Path(self.creds.token_file).read_text().strip()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if self.creds.impersonate:
-            headers["Impersonate-User"] = self.creds.impersonate
+        if creds.authorization:
+            headers["Authorization"] = creds.authorization
+        if creds.impersonate:
+            headers["Impersonate-User"] = creds.impersonate
         if content_type:
             headers["Content-Type"] = content_type
         return headers
@@ -210,22 +164,27 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         content_type: str | None = "application/json",
     ) -> dict[str, Any]:
-        session = await self._session_()
-        url = self.creds.server + path + ("?" + urlencode(params) if params else "")
         data = None if body is None else json.dumps(body)
-        async with session.request(
-            method, url, data=data, headers=self._headers(content_type if data else None)
-        ) as r:
-            text = await r.text()
-            payload: dict[str, Any] = json.loads(text) if text and text.lstrip().startswith("{") else {}
-            if r.status >= 400:
-                raise ApiError(
-                    r.status,
-                    str(payload.get("reason") or r.reason),
-                    str(payload.get("message") or text),
-                    payload,
-                )
-            return payload
+        for attempt in (0, 1):
+            creds = await self.credentials(fresh=attempt > 0)
+            session = await self._session_(creds)
+            url = creds.server + path + ("?" + urlencode(params) if params else "")
+            async with session.request(
+                method, url, data=data, headers=self._headers(creds, content_type if data else None)
+            ) as r:
+                text = await r.text()
+                if r.status == 401 and attempt == 0 and self.auth is not None:
+                    continue  # expired or revoked: once more with credentials loaded afresh
+                payload: dict[str, Any] = json.loads(text) if text and text.lstrip().startswith("{") else {}
+                if r.status >= 400:
+                    raise ApiError(
+                        r.status,
+                        str(payload.get("reason") or r.reason),
+                        str(payload.get("message") or text),
+                        payload,
+                    )
+                return payload
+        raise AssertionError("unreachable")  # the second attempt always returns or raises
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.request("GET", res.path(namespace, name))

@@ -1,4 +1,4 @@
-"""Operator startup and cleanup: kopf settings and the shared dependencies in memo."""
+"""Operator login, startup and cleanup: kopf settings and the shared dependencies in memo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
+from greenserve.cluster.credentials import KubeAuth, KubeAuthError
 from greenserve.config import OperatorConfig
 from greenserve.handlers import consolidation
 from greenserve.metrics.base import MetricsSource
@@ -60,6 +61,35 @@ def _operator_metrics(config: OperatorConfig) -> OperatorMetrics:
     return _OPERATOR_METRICS
 
 
+def kube_auth(memo: kopf.Memo) -> KubeAuth:
+    """The operator's one credential source (cluster/credentials.py), shared by kopf's login and the REST
+    client; created by whichever of the two handlers runs first (kopf starts them concurrently)."""
+    auth = memo.get("kube_auth")
+    if not isinstance(auth, KubeAuth):
+        auth = memo["kube_auth"] = KubeAuth()
+    return auth
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf calls this at start, after a 401 and once `expiration` passes: load afresh every time, so an
+    exec plugin runs again and a rotated ServiceAccount token is read again."""
+    try:
+        creds = await kube_auth(memo).credentials(fresh=True)
+    except KubeAuthError as exc:
+        raise kopf.LoginError(str(exc)) from exc
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_file,
+        insecure=creds.insecure,
+        scheme=creds.scheme if creds.token else None,
+        token=creds.token,
+        certificate_path=creds.cert_file,
+        private_key_path=creds.key_file,
+        expiration=creds.expires_at,
+    )
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Keep kopf's bookkeeping under our own API group, in annotations (status is ours to write).
@@ -74,7 +104,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 20
     config = OperatorConfig.from_env()
-    kube = KubeClient()
+    kube = KubeClient(kube_auth(memo))
     memo["config"] = config
     memo["kube"] = kube
     memo["loop"] = LoopDeps(

@@ -700,7 +700,13 @@ def test_dashboard_panels_are_well_formed() -> None:
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda v: v.name)
 def test_every_object_is_labelled_and_namespaced_correctly(helm_bin: Path, values: Path) -> None:
     objs = render(helm_bin, namespace="gs-ns", values_files=[values])
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterKopfPeering",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for obj in objs:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "greenserve"
@@ -711,3 +717,41 @@ def test_every_object_is_labelled_and_namespaced_correctly(helm_bin: Path, value
             assert obj["metadata"].get("namespace"), (
                 f"{obj['kind']}/{obj['metadata']['name']} has no namespace"
             )
+
+
+# --- admission policy
+
+
+def test_admission_policy_is_bound_to_the_operator_service_account(helm_bin: Path) -> None:
+    objs = render(helm_bin)
+    policy = one(objs, "ValidatingAdmissionPolicy")
+    binding = one(objs, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (who,) = [m for m in policy["spec"]["matchConditions"] if m["name"] == "is-the-operator"]
+    assert who["expression"].endswith('"system:serviceaccount:greenserve:greenserve"')
+    protected = [
+        v["expression"] for v in policy["spec"]["validations"] if "request.namespace in" in v["expression"]
+    ]
+    assert protected and '["kube-system","kube-public","kube-node-lease"]' in protected[0]
+
+
+def test_admission_policy_can_be_switched_off_or_to_warn(helm_bin: Path) -> None:
+    for values in ({"rbac.admissionPolicy.enabled": False}, {"rbac.create": False}):
+        kinds = {o["kind"] for o in render(helm_bin, values=values)}
+        assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
+    objs = render(helm_bin, values={"rbac.admissionPolicy.validationActions": ["Warn", "Audit"]})
+    assert one(objs, "ValidatingAdmissionPolicyBinding")["spec"]["validationActions"] == ["Warn", "Audit"]
+
+
+def test_operator_never_deletes_or_replaces_what_it_applies(helm_bin: Path) -> None:
+    """Writes are PATCH (server-side apply, merge patches); owned objects go with their ModelService
+    through the garbage collector, so no rule grants delete or update on them."""
+    for values in ({}, {"operator.watchNamespaces": ["a"]}):
+        for rule in _rules(render(helm_bin, values=values)):
+            if {"deployments", "services", "configmaps", "poddisruptionbudgets", "pods"} & set(
+                rule["resources"]
+            ):
+                assert not {"delete", "deletecollection", "update"} & set(rule["verbs"]), rule

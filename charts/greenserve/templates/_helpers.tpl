@@ -105,32 +105,30 @@ seccompProfile:
 
 {{/* Namespaced rules of the operator: a ClusterRole rule set (cluster-wide) or a Role in each watched namespace. */}}
 {{- define "greenserve.namespacedRules" -}}
+# Every verb below is one the operator sends; it writes with PATCH only (server-side apply, merge patches)
+# and never deletes (owned objects go with their ModelService through the garbage collector).
 # ModelServices: kopf watches them and patches its finalizer and progress annotations.
 - apiGroups: ["greenserve.io"]
   resources: ["modelservices"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 # The operator writes status (conditions, replicas, energy) through the status subresource.
 - apiGroups: ["greenserve.io"]
   resources: ["modelservices/status"]
-  verbs: ["get", "patch", "update"]
-# Serving Deployments are server-side applied; owned Deployments are watched for rollout progress.
+  verbs: ["get", "patch"]
+# Serving Deployments, Services, ConfigMaps (TF Serving batching) and PodDisruptionBudgets are server-side
+# applied (an apply that creates an object needs `create` as well as `patch`); Deployments are watched for
+# rollout progress. The admission policy limits these writes to objects greenserve manages.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Rollout and make-before-break moves read the ReplicaSets behind the Deployments.
-- apiGroups: ["apps"]
-  resources: ["replicasets"]
-  verbs: ["get", "list", "watch"]
-# Per-ModelService Service (REST/gRPC) and ConfigMap (TF Serving model and batching config).
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Per-ModelService PodDisruptionBudget.
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Serving pods: read for readiness and metrics scraping; patched with pod-deletion-cost and the node
-# autoscalers' do-not-disrupt / safe-to-evict annotations.
+# autoscalers' do-not-disrupt / safe-to-evict annotations (the admission policy: annotations only).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]

@@ -57,7 +57,7 @@ with_progress() {
     log "built $what in $((SECONDS - start)) s"
 }
 
-build_k8s() {
+build_k8s() {  # the k8s.io/kubernetes/cmd/... commands to build
     local dir="$WORK/k8s" minor="${K8S_VERSION#v1.}"
     minor="${minor%%.*}"
     local staging_v="v0.${K8S_VERSION#v1.}"
@@ -79,9 +79,9 @@ build_k8s() {
       -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor
       -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION
       -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-    (cd "$dir" && go build -trimpath -ldflags "$ldf" -o "$BIN/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    local cmds=() c
+    for c in "$@"; do cmds+=("k8s.io/kubernetes/cmd/$c"); done
+    (cd "$dir" && go build -trimpath -ldflags "$ldf" -o "$BIN/" "${cmds[@]}")
 }
 
 build_etcd() {
@@ -121,10 +121,20 @@ cmd_build() {
     [[ -x "$BIN/helm" ]] || { log "building helm $HELM_VERSION (cold)"; with_progress helm build_helm; }
     if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kubectl" ]]; then
         log "building Kubernetes $K8S_VERSION control plane (cold; several minutes on 2 cores)"
-        with_progress kubernetes build_k8s
+        with_progress kubernetes build_k8s kube-apiserver kube-controller-manager kube-scheduler kubectl
     fi
     [[ -x "$BIN/karpenter-kwok" ]] || { log "building Karpenter $KARPENTER_VERSION kwok provider (cold)"; with_progress karpenter build_karpenter; }
     log "binaries ready in $BIN ($((SECONDS - t0)) s)"
+}
+
+cmd_build_node() {
+    # The real node's kubelet and kube-proxy (tests/harness/real_node.sh), from the same module and
+    # ldflags as the control plane; only the tiers that start a real node need them.
+    cmd_build
+    if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-proxy" ]]; then
+        log "building kubelet and kube-proxy $K8S_VERSION (cold; a few minutes on 2 cores)"
+        with_progress "kubelet and kube-proxy" build_k8s kubelet kube-proxy
+    fi
 }
 
 gpu_node_manifest() {
@@ -188,6 +198,23 @@ options:
   etcdBinary: $BIN/etcd
   kubectlBinary: $BIN/kubectl
   kubeSchedulerConfig: $HERE/scheduler-mostallocated.yaml
+  # The kubernetes Service IP and the real node's bridge address (tests/harness/real_node.sh): pods on
+  # a real node reach the API server through the Service.
+  kubeApiserverCertSANs: [10.0.0.1, 10.244.7.1]
+componentsPatches:
+# The kubernetes Service's endpoint is the advertise address: the real node's bridge address, where its
+# pods reach the host. Listening on all addresses is what makes that address answer; this machine's
+# network is closed, and every request needs a client certificate or token.
+- name: kube-apiserver
+  extraArgs:
+  - {key: bind-address, value: 0.0.0.0, override: true}
+  - {key: advertise-address, value: 10.244.7.1}
+# kwok fakes only the nodes annotated kwok.x-k8s.io/node=fake (ours and Karpenter's kwok nodes), so a real
+# kubelet node beside them keeps its own lease and pod status. kwokctl passes --manage-all-nodes=true.
+- name: kwok-controller
+  extraArgs:
+  - {key: manage-all-nodes, value: "false", override: true}
+  - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
 EOF
     if "$BIN/kwokctl" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
         log "cluster $CLUSTER already exists; recreating"
@@ -206,6 +233,7 @@ EOF
 }
 
 cmd_down() {
+    if [[ -d "$STATE/node" ]]; then bash "$HERE/real_node.sh" down; fi
     cmd_karpenter_down quiet
     # The demo's background processes (tests/harness/demo_replay.py).
     for p in operator twin prometheus; do
@@ -250,11 +278,12 @@ cmd_karpenter_down() {
 
 case "${1:-}" in
 build) cmd_build ;;
+build-node) cmd_build_node ;;
 up) cmd_up ;;
 down) cmd_down ;;
 karpenter-up) cmd_karpenter_up ;;
 karpenter-down) cmd_karpenter_down ;;
 env) echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH" ;;
 bin) echo "$BIN" ;;
-*) echo "usage: $0 build|up|down|karpenter-up|karpenter-down|env|bin" >&2; exit 2 ;;
+*) echo "usage: $0 build|build-node|up|down|karpenter-up|karpenter-down|env|bin" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ test:            ## lint, type-check, unit and integration tests (starts and sto
 	bash tests/run.sh
 
 unit:            ## unit tests only, no control plane
-	$$(bash tests/harness/venv.sh)/bin/python -m pytest tests -m "not integration and not e2e and not gpu"
+	$$(bash tests/harness/venv.sh)/bin/python -m pytest tests -m "not integration and not e2e and not gpu and not realnode"
 
 cluster-up:
 	bash tests/harness/cluster.sh up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, `make test`, .ci/run): lint, type-check, then every test tier that runs
-# without a GPU — unit tests, and integration tests against a local control plane started here.
+# without a GPU — unit tests, integration tests against a local control plane started here, and last
+# the real-node tier (tests/realnode) on a kubelet node started beside the kwok nodes.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -23,8 +24,20 @@ echo "[test] control plane up in $((SECONDS - t1)) s"
 export GREENSERVE_REQUIRE_CLUSTER=1
 
 set +e
-python -m pytest tests -m "not gpu" "$@"
+python -m pytest tests -m "not gpu and not realnode" "$@"
 rc=$?
 set -e
+
+# The real-node tier: containerd, kubelet and kube-proxy on this machine (tests/harness/real_node.sh),
+# stopped again by cluster.sh down in the EXIT trap even if this tier fails.
+t2=$SECONDS
+bash tests/harness/real_node.sh up
+echo "[test] real node up in $((SECONDS - t2)) s"
+set +e
+GREENSERVE_REQUIRE_REAL_NODE=1 python -m pytest tests/realnode -m realnode
+rc_real=$?
+set -e
+bash tests/harness/real_node.sh down
 # pytest exits 5 when nothing was collected; that is a broken selection here, not a pass.
+if ((rc == 0)); then rc=$rc_real; fi
 exit $rc

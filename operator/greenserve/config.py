@@ -61,8 +61,14 @@ class OperatorConfig:
     scheduler_name: str | None = None
     #: Grid carbon intensity used for status.gramsCO2e unless a ModelService overrides it.
     carbon_intensity_g_per_kwh: float = 400.0
-    #: Seconds between level-based reconciles of every ModelService (drift repair, autoscaling, status).
+    #: Seconds between metrics ticks: one fleet-wide metrics read, acting only where a decision changes.
     reconcile_interval_s: float = 15.0
+    #: At most this often (s) a ModelService's status is rewritten for slowly moving figures alone (power,
+    #: energy, CO2e, request rate); decisions and condition changes are written at once.
+    status_refresh_s: float = 300.0
+    #: Safety net (s, jittered): the whole level-based reconcile of each ModelService even if nothing
+    #: seems to have changed. Drift of owned objects is repaired at once from watch events, not by this.
+    full_resync_s: float = 900.0
     #: Run the cluster-wide consolidation loop at all.
     consolidation_enabled: bool = True
     #: Seconds between consolidation moves (one active operator only).
@@ -93,6 +99,8 @@ class OperatorConfig:
             scrape_pods=os.environ.get("GREENSERVE_SCRAPE_PODS", "").lower() in {"1", "true", "yes"},
             carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),
             reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),
+            status_refresh_s=_env_float("GREENSERVE_STATUS_REFRESH", 300.0),
+            full_resync_s=_env_float("GREENSERVE_FULL_RESYNC", 900.0),
             consolidation_enabled=os.environ.get("GREENSERVE_CONSOLIDATION", "true").lower()
             not in {"0", "false", "no"},
             consolidation_interval_s=_env_float("GREENSERVE_CONSOLIDATION_INTERVAL", 30.0),

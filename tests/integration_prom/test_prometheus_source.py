@@ -206,6 +206,9 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
         sent = await load(env.agents, 6.0)
         await asyncio.sleep(max(0.0, t_a + WINDOW_S - time.monotonic()))
         m = await prom_src.service_metrics(NS, "svc-a", env.pods)
+        fleet = await prom_src.fleet_metrics(
+            {(NS, "svc-a"): env.pods, (NS, "svc-b"): [PodRef(NS, "svc-b-0")]}
+        )
         # As after a scale-in: svc-a-1 is gone from the pod list, its requests still count.
         after_scale_in = await prom_src.service_metrics(NS, "svc-a", env.pods[:1])
         e_q = sum(direct(a)[0] for a in env.agents.values())
@@ -220,6 +223,15 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert m.source == "prometheus/agent" and m.simulated is True
     assert m.stale is False and m.missing == (), m
     assert m.gpus == 3 and m.replicas_reporting == 2
+    # The fleet read (one set of queries for every ModelService) says what the per-service read says.
+    f = fleet[(NS, "svc-a")]
+    assert f.source == "prometheus/agent" and f.stale is False and f.missing == ()
+    assert (f.gpus, f.replicas_reporting, set(f.pod_energy_j)) == (3, 2, set(m.pod_energy_j))
+    assert f.power_w == pytest.approx(m.power_w, rel=0.1)
+    assert f.requests_per_s == pytest.approx(m.requests_per_s, rel=0.1)
+    assert f.gpu_utilization == pytest.approx(m.gpu_utilization, abs=0.05)
+    assert len(f.rate_history) == len(m.rate_history)
+    assert fleet[(NS, "svc-b")].source == "prometheus/dcgm"  # no agent series: the DCGM fallback
     # Load ended 12 s ago: three simulated T4s with a resident model, idle, draw 26 W each.
     assert m.power_w == pytest.approx(3 * 26.0)
     # Cumulative: the sum of the agents' counters as last scraped (at most ~2 scrapes behind).
@@ -243,6 +255,29 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert s.energy_window_j == pytest.approx(truth_window_j, rel=0.05)
     assert s.joules_per_request == pytest.approx(truth_window_j / n, rel=0.05)
     assert s.power_w == pytest.approx(3 * 26.0)
+
+
+async def test_fleet_read_sends_the_same_queries_for_one_or_many_services(env: Env) -> None:
+    src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    sent: list[str] = []
+    query = src.query
+
+    async def counting(promql: str) -> Any:
+        sent.append(promql)
+        return await query(promql)
+
+    src.query = counting  # type: ignore[method-assign]
+    try:
+        await src.fleet_metrics({(NS, "svc-a"): env.pods})
+        one = len(sent)
+        sent.clear()
+        many = {(NS, "svc-a"): env.pods, **{(NS, f"idle-{i}"): [] for i in range(200)}}
+        got = await src.fleet_metrics(many)
+    finally:
+        await src.close()
+    assert len(sent) == one  # 201 ModelServices cost what one does
+    assert got[(NS, "idle-7")].missing  # a ModelService without pods or series: missing, never zero
+    assert got[(NS, "svc-a")].gpus == 3
 
 
 async def test_dcgm_fallback(env: Env) -> None:

@@ -1,5 +1,5 @@
 """kopf handlers; importing this package registers them (`kopf run -m greenserve.handlers`)."""
 
-from greenserve.handlers import modelservice, startup
+from greenserve.handlers import cache, modelservice, startup
 
-__all__ = ["modelservice", "startup"]
+__all__ = ["cache", "modelservice", "startup"]

@@ -12,14 +12,12 @@ from typing import Any
 import kopf
 
 from greenserve.api import constants as c
+from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
-from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 
 RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
-# kopf fixes timer intervals when the handlers are registered, so the setting is read at import.
-RESYNC_INTERVAL_S = OperatorConfig.from_env().reconcile_interval_s
 log = logging.getLogger(__name__)
 
 
@@ -42,20 +40,16 @@ async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
     await _run(body, memo)
 
 
-@kopf.timer(*RESOURCE, interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S)
-async def resync_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The periodic loop: metrics, autoscaling, drift repair (a deleted Service, a hand-scaled Deployment)."""
-    outcome = await loop.resync(memo["loop"], body)
-    if outcome.retry_after is not None:
-        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
-
-
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
-async def owned_deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Rollout progress on an owned Deployment updates the owner's status without waiting for the timer.
+async def owned_deployment_changed(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Rollout progress on an owned Deployment updates the owner's status without waiting for a tick.
 
-    A deleted Deployment is re-applied by the same reconcile, unless its owner is being deleted.
+    A deleted or hand-edited Deployment is re-applied by the same reconcile (the watch-fed cache sees the
+    drift), unless its owner is being deleted.
     """
+    CACHE.observe_owned(body, deleted=type == "DELETED")
     owner = rec.deployment_owner(body)
     if owner is None:
         return

@@ -12,7 +12,7 @@ from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
 from greenserve.cluster.credentials import KubeAuth, KubeAuthError
 from greenserve.config import OperatorConfig
-from greenserve.handlers import consolidation
+from greenserve.handlers import consolidation, ticker
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.prometheus import PrometheusAuth, PrometheusSource
@@ -110,11 +110,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["loop"] = LoopDeps(
         kube=kube, config=config, source=_metrics_source(config), metrics=_operator_metrics(config)
     )
+    await ticker.start(memo)
     await consolidation.start(memo)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    await ticker.stop(memo)
     await consolidation.stop(memo)
     deps = memo.get("loop")
     if isinstance(deps, LoopDeps) and deps.source is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from greenserve.metrics.types import PodRef, ServiceMetrics
@@ -15,6 +15,13 @@ class MetricsSource(Protocol):
     ) -> ServiceMetrics:
         """Power, energy and traffic of one ModelService; ``pods`` narrows (or, for scraping, defines) the
         replicas. Never raises for missing data: it comes back as None fields, ``stale`` and ``missing``."""
+        ...
+
+    async def fleet_metrics(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """`service_metrics` of every (namespace, name) at once, with a number of requests to the
+        backend that does not grow with the number of ModelServices where the backend allows it."""
         ...
 
     async def close(self) -> None: ...

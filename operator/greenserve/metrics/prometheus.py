@@ -28,7 +28,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -260,6 +260,114 @@ class PrometheusSource:
         except PrometheusError as exc:
             log.warning("metrics for %s/%s unavailable: %s", namespace, name, exc)
             return ServiceMetrics(namespace, name, missing=("prometheus",), window_s=self.window_s)
+
+    # --- the whole fleet at once --------------------------------------------------------------------
+
+    async def fleet_metrics(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """Every ModelService from one fixed set of queries, aggregated by (namespace, modelservice[, pod])
+        and sliced here: the queries per tick do not grow with the fleet. Services without agent series
+        fall back to dcgm-exporter one by one (plain TF Serving images only)."""
+        if not services:
+            return {}
+        out: dict[tuple[str, str], ServiceMetrics] = {}
+        try:
+            if self.gpu_source in ("auto", "agent"):
+                out = await self._agent_fleet(services)
+            for (ns, name), pods in services.items():
+                got = out.get((ns, name))
+                if got is not None and (got.power_w is not None or self.gpu_source == "agent" or not pods):
+                    continue
+                if pods:
+                    out[(ns, name)] = await self._dcgm_service(ns, name, pods)
+                else:
+                    out[(ns, name)] = ServiceMetrics(ns, name, missing=("pods",), window_s=self.window_s)
+        except PrometheusError as exc:
+            log.warning("fleet metrics unavailable: %s", exc)
+            return {
+                (ns, name): ServiceMetrics(ns, name, missing=("prometheus",), window_s=self.window_s)
+                for ns, name in services
+            }
+        return out
+
+    async def _agent_fleet(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        w = self._window
+        svc_labels = f"{k.LABEL_NAMESPACE}, {k.LABEL_MODELSERVICE}"
+        pod_labels = f"{svc_labels}, {k.LABEL_POD}"
+        has_svc = {k.LABEL_MODELSERVICE: "~.+"}
+        power = selector(k.GPU_POWER.name, **has_svc)
+        energy = selector(k.GPU_ENERGY.name, **has_svc)
+        util = selector(k.GPU_UTILIZATION.name, **has_svc)
+        per_pod = {
+            "power": f"sum by ({pod_labels}) ({power})",
+            "gpus": f"count by ({pod_labels}) ({power})",
+            "stamp": f"min by ({pod_labels}) (timestamp({power}))",
+            "pod_energy": f"sum by ({pod_labels}) ({energy})",
+            "energy_window": f"sum by ({pod_labels}) (increase({energy}[{w}]))",
+            "util_sum": f"sum by ({pod_labels}) ({util})",
+            "util_count": f"count by ({pod_labels}) ({util})",
+            "simulated": f"max by ({pod_labels}) ({selector(k.AGENT_SIMULATED.name, **has_svc)})",
+        }
+        per_svc = {
+            key: re.sub(r"^sum\(", f"sum by ({svc_labels}) (", q)
+            for key, q in self._traffic_queries(has_svc).items()
+            if key != "latency_p95"
+        }
+        buckets = selector(k.TFS_REQUEST_LATENCY + "_bucket", **has_svc)
+        per_svc["latency_p95"] = (
+            f"histogram_quantile(0.95, sum by ({svc_labels}, le) (rate({buckets}[{w}])))"
+        )
+        r = await self._gather({**per_pod, **per_svc})
+
+        def svc_of(s: Sample) -> tuple[str, str]:
+            return (s.labels.get(k.LABEL_NAMESPACE, ""), s.labels.get(k.LABEL_MODELSERVICE, ""))
+
+        by_svc: dict[tuple[str, str], dict[str, list[Sample]]] = {}
+        for key, samples in r.items():
+            for sample in samples:
+                by_svc.setdefault(svc_of(sample), {}).setdefault(key, []).append(sample)
+        out: dict[tuple[str, str], ServiceMetrics] = {}
+        for (ns, name), pods in services.items():
+            mine = by_svc.get((ns, name), {})
+            wanted = {p.name for p in pods} if pods else None
+
+            def rows(
+                key: str, mine: dict[str, list[Sample]] = mine, only: set[str] | None = wanted
+            ) -> list[Sample]:
+                return [s for s in mine.get(key, []) if only is None or s.labels.get(k.LABEL_POD) in only]
+
+            def total(key: str, agg: Callable[[list[float]], float] = sum) -> list[Sample]:
+                got = rows(key)
+                return [Sample({}, agg([s.value for s in got]), 0.0)] if got else []
+
+            util_n = sum(s.value for s in rows("util_count"))
+            assembled: dict[str, list[Sample]] = {
+                "power": total("power"),
+                "gpus": total("gpus"),
+                "stamp": total("stamp", min),
+                "energy_window": total("energy_window"),
+                "utilization": (
+                    [Sample({}, sum(s.value for s in rows("util_sum")) / util_n, 0.0)] if util_n else []
+                ),
+                **{key: mine.get(key, []) for key in per_svc},
+            }
+            pod_energy = {s.labels.get(k.LABEL_POD, ""): s.value for s in rows("pod_energy")}
+            sim = _value(total("simulated", max))
+            out[(ns, name)] = self._assemble(
+                ns,
+                name,
+                assembled,
+                source="prometheus/agent",
+                energy_j=sum(pod_energy.values()) if pod_energy else None,
+                pod_energy=pod_energy,
+                simulated=None if sim is None else sim > 0,
+                replicas=len(pod_energy),
+                absent_pods=[f"pod:{p.name}" for p in pods or () if p.ready and p.name not in pod_energy],
+            )
+        return out
 
     def _traffic_queries(self, sel: dict[str, str]) -> dict[str, str]:
         w = self._window

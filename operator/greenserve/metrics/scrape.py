@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -22,6 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from greenserve import contract as k
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.policy.energy import counter_delta
+
+# ModelServices scraped at once by a fleet read (each scrapes its pods concurrently).
+FLEET_CONCURRENCY = 16
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,21 @@ class ScrapeSource:
         except ValueError as exc:
             log.warning("scrape %s/%s: unparsable exposition: %s", pod.namespace, pod.name, exc)
             return None
+
+    async def fleet_metrics(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """Direct scraping has no aggregate to ask: one scrape per pod, at most `FLEET_CONCURRENCY`
+        ModelServices at a time over the one connection pool."""
+        gate = asyncio.Semaphore(FLEET_CONCURRENCY)
+
+        async def one(key: tuple[str, str], pods: Sequence[PodRef]) -> ServiceMetrics:
+            async with gate:
+                return await self.service_metrics(key[0], key[1], pods)
+
+        keys = list(services)
+        got = await asyncio.gather(*(one(key, services[key]) for key in keys))
+        return dict(zip(keys, got, strict=True))
 
     async def service_metrics(
         self, namespace: str, name: str, pods: Sequence[PodRef] | None = None

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api.constants import LABEL_MODELSERVICE
-from greenserve.api.v1alpha1 import parse_spec
+from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
 from greenserve.cluster.client import PODS, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.metrics.base import MetricsSource
@@ -38,7 +38,7 @@ class LoopDeps:
     clock: Callable[[], float] = field(default=time.time)
 
 
-def _pod_refs(pods: list[dict[str, Any]]) -> list[PodRef]:
+def pod_refs(pods: list[dict[str, Any]]) -> list[PodRef]:
     refs = []
     for pod in pods:
         meta, status = pod["metadata"], pod.get("status") or {}
@@ -80,20 +80,51 @@ async def resync(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
 async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    try:
-        spec = parse_spec(dict(body.get("spec") or {}))
-    except ValidationError:
-        return await rec.reconcile_locked(deps.kube, body, deps.config)  # reports the invalid spec
-    status: Mapping[str, Any] = body.get("status") or {}
     raw_pods = await deps.kube.list_objects(PODS, ns, label_selector=f"{LABEL_MODELSERVICE}={name}")
-    pods = _pod_refs(raw_pods)
-    reading = await _read_metrics(deps, ns, name, pods)
+    reading = await _read_metrics(deps, ns, name, pod_refs(raw_pods))
+    return (await step_locked(deps, body, reading)).outcome
 
+
+@dataclass(frozen=True)
+class Step:
+    outcome: Outcome
+    scaler: Mapping[str, Any] | None  # the autoscaler's state after this step (None: spec invalid)
+
+
+def assess(
+    deps: LoopDeps,
+    spec: ModelServiceSpec,
+    status: Mapping[str, Any],
+    reading: ServiceMetrics | None,
+    now: float,
+) -> tuple[telemetry.Telemetry, autoscale.Decision]:
+    """What a step would write for this reading: telemetry fields and the autoscaling decision (pure)."""
     intensity = spec.energy.carbon_intensity_grams_per_kwh
     carbon = float(intensity) if intensity is not None else deps.config.carbon_intensity_g_per_kwh
     tele = telemetry.telemetry_fields(status, reading, carbon)
-    decision = autoscale.decide(spec, status, reading if tele.fresh else None, deps.clock(), deps.config)
+    decision = autoscale.decide(spec, status, reading if tele.fresh else None, now, deps.config)
+    return tele, decision
 
+
+async def step_locked(
+    deps: LoopDeps,
+    body: Mapping[str, Any],
+    reading: ServiceMetrics | None,
+    scaler: Mapping[str, Any] | None = None,
+) -> Step:
+    """One autoscaling step on the live body, under its lock: decide from `reading`, apply, report.
+    `scaler` overrides the stabilisation state kept in status (the metrics tick keeps it in memory)."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+    except ValidationError:
+        # An invalid spec is reported by the reconcile; nothing to decide.
+        return Step(await rec.reconcile_locked(deps.kube, body, deps.config), None)
+    status: Mapping[str, Any] = body.get("status") or {}
+    if scaler is not None:
+        status = {**status, "scaler": dict(scaler)}
+    tele, decision = assess(deps, spec, status, reading, deps.clock())
     extra = Extra(
         fields={**tele.fields, **decision.status_fields},
         conditions=(
@@ -112,4 +143,4 @@ async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
         )
     if deps.metrics is not None and decision.previous is not None and outcome.desired is not None:
         deps.metrics.record_scale(ns, name, decision.previous, outcome.desired)
-    return outcome
+    return Step(outcome, decision.status_fields.get("scaler"))

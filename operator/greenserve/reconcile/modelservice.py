@@ -20,6 +20,7 @@ from greenserve.api import conditions as cond
 from greenserve.api.constants import LABEL_MODELSERVICE
 from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
 from greenserve.cluster import events
+from greenserve.cluster.cache import apply_if_changed
 from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
@@ -215,7 +216,7 @@ async def _reconcile_valid(
     try:
         applied: dict[str, Any] | None = None
         for obj in builders.objects(owner, spec, replicas + surge, options):
-            result = await kube.apply(obj)
+            result = await apply_if_changed(kube, obj)
             if obj["kind"] == "Deployment":
                 applied = result
         pods = await kube.list_objects(

@@ -1,0 +1,155 @@
+"""Watch-fed views of the cluster, so an idle fleet costs the API server nothing.
+
+kopf already watches ModelServices, the serving pods and the owned objects; its event handlers
+(handlers/cache.py) feed one `ClusterCache` per process. Readers use it to decide *whether* to act; the
+act itself still reads the live object first (reconcile/modelservice.py `under_lock`). Two uses:
+
+* `apply_if_changed`: an owned object is applied only when its desired manifest differs from the one
+  last applied, or when the object has changed since (someone scaled or edited it: its `generation`
+  moved; for kinds without a generation, its `resourceVersion`), or is gone. Nothing is skipped before
+  the first apply of this process, so a restart re-applies everything once (restart repair).
+* `ModelService` bodies and serving pods per ModelService for the metrics tick (reconcile/ticker.py).
+
+A cache entry is replaced only by a newer object: resourceVersions are compared as integers, which is
+what the API server hands out with etcd; a value that is not an integer always replaces (the safe side:
+at worst one extra apply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenserve.api import constants as c
+from greenserve.cluster.client import KubeClient
+
+ObjKey = tuple[str, str, str]  # (kind, namespace, name)
+SvcKey = tuple[str, str]  # (namespace, ModelService name)
+
+# Kinds whose spec changes move metadata.generation; for the others the resourceVersion is the marker
+# (their status, if any, does not change on its own for the objects greenserve writes).
+_GENERATION_KINDS = frozenset({"Deployment", "PodDisruptionBudget"})
+
+
+def _rv(obj: Mapping[str, Any]) -> int | None:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _newer(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    if old is None:
+        return True
+    a, b = _rv(old), _rv(new)
+    return a is None or b is None or b >= a
+
+
+def marker(obj: Mapping[str, Any]) -> str:
+    """What changes when someone else changes the object's intent (not its status)."""
+    meta = obj.get("metadata") or {}
+    if obj.get("kind") in _GENERATION_KINDS:
+        return f"g{meta.get('generation')}"
+    return f"rv{meta.get('resourceVersion')}"
+
+
+def digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def obj_key(obj: Mapping[str, Any]) -> ObjKey:
+    meta = obj["metadata"]
+    return (str(obj.get("kind")), str(meta.get("namespace") or ""), str(meta["name"]))
+
+
+@dataclass
+class ClusterCache:
+    enabled: bool = False
+    msvcs: dict[SvcKey, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[SvcKey, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    owned: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)
+    # What this process last applied: (digest of the desired manifest, marker of the object it produced).
+    applied: dict[ObjKey, tuple[str, str]] = field(default_factory=dict)
+    applies_skipped: int = 0
+
+    # --- fed by watch events -------------------------------------------------------------------------
+
+    def observe_msvc(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if deleted:
+            self.msvcs.pop(key, None)
+            self.pods.pop(key, None)
+        elif _newer(self.msvcs.get(key), body):
+            self.msvcs[key] = dict(body)
+
+    def observe_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body["metadata"]
+        svc = (meta.get("labels") or {}).get(c.LABEL_MODELSERVICE)
+        if not svc:
+            return
+        pods = self.pods.setdefault((meta["namespace"], svc), {})
+        if deleted:
+            pods.pop(meta["name"], None)
+        elif _newer(pods.get(meta["name"]), body):
+            pods[meta["name"]] = dict(body)
+
+    def observe_owned(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Record an owned object's event; True when it drifted from what this process applied (deleted,
+        or changed by someone else), i.e. its owner should be reconciled now."""
+        key = obj_key(body)
+        if deleted:
+            self.owned.pop(key, None)
+            return key in self.applied
+        if not _newer(self.owned.get(key), body):
+            return False
+        self.owned[key] = dict(body)
+        mark = self.applied.get(key)
+        return mark is not None and mark[1] != marker(body)
+
+    # --- readers ---------------------------------------------------------------------------------------
+
+    def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return list(self.pods.get((namespace, name), {}).values())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted ModelService: drop what belongs to it (its owned objects go with the GC)."""
+        self.msvcs.pop((namespace, name), None)
+        self.pods.pop((namespace, name), None)
+        mine = (name, f"{name}-config")  # the owned objects' names (manifests/builders.py)
+        for key in [k for k in self.applied if k[1] == namespace and k[2] in mine]:
+            self.applied.pop(key, None)
+
+    def unchanged(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cached object when applying `obj` would change nothing, else None."""
+        if not self.enabled:
+            return None
+        key = obj_key(obj)
+        seen, mark = self.owned.get(key), self.applied.get(key)
+        if seen is None or mark is None or mark != (digest(obj), marker(seen)):
+            return None
+        return seen
+
+
+#: The process-wide cache; the operator's startup enables it, unit tests and tools leave it off.
+CACHE = ClusterCache()
+
+
+async def apply_if_changed(
+    kube: KubeClient, obj: Mapping[str, Any], cache: ClusterCache = CACHE
+) -> dict[str, Any]:
+    """Server-side apply `obj` unless the cache shows it would change nothing (see the module docstring)."""
+    same = cache.unchanged(obj)
+    if same is not None:
+        cache.applies_skipped += 1
+        return same
+    result = await kube.apply(obj)
+    if cache.enabled:
+        key = obj_key(obj)
+        cache.applied[key] = (digest(obj), marker(result))
+        if _newer(cache.owned.get(key), result):
+            cache.owned[key] = dict(result)
+    return result

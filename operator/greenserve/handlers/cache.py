@@ -1,0 +1,55 @@
+"""Thin kopf layer feeding the watch-fed cache (cluster/cache.py) and repairing owned-object drift.
+
+kopf's watches deliver every ModelService, serving pod and owned object; these handlers only record them.
+An owned object deleted or changed by someone else triggers its owner's reconcile at once, so drift is
+repaired without any periodic re-apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from greenserve.api import constants as c
+from greenserve.cluster.cache import CACHE
+from greenserve.reconcile import modelservice as rec
+
+RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
+OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
+
+
+@kopf.on.event(*RESOURCE)
+def modelservice_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        meta = body["metadata"]
+        CACHE.forget(meta["namespace"], meta["name"])
+    else:
+        CACHE.observe_msvc(body)
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_MODELSERVICE: kopf.PRESENT})
+def serving_pod_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    CACHE.observe_pod(body, deleted=type == "DELETED")
+
+
+async def _owned(body: kopf.Body, type: str | None, memo: kopf.Memo) -> None:
+    drifted = CACHE.observe_owned(body, deleted=type == "DELETED")
+    owner = rec.deployment_owner(body)
+    if drifted and owner is not None:
+        await rec.refresh_status(memo["kube"], body["metadata"]["namespace"], owner, memo["config"])
+
+
+@kopf.on.event("", "v1", "services", labels=OWNED)
+async def owned_service_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await _owned(body, type, memo)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=OWNED)
+async def owned_configmap_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await _owned(body, type, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+async def owned_pdb_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await _owned(body, type, memo)

@@ -1,0 +1,220 @@
+"""The metrics tick: one pass over the whole fleet, acting only where something changed.
+
+Every `reconcile_interval_s` the tick reads the metrics of all ModelServices at once (one fleet read,
+see metrics/base.py `fleet_metrics`), then decides for each from the watch-fed cache (cluster/cache.py),
+without a request to the API server. It acts (lock, fresh read, apply what changed, write status) only
+when the step would change something that matters now:
+
+* the replica count, or the state or reason of the Scaling or MetricsAvailable condition;
+* a live figure appearing or disappearing (fresh vs stale metrics);
+* the slowly moving figures (power, energy, CO2e, request rate) once `status_refresh_s` has passed since
+  this ModelService's last status write, so noise never forces a write every tick; that write is one
+  status patch guarded by the cached resourceVersion, nothing else;
+* the safety-net resync, every `full_resync_s` per ModelService (jittered), which runs the whole
+  level-based reconcile even if the cache says nothing changed.
+
+The autoscaler's stabilisation state lives in memory between writes and is written with them. After a
+restart it is loaded from status with every held recommendation re-stamped to the load time: status may
+lag memory by up to `status_refresh_s`, and re-stamping can only delay a scale-down (by at most one
+stabilisation window after a restart), never bring one forward. Energy accumulates from the counters
+last written to status, so deferring a write loses no energy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from greenserve.api import conditions as cond
+from greenserve.api.v1alpha1 import parse_spec
+from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
+from greenserve.cluster.client import MODELSERVICES, ApiError
+from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.reconcile import loop, telemetry
+from greenserve.reconcile import modelservice as rec
+
+log = logging.getLogger(__name__)
+
+# Figures whose appearance or disappearance (fresh vs stale metrics) is written at once.
+_LIVE = ("powerWatts", "requestsPerSecond", "inflightRequests", "joulesPerRequest")
+
+
+@dataclass
+class TickState:
+    """In-memory bookkeeping of the tick, per ModelService."""
+
+    scaler: dict[SvcKey, dict[str, Any]] = field(default_factory=dict)
+    last_write: dict[SvcKey, float] = field(default_factory=dict)
+    next_resync: dict[SvcKey, float] = field(default_factory=dict)
+    acted: int = 0
+    refreshed: int = 0
+    held: int = 0
+
+
+def restamped(raw: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """The stabilisation state loaded from status after a restart, every held recommendation counted
+    from `now` (see the module docstring)."""
+    state = dict(raw or {})
+    recs = state.get("recommendations")
+    if isinstance(recs, list):
+        state["recommendations"] = [[now, r[1]] for r in recs if isinstance(r, list | tuple) and len(r) == 2]
+    return state
+
+
+def _condition_changed(status: Mapping[str, Any], type_: str, value: bool, reason: str) -> bool:
+    old = cond.get_condition(status.get("conditions"), type_)
+    return old is None or old.get("status") != ("True" if value else "False") or old.get("reason") != reason
+
+
+def pods_complete(cache: ClusterCache, key: SvcKey) -> bool:
+    """The cache has every pod the Deployment counts (after a restart the pod watch may still be
+    listing): until then the tick holds this ModelService rather than read a partial fleet."""
+    dep = cache.owned.get(("Deployment", key[0], key[1]))
+    if dep is None:
+        return True  # no Deployment yet (or not seen yet): nothing to under-count
+    want = int(((dep.get("status") or {}).get("readyReplicas")) or 0)
+    have = sum(1 for p in cache.pods_of(*key) if not p["metadata"].get("deletionTimestamp"))
+    return have >= want
+
+
+def needs_action(
+    status: Mapping[str, Any],
+    tele: telemetry.Telemetry,
+    desired: int,
+    scaling: tuple[str, bool, str, str],
+) -> str | None:
+    """Why the step must be written now, or None when nothing that matters now would change."""
+    if status.get("desiredReplicas") != desired:
+        return "replicas"
+    _, _, reason, _ = scaling
+    if _condition_changed(status, cond.SCALING, desired != status.get("desiredReplicas"), reason):
+        return "scaling condition"
+    if _condition_changed(status, telemetry.METRICS_AVAILABLE, tele.fresh, tele.reason):
+        return "metrics condition"
+    for key in _LIVE:
+        if key in tele.fields and (tele.fields[key] is None) != (status.get(key) is None):
+            return "live figures"
+    return None
+
+
+class Ticker:
+    def __init__(self, deps: loop.LoopDeps, cache: ClusterCache = CACHE, state: TickState | None = None):
+        self.deps = deps
+        self.cache = cache
+        self.state = state or TickState()
+
+    async def _readings(self, keys: list[SvcKey]) -> dict[SvcKey, ServiceMetrics | None]:
+        source = self.deps.source
+        if source is None:
+            return dict.fromkeys(keys)
+        pods: dict[SvcKey, list[PodRef]] = {k: loop.pod_refs(self.cache.pods_of(*k)) for k in keys}
+        try:
+            got = await source.fleet_metrics(pods)
+        except Exception as err:  # a broken source must never stop the tick; it reads as "no metrics"
+            log.warning("fleet metrics unavailable: %s", err)
+            return dict.fromkeys(keys)
+        return {k: got.get(k) for k in keys}
+
+    async def tick(self, now: float) -> None:
+        keys = [k for k in self.cache.msvcs if not self.cache.msvcs[k]["metadata"].get("deletionTimestamp")]
+        known = set(keys)
+        for book in (self.state.scaler, self.state.last_write, self.state.next_resync):
+            for gone in [k for k in book if k not in known]:
+                del book[gone]
+        readings = await self._readings(keys)
+        for key in keys:
+            body = self.cache.msvcs.get(key)
+            if body is None:
+                continue
+            try:
+                await self._one(key, body, readings.get(key), now)
+            except Exception:  # one ModelService must not stop the others; the next tick retries
+                log.exception("metrics tick for %s/%s failed", *key)
+        if self.deps.metrics is not None:
+            self.deps.metrics.record_pass("resync")
+
+    async def _one(
+        self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float
+    ) -> None:
+        cfg = self.deps.config
+        state = self.state
+        if key not in state.scaler:
+            state.scaler[key] = restamped((body.get("status") or {}).get("scaler"), now)
+            # Spread the first refresh and resync of a fleet seen at once (a restart) over their periods.
+            state.last_write[key] = now - random.uniform(0, cfg.status_refresh_s)
+            state.next_resync[key] = now + random.uniform(0.5, 1.0) * cfg.full_resync_s
+        try:
+            spec = parse_spec(dict(body.get("spec") or {}))
+        except ValidationError:
+            return  # reported by the change handlers; nothing to scale
+        status: dict[str, Any] = {**(body.get("status") or {}), "scaler": state.scaler[key]}
+        if not pods_complete(self.cache, key):
+            state.held += 1
+            return
+        tele, decision = loop.assess(self.deps, spec, status, reading, now)
+        scaler = dict(decision.status_fields.get("scaler") or {})
+        why = needs_action(status, tele, decision.desired, decision.condition)
+        if why is None and now >= state.next_resync[key]:
+            why = "resync"
+        if why is None:
+            state.scaler[key] = scaler
+            if now - state.last_write[key] >= cfg.status_refresh_s and any(
+                status.get(f) != v for f, v in tele.fields.items()
+            ):
+                await self._refresh(key, body, {**tele.fields, "scaler": scaler}, reading, now)
+            return
+        await self._act(key, body, reading, now, why)
+
+    async def _act(
+        self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float, why: str
+    ) -> None:
+        """The whole step under the lock from a fresh read: apply what changed, write what changed."""
+        state = self.state
+        state.acted += 1
+        log.debug("tick acts on %s/%s: %s", *key, why)
+
+        async def act(live: Mapping[str, Any]) -> rec.Outcome:
+            step = await loop.step_locked(self.deps, live, reading, state.scaler[key])
+            if step.scaler is not None:
+                state.scaler[key] = dict(step.scaler)
+            return step.outcome
+
+        await rec.under_lock(self.deps.kube, body, act)
+        state.last_write[key] = now
+        if why == "resync" or now >= state.next_resync[key]:
+            state.next_resync[key] = now + random.uniform(0.9, 1.1) * self.deps.config.full_resync_s
+
+    async def _refresh(
+        self,
+        key: SvcKey,
+        body: Mapping[str, Any],
+        fields: dict[str, Any],
+        reading: ServiceMetrics | None,
+        now: float,
+    ) -> None:
+        """Write the slowly moving figures alone: one status patch, guarded by the cached body's
+        resourceVersion (a stale cache gets 409 and falls back to the full step from a fresh read)."""
+        meta = body["metadata"]
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": fields}
+        async with rec.locked(*key):
+            try:
+                written = await self.deps.kube.patch(
+                    MODELSERVICES, meta["name"], patch, meta["namespace"], "status"
+                )
+            except ApiError as err:
+                if err.not_found:
+                    return
+                if not err.conflict:
+                    raise
+                written = None
+        if written is None:
+            await self._act(key, body, reading, now, "conflict")
+            return
+        self.state.refreshed += 1
+        self.state.last_write[key] = now
+        self.cache.observe_msvc(written)

@@ -1,0 +1,190 @@
+"""Quiet at rest: the metrics tick and the apply cache cost the API server nothing while nothing changes,
+and still act at once when something does (in-memory API: tests/support/fake_kube.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from greenserve.api import constants as c
+from greenserve.cluster.cache import CACHE, ClusterCache, apply_if_changed, obj_key
+from greenserve.cluster.client import DEPLOYMENTS, MODELSERVICES, PDBS, SERVICES
+from greenserve.config import OperatorConfig
+from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.reconcile.loop import LoopDeps
+from greenserve.reconcile.ticker import Ticker, restamped
+from support.fake_kube import FakeKube
+
+NS, NAME = "ml", "svc"
+KEY = (NS, NAME)
+T0 = 2_000_000.0
+CONFIG = OperatorConfig(status_refresh_s=300.0, full_resync_s=3600.0)
+
+
+@pytest.fixture(autouse=True)
+def cache() -> Iterator[ClusterCache]:
+    saved = dataclasses.replace(CACHE)
+    for f in dataclasses.fields(ClusterCache):
+        setattr(CACHE, f.name, getattr(ClusterCache(), f.name))
+    CACHE.enabled = True
+    yield CACHE
+    for f in dataclasses.fields(ClusterCache):
+        setattr(CACHE, f.name, getattr(saved, f.name))
+
+
+class FakeSource:
+    """A metrics source whose reading the test sets; counts fleet reads."""
+
+    def __init__(self) -> None:
+        self.rps = 10.0
+        self.energy = 1000.0
+        self.now = T0
+        self.reads = 0
+
+    async def service_metrics(
+        self, namespace: str, name: str, pods: Sequence[PodRef] | None = None
+    ) -> ServiceMetrics:
+        return ServiceMetrics(
+            namespace,
+            name,
+            power_w=60.0,
+            energy_j=self.energy,
+            energy_window_j=600.0,
+            requests_per_s=self.rps,
+            gpu_utilization=0.1,
+            inflight_requests=0.0,
+            rate_history=(self.rps, self.rps, self.rps),
+            replicas_reporting=1,
+            gpus=1,
+            simulated=True,
+            pod_energy_j={"svc-0": self.energy},
+            window_s=60.0,
+            sampled_at=self.now,
+            stale=False,
+        )
+
+    async def fleet_metrics(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        self.reads += 1
+        return {k: await self.service_metrics(*k, v) for k, v in services.items()}
+
+    async def close(self) -> None:
+        return None
+
+
+def msvc() -> dict[str, Any]:
+    return {
+        "apiVersion": f"{c.GROUP}/{c.VERSION}",
+        "kind": "ModelService",
+        "metadata": {"name": NAME, "namespace": NS, "generation": 1, "uid": "u1"},
+        "spec": {
+            "model": {"name": "m", "storageUri": "pvc://models/m"},
+            "scaling": {"minReplicas": 1, "maxReplicas": 8, "target": 50, "scaleDownDelaySeconds": 60},
+        },
+    }
+
+
+def watch(kube: FakeKube) -> None:
+    """What kopf's watches would deliver: the API's current objects into the cache."""
+    for (plural, _, _), obj in list(kube.objects.items()):
+        if plural == MODELSERVICES.plural:
+            CACHE.observe_msvc(obj)
+        elif plural in (DEPLOYMENTS.plural, SERVICES.plural, PDBS.plural):
+            CACHE.observe_owned(obj)
+
+
+@pytest.fixture
+def world() -> tuple[FakeKube, FakeSource, Ticker]:
+    kube = FakeKube()
+    kube.put(MODELSERVICES, msvc())
+    source = FakeSource()
+    deps = LoopDeps(kube=kube, config=CONFIG, source=source, clock=lambda: source.now)  # type: ignore[arg-type]
+    watch(kube)
+    return kube, source, Ticker(deps, CACHE)
+
+
+async def tick(kube: FakeKube, source: FakeSource, ticker: Ticker, at: float) -> list[tuple[str, str, str]]:
+    """One tick at `at`; returns the API calls it made, then lets the watch catch up."""
+    source.now = at
+    kube.calls.clear()
+    await ticker.tick(at)
+    calls = list(kube.calls)
+    watch(kube)
+    return calls
+
+
+World = tuple[FakeKube, FakeSource, Ticker]
+
+
+async def test_an_idle_fleet_costs_the_api_server_nothing(world: World) -> None:
+    kube, source, ticker = world
+    first = await tick(kube, source, ticker, T0)
+    assert ("apply", "deployments", NAME) in first  # the first look writes everything once
+    assert any(verb == "patch/status" for verb, _, _ in first)
+    for i in range(1, 15):  # a couple of minutes of ticks, nothing changes
+        assert await tick(kube, source, ticker, T0 + 15 * i) == [], f"tick {i} talked to the API server"
+    assert source.reads == 15  # the metrics were read every tick all the same
+
+
+async def test_slow_figures_are_refreshed_by_one_guarded_patch(world: World) -> None:
+    kube, source, ticker = world
+    await tick(kube, source, ticker, T0)
+    written = kube.peek(MODELSERVICES, NAME, NS)
+    assert written is not None
+    before = written["status"]["energyJoules"]
+    source.energy += 500.0  # idle GPUs keep drawing power: energy grows every tick
+    assert await tick(kube, source, ticker, T0 + 15) == []  # not due yet
+    calls = await tick(kube, source, ticker, T0 + CONFIG.status_refresh_s + 1)
+    assert calls == [("patch/status", "modelservices", NAME)]  # one request, no GET, no apply, no LIST
+    after = kube.peek(MODELSERVICES, NAME, NS)
+    assert after is not None and after["status"]["energyJoules"] == pytest.approx(before + 500.0)
+
+
+async def test_a_decision_change_acts_at_once(world: World) -> None:
+    kube, source, ticker = world
+    await tick(kube, source, ticker, T0)
+    await tick(kube, source, ticker, T0 + 15)
+    source.rps = 300.0  # six replicas' worth at target 50
+    calls = await tick(kube, source, ticker, T0 + 30)
+    assert ("apply", "deployments", NAME) in calls
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None and dep["spec"]["replicas"] > 1
+    # Services and PDBs did not change: only the Deployment was re-applied.
+    assert ("apply", "services", NAME) not in calls and ("apply", "poddisruptionbudgets", NAME) not in calls
+
+
+async def test_apply_cache_reapplies_what_someone_else_changed_or_deleted() -> None:
+    kube = FakeKube()
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": NS, "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY}},
+        "spec": {"ports": [{"port": 8501}]},
+    }
+    await apply_if_changed(kube, obj)
+    watch(kube)
+    await apply_if_changed(kube, obj)
+    assert [v for v, _, _ in kube.calls] == ["apply"]  # the second apply was skipped
+    # Someone edits it: the watch reports drift and the next apply goes through.
+    edited = kube.peek(SERVICES, NAME, NS)
+    assert edited is not None
+    edited["spec"]["ports"] = [{"port": 9999}]
+    assert CACHE.observe_owned(kube.put(SERVICES, edited)) is True
+    await apply_if_changed(kube, obj)
+    assert [v for v, _, _ in kube.calls] == ["apply", "apply"]
+    # Someone deletes it: drift again, and it is applied back.
+    kube.remove(SERVICES, NAME, NS)
+    assert CACHE.observe_owned(edited, deleted=True) is True
+    await apply_if_changed(kube, obj)
+    assert kube.peek(SERVICES, NAME, NS) is not None
+    assert obj_key(obj) in CACHE.applied
+
+
+def test_restart_restamps_held_recommendations_so_no_scale_down_comes_early() -> None:
+    raw = {"recommendations": [[T0 - 290, 6], [T0 - 10, 2]], "idleSince": None}
+    out = restamped(raw, T0)
+    assert out["recommendations"] == [[T0, 6], [T0, 2]] and out["idleSince"] is None

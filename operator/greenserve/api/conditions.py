@@ -17,6 +17,7 @@ REASON_SCALED_TO_ZERO: Final = "ScaledToZero"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_UNSUPPORTED_STORAGE: Final = "UnsupportedStorageUri"
 REASON_APPLY_FAILED: Final = "ApplyFailed"
+REASON_CONFLICTING_OBJECT: Final = "ConflictingObject"
 REASON_UNSCHEDULABLE: Final = "Unschedulable"
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from greenserve.api import constants as c
-from greenserve.cluster.client import KubeClient
+from greenserve.cluster.client import KubeClient, resource_for
 
 ObjKey = tuple[str, str, str]  # (kind, namespace, name)
 SvcKey = tuple[str, str]  # (namespace, ModelService name)
@@ -138,10 +138,56 @@ class ClusterCache:
 CACHE = ClusterCache()
 
 
+class ConflictingObjectError(Exception):
+    """An object greenserve would write exists and belongs to something else; it is left untouched."""
+
+    def __init__(self, obj: Mapping[str, Any], holder: str) -> None:
+        kind, namespace, name = obj_key(obj)
+        super().__init__(f"{kind} {namespace}/{name} exists and is not this ModelService's ({holder})")
+        self.kind, self.namespace, self.name, self.holder = kind, namespace, name, holder
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def holder_of(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
+    """Who else holds `existing`, or None when it is ours: Kubernetes' own controllers adopt only objects
+    whose controller reference is theirs, never one with another controller or none (a user's object)."""
+    mine, theirs = _controller_uid(desired), _controller_uid(existing)
+    if theirs is not None and theirs == mine:
+        return None
+    if theirs is not None:
+        return f"controlled by another owner, uid {theirs}"
+    return "no controller owner reference: created by someone else"
+
+
+async def ensure_ours(
+    kube: KubeClient, objs: Sequence[Mapping[str, Any]], cache: ClusterCache = CACHE
+) -> None:
+    """Before this process first writes any of `objs`, read each: one that exists and is not this
+    ModelService's raises ConflictingObjectError, and none of `objs` is written (server-side apply with
+    force would take over its fields and owner reference, and the garbage collector would later delete
+    it with the ModelService)."""
+    for obj in objs:
+        key = obj_key(obj)
+        if key in cache.applied:
+            continue
+        existing = await kube.get_or_none(resource_for(obj), key[2], key[1] or None)
+        if existing is not None:
+            holder = holder_of(existing, obj)
+            if holder is not None:
+                raise ConflictingObjectError(obj, holder)
+
+
 async def apply_if_changed(
     kube: KubeClient, obj: Mapping[str, Any], cache: ClusterCache = CACHE
 ) -> dict[str, Any]:
-    """Server-side apply `obj` unless the cache shows it would change nothing (see the module docstring)."""
+    """Server-side apply `obj` unless the cache shows it would change nothing (see the module docstring);
+    callers check ownership first (`ensure_ours`)."""
     same = cache.unchanged(obj)
     if same is not None:
         cache.applies_skipped += 1

@@ -59,6 +59,8 @@ class OperatorConfig:
     scrape_pods: bool = False
     #: Scheduler profile for serving pods, e.g. a MostAllocated bin-packing profile installed by the chart.
     scheduler_name: str | None = None
+    #: The serving agent's REST proxy (GREENSERVE_AGENT_FRONT); off: TF Serving answers REST itself.
+    agent_front: bool = True
     #: Grid carbon intensity used for status.gramsCO2e unless a ModelService overrides it.
     carbon_intensity_g_per_kwh: float = 400.0
     #: Seconds between metrics ticks: one fleet-wide metrics read, acting only where a decision changes.
@@ -96,6 +98,7 @@ class OperatorConfig:
             prometheus_insecure_skip_verify=_env_bool("GREENSERVE_PROMETHEUS_INSECURE_SKIP_VERIFY", False),
             prometheus_headers=_env_headers("GREENSERVE_PROMETHEUS_HEADERS"),
             scheduler_name=os.environ.get("GREENSERVE_SCHEDULER_NAME") or None,
+            agent_front=_env_bool("GREENSERVE_AGENT_FRONT", True),
             scrape_pods=os.environ.get("GREENSERVE_SCRAPE_PODS", "").lower() in {"1", "true", "yes"},
             carbon_intensity_g_per_kwh=_env_float("GREENSERVE_CARBON_INTENSITY", 400.0),
             reconcile_interval_s=_env_float("GREENSERVE_RECONCILE_INTERVAL", 15.0),

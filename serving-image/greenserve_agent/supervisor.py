@@ -20,6 +20,13 @@ Drain on SIGTERM (Kubernetes sends it after the preStop sleep, once the endpoint
 
 gRPC requests go straight to TF Serving, so the agent cannot count them; they are covered by the quiet
 period and by TF Serving's own shutdown only.
+
+Without the front (``--agent-front=off``; tests/harness/bench_front.py measures what the front costs), the
+model server listens on the REST port itself and the agent only supervises and exports: readiness is the
+agent's ``/ready`` on the metrics port, request metrics are TF Serving's own (passed through), and the
+drain waits until TF Serving's request counter has been still for ``drain_quiet_s`` before stopping it
+(its graceful shutdown finishes what is in flight). The agent's request counter, duration histogram and
+in-flight gauge are then absent, and the simulated GPU's activity comes from TF Serving's latency sum.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class AgentConfig:
     simulate: SimulateMode = "auto"
     simulated_product: str = DEFAULT_PRODUCT
     simulated_count: int = 1
+    front: bool = True  # the agent's REST proxy in front of the model server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -126,6 +134,10 @@ class InflightTracker:
         extra = time.monotonic() - self._busy_since if self._busy_since is not None else 0.0
         return self._busy_total + extra
 
+    def add_busy(self, seconds: float) -> None:
+        """Busy time measured elsewhere (TF Serving's latency sum when there is no front)."""
+        self._busy_total += max(0.0, seconds)
+
 
 def make_nvml(cfg: AgentConfig, activity: InflightTracker) -> tuple[NvmlPort, SimulatedState | None]:
     if cfg.simulate != "true":
@@ -156,6 +168,22 @@ class AgentMetrics:
         self.info = Info(k.AGENT_INFO.family, k.AGENT_INFO.help, registry=registry)
 
 
+def tfs_totals(text: str) -> tuple[float, float]:
+    """(requests, latency sum in seconds) over all label sets of TF Serving's text exposition."""
+    requests = latency_us = 0.0
+    for line in text.splitlines():
+        if line.startswith(k.TFS_REQUEST_COUNT + "{") or line.startswith(k.TFS_REQUEST_LATENCY + "_sum{"):
+            try:
+                value = float(line.rsplit(None, 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if line.startswith(k.TFS_REQUEST_COUNT):
+                requests += value
+            else:
+                latency_us += value
+    return requests, latency_us * k.TFS_LATENCY_UNIT_S
+
+
 def filter_tfs_exposition(text: str) -> str:
     """Keep TF Serving's ``:tensorflow:serving:*`` families from a text exposition, verbatim."""
     keep: list[str] = []
@@ -182,7 +210,8 @@ class Supervisor:
         self.sampler = GpuSampler(nvml)
         self.registry.register(GpuCollector(self.sampler))
         self.backend_kind: Literal["tfserving", "local"] = "local"
-        self.backend_port = cfg.backend_rest_port or free_port()
+        # Without the front the model server serves the REST port itself.
+        self.backend_port = (cfg.backend_rest_port or free_port()) if cfg.front else cfg.rest_port
         self.backend_url = f"http://127.0.0.1:{self.backend_port}"
         self.process: asyncio.subprocess.Process | None = None
         self.model_available = False
@@ -193,6 +222,10 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.exit_code = 0  # non-zero when the model server died on its own
+        # TF Serving's request counter and latency sum as last read, and when the counter last moved.
+        self._tfs_requests: float | None = None
+        self._tfs_latency_s: float | None = None
+        self._tfs_changed_at = time.monotonic()
 
     # --- state ---------------------------------------------------------------------------------------
 
@@ -235,7 +268,7 @@ class Supervisor:
         log.warning("%s not found: serving with the local TensorFlow backend (REST only)", TFS_BINARY)
         return [
             sys.executable, "-m", "greenserve_agent.local_backend",
-            f"--rest_api_port={self.backend_port}", "--host=127.0.0.1",
+            f"--rest_api_port={self.backend_port}", f"--host={'127.0.0.1' if cfg.front else cfg.host}",
             f"--model_name={cfg.model_name}", f"--model_base_path={cfg.model_base_path}",
             *cfg.extra_args,
         ]  # fmt: skip
@@ -264,7 +297,22 @@ class Supervisor:
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 available = False
             self._set_available(available)
+            if available and not self.cfg.front:
+                await self._read_tfs_totals()
             await asyncio.sleep(0.25 if not available else 1.0)
+
+    async def _read_tfs_totals(self) -> None:
+        """Without the front: follow TF Serving's own request counter (drain) and latency sum (the
+        simulated GPU's activity)."""
+        text = await self._tfs_metrics()
+        if not text:
+            return
+        requests, latency_s = tfs_totals(text)
+        if self._tfs_requests is not None and requests != self._tfs_requests:
+            self._tfs_changed_at = time.monotonic()
+        if self._tfs_latency_s is not None:
+            self.tracker.add_busy(latency_s - self._tfs_latency_s)
+        self._tfs_requests, self._tfs_latency_s = requests, latency_s
 
     async def _watch_backend(self) -> None:
         assert self.process is not None
@@ -353,18 +401,28 @@ class Supervisor:
         )
         log.info("starting model server: %s", " ".join(cmd))
         self.process = await asyncio.create_subprocess_exec(*cmd)
-        front = web.Application(client_max_size=1 << 30)
-        front.router.add_route("*", "/{tail:.*}", self._front)
         side = web.Application()
         side.router.add_get(k.AGENT_METRICS_PATH, self._metrics)
         side.router.add_get(k.AGENT_READY_PATH, self._ready)
         side.router.add_get("/healthz", self._healthz)
-        for app, port in ((front, cfg.rest_port), (side, cfg.metrics_port)):
+        apps = [(side, cfg.metrics_port)]
+        if cfg.front:
+            front = web.Application(client_max_size=1 << 30)
+            front.router.add_route("*", "/{tail:.*}", self._front)
+            apps.insert(0, (front, cfg.rest_port))
+        else:
+            # No agent request series: absent, never a zero the operator could read as no traffic.
+            for metric in (self.metrics.requests, self.metrics.duration, self.metrics.inflight):
+                self.registry.unregister(metric)
+        for app, port in apps:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             await web.TCPSite(runner, cfg.host, port).start()
             self._runners.append(runner)
-        log.info("agent REST front on %s:%d, metrics on :%d", cfg.host, cfg.rest_port, cfg.metrics_port)
+        if cfg.front:
+            log.info("agent REST front on %s:%d, metrics on :%d", cfg.host, cfg.rest_port, cfg.metrics_port)
+        else:
+            log.info("no REST front: model server on :%d, metrics on :%d", cfg.rest_port, cfg.metrics_port)
         self._tasks = [asyncio.create_task(self._poll_backend()), asyncio.create_task(self._watch_backend())]
 
     def request_stop(self) -> None:
@@ -378,6 +436,9 @@ class Supervisor:
         self.metrics.ready.set(0)
         cfg = self.cfg
         deadline = time.monotonic() + cfg.drain_timeout_s
+        if not cfg.front:
+            await self._drain_without_front(deadline)
+            return
         log.info("draining: readiness false, %d request(s) in flight", self.tracker.count)
         while time.monotonic() < deadline:
             quiet = time.monotonic() - self.tracker.last_activity
@@ -391,6 +452,20 @@ class Supervisor:
                 self.tracker.count,
             )
         log.info("drained; stopping the model server")
+
+    async def _drain_without_front(self, deadline: float) -> None:
+        """Wait until TF Serving's request counter has been still for the quiet period: clients that
+        still hold connections to this pod have stopped. What is in flight then is finished by the model
+        server's graceful shutdown (SIGTERM in stop())."""
+        quiet = self.cfg.drain_quiet_s
+        log.info("draining without the front: until TF Serving's request counter is still for %.1fs", quiet)
+        while time.monotonic() < deadline:
+            await self._read_tfs_totals()
+            if time.monotonic() - self._tfs_changed_at >= quiet:
+                log.info("drained; stopping the model server")
+                return
+            await asyncio.sleep(min(0.1, quiet / 4))
+        log.warning("drain timeout after %.0fs: requests still arriving", self.cfg.drain_timeout_s)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -449,6 +524,12 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
         default=os.environ.get("GREENSERVE_BACKEND", "auto"),
     )
     p.add_argument("--agent-backend-port", type=int, default=0)
+    p.add_argument(
+        "--agent-front",
+        choices=["on", "off"],
+        default=os.environ.get("GREENSERVE_AGENT_FRONT", "on"),
+        help="the REST proxy in front of the model server (off: see the module docstring)",
+    )
     p.add_argument("--agent-drain-timeout", type=float, default=45.0)
     p.add_argument("--agent-drain-quiet", type=float, default=1.0)
     p.add_argument(
@@ -481,4 +562,5 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
         simulate=args.agent_simulate,
         simulated_product=args.agent_simulated_gpu,
         simulated_count=args.agent_simulated_gpu_count,
+        front=args.agent_front == "on",
     )

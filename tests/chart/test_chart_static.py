@@ -13,6 +13,7 @@ import yaml
 
 from greenserve import contract
 from greenserve.api.v1alpha1 import parse_spec
+from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
 from support.chart import CHART, helm, kube_version, render
 from support.paths import REPO
@@ -755,3 +756,18 @@ def test_operator_never_deletes_or_replaces_what_it_applies(helm_bin: Path) -> N
                 rule["resources"]
             ):
                 assert not {"delete", "deletecollection", "update"} & set(rule["verbs"]), rule
+
+
+@pytest.mark.parametrize("front", [True, False])
+def test_agent_front_setting_reaches_the_serving_pods(
+    helm_bin: Path, monkeypatch: pytest.MonkeyPatch, front: bool
+) -> None:
+    env = env_of(operator_container(render(helm_bin, values={"operator.config.agentFront": front})))
+    monkeypatch.setenv("GREENSERVE_AGENT_FRONT", str(env["GREENSERVE_AGENT_FRONT"]))
+    config = OperatorConfig.from_env()
+    assert config.agent_front is front
+    owner = builders.Owner(name="m", namespace="ns", uid="1")
+    spec = parse_spec({"model": {"name": "m", "storageUri": "pvc://models/m"}})
+    options = builders.BuildOptions(agent_front=config.agent_front)
+    args = builders.deployment(owner, spec, 1, options)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ("--agent-front=off" in args) is not front

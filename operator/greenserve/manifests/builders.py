@@ -54,6 +54,9 @@ class BuildOptions:
     # A new replica is protected from node autoscalers until it is Ready (the operator lifts the
     # protection then); Karpenter's duration form ends it by itself if the operator is not there to.
     warmup_protection: str = "15m"
+    # The serving agent's REST proxy (request counting, drain until quiet). It costs CPU per request
+    # (tests/harness/bench_front.py); off, TF Serving answers REST itself and reports its own metrics.
+    agent_front: bool = True
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -130,7 +133,7 @@ def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
+def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOptions) -> dict[str, Any]:
     name = spec.model.name
     args = [
         f"--port={c.TFS_GRPC_PORT}",
@@ -143,6 +146,12 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
     mounts = [*storage.mounts, {"name": "greenserve-config", "mountPath": CONFIG_DIR, "readOnly": True}]
     if spec.runtime.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_FILE}"]
+    # The model status answers before the model is loaded once TF Serving serves REST itself; the agent's
+    # /ready answers 200 only while the model is AVAILABLE (and not draining), with or without the front.
+    readiness = {"path": f"/v1/models/{name}", "port": "http"}
+    if not options.agent_front:
+        args.append("--agent-front=off")
+        readiness = {"path": contract.AGENT_READY_PATH, "port": "metrics"}
     container: dict[str, Any] = {
         "name": "tfserving",
         "image": spec.runtime.image,
@@ -157,7 +166,7 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
         "securityContext": container_security_context(),
         # The model status endpoint answers 200 only once the model is known to the server.
         "readinessProbe": {
-            "httpGet": {"path": f"/v1/models/{name}", "port": "http"},
+            "httpGet": readiness,
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
@@ -182,7 +191,7 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage) -> dict[str, Any]:
 
 def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions) -> dict[str, Any]:
     storage = resolve(spec.model.storage_uri)
-    container = _container(spec, storage)
+    container = _container(spec, storage, options)
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}}
     volumes = [*storage.volumes, {"name": "greenserve-config", "configMap": {"name": config_map_name(owner)}}]
     pod_spec: dict[str, Any] = {

@@ -210,7 +210,7 @@ async def _reconcile_valid(
     status = body.get("status") or {}
     replicas = desired if desired is not None else desired_replicas(spec, status)
     replicas = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, replicas))
-    options = builders.BuildOptions(scheduler_name=config.scheduler_name)
+    options = builders.BuildOptions(scheduler_name=config.scheduler_name, agent_front=config.agent_front)
     # A consolidation move in flight runs its replacement as one extra replica (see consolidator.py).
     surge = 1 if status.get("move") and replicas > 0 else 0
     try:

@@ -225,3 +225,12 @@ def test_restricted_check_catches_a_root_pod() -> None:
     del pod["securityContext"]
     pod["containers"][0].pop("securityContext")
     assert len(restricted_violations(pod)) == 4
+
+
+def test_without_the_agents_front_readiness_is_the_agents_ready_endpoint() -> None:
+    on = _container(builders.deployment(OWNER, spec(), 1, builders.BuildOptions()))
+    off = _container(builders.deployment(OWNER, spec(), 1, builders.BuildOptions(agent_front=False)))
+    assert "--agent-front=off" in off["args"] and not any(a.startswith("--agent-front") for a in on["args"])
+    # TF Serving's model status can answer before the model is loaded; the agent's /ready cannot.
+    assert off["readinessProbe"]["httpGet"] == {"path": contract.AGENT_READY_PATH, "port": "metrics"}
+    assert on["readinessProbe"]["httpGet"] == {"path": "/v1/models/resnet", "port": "http"}

@@ -209,6 +209,8 @@ componentsPatches:
   extraArgs:
   - {key: bind-address, value: 0.0.0.0, override: true}
   - {key: advertise-address, value: 10.244.7.1}
+  # Reach kubelets (logs, exec) by node IP: a real node's name resolves nowhere.
+  - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
 # kwok fakes only the nodes annotated kwok.x-k8s.io/node=fake (ours and Karpenter's kwok nodes), so a real
 # kubelet node beside them keeps its own lease and pod status. kwokctl passes --manage-all-nodes=true.
 - name: kwok-controller

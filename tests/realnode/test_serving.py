@@ -1,0 +1,323 @@
+"""greenserve end to end on the real node: the shipped images, chart and pod spec, with real containers.
+
+In order (one module, one operator, one ModelService; each test builds on the previous one):
+
+1. the operator is installed with ``helm install`` from charts/greenserve as a pod on the real node, from
+   the locally built operator image, with only the chart's RBAC;
+2. a ModelService serving a real SavedModel (made here; a PVC bound to a hostPath volume) becomes Ready
+   through the pods' real readiness probes, in a namespace that enforces Pod Security "restricted";
+3. HTTP predictions through the ModelService's Service (a kube-proxy ClusterIP) return the model's outputs;
+4. a bounded client load scales it up, a lower one scales it in, and no client request fails (the real
+   preStop sleep and the agent's SIGTERM drain).
+
+Figures (seconds from ``helm install`` to the operator Ready, from ``kubectl apply`` to the first correct
+prediction, the scale-up reaction, requests sent and failed) are printed and written to
+.harness/realnode-figures.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from realnode_support import Load, RealNodes, restricted_namespace, wait_for
+
+from support.chart import CHART, helm
+from support.kube import Kubectl, harness_bin
+from support.paths import REPO
+
+pytestmark = pytest.mark.realnode
+
+OPERATOR_NS = "greenserve-rn"
+RELEASE = "greenserve"
+MODEL = "affine"
+FIGURES: dict[str, float] = {}
+
+
+def _record(name: str, value: float) -> None:
+    FIGURES[name] = round(value, 2)
+    print(f"[realnode figure] {name} = {value:.2f}")
+    out = REPO / ".harness" / "realnode-figures.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(FIGURES, indent=2, sort_keys=True))
+
+
+@pytest.fixture(scope="module")
+def images(real_nodes: RealNodes) -> dict[str, str]:
+    """`make images` (tests/harness/images.sh): the operator and serving (CPU test variant) images as OCI
+    archives, imported into every real node's containerd."""
+    out = subprocess.run(
+        ["bash", str(REPO / "tests/harness/images.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    ).stdout
+    found = dict(shlex.split(line)[0].split("=", 1) for line in out.splitlines() if "=" in line)
+    archives = [found["GREENSERVE_OPERATOR_ARCHIVE"], found["GREENSERVE_SERVING_ARCHIVE"]]
+    subprocess.run(["bash", str(REPO / "tests/harness/real_node.sh"), "import", *archives], check=True)
+    return found
+
+
+@pytest.fixture(scope="module")
+def operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNodes) -> Iterator[str]:
+    """The chart installed as users install it, the operator pinned to a real node."""
+    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl.run("wait", "--for=condition=Established", "crd/modelservices.greenserve.io", "--timeout=60s")
+    kubectl.run("create", "namespace", OPERATOR_NS, check=False)
+    repo, _, tag = images["GREENSERVE_OPERATOR_IMAGE"].rpartition(":")
+    values = {
+        "image.repository": repo,
+        "image.tag": tag,
+        "image.pullPolicy": "Never",
+        "operator.nodeSelector": {"kubernetes.io/hostname": real_nodes.names[0]},
+        "operator.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "operator.config.reconcileInterval": 5,
+        "operator.config.consolidationInterval": 10,
+    }
+    helm_bin = harness_bin() / "helm"
+    args = ["install", RELEASE, str(CHART), "--namespace", OPERATOR_NS]
+    for key, value in values.items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    t0 = time.monotonic()
+    helm(helm_bin, *args, kubeconfig=kubectl.kubeconfig)
+    kubectl.run(
+        "wait", "-n", OPERATOR_NS, "--for=condition=Ready", "pod",
+        "-l", "app.kubernetes.io/component=operator", "--timeout=180s",
+    )  # fmt: skip
+    _record("helm_install_to_operator_ready_s", time.monotonic() - t0)
+    yield OPERATOR_NS
+    logs = kubectl.run(
+        "logs", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator", "--tail=300", check=False
+    )
+    print(logs.stdout[-8000:])
+    helm(helm_bin, "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", kubeconfig=kubectl.kubeconfig)
+    kubectl.run("delete", "namespace", OPERATOR_NS, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def models_ns(kubectl: Kubectl) -> Iterator[str]:
+    yield from restricted_namespace(kubectl, "rn-models")
+
+
+@pytest.fixture(scope="module")
+def model_store(kubectl: Kubectl, models_ns: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real SavedModel (tests/unit/agent/make_savedmodel.py: y = 2x + 1) on a PVC bound to a hostPath
+    volume; every real node is this machine, so the path exists wherever the pod lands."""
+    root = tmp_path_factory.mktemp("models")
+    root.chmod(0o755)
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/unit/agent/make_savedmodel.py"), str(root / MODEL)],
+        check=True,
+        timeout=300,
+    )
+    for p in [root, *root.rglob("*")]:  # readable by the serving pods' non-root user
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    pv = f"{models_ns}-models"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(root), "type": "Directory"},
+                "claimRef": {"namespace": models_ns, "name": "models"},
+            },
+        }
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": models_ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
+    return f"pvc://models/{MODEL}"
+
+
+def _msvc(ns: str, storage_uri: str, image: str, product: str, **scaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "greenserve.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": MODEL, "namespace": ns},
+        "spec": {
+            "model": {"name": MODEL, "storageUri": storage_uri},
+            "runtime": {
+                "image": image,
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+            },
+            "gpu": {"count": 1, "product": product},
+            "scaling": {"minReplicas": 1, "maxReplicas": 3, **scaling},
+        },
+    }
+
+
+def _get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(kubectl.run("get", *args, "-o", "json").stdout)
+    return out
+
+
+def _ready(kubectl: Kubectl, ns: str) -> dict[str, Any] | None:
+    msvc = _get_json(kubectl, "modelservice", MODEL, "-n", ns)
+    conds = {c["type"]: c for c in msvc.get("status", {}).get("conditions", [])}
+    return msvc if conds.get("Ready", {}).get("status") == "True" else None
+
+
+def predict(url: str, xs: list[float], timeout: float = 10) -> list[float]:
+    body = json.dumps({"instances": [[x] for x in xs]}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        out = json.loads(resp.read())
+    return [float(p[0]) for p in out["predictions"]]
+
+
+def _correct(url: str) -> bool:
+    try:
+        return predict(url, [1.0, 2.5]) == [3.0, 6.0]
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def served(
+    kubectl: Kubectl,
+    operator: str,
+    models_ns: str,
+    model_store: str,
+    images: dict[str, str],
+    real_nodes: RealNodes,
+) -> str:
+    """The ModelService applied and answering; returns its predict URL through the Service's ClusterIP."""
+    t0 = time.monotonic()
+    kubectl.apply(
+        _msvc(models_ns, model_store, images["GREENSERVE_SERVING_IMAGE"], real_nodes.gpu_product, target=5)
+    )
+    svc = wait_for(
+        lambda: kubectl.run(
+            "get", "svc", MODEL, "-n", models_ns, "-o", "jsonpath={.spec.clusterIP}", check=False
+        ).stdout.strip(),
+        timeout=60,
+        what="the ModelService's Service",
+    )
+    url = f"http://{svc}:8501/v1/models/{MODEL}:predict"
+    wait_for(
+        lambda: _correct(url), timeout=300, what="a correct prediction through the Service", interval=0.2
+    )
+    _record("apply_to_first_correct_prediction_s", time.monotonic() - t0)
+    return url
+
+
+def test_operator_runs_as_a_pod_on_the_real_node(
+    kubectl: Kubectl, operator: str, real_nodes: RealNodes
+) -> None:
+    pods = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["spec"]["nodeName"] in real_nodes.names
+    assert pod["spec"]["serviceAccountName"].startswith(RELEASE)
+    # The operator reads the API through the kubernetes Service from inside the pod: its log shows kopf
+    # watching ModelServices, and nothing was denied.
+    logs = kubectl.run("logs", "-n", operator, pod["metadata"]["name"]).stdout
+    assert "403" not in logs and "Forbidden" not in logs, logs[-3000:]
+
+
+def test_modelservice_becomes_ready_and_predicts(
+    kubectl: Kubectl, served: str, models_ns: str, real_nodes: RealNodes
+) -> None:
+    msvc = wait_for(lambda: _ready(kubectl, models_ns), timeout=120, what="Ready=True")
+    assert msvc["status"]["readyReplicas"] >= 1
+    pods = _get_json(kubectl, "pods", "-n", models_ns, "-l", f"greenserve.io/modelservice={MODEL}")["items"]
+    ready = [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
+    assert ready
+    for pod in ready:
+        # Real pods on real nodes, Ready through their real readiness probe, with real addresses.
+        assert pod["spec"]["nodeName"] in real_nodes.names
+        assert pod["status"]["podIP"].startswith("10.244.")
+        (container,) = [c for c in pod["spec"]["containers"] if "readinessProbe" in c]
+        assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL}"
+    # Correct outputs of y = 2x + 1 for a batch through kube-proxy's ClusterIP.
+    xs = [-1.0, 0.0, 0.5, 10.0]
+    assert predict(served, xs) == [2 * x + 1 for x in xs]
+
+
+def _status(kubectl: Kubectl, ns: str) -> dict[str, Any]:
+    status: dict[str, Any] = _get_json(kubectl, "modelservice", MODEL, "-n", ns).get("status", {})
+    return status
+
+
+def _serving_pods(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = _get_json(
+        kubectl, "pods", "-n", ns, "-l", f"greenserve.io/modelservice={MODEL}"
+    )["items"]
+    return pods
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+    return conds.get("Ready") == "True" and pod["metadata"].get("deletionTimestamp") is None
+
+
+def test_load_scales_up_then_in_without_failed_requests(
+    kubectl: Kubectl, served: str, models_ns: str
+) -> None:
+    """A bounded load above one replica's target scales up; once it falls, the extra replicas go through
+    the real preStop sleep and the agent's SIGTERM drain, and not one client request fails."""
+    kubectl.run(
+        "patch", "modelservice", MODEL, "-n", models_ns, "--type=merge",
+        "-p", json.dumps({"spec": {"scaling": {"target": 5, "scaleDownDelaySeconds": 20}}}),
+    )  # fmt: skip
+    wait_for(lambda: _ready(kubectl, models_ns), timeout=60, what="Ready before the load")
+    with Load(lambda: predict(served, [1.0]) == [3.0], rate=12) as load:
+        t_load = time.monotonic()
+        wait_for(
+            lambda: (_status(kubectl, models_ns).get("desiredReplicas") or 0) >= 2,
+            timeout=180,
+            what="desiredReplicas >= 2 under 12 req/s (target 5 per replica)",
+        )
+        _record("scale_up_reaction_s", time.monotonic() - t_load)
+        wait_for(
+            lambda: sum(_is_ready(p) for p in _serving_pods(kubectl, models_ns)) >= 2,
+            timeout=240,
+            what="a second serving pod Ready",
+        )
+        _record("scale_up_to_second_replica_ready_s", time.monotonic() - t_load)
+        up_sent, up_failed = load.between(t_load, time.monotonic())
+        # The load falls below one replica's target: the operator scales in after scaleDownDelaySeconds.
+        load.rate = 2
+        t_in = time.monotonic()
+        wait_for(
+            lambda: (
+                len(_serving_pods(kubectl, models_ns)) == 1
+                and (_status(kubectl, models_ns).get("desiredReplicas") == 1)
+            ),
+            timeout=300,
+            what="scale-in to one replica, the removed pods gone",
+            interval=1,
+        )
+        t_done = time.monotonic()
+    # Leaving the block waited for every request in flight, so each one sent before t_done has its outcome.
+    in_sent, in_failed = load.between(t_in, t_done)
+    _record("scale_in_requests_sent", in_sent)
+    _record("scale_in_requests_failed", len(in_failed))
+    _record("scale_up_requests_sent", up_sent)
+    _record("scale_up_requests_failed", len(up_failed))
+    assert in_sent > 20, "the scale-in window carried too little load to show anything"
+    assert up_failed == [], up_failed[:5]
+    assert in_failed == [], in_failed[:5]

@@ -48,6 +48,44 @@ def _newer(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return a is None or b is None or b >= a
 
 
+_META_KEPT = ("name", "namespace", "labels", "resourceVersion", "generation", "deletionTimestamp",
+              "ownerReferences")  # fmt: skip
+
+
+def _slim_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in _META_KEPT if k in meta}
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What the tick reads of a serving pod (its PodRef); kopf's watch of every pod is the memory cost
+    at fleet scale, so the cache keeps no more than this."""
+    status = pod.get("status") or {}
+    return {
+        "metadata": _slim_meta(pod),
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {
+            "podIP": status.get("podIP"),
+            "phase": status.get("phase"),
+            "conditions": [x for x in status.get("conditions") or [] if x.get("type") == "Ready"],
+        },
+    }
+
+
+def slim_owned(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An owned object as the cache keeps it: identity and markers; a Deployment also its spec.replicas
+    and status (reconcile/status.py reads them when the apply was skipped)."""
+    out: dict[str, Any] = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": _slim_meta(obj),
+    }
+    if obj.get("kind") == "Deployment":
+        out["spec"] = {"replicas": (obj.get("spec") or {}).get("replicas")}
+        out["status"] = dict(obj.get("status") or {})
+    return out
+
+
 def marker(obj: Mapping[str, Any]) -> str:
     """What changes when someone else changes the object's intent (not its status)."""
     meta = obj.get("metadata") or {}
@@ -84,7 +122,8 @@ class ClusterCache:
             self.msvcs.pop(key, None)
             self.pods.pop(key, None)
         elif _newer(self.msvcs.get(key), body):
-            self.msvcs[key] = dict(body)
+            meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+            self.msvcs[key] = {**dict(body), "metadata": meta}
 
     def observe_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         meta = body["metadata"]
@@ -95,7 +134,7 @@ class ClusterCache:
         if deleted:
             pods.pop(meta["name"], None)
         elif _newer(pods.get(meta["name"]), body):
-            pods[meta["name"]] = dict(body)
+            pods[meta["name"]] = slim_pod(body)
 
     def observe_owned(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
         """Record an owned object's event; True when it drifted from what this process applied (deleted,
@@ -106,7 +145,7 @@ class ClusterCache:
             return key in self.applied
         if not _newer(self.owned.get(key), body):
             return False
-        self.owned[key] = dict(body)
+        self.owned[key] = slim_owned(body)
         mark = self.applied.get(key)
         return mark is not None and mark[1] != marker(body)
 
@@ -197,5 +236,5 @@ async def apply_if_changed(
         key = obj_key(obj)
         cache.applied[key] = (digest(obj), marker(result))
         if _newer(cache.owned.get(key), result):
-            cache.owned[key] = dict(result)
+            cache.owned[key] = slim_owned(result)
     return result

@@ -20,7 +20,7 @@ from greenserve.api import conditions as cond
 from greenserve.api.constants import LABEL_MODELSERVICE
 from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
 from greenserve.cluster import events
-from greenserve.cluster.cache import apply_if_changed
+from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed, ensure_ours
 from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
@@ -215,13 +215,22 @@ async def _reconcile_valid(
     surge = 1 if status.get("move") and replicas > 0 else 0
     try:
         applied: dict[str, Any] | None = None
-        for obj in builders.objects(owner, spec, replicas + surge, options):
+        objs = builders.objects(owner, spec, replicas + surge, options)
+        await ensure_ours(kube, objs)
+        for obj in objs:
             result = await apply_if_changed(kube, obj)
             if obj["kind"] == "Deployment":
                 applied = result
         pods = await kube.list_objects(
             PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
         )
+    except ConflictingObjectError as err:
+        # Touch nothing of theirs; the change handler retries, so removing the conflict recovers.
+        message = f"{err}; rename the ModelService or remove that object"
+        log.warning("ModelService %s/%s: %s", owner.namespace, owner.name, message)
+        fields = {"desiredReplicas": replicas}
+        st = await _write_status(kube, body, fields, False, cond.REASON_CONFLICTING_OBJECT, message)
+        return Outcome(False, cond.REASON_CONFLICTING_OBJECT, message, replicas, st, retry_after=30.0)
     except ApiError as err:
         if err.not_found and err.body.get("details", {}).get("kind") == "namespaces":
             raise

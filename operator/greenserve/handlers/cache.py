@@ -14,16 +14,21 @@ import kopf
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
 from greenserve.reconcile import modelservice as rec
+from greenserve.reconcile.loop import LoopDeps
 
 RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
 OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
 
 
 @kopf.on.event(*RESOURCE)
-def modelservice_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
+        # No finalizer: the deletion is already done; forget the cache entries and the metric series.
         meta = body["metadata"]
         CACHE.forget(meta["namespace"], meta["name"])
+        deps = memo.get("loop")
+        if isinstance(deps, LoopDeps) and deps.metrics is not None:
+            deps.metrics.forget(meta["namespace"], meta["name"])
     else:
         CACHE.observe_msvc(body)
 

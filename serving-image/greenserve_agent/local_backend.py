@@ -11,6 +11,8 @@ tests use:
 * ``GET  /monitoring/prometheus/metrics``: ``:tensorflow:serving:request_count{model_name,status}`` and the
   ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` histogram in microseconds, with TF
   Serving's own names, label keys and buckets (written by hand: prometheus_client would add ``_total``).
+  Like TF Serving, only with ``--monitoring_config_file`` naming a ``prometheus_config`` with
+  ``enable: true`` (at its ``path``); without it the endpoint does not exist.
 
 There is no gRPC endpoint; the supervisor says so when it starts this backend.
 """
@@ -23,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -185,10 +188,21 @@ class TfsMetrics:
         return "\n".join(lines) + "\n"
 
 
+def monitoring_path(config_text: str) -> str | None:
+    """The Prometheus path a text-format MonitoringConfig enables, or None (TF Serving's fields:
+    ``prometheus_config { enable: true, path: "..." }``; the default path is TF Serving's)."""
+    block = re.search(r"prometheus_config\s*\{([^}]*)\}", config_text)
+    if not block or not re.search(r"\benable\s*:\s*true\b", block.group(1)):
+        return None
+    path = re.search(r'\bpath\s*:\s*"([^"]+)"', block.group(1))
+    return path.group(1) if path else k.TFS_MONITORING_PATH
+
+
 class LocalBackend:
-    def __init__(self, model_name: str, model_base_path: str) -> None:
+    def __init__(self, model_name: str, model_base_path: str, metrics_path: str | None = None) -> None:
         self.model_name = model_name
         self.model_base_path = model_base_path
+        self.metrics_path = metrics_path
         self.model: LoadedModel | None = None
         self.load_error: str | None = None
         self.metrics = TfsMetrics()
@@ -266,7 +280,8 @@ class LocalBackend:
         app.router.add_get("/v1/models/{name}/versions/{version:\\d+}", self.status)
         app.router.add_post("/v1/models/{name}:predict", self.predict)
         app.router.add_post("/v1/models/{name}/versions/{version:\\d+}:predict", self.predict)
-        app.router.add_get(k.TFS_MONITORING_PATH, self.prometheus)
+        if self.metrics_path:
+            app.router.add_get(self.metrics_path, self.prometheus)
         return app
 
 
@@ -303,11 +318,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model_name", required=True)
     parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--monitoring_config_file", default=None)
     args, ignored = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ignored:
         log.info("ignoring TF Serving flags the local backend does not implement: %s", " ".join(ignored))
-    backend = LocalBackend(args.model_name, args.model_base_path)
+    metrics_path = None
+    if args.monitoring_config_file:
+        with open(args.monitoring_config_file) as f:
+            metrics_path = monitoring_path(f.read())
+    if metrics_path is None:
+        log.info(
+            "monitoring off: no Prometheus endpoint (--monitoring_config_file enables it, as in TF Serving)"
+        )
+    backend = LocalBackend(args.model_name, args.model_base_path, metrics_path)
 
     async def run() -> None:
         import signal

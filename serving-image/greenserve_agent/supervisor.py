@@ -254,8 +254,9 @@ class Supervisor:
         if kind == "auto":
             kind = "tfserving" if shutil.which(TFS_BINARY) else "local"
         self.backend_kind = kind
+        # TF Serving exports its request metrics only with a monitoring config; the local backend too.
+        monitoring = cfg.monitoring_config_file or self._write_monitoring_config()
         if kind == "tfserving":
-            monitoring = cfg.monitoring_config_file or self._write_monitoring_config()
             return [
                 TFS_BINARY,
                 f"--port={cfg.grpc_port}",
@@ -270,7 +271,7 @@ class Supervisor:
             sys.executable, "-m", "greenserve_agent.local_backend",
             f"--rest_api_port={self.backend_port}", f"--host={'127.0.0.1' if cfg.front else cfg.host}",
             f"--model_name={cfg.model_name}", f"--model_base_path={cfg.model_base_path}",
-            *cfg.extra_args,
+            f"--monitoring_config_file={monitoring}", *cfg.extra_args,
         ]  # fmt: skip
 
     def _write_monitoring_config(self) -> str:

@@ -25,7 +25,8 @@ from greenserve.api import constants, v1alpha1
 CRD_FILE = f"{constants.CRD_NAME}.yaml"
 HEADER = "# Generated from operator/greenserve/api/v1alpha1.py by `greenserve crd`; do not edit.\n"
 
-_DROP_KEYS = {"title"}
+# propertyNames (map keys: label keys, resource names) has no CRD equivalent; the operator checks keys.
+_DROP_KEYS = {"title", "propertyNames"}
 
 
 def _models() -> dict[str, type[BaseModel]]:
@@ -75,15 +76,26 @@ def _convert(node: Any, defs: dict[str, Any], models: dict[str, type[BaseModel]]
         if key == "properties":
             out[key] = {name: _convert(prop, defs, models) for name, prop in value.items()}
         elif key == "additionalProperties":
-            # Structural schemas forbid additionalProperties beside properties; unknown fields are pruned
-            # by the API server anyway, and free-form maps are marked preserve-unknown-fields.
-            if value is True:
-                out["x-kubernetes-preserve-unknown-fields"] = True
+            # A map (nodeSelector, resources.limits) keeps its value schema; True (a free-form object) is
+            # marked preserve-unknown-fields below, as structural schemas forbid it beside properties.
+            if isinstance(value, dict):
+                out[key] = _convert(value, defs, models)
+        elif key == "patternProperties":
+            # Pydantic's form of a map whose keys have a pattern: the value schema stays, the key pattern
+            # (no CRD equivalent) is checked by the operator.
+            (value_schema,) = value.values()
+            out["additionalProperties"] = _convert(value_schema, defs, models)
+        elif key == "exclusiveMinimum" and not isinstance(value, bool):
+            # JSON Schema's numeric form; OpenAPI v3.0 (the CRD's dialect) takes a bound and a flag.
+            out["minimum"] = value
+            out["exclusiveMinimum"] = True
         elif key == "const":
             out["enum"] = [value]
         else:
             out[key] = _convert(value, defs, models)
-    if out.get("type") == "object" and "properties" not in out:
+    if "default" in out and out["default"] is None:
+        del out["default"]  # an optional field's "no value", not a default
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("type") == "integer":
         out.setdefault("format", "int64")
@@ -126,12 +138,32 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+# Only the operator writes status, but the CRD bounds it all the same (every string and list is bounded,
+# tests/unit/api/test_crd.py): metav1.Condition's own limits, RFC 3339 times, one counter per replica.
+_STATUS_BOUNDS: dict[tuple[str, ...], dict[str, int]] = {
+    ("lastScaleTime",): {"maxLength": 64},
+    ("energyCounters",): {"maxProperties": 2048},
+    ("conditions",): {"maxItems": 32},
+    ("conditions", "type"): {"maxLength": 316},
+    ("conditions", "status"): {"maxLength": 7},
+    ("conditions", "lastTransitionTime"): {"maxLength": 64},
+}
+
+
 def _status_schema() -> dict[str, Any]:
     schema = structural_schema(v1alpha1.ModelServiceStatus)
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     conditions.pop("default", None)
+    for path, bounds in _STATUS_BOUNDS.items():
+        node: dict[str, Any] | None = schema
+        for name in path:
+            parent = node.get("items", node) if node else {}  # the fields of a list are its items'
+            node = parent.get("properties", {}).get(name)
+        for key, value in bounds.items():
+            if node is not None:
+                node.setdefault(key, value)
     return schema
 
 
@@ -143,33 +175,44 @@ def build_crd() -> dict[str, Any]:
         "description": "A TensorFlow Serving model on GPU nodes, scaled and consolidated for energy.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "maxLength": 253},
+            "kind": {"type": "string", "maxLength": 63},
             "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": _status_schema(),
         },
-        # The name becomes the Deployment, Service and label values, which are limited to 63 characters.
+        # The name is also the name of the Service, which must be a DNS-1035 label: without this rule a
+        # ModelService named 1abc or a.b is accepted and fails only when its Service is applied.
         v1alpha1.CEL: [
             {
-                "rule": "self.metadata.name.size() <= 63",
-                "message": "metadata.name must be at most 63 characters (it names the Deployment and Service)",  # noqa: E501
+                "rule": "self.metadata.name.size() <= 63 && "
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', "
+                "starting with a letter, at most 63 characters): it names the ModelService's Service",
+                "fieldPath": ".metadata.name",
             }
         ],
     }
 
-    def ready(jsonpath: str, name: str, type_: str, **extra: Any) -> dict[str, Any]:
+    def column(jsonpath: str, name: str, type_: str, **extra: Any) -> dict[str, Any]:
         return {"name": name, "type": type_, "jsonPath": jsonpath, **extra}
 
+    ready_cond = '.status.conditions[?(@.type=="Ready")]'
+    # The default view answers "is it serving, why not, how big, within which bounds, on what signal";
+    # -o wide adds the GPU and energy figures.
     columns = [
-        ready('.status.conditions[?(@.type=="Ready")].status', "Ready", "string"),
-        ready(".status.readyReplicas", "Replicas", "integer", description="Ready replicas"),
-        ready(".status.desiredReplicas", "Desired", "integer", priority=1),
-        ready(".status.gpus", "GPUs", "integer"),
-        ready(".status.powerWatts", "Power W", "number"),
-        ready(".status.joulesPerRequest", "J/req", "number", priority=1),
-        ready('.status.conditions[?(@.type=="Ready")].reason', "Reason", "string", priority=1),
-        ready(".metadata.creationTimestamp", "Age", "date"),
+        column(f"{ready_cond}.status", "Ready", "string"),
+        column(f"{ready_cond}.reason", "Reason", "string"),
+        column(".status.readyReplicas", "Replicas", "integer", description="Ready replicas"),
+        column(".spec.scaling.minReplicas", "Min", "integer"),
+        column(".spec.scaling.maxReplicas", "Max", "integer"),
+        column(".spec.scaling.metric", "Metric", "string"),
+        column(".spec.scaling.target", "Target", "number"),
+        column(".metadata.creationTimestamp", "Age", "date"),
+        column(".status.desiredReplicas", "Desired", "integer", priority=1),
+        column(".status.gpus", "GPUs", "integer", priority=1),
+        column(".status.powerWatts", "Power W", "number", priority=1),
+        column(".status.joulesPerRequest", "J/req", "number", priority=1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -10,16 +10,33 @@ anything that slips past the API server (or an object stored before a schema cha
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
-from greenserve.api import constants
+from greenserve.api import constants, k8s
+from greenserve.api.k8s_vendor import QUANTITY_MAX_LENGTH, QUANTITY_PATTERN
 
-# Quantities as the API server accepts them ("500m", "2Gi", "1"); kept as strings like core/v1 does.
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' quantity grammar ("500m", "2Gi", "1e3"), without a sign: resource amounts cannot be negative.
+RESOURCE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A qualified name (label and annotation keys, resource names): an optional DNS prefix and a 63-char name.
+QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# TF Serving model names: what fits a URL path segment and a flag value (/v1/models/<name>, --model_name).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$"
+# Characters a storage URI may hold: no whitespace, quotes, shell metacharacters (;|&$`<>(){}*?!\), % (an
+# encoded "..") or non-ASCII. ".." path segments are rejected by a CEL rule (RE2 has no lookahead).
+STORAGE_URI_PATTERN = r"^([a-z][a-z0-9+.-]*://[-A-Za-z0-9._~/:@=+,]+|/[-A-Za-z0-9._~/:@=+,]+)$"
+# Flags of the model server the operator owns; runtime.args may not set them.
+OWNED_ARGS_PATTERN = r"^--?(port|rest_api_port|model_name|model_base_path)(=|$)"
+# Volume names the operator uses itself (see manifests/storage.py and manifests/builders.py).
+RESERVED_VOLUMES = ("model-store", "greenserve-config", "gcs-credentials")
+RESERVED_MESSAGE = f"pod.volumes must not use the operator's volume names {', '.join(RESERVED_VOLUMES)}"
+DEFAULT_CREDENTIALS_KEY = "key.json"
 
 CEL = "x-kubernetes-validations"
 
@@ -30,19 +47,49 @@ class _Model(BaseModel):
     )
 
 
-SUPPORTED_SCHEMES = ("pvc://", "gs://", "s3://", "/")
+SUPPORTED_SCHEMES = ("pvc://", "gs://", "/")
+S3_MESSAGE = (
+    "model.storageUri: s3:// is not supported: TF Serving 2.7 and later has no S3 filesystem; "
+    "copy the model to a PVC (pvc://) or to Google Cloud Storage (gs://)"
+)
+TRAVERSAL_MESSAGE = "model.storageUri must not contain '..' path segments"
+
+
+def _check_storage_uri(value: str) -> str:
+    if value.startswith("s3://"):
+        raise ValueError(S3_MESSAGE)
+    if ".." in value.split("/"):
+        raise ValueError(TRAVERSAL_MESSAGE)
+    return value
 
 
 class ModelSpec(_Model):
     """The model to serve."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": "!self.storageUri.startsWith('s3://')",
+                    "message": S3_MESSAGE,
+                    "fieldPath": ".storageUri",
+                },
+                {
+                    "rule": "!self.storageUri.matches('(^|/)\\\\.\\\\.(/|$)')",
+                    "message": TRAVERSAL_MESSAGE,
+                    "fieldPath": ".storageUri",
+                },
+            ]
+        }
+    )
 
     name: Annotated[
         str,
         Field(
             min_length=1,
             max_length=63,
-            pattern=DNS_LABEL_PATTERN,
-            description="Model name in TF Serving's API (/v1/models/<name>).",
+            pattern=MODEL_NAME_PATTERN,
+            description="Model name in TF Serving's API (/v1/models/<name>): letters, digits, '-', '_', '.'.",
         ),
     ]
     storage_uri: Annotated[
@@ -50,34 +97,106 @@ class ModelSpec(_Model):
         Field(
             min_length=2,
             max_length=2048,
-            # Loose on purpose: the scheme check lives in the operator, so an unsupported but well-formed
-            # URI (hdfs://, http://) is accepted and reported as Ready=False/UnsupportedStorageUri.
-            pattern=r"^([a-z][a-z0-9+.-]*://.+|/.+)$",
-            description="pvc://<claim>/<path>, gs://<bucket>/<path>, s3://<bucket>/<path>, or an absolute "
-            "path inside the serving image. The path holds numbered version directories of a SavedModel.",
+            # The scheme check lives in the operator, so an unsupported but well-formed URI (hdfs://,
+            # http://) is accepted and reported as Ready=False/UnsupportedStorageUri.
+            pattern=STORAGE_URI_PATTERN,
+            description="pvc://<claim>/<path>, gs://<bucket>/<path>, or an absolute path inside the serving "
+            "image. The path holds numbered version directories of a SavedModel. s3:// is rejected: TF "
+            "Serving 2.7 and later has no S3 filesystem.",
         ),
+        AfterValidator(_check_storage_uri),
     ]
     credentials_secret: Annotated[
         str | None,
         Field(
             default=None,
             max_length=253,
-            description="Secret whose keys are exported as environment variables to the model server "
-            "(for example AWS_ACCESS_KEY_ID, or GOOGLE_APPLICATION_CREDENTIALS with a mounted key).",
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            description="gs:// only: a Secret mounted as files at /var/secrets/google, with "
+            "GOOGLE_APPLICATION_CREDENTIALS pointing at its credentialsKey; its keys are also exported as "
+            "environment variables.",
+        ),
+    ] = None
+    credentials_key: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=253,
+            pattern=r"^[-._a-zA-Z0-9]+$",
+            description=f"Key of credentialsSecret holding the service-account key file; default "
+            f"{DEFAULT_CREDENTIALS_KEY}.",
         ),
     ] = None
 
 
-class ResourceList(_Model):
-    cpu: Annotated[str | None, Field(default=None, pattern=QUANTITY_PATTERN)] = None
-    memory: Annotated[str | None, Field(default=None, pattern=QUANTITY_PATTERN)] = None
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("a quantity is a number or a string such as 500m or 2Gi")
+    if isinstance(value, int):
+        if not 0 <= value < 2**63:
+            raise ValueError(f"quantity {value} is out of range")
+        return value
+    if len(value) > QUANTITY_MAX_LENGTH or not re.fullmatch(RESOURCE_QUANTITY_PATTERN, value):
+        raise ValueError(f"{value[:80]!r} is not a Kubernetes quantity (such as 500m, 2Gi, 1)")
+    return value
+
+
+# int-or-string, as Kubernetes' own resource.Quantity in a CRD: `cpu: 1` and `cpu: "1"` are both valid.
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": RESOURCE_QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
+            "minimum": 0,
+        }
+    ),
+]
+ResourceName = Annotated[str, Field(max_length=253, pattern=QUALIFIED_NAME_PATTERN)]
+ResourceMap = Annotated[dict[ResourceName, Quantity], Field(max_length=16)]
+LabelMap = Annotated[
+    dict[
+        Annotated[str, Field(max_length=316, pattern=QUALIFIED_NAME_PATTERN)],
+        Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)],
+    ],
+    Field(max_length=64),
+]
+AnnotationMap = Annotated[
+    dict[
+        Annotated[str, Field(max_length=316, pattern=QUALIFIED_NAME_PATTERN)],
+        Annotated[str, Field(max_length=16384)],
+    ],
+    Field(max_length=64),
+]
+ObjectName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 
 
 class Resources(_Model):
-    """CPU and memory of the model-server container. GPUs are set by spec.gpu, not here."""
+    """Resources of the model-server container, any resource name (cpu, memory, ephemeral-storage, ...).
+    GPUs are set by spec.gpu, not here."""
 
-    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="1", memory="2Gi"))
-    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="8Gi"))
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": "!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && "
+                    "!(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
+                    "message": "nvidia.com/gpu is set by spec.gpu.count, not by runtime.resources",
+                }
+            ]
+        }
+    )
+
+    requests: ResourceMap = Field(default_factory=lambda: dict[str, int | str](cpu="1", memory="2Gi"))
+    limits: ResourceMap = Field(default_factory=lambda: dict[str, int | str](memory="8Gi"))
+
+    @model_validator(mode="after")
+    def _no_gpus(self) -> Resources:
+        if constants.GPU_RESOURCE in self.requests or constants.GPU_RESOURCE in self.limits:
+            raise ValueError("nvidia.com/gpu is set by spec.gpu.count, not by runtime.resources")
+        return self
 
 
 class Batching(_Model):
@@ -90,33 +209,74 @@ class Batching(_Model):
     max_enqueued_batches: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
+OWNED_ARGS_MESSAGE = (
+    "runtime.args must not set --port, --rest_api_port, --model_name or --model_base_path (the operator does)"
+)
+
+
+def _check_args(args: list[str] | None) -> list[str] | None:
+    if args and any(re.match(OWNED_ARGS_PATTERN, a) for a in args):
+        raise ValueError(OWNED_ARGS_MESSAGE)
+    return args
+
+
 class RuntimeSpec(_Model):
     """The model-server container."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": f"!has(self.args) || self.args.all(a, !a.matches('{OWNED_ARGS_PATTERN}'))",
+                    "message": OWNED_ARGS_MESSAGE,
+                    "fieldPath": ".args",
+                }
+            ]
+        }
+    )
 
     image: Annotated[
         str,
         Field(
             min_length=1,
             max_length=512,
+            # As Kubernetes: an image with leading or trailing whitespace can never be pulled.
+            pattern=r"^[^\s]+$",
             description="Model-server image: greenserve's serving image (TF Serving with the greenserve "
-            "agent) or one built FROM it; a GPU build when spec.gpu.count > 0.",
+            "agent) or one built FROM it; a tag, a digest or a mirror; a GPU build when spec.gpu.count > 0.",
         ),
     ] = constants.DEFAULT_SERVING_IMAGE
     resources: Resources = Field(default_factory=Resources)
     batching: Batching = Field(default_factory=Batching)
-
-
-class Toleration(_Model):
-    key: Annotated[str | None, Field(default=None, max_length=316)] = None
-    operator: Annotated[str, Field(pattern=r"^(Exists|Equal)$")] = "Equal"
-    value: Annotated[str | None, Field(default=None, max_length=63)] = None
-    effect: Annotated[
-        str | None, Field(default=None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    grpc: Annotated[
+        bool,
+        Field(
+            description="Expose TF Serving's gRPC port (8500) on the container and the Service. Off by "
+            "default: the gRPC API includes TF Serving's model-management service."
+        ),
+    ] = False
+    args: Annotated[
+        list[Annotated[str, Field(max_length=4096)]] | None,
+        Field(default=None, max_length=64, description="Extra model-server flags, after the operator's."),
+        AfterValidator(_check_args),
     ] = None
-
-
-def _default_tolerations() -> list[Toleration]:
-    return [Toleration(key=constants.GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
+    env: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=64),
+        k8s.list_schema(
+            "EnvVar", 64, "Environment variables of the model-server container (core/v1 EnvVar)."
+        ),
+    ] = None
+    volume_mounts: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=32),
+        k8s.list_schema("VolumeMount", 32, "Mounts of spec.pod.volumes into the model-server container."),
+    ] = None
+    security_context: Annotated[
+        dict[str, Any] | None,
+        Field(default=None),
+        k8s.json_schema("SecurityContext", "securityContext of the model-server container (core/v1)."),
+    ] = None
 
 
 class GpuSpec(_Model):
@@ -128,10 +288,88 @@ class GpuSpec(_Model):
         Field(
             default=None,
             max_length=63,
+            pattern=LABEL_VALUE_PATTERN,
             description="Required value of the nvidia.com/gpu.product node label (GPU feature discovery).",
         ),
     ] = None
-    tolerations: list[Toleration] = Field(default_factory=_default_tolerations, max_length=16)
+    tolerations: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=16),
+        k8s.list_schema(
+            "Toleration",
+            16,
+            "Tolerations of the serving pods (core/v1), added to the operator's "
+            "nvidia.com/gpu:NoSchedule toleration when count > 0.",
+        ),
+    ] = None
+
+
+class PodOptions(_Model):
+    """Pod-level settings of the serving pods, merged into the Deployment's pod template. The operator's
+    own fields win where it needs them: the selector labels, the GPU limit, the model container's name and
+    ports."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": "!has(self.volumes) || self.volumes.all(v, !(v.name in "
+                    + str(list(RESERVED_VOLUMES))
+                    + "))",
+                    "message": RESERVED_MESSAGE,
+                    "fieldPath": ".volumes",
+                }
+            ]
+        }
+    )
+
+    labels: Annotated[LabelMap | None, Field(default=None, description="Extra pod labels.")] = None
+    annotations: Annotated[
+        AnnotationMap | None, Field(default=None, description="Extra pod annotations.")
+    ] = None
+    service_account_name: Annotated[
+        ObjectName | None,
+        Field(default=None, description="ServiceAccount of the serving pods (IRSA, Workload Identity)."),
+    ] = None
+    automount_service_account_token: Annotated[
+        bool | None,
+        Field(default=None, description="Mount the ServiceAccount's API token; false unless set to true."),
+    ] = None
+    image_pull_secrets: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=16),
+        k8s.list_schema("LocalObjectReference", 16, "Secrets for pulling the serving image."),
+    ] = None
+    node_selector: Annotated[
+        LabelMap | None,
+        Field(
+            default=None, description="Added to the operator's nvidia.com/gpu.product selector (gpu.product)."
+        ),
+    ] = None
+    affinity: Annotated[dict[str, Any] | None, Field(default=None), k8s.json_schema("Affinity")] = None
+    runtime_class_name: Annotated[
+        ObjectName | None, Field(default=None, description="For example nvidia (k3s, RKE2, CDI setups).")
+    ] = None
+    priority_class_name: Annotated[ObjectName | None, Field(default=None)] = None
+    security_context: Annotated[
+        dict[str, Any] | None, Field(default=None), k8s.json_schema("PodSecurityContext")
+    ] = None
+    topology_spread_constraints: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=16),
+        k8s.list_schema("TopologySpreadConstraint", 16),
+    ] = None
+    volumes: Annotated[
+        list[dict[str, Any]] | None,
+        Field(default=None, max_length=32),
+        k8s.list_schema("Volume", 32, "Volumes for runtime.volumeMounts (core/v1 Volume)."),
+    ] = None
+
+    @model_validator(mode="after")
+    def _reserved_volumes(self) -> PodOptions:
+        if any(v.get("name") in RESERVED_VOLUMES for v in self.volumes or []):
+            raise ValueError(RESERVED_MESSAGE)
+        return self
 
 
 class ScalingMetric(enum.StrEnum):
@@ -153,8 +391,8 @@ class ScalingSpec(_Model):
                     "fieldPath": ".minReplicas",
                 },
                 {
-                    "rule": "self.metric != 'gpuUtilization' || self.target <= 100",
-                    "message": "target is a percentage (1-100) when metric is gpuUtilization",
+                    "rule": "self.metric != 'gpuUtilization' || self.target <= 100.0",
+                    "message": "target is a percentage (at most 100) when metric is gpuUtilization",
                     "fieldPath": ".target",
                 },
             ]
@@ -165,12 +403,12 @@ class ScalingSpec(_Model):
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
     metric: ScalingMetric = ScalingMetric.REQUESTS_PER_SECOND
     target: Annotated[
-        int,
+        float,
         Field(
-            ge=1,
+            gt=0,
             le=1_000_000,
-            description="requestsPerSecond: requests/s one replica serves at its target load. "
-            "gpuUtilization: target GPU utilization in percent. "
+            description="requestsPerSecond: requests/s one replica serves at its target load (may be below 1 "
+            "for a slow model). gpuUtilization: target GPU utilization in percent. "
             "concurrency: requests in flight per replica.",
         ),
     ] = 50
@@ -184,7 +422,7 @@ class ScalingSpec(_Model):
         if self.min_replicas > self.max_replicas:
             raise ValueError("minReplicas must be less than or equal to maxReplicas")
         if self.metric == ScalingMetric.GPU_UTILIZATION and self.target > 100:
-            raise ValueError("target is a percentage (1-100) when metric is gpuUtilization")
+            raise ValueError("target is a percentage (at most 100) when metric is gpuUtilization")
         return self
 
 
@@ -212,6 +450,11 @@ class SloSpec(_Model):
     ] = None
 
 
+CREDENTIALS_MESSAGE = "model.credentialsSecret applies only to gs:// storage"
+GPU_METRIC_MESSAGE = "scaling.metric gpuUtilization needs GPUs: gpu.count is 0"
+MOUNTS_MESSAGE = "every runtime.volumeMounts name must be a volume in pod.volumes"
+
+
 class ModelServiceSpec(_Model):
     model: ModelSpec
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -219,21 +462,34 @@ class ModelServiceSpec(_Model):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     energy: EnergySpec = Field(default_factory=EnergySpec)
     slo: SloSpec = Field(default_factory=SloSpec)
+    pod: Annotated[
+        PodOptions | None,
+        Field(
+            default=None,
+            description="Pod-level settings of the serving pods (service account, "
+            "scheduling, security context, volumes, labels and annotations).",
+        ),
+    ] = None
 
     model_config = ConfigDict(
         json_schema_extra={
             CEL: [
                 {
-                    "rule": "self.gpu.count == 0 || self.runtime.image.contains('gpu') "
-                    "|| self.runtime.image.contains('greenserve')",
-                    "message": "runtime.image must be a GPU build (tag containing 'gpu') when gpu.count > 0",
-                    "fieldPath": ".runtime.image",
+                    "rule": "(!has(self.model.credentialsSecret) && !has(self.model.credentialsKey)) || "
+                    "self.model.storageUri.startsWith('gs://')",
+                    "message": CREDENTIALS_MESSAGE,
+                    "fieldPath": ".model.credentialsSecret",
                 },
                 {
-                    "rule": "!has(self.model.credentialsSecret) || "
-                    "self.model.storageUri.startsWith('s3://') || self.model.storageUri.startsWith('gs://')",
-                    "message": "model.credentialsSecret applies only to s3:// and gs:// storage",
-                    "fieldPath": ".model.credentialsSecret",
+                    "rule": "self.scaling.metric != 'gpuUtilization' || self.gpu.count > 0",
+                    "message": GPU_METRIC_MESSAGE,
+                    "fieldPath": ".scaling.metric",
+                },
+                {
+                    "rule": "!has(self.runtime.volumeMounts) || self.runtime.volumeMounts.all(m, "
+                    "has(self.pod) && has(self.pod.volumes) && self.pod.volumes.exists(v, v.name == m.name))",
+                    "message": MOUNTS_MESSAGE,
+                    "fieldPath": ".runtime.volumeMounts",
                 },
             ]
         }
@@ -241,11 +497,14 @@ class ModelServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
-        image = self.runtime.image
-        if self.gpu.count and "gpu" not in image and "greenserve" not in image:
-            raise ValueError("runtime.image must be a GPU build (tag containing 'gpu') when gpu.count > 0")
-        if self.model.credentials_secret and not self.model.storage_uri.startswith(("s3://", "gs://")):
-            raise ValueError("model.credentialsSecret applies only to s3:// and gs:// storage")
+        model = self.model
+        if (model.credentials_secret or model.credentials_key) and not model.storage_uri.startswith("gs://"):
+            raise ValueError(CREDENTIALS_MESSAGE)
+        if self.scaling.metric == ScalingMetric.GPU_UTILIZATION and self.gpu.count == 0:
+            raise ValueError(GPU_METRIC_MESSAGE)
+        volumes = {v.get("name") for v in (self.pod.volumes if self.pod else None) or []}
+        if any(m.get("name") not in volumes for m in self.runtime.volume_mounts or []):
+            raise ValueError(MOUNTS_MESSAGE)
         return self
 
 

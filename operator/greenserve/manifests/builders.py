@@ -96,17 +96,20 @@ def batching_config(spec: ModelServiceSpec) -> str:
 def spec_hash(spec: ModelServiceSpec) -> str:
     """Digest of what the pods run, stamped on them so a config-only change (batching) still rolls them.
 
-    Only model, runtime and GPU fields count: a change of scaling bounds, energy policy or SLO must
+    Only model, runtime, GPU and pod fields count: a change of scaling bounds, energy policy or SLO must
     never restart serving replicas.
     """
-    pod_relevant = spec.model_dump(mode="json", by_alias=True, include={"model", "runtime", "gpu"})
+    pod_relevant = spec.model_dump(
+        mode="json", by_alias=True, include={"model", "runtime", "gpu", "pod"}, exclude_none=True
+    )
     payload = json.dumps(pod_relevant, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
-    req = {k: v for k, v in spec.runtime.resources.requests.model_dump(exclude_none=True).items()}
-    lim = {k: v for k, v in spec.runtime.resources.limits.model_dump(exclude_none=True).items()}
+    # Quantities may be written as integers (cpu: 1); the API server takes either form.
+    req = {k: str(v) for k, v in spec.runtime.resources.requests.items()}
+    lim = {k: str(v) for k, v in spec.runtime.resources.limits.items()}
     if spec.gpu.count:
         # Extended resources must have requests == limits; setting the limit alone implies the request.
         lim[c.GPU_RESOURCE] = str(spec.gpu.count)
@@ -133,8 +136,15 @@ def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+def _by_name(owned: list[dict[str, Any]], extra: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The operator's entries, then the user's whose names it does not use: the operator's win."""
+    taken = {e["name"] for e in owned}
+    return owned + [e for e in extra or [] if e.get("name") not in taken]
+
+
 def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOptions) -> dict[str, Any]:
     name = spec.model.name
+    runtime = spec.runtime
     args = [
         f"--port={c.TFS_GRPC_PORT}",
         f"--rest_api_port={c.TFS_REST_PORT}",
@@ -144,7 +154,7 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
         f"--monitoring_config_file={MONITORING_FILE}",
     ]
     mounts = [*storage.mounts, {"name": "greenserve-config", "mountPath": CONFIG_DIR, "readOnly": True}]
-    if spec.runtime.batching.enabled:
+    if runtime.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_FILE}"]
     # The model status answers before the model is loaded once TF Serving serves REST itself; the agent's
     # /ready answers 200 only while the model is AVAILABLE (and not draining), with or without the front.
@@ -152,16 +162,21 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
     if not options.agent_front:
         args.append("--agent-front=off")
         readiness = {"path": contract.AGENT_READY_PATH, "port": "metrics"}
+    args += runtime.args or []
+    ports = [
+        {"name": "http", "containerPort": c.TFS_REST_PORT, "protocol": "TCP"},
+        # The agent's /metrics; PodMonitors and scrape configs select the port by this name.
+        {"name": "metrics", "containerPort": c.AGENT_METRICS_PORT, "protocol": "TCP"},
+    ]
+    # TF Serving always listens on its gRPC port; it is declared (and put on the Service) only on request,
+    # since its API includes model management (issue 17).
+    if runtime.grpc:
+        ports.insert(0, {"name": "grpc", "containerPort": c.TFS_GRPC_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "tfserving",
-        "image": spec.runtime.image,
+        "image": runtime.image,
         "args": args,
-        "ports": [
-            {"name": "grpc", "containerPort": c.TFS_GRPC_PORT, "protocol": "TCP"},
-            {"name": "http", "containerPort": c.TFS_REST_PORT, "protocol": "TCP"},
-            # The agent's /metrics; PodMonitors and scrape configs select the port by this name.
-            {"name": "metrics", "containerPort": c.AGENT_METRICS_PORT, "protocol": "TCP"},
-        ],
+        "ports": ports,
         "resources": _resources(spec),
         "securityContext": container_security_context(),
         # The model status endpoint answers 200 only once the model is known to the server.
@@ -182,22 +197,63 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "volumeMounts": mounts,
+        "volumeMounts": mounts + list(runtime.volume_mounts or []),
     }
+    env = _by_name(list(storage.env), runtime.env)
+    if env:
+        container["env"] = env
     if spec.model.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    if runtime.security_context:
+        # The user's settings over the restricted defaults (key by key, so a runAsUser alone keeps the rest).
+        container["securityContext"] = {**container["securityContext"], **runtime.security_context}
     return container
 
 
+def _tolerations(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The user's tolerations, plus the GPU taint's when GPUs are requested (not replaced by the user's)."""
+    user = [dict(t) for t in spec.gpu.tolerations or []]
+    gpu = {"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    return [gpu, *[t for t in user if t != gpu]] if spec.gpu.count else user
+
+
+def _pod_options(spec: ModelServiceSpec, pod_spec: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Merge spec.pod into the pod template; the operator's labels, annotations, node selector and
+    volumes win over the user's of the same name."""
+    # Serving pods do not talk to the API server: no token unless the user asks for one.
+    pod_spec["automountServiceAccountToken"] = False
+    pod = spec.pod
+    if pod is None:
+        return
+    if pod.automount_service_account_token:
+        pod_spec["automountServiceAccountToken"] = True
+    meta["labels"] = {**(pod.labels or {}), **meta["labels"]}
+    meta["annotations"] = {**(pod.annotations or {}), **meta["annotations"]}
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = {**pod.node_selector, **pod_spec.get("nodeSelector", {})}
+    pod_spec["volumes"] = _by_name(pod_spec["volumes"], pod.volumes)
+    passthrough = {
+        "serviceAccountName": pod.service_account_name,
+        "imagePullSecrets": pod.image_pull_secrets,
+        "affinity": pod.affinity,
+        "runtimeClassName": pod.runtime_class_name,
+        "priorityClassName": pod.priority_class_name,
+        "securityContext": {**pod_spec["securityContext"], **(pod.security_context or {})},
+        "topologySpreadConstraints": pod.topology_spread_constraints,
+    }
+    pod_spec.update({k: v for k, v in passthrough.items() if v is not None})
+
+
 def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions) -> dict[str, Any]:
-    storage = resolve(spec.model.storage_uri)
+    model = spec.model
+    storage = resolve(model.storage_uri, model.credentials_secret, model.credentials_key)
     container = _container(spec, storage, options)
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}}
     volumes = [*storage.volumes, {"name": "greenserve-config", "configMap": {"name": config_map_name(owner)}}]
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security_context(),
         "containers": [container],
-        "tolerations": [t.model_dump(exclude_none=True) for t in spec.gpu.tolerations],
+        "tolerations": _tolerations(spec),
         "terminationGracePeriodSeconds": options.termination_grace_seconds,
         "volumes": volumes,
         "enableServiceLinks": False,
@@ -206,7 +262,16 @@ def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: Bui
         pod_spec["nodeSelector"] = {c.GPU_PRODUCT_LABEL: spec.gpu.product}
     if options.scheduler_name:
         pod_spec["schedulerName"] = options.scheduler_name
-    labels = common_labels(owner)
+    template_meta: dict[str, Any] = {
+        "labels": common_labels(owner),
+        "annotations": {
+            c.ANN_SPEC_HASH: spec_hash(spec),
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(c.AGENT_METRICS_PORT),
+            **warmup_annotations(options),
+        },
+    }
+    _pod_options(spec, pod_spec, template_meta)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -217,18 +282,7 @@ def deployment(owner: Owner, spec: ModelServiceSpec, replicas: int, options: Bui
             # Surge, never unavailable: a rollout adds the new replica before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        c.ANN_SPEC_HASH: spec_hash(spec),
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(c.AGENT_METRICS_PORT),
-                        **warmup_annotations(options),
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
 
@@ -258,19 +312,15 @@ def lift_warmup_protection(pod: dict[str, Any]) -> dict[str, Any] | None:
     return {"metadata": {"annotations": lift}} if lift else None
 
 
-def service(owner: Owner) -> dict[str, Any]:
+def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
+    ports = [{"name": "http", "port": c.TFS_REST_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if spec.runtime.grpc:
+        ports.insert(0, {"name": "grpc", "port": c.TFS_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(owner),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(owner),
-            "ports": [
-                {"name": "grpc", "port": c.TFS_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "http", "port": c.TFS_REST_PORT, "targetPort": "http", "protocol": "TCP"},
-            ],
-        },
+        "spec": {"type": "ClusterIP", "selector": selector_labels(owner), "ports": ports},
     }
 
 
@@ -319,6 +369,6 @@ def objects(
     return [
         config_map(owner, spec),
         deployment(owner, spec, replicas, options),
-        service(owner),
+        service(owner, spec),
         pod_disruption_budget(owner),
     ]

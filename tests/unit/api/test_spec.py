@@ -19,7 +19,8 @@ def test_defaults() -> None:
     s = parse_spec(spec())
     assert s.runtime.image == constants.DEFAULT_SERVING_IMAGE
     assert s.gpu.count == 1
-    assert s.gpu.tolerations[0].key == constants.GPU_RESOURCE
+    assert s.gpu.tolerations is None  # the GPU toleration is added by the builder, next to the user's
+    assert s.runtime.grpc is False and s.pod is None
     assert (s.scaling.min_replicas, s.scaling.max_replicas) == (1, 4)
     assert s.scaling.metric is ScalingMetric.REQUESTS_PER_SECOND
     assert s.energy.consolidation and s.energy.policy is ConsolidationPolicy.BALANCED
@@ -31,9 +32,23 @@ def test_defaults() -> None:
     [
         (spec(scaling={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must be less than or equal"),
         (spec(scaling={"metric": "gpuUtilization", "target": 150}), "percentage"),
-        (spec(gpu={"count": 1}, runtime={"image": "tensorflow/serving:2.18.0"}), "GPU build"),
         (spec(model={"name": "m", "storageUri": "pvc://c/m", "credentialsSecret": "s"}), "credentialsSecret"),
-        (spec(model={"name": "Bad_Name", "storageUri": "/models/m"}), "pattern"),
+        (spec(model={"name": "bad name", "storageUri": "/models/m"}), "pattern"),
+        (spec(model={"name": "m", "storageUri": "s3://bucket/m"}), "no S3 filesystem"),
+        (spec(model={"name": "m", "storageUri": "pvc://c/../../etc"}), r"'\.\.' path segments"),
+        (spec(model={"name": "m", "storageUri": "/models/m;rm -rf /"}), "pattern"),
+        (spec(model={"name": "m", "storageUri": "/models/$(id)"}), "pattern"),
+        (spec(model={"name": "m", "storageUri": "/models/modèle"}), "pattern"),
+        (spec(scaling={"target": 0}), "greater than 0"),
+        (spec(gpu={"count": 0}, scaling={"metric": "gpuUtilization", "target": 50}), "needs GPUs"),
+        (spec(runtime={"resources": {"requests": {"cpu": "1" * 200_000}}}), "not a Kubernetes quantity"),
+        (spec(runtime={"resources": {"requests": {"cpu": "-1"}}}), "not a Kubernetes quantity"),
+        (spec(runtime={"resources": {"limits": {"nvidia.com/gpu": 2}}}), "spec.gpu.count"),
+        (spec(runtime={"image": " tensorflow/serving"}), "pattern"),
+        (spec(runtime={"args": ["--port=9000"]}), "the operator does"),
+        (spec(runtime={"volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}), "pod.volumes"),
+        (spec(pod={"volumes": [{"name": "model-store", "emptyDir": {}}]}), "operator's volume names"),
+        (spec(pod={"labels": {"bad key!": "x"}}), "pattern"),
         (spec(scaling={"minReplicas": -1}), "greater than or equal"),
         (spec(replicas=3), "Extra inputs"),
     ],
@@ -46,3 +61,26 @@ def test_invalid_specs_are_rejected(raw: dict[str, Any], message: str) -> None:
 def test_cpu_serving_accepts_a_non_gpu_image() -> None:
     s = parse_spec(spec(gpu={"count": 0}, runtime={"image": "tensorflow/serving:2.18.0"}))
     assert s.gpu.count == 0
+
+
+def test_ordinary_input_is_accepted() -> None:
+    """What issue 11 found rejected: digest or mirrored images, integer quantities, sub-1 targets, '_'."""
+    digest = "registry.example.com/mirror/serving@sha256:" + "a" * 64
+    s = parse_spec(
+        spec(
+            model={"name": "half_plus_two", "storageUri": "gs://bucket/models/half_plus_two"},
+            runtime={
+                "image": digest,
+                "resources": {
+                    "requests": {"cpu": 1, "ephemeral-storage": "10Gi"},
+                    "limits": {"memory": "4Gi"},
+                },
+            },
+            gpu={"count": 1, "tolerations": [{"key": "x", "operator": "Exists", "tolerationSeconds": 30}]},
+            scaling={"target": 0.5},
+        )
+    )
+    assert s.runtime.image == digest and s.model.name == "half_plus_two"
+    assert s.runtime.resources.requests == {"cpu": 1, "ephemeral-storage": "10Gi"}
+    assert s.scaling.target == 0.5
+    assert s.gpu.tolerations == [{"key": "x", "operator": "Exists", "tolerationSeconds": 30}]

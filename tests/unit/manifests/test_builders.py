@@ -41,8 +41,8 @@ def test_deployment_requests_gpus_and_tolerates_gpu_taint() -> None:
 def test_deployment_serves_tf_serving_ports_and_probes_the_model() -> None:
     dep = builders.deployment(OWNER, spec(), 1, builders.BuildOptions(scheduler_name="greenserve-binpack"))
     container = _container(dep)
+    # gRPC only with spec.runtime.grpc (test_grpc_is_exposed_only_on_request).
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
-        "grpc": 8500,
         "http": 8501,
         "metrics": c.AGENT_METRICS_PORT,
     }
@@ -93,7 +93,6 @@ def test_pdb_allows_one_voluntary_disruption() -> None:
         ("pvc://models/a/b", "/mnt/models/a/b", "models"),
         ("pvc://models", "/mnt/models", "models"),
         ("gs://bucket/m", "gs://bucket/m", None),
-        ("s3://bucket/m", "s3://bucket/m", None),
         ("/models/m/", "/models/m", None),
     ],
 )
@@ -104,7 +103,7 @@ def test_storage_resolution(uri: str, base: str, claim: str | None) -> None:
     assert claims == ([claim] if claim else [])
 
 
-@pytest.mark.parametrize("uri", ["hdfs://nn/models", "http://host/m", "pvc:///path"])
+@pytest.mark.parametrize("uri", ["hdfs://nn/models", "http://host/m", "pvc:///path", "s3://bucket/m"])
 def test_unsupported_storage(uri: str) -> None:
     with pytest.raises(UnsupportedStorageError):
         resolve(uri)
@@ -234,3 +233,150 @@ def test_without_the_agents_front_readiness_is_the_agents_ready_endpoint() -> No
     # TF Serving's model status can answer before the model is loaded; the agent's /ready cannot.
     assert off["readinessProbe"]["httpGet"] == {"path": contract.AGENT_READY_PATH, "port": "metrics"}
     assert on["readinessProbe"]["httpGet"] == {"path": "/v1/models/resnet", "port": "http"}
+
+
+def _pod(dep: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = dep["spec"]["template"]["spec"]
+    return pod
+
+
+def test_grpc_is_exposed_only_on_request() -> None:
+    """gRPC carries TF Serving's model-management API: off the Service unless spec.runtime.grpc (issue 17)."""
+    off, on = spec(), spec(runtime={"grpc": True})
+    assert [p["name"] for p in builders.service(OWNER, off)["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in builders.service(OWNER, on)["spec"]["ports"]] == ["grpc", "http"]
+    closed = _container(builders.deployment(OWNER, off, 1, builders.BuildOptions()))
+    opened = _container(builders.deployment(OWNER, on, 1, builders.BuildOptions()))
+    assert [p["name"] for p in closed["ports"]] == ["http", "metrics"]
+    assert [p["name"] for p in opened["ports"]] == ["grpc", "http", "metrics"]
+
+
+def test_service_account_token_is_not_mounted_unless_asked() -> None:
+    assert (
+        _pod(builders.deployment(OWNER, spec(), 1, builders.BuildOptions()))["automountServiceAccountToken"]
+        is False
+    )
+    asked = spec(pod={"serviceAccountName": "irsa", "automountServiceAccountToken": True})
+    pod = _pod(builders.deployment(OWNER, asked, 1, builders.BuildOptions()))
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"] == "irsa"
+
+
+def test_user_tolerations_are_added_to_the_gpu_toleration() -> None:
+    gpu = {"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    mine = {
+        "key": "spot",
+        "operator": "Equal",
+        "value": "yes",
+        "effect": "NoExecute",
+        "tolerationSeconds": 30,
+    }
+    pod = _pod(builders.deployment(OWNER, spec(gpu={"tolerations": [mine]}), 1, builders.BuildOptions()))
+    assert pod["tolerations"] == [gpu, mine]
+    # Written out by the user too (as the old default did): once, not twice.
+    pod = _pod(builders.deployment(OWNER, spec(gpu={"tolerations": [gpu, mine]}), 1, builders.BuildOptions()))
+    assert pod["tolerations"] == [gpu, mine]
+    # CPU serving needs no GPU toleration.
+    pod = _pod(builders.deployment(OWNER, spec(gpu={"count": 0}), 1, builders.BuildOptions()))
+    assert pod["tolerations"] == []
+
+
+def test_resources_keep_every_resource_name_and_integer_quantities() -> None:
+    s = spec(
+        runtime={"resources": {"requests": {"cpu": 1, "ephemeral-storage": "20Gi"}, "limits": {"cpu": 2}}}
+    )
+    res = _container(builders.deployment(OWNER, s, 1, builders.BuildOptions()))["resources"]
+    assert res == {
+        "requests": {"cpu": "1", "ephemeral-storage": "20Gi"},
+        "limits": {"cpu": "2", c.GPU_RESOURCE: "1"},
+    }
+
+
+def test_pod_options_merge_into_the_template_and_the_operator_wins() -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]
+    s = spec(
+        gpu={"count": 1, "product": "NVIDIA-L4"},
+        runtime={
+            "args": ["--tensorflow_intra_op_parallelism=4"],
+            "env": [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+            "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True},
+        },
+        pod={
+            "labels": {"team": "ml", c.LABEL_MODELSERVICE: "hijack"},
+            "annotations": {"example.com/owner": "ml", c.ANN_SPEC_HASH: "forged"},
+            "serviceAccountName": "models",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"pool": "gpu", c.GPU_PRODUCT_LABEL: "NVIDIA-A100"},
+            "affinity": affinity,
+            "runtimeClassName": "nvidia",
+            "priorityClassName": "serving",
+            "securityContext": {"fsGroup": 1000},
+            "topologySpreadConstraints": spread,
+            "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}],
+        },
+    )
+    dep = builders.deployment(OWNER, s, 2, builders.BuildOptions())
+    meta = dep["spec"]["template"]["metadata"]
+    pod = _pod(dep)
+    container = _container(dep)
+    # The selector's label and the spec hash stay the operator's; the user's others are added.
+    assert meta["labels"][c.LABEL_MODELSERVICE] == "resnet" and meta["labels"]["team"] == "ml"
+    assert dep["spec"]["selector"]["matchLabels"].items() <= meta["labels"].items()
+    assert meta["annotations"][c.ANN_SPEC_HASH] == builders.spec_hash(s)
+    assert meta["annotations"]["example.com/owner"] == "ml"
+    # The GPU product selector is the operator's (spec.gpu.product); the user's other keys are added.
+    assert pod["nodeSelector"] == {"pool": "gpu", c.GPU_PRODUCT_LABEL: "NVIDIA-L4"}
+    assert pod["serviceAccountName"] == "models" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["affinity"] == affinity and pod["topologySpreadConstraints"] == spread
+    assert (pod["runtimeClassName"], pod["priorityClassName"]) == ("nvidia", "serving")
+    # Security contexts: the user's keys over the restricted defaults, which stay where not overridden.
+    assert pod["securityContext"] == {**builders.pod_security_context(), "fsGroup": 1000}
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    # The model container keeps its name, its flags first and its GPU limit; the user's come after.
+    assert container["name"] == "tfserving"
+    assert container["args"][:3] == ["--port=8500", "--rest_api_port=8501", "--model_name=resnet"]
+    assert container["args"][-1] == "--tensorflow_intra_op_parallelism=4"
+    assert container["resources"]["limits"][c.GPU_RESOURCE] == "1"
+    assert container["env"] == [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}]
+    assert {"name": "cache", "mountPath": "/cache"} in container["volumeMounts"]
+    assert container["securityContext"] == {
+        **builders.container_security_context(),
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+    }
+    # Pod options are part of what the pods run: changing them rolls the pods.
+    assert builders.spec_hash(s) != builders.spec_hash(spec(gpu={"count": 1, "product": "NVIDIA-L4"}))
+
+
+def test_gcs_credentials_are_mounted_as_a_key_file() -> None:
+    s = spec(
+        model={
+            "name": "m",
+            "storageUri": "gs://bucket/m",
+            "credentialsSecret": "gcs-key",
+            "credentialsKey": "sa.json",
+        },
+        runtime={"env": [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/elsewhere"}]},
+    )
+    dep = builders.deployment(OWNER, s, 1, builders.BuildOptions())
+    container = _container(dep)
+    assert {"name": "gcs-credentials", "secret": {"secretName": "gcs-key"}} in _pod(dep)["volumes"]
+    mount = {"name": "gcs-credentials", "mountPath": "/var/secrets/google", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    # The operator's variable wins over a user's of the same name: it points at the mounted file.
+    assert container["env"] == [
+        {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/sa.json"}
+    ]
+    assert container["envFrom"] == [{"secretRef": {"name": "gcs-key"}}]
+    default_key = spec(model={"name": "m", "storageUri": "gs://b/m", "credentialsSecret": "k"})
+    env = _container(builders.deployment(OWNER, default_key, 1, builders.BuildOptions()))["env"]
+    assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"}]

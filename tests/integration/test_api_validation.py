@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from greenserve.api import constants as c
+from greenserve.api import k8s, k8s_vendor
 from greenserve.api.v1alpha1 import parse_spec
 from support.kube import Kubectl
 
@@ -363,6 +364,26 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     assert elapsed < 30, f"the API server took {elapsed:.1f}s to reject it"
 
 
+def test_quantities_that_do_not_fit_are_rejected(kubectl: Kubectl, namespace: str) -> None:
+    """A quantity written as a YAML number that does not fit an int64: named and rejected; and the
+    200,000-digit integer, sent raw (kubectl refuses to encode it), is refused by the API server's decoder."""
+    body = json.dumps(manifest("int64", namespace, resources(cpu=0))).replace(
+        '"cpu": 0', '"cpu": 99999999999999999999'
+    )
+    result = kubectl.run("create", "--validate=false", "-f", "-", input=body, check=False)
+    assert result.returncode != 0 and "spec.runtime.resources.requests.cpu" in result.stderr, result.stderr
+    body = json.dumps(manifest("bigint", namespace, resources(cpu=0))).replace(
+        '"cpu": 0', '"cpu": ' + "1" * 200_000
+    )
+    path = f"/apis/{c.API_VERSION}/namespaces/{namespace}/{c.PLURAL}"
+    started = time.monotonic()
+    result = kubectl.run("create", "--raw", path, "-f", "-", input=body, check=False)
+    assert result.returncode != 0 and "BadRequest" in result.stderr, result.stderr[:500]
+    assert time.monotonic() - started < 30
+    for name in ("int64", "bigint"):
+        assert kubectl.run("get", "msvc", name, "-n", namespace, check=False).returncode != 0
+
+
 def _same(sent: Any, stored: Any, path: str = "spec") -> list[str]:
     """Where `stored` differs from what was `sent` (fields the API server defaulted are not differences)."""
     if isinstance(sent, dict):
@@ -410,3 +431,11 @@ def test_printer_columns(kubectl: Kubectl, namespace: str) -> None:
     assert header.split() == ["NAME", "READY", "REASON", "REPLICAS", "MIN", "MAX", "METRIC", "TARGET", "AGE"]
     # No operator runs: status columns are blank, the spec's bounds and target are shown.
     assert row.split()[1:5] == ["1", "4", "requestsPerSecond", "0.5"]
+
+
+def test_vendored_core_schemas_match_the_api_server(kubectl: Kubectl) -> None:
+    """The embedded core/v1 schemas are what the pinned kube-apiserver publishes, rewritten the same way
+    (refs inlined, bounds added): a version bump that changes them fails here until they are re-vendored
+    (python -m greenserve.api.k8s_vendor --kubeconfig .harness/kubeconfig --version <version>)."""
+    served = json.loads(kubectl.run("get", "--raw", "/openapi/v3/api/v1").stdout)
+    assert k8s_vendor.extract(served) == json.loads(k8s.VENDORED.read_text())["schemas"]

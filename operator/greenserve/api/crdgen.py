@@ -189,7 +189,7 @@ def build_crd() -> dict[str, Any]:
                 "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
                 "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', "
                 "starting with a letter, at most 63 characters): it names the ModelService's Service",
-                "fieldPath": ".metadata.name",
+                # No fieldPath: the API server does not accept one into metadata; the message names it.
             }
         ],
     }

@@ -18,18 +18,24 @@ prediction, the scale-up reaction, requests sent and failed) are printed and wri
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from realnode_support import Load, RealNodes, restricted_namespace, wait_for
 
-from support.chart import CHART, helm
+from greenserve import contract as k
+from integration_prom import prom_server
+from support.chart import CHART, helm, render
 from support.kube import Kubectl, harness_bin
 from support.paths import REPO
 
@@ -321,3 +327,107 @@ def test_load_scales_up_then_in_without_failed_requests(
     assert in_sent > 20, "the scale-in window carried too little load to show anything"
     assert up_failed == [], up_failed[:5]
     assert in_failed == [], in_failed[:5]
+
+
+def _sd_name(raw: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", raw)
+
+
+def _pod_targets(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
+    """What Prometheus's Kubernetes pod discovery gives for the pods of `ns` (Debian's Prometheus is built
+    without it): their address and the __meta_kubernetes_* labels the shipped relabelling reads."""
+    out = []
+    for pod in _get_json(kubectl, "pods", "-n", ns)["items"]:
+        if not pod["status"].get("podIP"):
+            continue
+        meta = pod["metadata"]
+        labels = {
+            "__meta_kubernetes_namespace": meta["namespace"],
+            "__meta_kubernetes_pod_name": meta["name"],
+            "__meta_kubernetes_pod_node_name": pod["spec"].get("nodeName", ""),
+        }
+        for key, value in meta.get("labels", {}).items():
+            labels[f"__meta_kubernetes_pod_label_{_sd_name(key)}"] = value
+        for key, value in meta.get("annotations", {}).items():
+            labels[f"__meta_kubernetes_pod_annotation_{_sd_name(key)}"] = value
+        out.append({"targets": [pod["status"]["podIP"]], "labels": labels})
+    return out
+
+
+def _query(url: str, promql: str) -> list[dict[str, Any]]:
+    q = urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as resp:
+        result: list[dict[str, Any]] = json.loads(resp.read())["data"]["result"]
+    return result
+
+
+def test_prometheus_scrapes_the_real_agents_through_the_shipped_scrape_config(
+    kubectl: Kubectl, served: str, models_ns: str, operator: str, tmp_path: Path
+) -> None:
+    """Debian's Prometheus scrapes the real agents with the chart's shipped job
+    (charts/greenserve/docs/prometheus-scrape-config.yaml: its relabelling, its honor_labels) and the
+    operator's metrics with the chart's ServiceMonitor's honorLabels, as prometheus-operator would."""
+    binary = prom_server.find_or_install()
+    assert binary, "Debian's prometheus package is missing and could not be installed"
+    shipped = yaml.safe_load((CHART / "docs" / "prometheus-scrape-config.yaml").read_text())
+    (job,) = shipped["scrape_configs"]
+    sd_file = tmp_path / "pods.json"
+    sd_file.write_text(json.dumps(_pod_targets(kubectl, models_ns)))
+    job = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+    job |= {"scrape_interval": "1s", "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}]}
+    # The operator's /metrics through the chart's ServiceMonitor: its honorLabels decides whether the
+    # operator's namespace label survives or becomes exported_namespace.
+    (monitor,) = [
+        d
+        for d in render(harness_bin() / "helm", release=RELEASE, namespace=operator,
+                        values={"metrics.serviceMonitor.enabled": True})
+        if d["kind"] == "ServiceMonitor"
+    ]  # fmt: skip
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (op_pod,) = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
+        "items"
+    ]
+    op_job = {
+        "job_name": "greenserve-operator",
+        "scrape_interval": "1s",
+        "honor_labels": bool(endpoint.get("honorLabels", False)),
+        "static_configs": [
+            {
+                "targets": [f"{op_pod['status']['podIP']}:9090"],
+                # The target labels prometheus-operator gives every ServiceMonitor target.
+                "labels": {"namespace": operator, "pod": op_pod["metadata"]["name"]},
+            }
+        ],
+    }
+    prom = prom_server.start(binary, tmp_path, [job, op_job])
+    try:
+        pods = [p for p in _serving_pods(kubectl, models_ns) if _is_ready(p)]
+        assert pods
+        for pod in pods:
+            sel = (
+                f'namespace="{models_ns}",pod="{pod["metadata"]["name"]}",'
+                f'node="{pod["spec"]["nodeName"]}",modelservice="{MODEL}"'
+            )
+            # The agent answers on its named port, labelled as the operator's queries expect.
+            wait_for(
+                lambda sel=sel: _query(prom.url, f"{k.AGENT_READY.name}{{{sel}}} == 1"), 60, "agent ready"
+            )
+            # TF Serving's own request counter (monitoring on) and the agent's simulated, labelled GPU.
+            wait_for(
+                lambda sel=sel: _query(prom.url, f"{k.TFS_REQUEST_COUNT}{{{sel}}}"),
+                30,
+                "TF Serving request count",
+            )
+            gpu = _query(prom.url, f'{k.GPU_POWER.name}{{{sel},{k.LABEL_SIMULATED}="true"}}')
+            assert gpu, "the agent's simulated GPU is not labelled simulated"
+        # The operator's own series keep the ModelService's namespace (honorLabels).
+        wait_for(
+            lambda: _query(
+                prom.url,
+                f'greenserve_modelservice_replicas_ready{{namespace="{models_ns}",modelservice="{MODEL}"}}',
+            ),
+            60,
+            "the operator's per-ModelService series under the ModelService's namespace",
+        )
+    finally:
+        prom.stop()

@@ -17,6 +17,7 @@ import yaml
 from greenserve.api import constants as c
 from greenserve.api import k8s, k8s_vendor
 from greenserve.api.v1alpha1 import parse_spec
+from greenserve.manifests import builders
 from support.kube import Kubectl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -236,6 +237,13 @@ INVALID: list[tuple[str, str, dict[str, Any], str, str]] = [
         "Too long",
     ),
     (
+        "negative-uid",
+        "uid",
+        with_(pod={"securityContext": {"runAsUser": -5}}),
+        "spec.pod.securityContext.runAsUser",
+        "greater than or equal to 0",
+    ),
+    (
         "unknown-metric",
         "um",
         with_(scaling={"metric": "latency"}),
@@ -439,3 +447,19 @@ def test_vendored_core_schemas_match_the_api_server(kubectl: Kubectl) -> None:
     (python -m greenserve.api.k8s_vendor --kubeconfig .harness/kubeconfig --version <version>)."""
     served = json.loads(kubectl.run("get", "--raw", "/openapi/v3/api/v1").stdout)
     assert k8s_vendor.extract(served) == json.loads(k8s.VENDORED.read_text())["schemas"]
+
+
+@pytest.mark.parametrize(("name", "spec"), [c[1:] for c in VALID], ids=[c[0] for c in VALID])
+def test_the_operators_objects_for_unusual_specs_pass_the_api_server(
+    kubectl: Kubectl, namespace: str, name: str, spec: dict[str, Any]
+) -> None:
+    """What the builder merges from spec.pod and spec.runtime is a valid Deployment and Service for the API
+    server itself (server-side dry run), not only for the CRD's copy of the schemas."""
+    owner = builders.Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+    objs = builders.objects(owner, parse_spec(spec), 1, builders.BuildOptions())
+    for obj in objs:
+        obj["metadata"].pop("ownerReferences")  # the owner does not exist: only the object is checked
+    result = kubectl.run(
+        "apply", "--server-side", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -60,12 +60,17 @@ STRING_MAX = 4096  # anything else: paths, commands, values
 LIST_MAX = 64
 MAP_MAX = 64
 
-# Where Kubernetes checks a closed set of values in Go code only, the CRD says so in the schema.
+# Where Kubernetes checks a closed set or a range of values in Go code only (pod validation), the CRD says
+# so in the schema, so that the ModelService is refused instead of its Deployment.
+_ID = {"minimum": 0, "maximum": 2147483647}  # uids and gids
 _OVERLAYS: dict[str, dict[str, dict[str, Any]]] = {
     "Toleration": {
         "operator": {"enum": ["", "Equal", "Exists"]},
         "effect": {"enum": ["", "NoSchedule", "PreferNoSchedule", "NoExecute"]},
     },
+    "PodSecurityContext": {"runAsUser": _ID, "runAsGroup": _ID, "fsGroup": _ID},
+    "SecurityContext": {"runAsUser": _ID, "runAsGroup": _ID},
+    "TopologySpreadConstraint": {"maxSkew": {"minimum": 1}},
 }
 
 _KEEP = {

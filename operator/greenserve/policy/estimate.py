@@ -19,8 +19,17 @@ quantile of the rate's posterior:
 newest window's count exceeds the oldest's by more than `z` standard deviations of their difference, so
 Poisson noise at low rates never fires the trend projection.
 
-Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3) are statistical, not fitted to
-any trace: at z = 3.5 a single window flags a false step about once in 4,000 windows.
+`rise_factor` is the headroom for what the trend cannot see coming: a replica started now serves only
+after the lead time (metrics window, node provisioning, model load), so the rate to size for is the rate
+the model may reach by then. The factor is the `quantile` of the model's own past rises over the lead
+time (the highest window within the lead time after each past window, over that window), from windows
+with at least `min_events` requests (fewer are Poisson noise, which the confidence bound covers). A
+model whose traffic never jumped gets 1; one that bursts gets the size of its bursts. Learned per model
+from its history, not fitted to a trace.
+
+Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3, `min_events` 100) are
+statistical: at z = 3.5 a single window flags a false step about once in 4,000 windows; 100 requests
+estimate a rate within 10%.
 """
 
 from __future__ import annotations
@@ -128,3 +137,35 @@ def significant_trend(rates: Sequence[float], window_s: float, *, z: float = TRE
     if newest - oldest <= z * math.sqrt(newest + oldest):
         return 0.0
     return sustained_trend(rates, window_s)
+
+
+RISE_MIN_EVENTS = 100.0
+
+
+def rise_factor(
+    rates: Sequence[float],
+    window_s: float,
+    lead_s: float,
+    quantile: float,
+    *,
+    min_events: float = RISE_MIN_EVENTS,
+) -> float:
+    """Headroom factor (>= 1) from adjacent windows' rates, newest first (see the module docstring)."""
+    if window_s <= 0 or len(rates) < 2:
+        return 1.0
+    lead = max(1, math.ceil(lead_s / window_s))
+    ratios: list[float] = []
+    for i in range(1, len(rates)):
+        base = rates[i]
+        if base * window_s < min_events:
+            continue
+        ahead = rates[max(0, i - lead) : i]  # the windows after window i, up to the lead time
+        ratios.append(max(ahead) / base)
+    if not ratios:
+        return 1.0
+    ratios.sort()
+    pos = min(1.0, max(0.0, quantile)) * (len(ratios) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ratios) - 1)
+    value = ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo)
+    return max(1.0, value)

@@ -8,11 +8,14 @@ sizing inputs of every ModelService this process reconciled, and one price per l
 all those with the same attainment target. The book lives in memory: after a restart it refills as each
 ModelService is reconciled, and until then the fleet is the ModelServices seen so far (one alone is sized
 for the target by itself, as without the fleet objective). Entries older than the metrics' staleness
-threshold drop out, so a deleted or silent ModelService no longer moves the price.
+threshold drop out, so a deleted or silent ModelService no longer moves the price. `RateHistory` keeps
+the last hour of each ModelService's request rate, in memory too, for the headroom against rises within
+the lead time (`estimate.rise_factor`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -59,6 +62,32 @@ class FleetBook:
 
 
 FLEET = FleetBook()
+
+# The rise factor (policy/estimate.py) learns from this much of each ModelService's history, with a
+# lead time of one metrics window + node provisioning + the model load.
+RISE_HISTORY_S = 3600.0
+NODE_PROVISION_S = 120.0
+
+
+class RateHistory:
+    """Per ModelService, the newest window's request rate each time a new window is read, over the last
+    RISE_HISTORY_S (in memory: after a restart the factor is 1 until the history refills). Readings closer
+    than one window apart are not recorded twice, so entries are about one window apart."""
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+
+    def record(self, key: tuple[str, str], at: float, rate: float, window_s: float) -> list[float]:
+        """Add a reading; the recorded rates, newest first."""
+        q = self._rates.setdefault(key, deque())
+        if not q or at - q[-1][0] >= window_s:
+            q.append((at, rate))
+        while q and at - q[0][0] > RISE_HISTORY_S:
+            q.popleft()
+        return [r for _, r in reversed(q)]
+
+
+HISTORY = RateHistory()
 
 
 @dataclass(frozen=True)
@@ -132,10 +161,22 @@ def decide(
     now: float,
     config: OperatorConfig,
     fleet_book: FleetBook | None = None,
+    history: RateHistory | None = None,
 ) -> Decision:
     """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds."""
     inputs = scaling_inputs(spec, status, reading, config)
     target = inputs.slo_attainment
+    if reading is not None and target and inputs.request_rate and reading.window_s > 0:
+        # Headroom for the rises this model has shown within the lead time, at the target's quantile.
+        past = (HISTORY if history is None else history).record(
+            (reading.namespace, reading.name),
+            reading.sampled_at or now,
+            reading.requests_per_s or 0.0,
+            reading.window_s,
+        )
+        lead = reading.window_s + NODE_PROVISION_S + DEFAULT_COLD_START_S
+        factor = estimate.rise_factor(past, reading.window_s, lead, target)
+        inputs = replace(inputs, request_rate=inputs.request_rate * factor)
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
         # The fleet objective: this model's share of the fleet's target at the fleet's price.
         power = max(spec.gpu.count, 1) * (

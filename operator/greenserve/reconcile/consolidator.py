@@ -60,7 +60,6 @@ class ConsolidatorState:
     log: list[str] = field(default_factory=list)
 
 
-
 class MoveStep(enum.Enum):
     """Where an in-flight move stands; every step is decided afresh from the API's state, so an operator
     restarted at any point takes the same step again (each is idempotent)."""
@@ -118,6 +117,7 @@ def next_step(
     if now - move.started_at > timeout_s:
         return MoveStep.TIMED_OUT
     return MoveStep.WAIT
+
 
 def _gpus(pod: Mapping[str, Any]) -> int:
     total = 0

@@ -137,7 +137,7 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
     base = matrix.MatrixConfig.quick() if args.quick else matrix.MatrixConfig()
     cfg = replace(base, seed=args.seed, workers=max(1, min(2, args.workers)), traces_dir=traces_dir)
     keys = matrix.scenarios(quick=args.quick)
-    if not all((traces_dir / f).is_file() for f in traces.AZURE_FILES.values()):
+    if not all(traces.resolve_trace_file(traces_dir / f).is_file() for f in traces.AZURE_FILES.values()):
         keys = [k for k in keys if k.shape not in traces.AZURE_FILES]
         print(f"(Azure traces not found in {traces_dir}: their scenarios are left out)")
     try:

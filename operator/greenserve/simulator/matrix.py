@@ -114,7 +114,7 @@ def zipf_rates(n: int, top_rps: float, exponent: float) -> np.ndarray:
 @lru_cache(maxsize=4)
 def _azure_curve(shape: str, traces_dir: Path) -> np.ndarray:
     """The trace's aggregate arrival rate in 10 s bins over its hour, normalised to mean 1."""
-    path = traces_dir / traces.AZURE_FILES[shape]
+    path = traces.resolve_trace_file(traces_dir / traces.AZURE_FILES[shape])
     if not path.is_file():
         raise FileNotFoundError(f"trace {path} not found (pass --traces DIR)")
     t = traces.read_azure_timestamps(path)
@@ -186,11 +186,11 @@ def make_scenario(key: ScenarioKey, cfg: MatrixConfig) -> Scenario:
 HPA_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 HPA_LOW_TARGETS = (0.2, 0.1)
 KNATIVE_TARGETS = (0.9, 0.7, 0.5, 0.3)
-GREENSERVE_TARGETS = (0.95, 0.98, 0.99, 0.995, 0.999)
+GREENSERVE_TARGETS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 QUICK_KNOBS = {
     "hpa": (0.9, 0.7, 0.5, 0.3),
     "knative": (0.7, 0.4),
-    "greenserve": (0.98, 0.99, 0.995, 0.999),
+    "greenserve": (0.9, 0.95, 0.99, 0.999),
 }
 
 

@@ -209,6 +209,11 @@ class Greenserve:
     # Size the whole fleet for `slo_attainment` at one price per late request (policy/fleet.py) instead
     # of every model for it on its own.
     fleet_objective: bool = True
+    # Headroom for rises within the lead time (policy/estimate.py rise_factor), learned from this much
+    # of each model's history and refreshed every `rise_refresh_s`; 0 = off. The quantile is the
+    # attainment target.
+    rise_history_s: float = 3600.0
+    rise_refresh_s: float = 300.0
     name: str = "greenserve"
     placement: Placement = Placement.MOST_ALLOCATED
     control_interval_s: float = 15.0
@@ -218,11 +223,14 @@ class Greenserve:
     _history: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     _targets: list[float] = field(default_factory=list)  # per model: the fleet objective's share
     _rates: list[float] = field(default_factory=list)
+    _rise: list[float] = field(default_factory=list)
+    _rise_at: float = -math.inf
 
     def initial(self, sim: Simulation) -> list[int]:
         self._states = [autoscaling.ScalerState() for _ in sim.models]
         self._trends = [0.0] * len(sim.models)
         self._last_move_at = None
+        self._rise, self._rise_at = [], -math.inf
         self._observe(sim)
         out = []
         for m in range(len(sim.models)):
@@ -235,7 +243,22 @@ class Greenserve:
         w = sim.scenario.metrics_window_s
         n = max(self.trend_windows, 1, round(self.estimate_horizon_s / w))
         self._history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1)
-        self._rates = [self._estimate(sim, hist) for hist in self._history.tolist()]
+        n_est = max(1, round(self.estimate_horizon_s / w))
+        self._rates = [self._estimate(sim, hist[:n_est]) for hist in self._history.tolist()]
+        if self.rise_history_s > 0 and sim.now - self._rise_at >= self.rise_refresh_s:
+            self._rise_at = sim.now
+            past = np.stack(
+                [sim.observed_rates(w, lag_s=i * w) for i in range(round(self.rise_history_s / w))], axis=1
+            ).tolist()
+            cfg = sim.scenario.cluster
+            self._rise = [
+                estimate.rise_factor(
+                    hist, w, w + cfg.provision_s + sim.models[m].cold_start_s, self.slo_attainment or 0.99
+                )
+                for m, hist in enumerate(past)
+            ]
+        if self._rise:
+            self._rates = [r * f for r, f in zip(self._rates, self._rise, strict=True)]
         self._targets = []
         if self.fleet_objective and self.slo_attainment:
             members = [self._member(sim, m, rate) for m, rate in enumerate(self._rates)]

@@ -84,6 +84,8 @@ class RateHistory:
             q.append((at, rate))
         while q and at - q[0][0] > RISE_HISTORY_S:
             q.popleft()
+        for k in [k for k, other in self._rates.items() if other and at - other[-1][0] > RISE_HISTORY_S]:
+            del self._rates[k]  # a deleted or long-silent ModelService
         return [r for _, r in reversed(q)]
 
 

@@ -155,3 +155,20 @@ def test_the_trend_projection_never_fires_on_poisson_noise() -> None:
     assert estimate.significant_trend([300.0, 200.0, 100.0], 30.0) == pa.sustained_trend(
         [300.0, 200.0, 100.0], 30.0
     )
+
+
+def test_the_rise_factor_learns_a_models_bursts_and_ignores_noise() -> None:
+    rng = np.random.default_rng(3)
+    window = 30.0
+    flat = (rng.poisson(10.0 * window, 120) / window).tolist()
+    # Bursts to x3 for 3 windows every 20 windows, newest first like the rest.
+    level = np.where((np.arange(120) % 20) < 3, 30.0, 10.0)
+    bursty = (rng.poisson(level * window) / window).tolist()
+    lead = 90.0  # three windows
+    assert estimate.rise_factor(flat, window, lead, 0.99) < 1.25
+    assert 2.5 < estimate.rise_factor(bursty, window, lead, 0.99) < 3.5
+    # A lower quantile buys less headroom; low-rate windows (Poisson noise) and no history give none.
+    assert estimate.rise_factor(bursty, window, lead, 0.5) < estimate.rise_factor(bursty, window, lead, 0.99)
+    sparse = (rng.poisson(0.05 * window, 120) / window).tolist()
+    assert estimate.rise_factor(sparse, window, lead, 0.99) == 1.0
+    assert estimate.rise_factor([], window, lead, 0.99) == 1.0

@@ -78,3 +78,26 @@ def test_a_sustained_rise_is_projected_over_the_cold_start() -> None:
     assert base == 5  # ceil(500 / 100)
     assert desired(spec("Performance"), rising, current=1).desired == 8  # ceil(717 / 100)
     assert desired(spec("Performance"), wobble, current=1).desired == base  # not sustained: no boost
+
+
+def test_the_energy_policies_keep_headroom_for_the_rises_a_model_has_shown() -> None:
+    from dataclasses import replace
+
+    def run(levels: list[float], hist: autoscale.RateHistory) -> int:
+        out = 0
+        for i, rps in enumerate(levels):
+            r = replace(reading(rps), sampled_at=NOW - 3600 + 60 * i + 1, window_s=60.0)
+            out = autoscale.decide(
+                spec("Balanced"), {"desiredReplicas": 1, "readyReplicas": 1}, r, NOW - 3600 + 60 * i + 5,
+                OperatorConfig(), fleet_book=autoscale.FleetBook(), history=hist,
+            ).desired  # fmt: skip
+        return out
+
+    # The same 500 req/s now: a model that has jumped x3 within the lead time (window + node + load)
+    # gets the replicas for its bursts, one whose rate stayed flat does not.
+    flat = run([500.0] * 60, autoscale.RateHistory())
+    bursty = run([1500.0 if i % 12 < 2 else 500.0 for i in range(59)] + [500.0], autoscale.RateHistory())
+    assert flat == desired(spec("Balanced"), reading(500)).desired
+    assert bursty > 2 * flat
+    # After a restart (a fresh history) there is nothing to learn from yet: no headroom.
+    assert run([500.0], autoscale.RateHistory()) == flat

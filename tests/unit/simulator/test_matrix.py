@@ -4,7 +4,7 @@ fleet policy's behaviour in the simulator."""
 from __future__ import annotations
 
 import itertools
-import time
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ points_st = st.lists(
         attainment=st.floats(0.9, 1.0),
         energy_j=st.floats(1.0, 1e9),
         gpu_hours=st.floats(0, 1e3),
-        wall_s=st.just(0.0),
+        cpu_s=st.just(0.0),
     ),
     max_size=12,
 )
@@ -63,10 +63,17 @@ def test_scenarios_are_reproducible_and_cover_the_rate_range() -> None:
     assert {k.fleet for k in full} == set(mx.FLEETS) and {k.shape for k in full} == set(mx.SHAPES)
 
 
+def _cpu_s() -> float:
+    """CPU time of this process and its reaped children (the bench's worker processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def test_quick_bench_runs_well_under_a_minute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    start = time.perf_counter()
+    # CPU time, not wall time: the machine may be shared. About 5 s on a quiet core.
+    start = _cpu_s()
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
-    assert time.perf_counter() - start < 45
+    assert _cpu_s() - start < 30
     out = capsys.readouterr().out
     assert "SIMULATED" in out and "at matched 99.5%" in out
     for key in mx.scenarios(quick=True):
@@ -119,3 +126,13 @@ def test_the_fleet_objective_meets_its_target_on_steady_traffic() -> None:
     each = Simulation(sc).run(Greenserve(0.35, slo_attainment=0.995, fleet_objective=False))
     assert fleet.slo_attainment >= 0.995
     assert fleet.gpu_hours < each.gpu_hours
+
+
+def test_headroom_for_learned_rises_meets_the_slo_through_bursts() -> None:
+    # Bursts to x3 within two minutes against 5 ms requests (a 50 ms SLO leaves no queue to absorb them)
+    # and a lead time of 3 minutes (node + load): sized for the rate alone, greenserve is late on about
+    # 1 request in 6; with the headroom its own history shows, it keeps 99%.
+    sc = mx.make_scenario(mx.ScenarioKey("bursty", "5ms", 8), mx.MatrixConfig.quick())
+    with_rise = Simulation(sc).run(Greenserve(slo_attainment=0.99))
+    without = Simulation(sc).run(Greenserve(slo_attainment=0.99, rise_history_s=0.0))
+    assert with_rise.slo_attainment >= 0.99 > 0.95 > without.slo_attainment

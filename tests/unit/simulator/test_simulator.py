@@ -81,7 +81,7 @@ def test_greenserve_beats_hpa_on_diurnal_at_matched_attainment(results: dict[str
     h = results["hpa"]
     sc = make_scenario("diurnal", BenchConfig(), traces.default_traces_dir(), quick=True)
     runs = [Simulation(sc).run(Greenserve(slo_attainment=t)) for t in (0.99, 0.995, 0.999)]
-    pts = [Point("d", "greenserve", 0, r.slo_attainment, r.total_j, r.gpu_hours, 0) for r in runs]
+    pts = [Point("d", "greenserve", 0, r.slo_attainment, r.total_j, r.gpu_hours, r.wall_s) for r in runs]
     best = frontier_energy(pts, h.slo_attainment)  # type: ignore[attr-defined]
     assert best is not None and best.energy_j < h.total_j  # type: ignore[attr-defined]
     node_h = {r.total_j: r.node_hours for r in runs}

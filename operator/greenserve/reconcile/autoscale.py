@@ -122,7 +122,9 @@ def scaling_inputs(
     if reading is not None and len(reading.rate_history) >= 2 and reading.window_s > 0:
         trend = estimate.significant_trend(reading.rate_history, reading.window_s)
     slo_attainment = SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None
-    if slo_attainment and reading is not None and rate is not None and reading.window_s > 0:
+    # Only where the SLO sizes the replicas (energy policy + an SLO), as in the simulator's policy.
+    sized_by_slo = bool(slo_attainment and spec.slo.latency_p95_ms)
+    if sized_by_slo and reading is not None and rate is not None and reading.window_s > 0:
         # Pool the windows at low rates and size for the rate's upper confidence bound (policy/estimate.py);
         # no request in any window stays 0 (idle).
         est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
@@ -168,7 +170,7 @@ def decide(
     """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds."""
     inputs = scaling_inputs(spec, status, reading, config)
     target = inputs.slo_attainment
-    if reading is not None and target and inputs.request_rate and reading.window_s > 0:
+    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
         # Headroom for the rises this model has shown within the lead time, at the target's quantile.
         past = (HISTORY if history is None else history).record(
             (reading.namespace, reading.name),

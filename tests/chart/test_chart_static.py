@@ -491,8 +491,12 @@ def test_cluster_wide_operator_gets_one_cluster_role(helm_bin: Path) -> None:
 
 def test_namespaced_operator_gets_roles_in_watched_namespaces(helm_bin: Path) -> None:
     objs = render(helm_bin, values={"operator.watchNamespaces": ["team-a", "team-b"]})
-    cluster_granted = {r for rule in one(objs, "ClusterRole")["rules"] for r in rule["resources"]}
-    assert cluster_granted == {"nodes", "customresourcedefinitions", "namespaces"}
+    cluster_rules = one(objs, "ClusterRole")["rules"]
+    cluster_granted = {r for rule in cluster_rules for r in rule["resources"]}
+    assert cluster_granted == {"nodes", "customresourcedefinitions", "namespaces", "pods"}
+    # Consolidation reads every tenant's pods (their GPUs fill nodes too) but writes only in its Roles.
+    (pods_rule,) = [r for r in cluster_rules if "pods" in r["resources"]]
+    assert pods_rule["verbs"] == ["get", "list", "watch"] and pods_rule["resources"] == ["pods"]
     roles = {
         r["metadata"]["namespace"]: r
         for r in by_kind(objs, "Role")

@@ -399,7 +399,7 @@ class Consolidator:
         if target is None:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} is gone")
             return False
-        on_target = await self._list(PODS, field_selector=f"spec.nodeName={move.to_node}")
+        on_target = await self.kube.list_objects(PODS, field_selector=f"spec.nodeName={move.to_node}")
         used = sum(_gpus(p) for p in on_target if not _terminating(p))
         view = node_view(target, used)
         tainted = any(t.get("key") == TAINT_KEY for t in (target.get("spec") or {}).get("taints") or [])
@@ -410,13 +410,16 @@ class Consolidator:
 
     async def _list(self, res: Resource, field_selector: str | None = None) -> list[dict[str, Any]]:
         """Cluster-wide, or per watched namespace when the operator is namespaced (its RBAC is then a Role
-        per namespace; other tenants' GPU pods are invisible and count as free capacity on the nodes)."""
+        per namespace)."""
         if not self.config.namespaces:
             return await self.kube.list_objects(res, field_selector=field_selector)
         out: list[dict[str, Any]] = []
         for ns in self.config.namespaces:
             out += await self.kube.list_objects(res, ns, field_selector=field_selector)
         return out
+
+    def _watched(self, obj: Mapping[str, Any]) -> bool:
+        return not self.config.namespaces or obj["metadata"].get("namespace") in self.config.namespaces
 
     async def run_once(self, now: float) -> pc.ConsolidationPlan | None:
         plan = await self._pass(now)
@@ -426,7 +429,10 @@ class Consolidator:
 
     async def _pass(self, now: float) -> pc.ConsolidationPlan | None:
         msvcs = await self._list(MODELSERVICES)
-        pods = await self._list(PODS)
+        # Every namespace's pods, also when namespaced (the chart then grants read-only pods cluster-wide):
+        # another tenant's GPU pods fill a node as much as ours, and a plan blind to them would surge
+        # replicas onto nodes that have no room.
+        pods = await self.kube.list_objects(PODS)
         nodes = await self.kube.list_objects(NODES)
         # 1. Finish what is in flight (one move at a time, cluster-wide).
         in_flight = False
@@ -447,7 +453,7 @@ class Consolidator:
             headroom_gpus=self.limits.headroom_gpus,
         )
         plan = pc.plan(snapshot, now, limits)
-        ours = [p for p in pods if _service_key(p) and not _terminating(p)]
+        ours = [p for p in pods if _service_key(p) and self._watched(p) and not _terminating(p)]
         await self._set_deletion_costs(ours, plan.deletion_costs)
         # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened. A closed
         # node that is empty now stays closed for the node autoscaler to remove, unless a replica of ours

@@ -238,3 +238,25 @@ async def test_taint_patch_keeps_a_taint_added_between_read_and_write() -> None:
     assert live is not None
     keys = sorted(t["key"] for t in live["spec"]["taints"])
     assert keys == sorted(["karpenter.sh/disrupted", TAINT_KEY])
+
+
+async def test_a_namespaced_operator_sees_other_tenants_gpu_pods() -> None:
+    """Namespaced (`GREENSERVE_NAMESPACES`), node b looks fuller than a through our two replicas, but
+    another tenant's six GPU pods fill it: no move onto b, and the tenant's pods get no deletion cost."""
+    kube = FakeKube()
+    for n in ("a", "b"):
+        kube.put(NODES, node(n))
+    kube.put(PODS, pod("src", "a"))
+    kube.put(PODS, pod("b1", "b"))
+    kube.put(PODS, pod("b2", "b"))
+    for i in range(6):
+        other = pod(f"t{i}", "b", svc="theirs")
+        other["metadata"]["namespace"] = "tenant"
+        kube.put(PODS, other)
+    kube.put(MODELSERVICES, msvc(None, desired=3))
+    config = OperatorConfig(consolidation_interval_s=0.0, namespaces=(NS,))
+    plan = await Consolidator(kube, config).run_once(T0)
+    assert plan is not None and plan.moves == ()
+    assert not (status(kube).get("move"))
+    tenant = kube.peek(PODS, "t0", "tenant")
+    assert tenant is not None and c.ANN_POD_DELETION_COST not in tenant["metadata"]["annotations"]

@@ -224,8 +224,12 @@ EOF
     fi
     log "starting control plane $K8S_VERSION"
     local t0=$SECONDS
+    # GREENSERVE_AUDIT=1: kube-apiserver writes an audit log (tests/harness/audit-policy.yaml) that
+    # tests/harness/api_requests.py counts the operator's requests from.
+    local audit=()
+    [[ "${GREENSERVE_AUDIT:-0}" == 1 ]] && audit=(--kube-audit-policy "$HERE/audit-policy.yaml")
     KWOK_KUBE_VERSION="$K8S_VERSION" "$BIN/kwokctl" create cluster --name "$CLUSTER" -c "$config" \
-        --kubeconfig "$KUBECONFIG_PATH" --wait 180s >&2
+        --kubeconfig "$KUBECONFIG_PATH" --wait 180s "${audit[@]}" >&2
     log "control plane up in $((SECONDS - t0)) s; kubeconfig $KUBECONFIG_PATH"
     { cpu_node_manifest; echo "---"; for ((i = 0; i < GPU_NODES; i++)); do gpu_node_manifest "$i"; echo "---"; done; } |
         "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply -f - >&2

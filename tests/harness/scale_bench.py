@@ -1,0 +1,413 @@
+"""Scale benchmark on the local control plane (issue 15 item 6; a command, not a timed test).
+
+    GREENSERVE_AUDIT=1 GREENSERVE_CLUSTER=gs-scale bash tests/harness/cluster.sh up
+    python tests/harness/scale_bench.py --n 100
+
+The operator runs as in the integration tests: `python -m greenserve run --standalone` with the Helm chart's
+ServiceAccount token, RBAC and admission policy (tests/support/chart.py), here with the chart's default
+intervals (resync 15 s, consolidation 30 s) and reading a real Prometheus (Debian's package, as
+tests/integration_prom does) that scrapes the digital twin (tests/harness/twin.py, SIMULATED per-pod
+metrics). The command creates N CPU-serving ModelServices (kwok runs their pods) and prints:
+
+* the time until all N are `Ready=True`, and the time beyond the control plane's own pod-Ready time (the
+  moment every ModelService has a Ready pod);
+* the operator's CPU-seconds and peak RSS (VmHWM), from /proc;
+* the time until a spec patch of all N shows in `status.observedGeneration`;
+* queries sent to Prometheus per resync tick (from Prometheus' own `prometheus_http_requests_total`) and the
+  operator's API requests by verb and resource (kube-apiserver audit log, tests/harness/api_requests.py),
+  over a window with all N idle and one with load on `--busy-fraction` of them.
+
+A summary is written to .harness/scale-bench-N.json. Everything it starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "harness"))
+
+import api_requests  # noqa: E402
+
+from greenserve.api import constants as c  # noqa: E402
+from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient, load_kubeconfig  # noqa: E402
+from integration_prom import prom_server  # noqa: E402
+from support.chart import (  # noqa: E402
+    chart_operator_env,
+    operator_kubeconfig_from_chart,
+    uninstall,
+)
+from support.kube import Kubectl, OperatorProcess, harness_bin  # noqa: E402
+from support.paths import harness_kubeconfig  # noqa: E402
+
+STATE = REPO / ".harness"
+TWIN = REPO / "tests" / "harness" / "twin.py"
+TARGET_RPS = 50.0
+
+
+def modelservice(namespace: str, name: str) -> dict[str, Any]:
+    """A small CPU-serving ModelService: kwok runs its pods without a GPU or an image."""
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "m", "storageUri": "/models/m"},
+            "runtime": {
+                "image": "tensorflow/serving:2.18.0",
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+            },
+            "gpu": {"count": 0},
+            "scaling": {"minReplicas": 1, "maxReplicas": 4, "target": TARGET_RPS},
+        },
+    }
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
+
+
+async def bounded(items: list[Any], fn: Callable[[Any], Awaitable[None]], limit: int = 16) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(item: Any) -> None:
+        async with sem:
+            await fn(item)
+
+    await asyncio.gather(*(one(i) for i in items))
+
+
+class Proc:
+    """The operator's CPU time and peak RSS from /proc (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def prometheus_queries(url: str) -> float:
+    """Queries Prometheus has answered so far (instant and range), by its own counter."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("prometheus_http_requests_total{") and (
+            'handler="/api/v1/query"' in line or 'handler="/api/v1/query_range"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_all(
+    kube: KubeClient, namespace: str, n: int, timeout: float, t0: float
+) -> tuple[float | None, float | None]:
+    """Poll once a second: (seconds until every ModelService had a Ready pod, until all were Ready=True)."""
+    pods_at: float | None = None
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        msvcs = await kube.list_objects(MODELSERVICES, namespace)
+        pods = await kube.list_objects(PODS, namespace, label_selector=c.LABEL_MODELSERVICE)
+        with_ready_pod = {p["metadata"]["labels"][c.LABEL_MODELSERVICE] for p in pods if ready(p)}
+        n_ready = sum(ready(m) for m in msvcs)
+        now = time.monotonic() - t0
+        if pods_at is None and len(with_ready_pod) >= n:
+            pods_at = now
+        line = f"ModelServices Ready {n_ready}/{n}, with a Ready pod {len(with_ready_pod)}/{n}"
+        if line != last:
+            print(f"    [{now:6.1f} s] {line}", flush=True)
+            last = line
+        if n_ready >= n and pods_at is not None:
+            return pods_at, now
+        await asyncio.sleep(1.0)
+    return pods_at, None
+
+
+async def wait_observed(kube: KubeClient, namespace: str, n: int, timeout: float, t0: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msvcs = await kube.list_objects(MODELSERVICES, namespace)
+        caught = sum(
+            (m.get("status") or {}).get("observedGeneration") == m["metadata"].get("generation")
+            for m in msvcs
+        )
+        if caught >= n:
+            return time.monotonic() - t0
+        await asyncio.sleep(0.5)
+    return None
+
+
+def window(
+    audit: Path, user: str, seconds: float, prom_url: str, proc: Proc
+) -> tuple[api_requests.Window, float, float]:
+    """API requests, Prometheus queries and operator CPU-seconds over `seconds`."""
+    q0, cpu0, start = prometheus_queries(prom_url), proc.cpu_s(), api_requests.end_offset(audit)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    w = api_requests.count(audit, start, api_requests.end_offset(audit), user, elapsed)
+    return w, prometheus_queries(prom_url) - q0, proc.cpu_s() - cpu0
+
+
+def start_processes(
+    args: argparse.Namespace,
+    kubeconfig: Path,
+    work: Path,
+    schedule: Path,
+    sa: Path,
+    op_ns: str,
+    started: list[Any],
+) -> tuple[prom_server.PrometheusServer, OperatorProcess, Proc]:
+    """The twin, Prometheus scraping it, and the operator reading that Prometheus; waits for the operator's
+    metrics endpoint."""
+    twin_port = free_port()
+    with (work / "twin.log").open("wb") as log:
+        started.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(TWIN),
+                    "--port",
+                    str(twin_port),
+                    "--interval",
+                    "2",
+                    "--schedule-file",
+                    str(schedule),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            )
+        )
+    binary = prom_server.find_or_install()
+    if not binary:
+        raise SystemExit("Debian's prometheus package could not be installed (tests/harness/prometheus.sh)")
+    (work / "prom").mkdir()
+    prom = prom_server.start(
+        binary,
+        work / "prom",
+        [
+            {
+                "job_name": "greenserve-twin",
+                "honor_labels": True,
+                "scrape_interval": "5s",
+                "static_configs": [{"targets": [f"127.0.0.1:{twin_port}"]}],
+            }
+        ],
+    )
+    started.append(prom)
+    operator = OperatorProcess(
+        sa,
+        work,
+        extra_env={
+            **chart_operator_env(op_ns),
+            "GREENSERVE_PROMETHEUS_URL": prom.url,
+            "GREENSERVE_RECONCILE_INTERVAL": str(args.reconcile_interval),
+            "GREENSERVE_CONSOLIDATION": "true",
+        },
+    )
+    operator.start()
+    started.append(operator)
+    assert operator.proc is not None
+    proc = Proc(operator.proc.pid)
+    print(f"==> operator pid {proc.pid} (log {work}/operator-1.log), Prometheus {prom.url}", flush=True)
+    deadline = time.monotonic() + 120
+    while not _metrics_up(operator) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return prom, operator, proc
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    kubeconfig = harness_kubeconfig()
+    if kubeconfig is None:
+        raise SystemExit("no local control plane: run tests/harness/cluster.sh up")
+    audit = api_requests.audit_log_path()
+    if not audit.exists():
+        raise SystemExit(f"{audit} missing: start the cluster with GREENSERVE_AUDIT=1 (API request counts)")
+    admin = Kubectl(kubeconfig)
+    os.environ["PATH"] = f"{harness_bin()}:{os.environ['PATH']}"
+    admin.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    admin.run("wait", "--for=condition=Established", f"crd/{c.CRD_NAME}", "--timeout=60s")
+    op_ns, ns = "scale-bench-operator", "scale-bench"
+    helm = harness_bin() / "helm"
+    work = Path(tempfile.mkdtemp(prefix="greenserve-scale-"))
+    sa = operator_kubeconfig_from_chart(admin, helm, op_ns, out_dir=work)
+    # The kubeconfig's user is named after the ServiceAccount (tests/support/chart.py).
+    user = str(yaml.safe_load(sa.read_text())["users"][0]["name"])
+    admin.run("create", "namespace", ns, check=False)
+    names = [f"m{i:04d}" for i in range(args.n)]
+    busy = names[: max(1, round(args.n * args.busy_fraction))]
+    schedule = work / "schedule.json"
+    schedule.write_text("{}")
+    started: list[Any] = []  # processes, Prometheus and the operator, stopped in reverse order
+    result: dict[str, Any] = {"n": args.n, "reconcile_interval_s": args.reconcile_interval}
+    kube = KubeClient(load_kubeconfig(kubeconfig))
+    try:
+        prom, _, proc = await asyncio.to_thread(
+            start_processes, args, kubeconfig, work, schedule, sa, op_ns, started
+        )
+
+        print(f"==> create {args.n} ModelServices in {ns}", flush=True)
+        t0 = time.monotonic()
+
+        async def create(name: str) -> None:
+            try:
+                await kube.create(MODELSERVICES, modelservice(ns, name), ns)
+            except ApiError as err:
+                if not err.conflict:
+                    raise
+
+        await bounded(names, create)
+        result["create_s"] = round(time.monotonic() - t0, 1)
+        print(f"    created in {result['create_s']} s", flush=True)
+        pods_at, all_at = await wait_all(kube, ns, args.n, args.timeout, t0)
+        result["pods_ready_s"] = pods_at and round(pods_at, 1)
+        result["all_ready_s"] = all_at and round(all_at, 1)
+        result["beyond_pods_s"] = round(all_at - pods_at, 1) if all_at and pods_at else None
+        result["cpu_s_to_ready"] = round(proc.cpu_s(), 1)
+        result["peak_rss_mb_to_ready"] = round(proc.peak_rss_mb(), 1)
+
+        print(f"==> patch all {args.n} (spec.scaling.maxReplicas 4 -> 5)", flush=True)
+        t1 = time.monotonic()
+
+        async def patch(name: str) -> None:
+            await kube.patch(MODELSERVICES, name, {"spec": {"scaling": {"maxReplicas": 5}}}, ns)
+
+        await bounded(names, patch)
+        result["patch_send_s"] = round(time.monotonic() - t1, 1)
+        observed = await wait_observed(kube, ns, args.n, args.timeout, t1)
+        result["patch_observed_s"] = observed and round(observed, 1)
+        print(f"    sent in {result['patch_send_s']} s, observed after {result['patch_observed_s']} s")
+
+        print(f"==> idle: {args.window:g} s with no load", flush=True)
+        await asyncio.sleep(args.settle)
+        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc)
+        result["idle"] = _phase(w, queries, cpu, args)
+        print(api_requests.table(w, f"idle, {args.n} ModelServices"))
+
+        rate = 2.5 * TARGET_RPS
+        print(f"==> busy: {rate:g} req/s on {len(busy)} of {args.n} for {args.window:g} s", flush=True)
+        schedule.write_text(json.dumps({f"{ns}/{name}": f"0:{rate}" for name in busy}))
+        await asyncio.sleep(args.settle)
+        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc)
+        result["busy"] = _phase(w, queries, cpu, args)
+        print(api_requests.table(w, f"busy ({len(busy)} loaded), {args.n} ModelServices"))
+        result["cpu_s_total"] = round(proc.cpu_s(), 1)
+        result["peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
+        return result
+    finally:
+        if not args.keep:
+            print("==> clean up", flush=True)
+            # While the operator still runs: kopf's finalizers go with it.
+            admin.run("delete", "msvc", "--all", "-n", ns, "--wait=false", check=False)
+            for _ in range(150):
+                if not await kube.list_objects(MODELSERVICES, ns):
+                    break
+                await asyncio.sleep(2)
+            admin.run("delete", "namespace", ns, "--wait=false", check=False)
+            for h in reversed(started):
+                if isinstance(h, subprocess.Popen):
+                    h.terminate()
+                    h.wait(timeout=30)
+                else:
+                    h.stop()
+            uninstall(admin, helm, op_ns)
+            admin.run("delete", "namespace", op_ns, "--wait=false", check=False)
+        await kube.close()
+
+
+def _metrics_up(operator: OperatorProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _phase(w: api_requests.Window, queries: float, cpu: float, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "seconds": round(w.seconds, 1),
+        "api_requests_per_s": round(w.total / w.seconds, 2),
+        "all_users_requests_per_s": round(w.all_users / w.seconds, 2),
+        "by_verb_per_s": {k: round(v / w.seconds, 2) for k, v in w.by_verb.most_common()},
+        "by_resource_per_s": {
+            f"{k[0]} {k[1]}": round(v / w.seconds, 2) for k, v in w.by_resource.most_common()
+        },
+        "prometheus_queries_per_tick": round(queries / w.seconds * args.reconcile_interval, 1),
+        "operator_cpu_percent_of_a_core": round(100 * cpu / w.seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--n", type=int, default=100, help="ModelServices to create")
+    p.add_argument("--busy-fraction", type=float, default=0.1, help="share of them given load")
+    p.add_argument("--window", type=float, default=60.0, help="seconds of each counted phase")
+    p.add_argument("--settle", type=float, default=20.0, help="seconds before each counted phase")
+    p.add_argument("--reconcile-interval", type=float, default=15.0, help="the chart's default")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for Ready / observed")
+    p.add_argument("--keep", action="store_true", help="leave everything running")
+    args = p.parse_args(argv)
+    result = asyncio.run(run(args))
+    print("==> summary")
+    for key in (
+        "n",
+        "create_s",
+        "pods_ready_s",
+        "all_ready_s",
+        "beyond_pods_s",
+        "cpu_s_to_ready",
+        "peak_rss_mb",
+        "patch_observed_s",
+    ):
+        print(f"    {key:<18} {result.get(key)}")
+    for phase in ("idle", "busy"):
+        r = result.get(phase) or {}
+        print(
+            f"    {phase}: {r.get('api_requests_per_s')} API requests/s, "
+            f"{r.get('prometheus_queries_per_tick')} Prometheus queries per "
+            f"{args.reconcile_interval:g} s tick, "
+            f"operator CPU {r.get('operator_cpu_percent_of_a_core')}% of a core"
+        )
+    out = STATE / f"scale-bench-{args.n}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"    written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,8 +38,11 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "harness"))
+# This checkout's operator, here and in the processes started below (the twin, the operator), not a
+# greenserve installed in the environment.
+SOURCES = [str(REPO / "operator"), str(REPO / "serving-image")]
+sys.path[:0] = [*SOURCES, str(REPO / "tests"), str(REPO / "tests" / "harness")]
+os.environ["PYTHONPATH"] = os.pathsep.join([*SOURCES, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import api_requests  # noqa: E402
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -72,7 +73,12 @@ def test_pod_answers_through_a_service(kubectl: Kubectl, real_nodes: RealNodes, 
     assert pod["spec"]["nodeName"] == node
     assert pod["status"]["podIP"].startswith(node_ip.rsplit(".", 1)[0] + ".")
     cluster_ip = kubectl.run("get", "svc", "web", "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
-    body = wait_for(lambda: _get(f"http://{cluster_ip}/token"), timeout=30, what="ClusterIP answering")
+    try:
+        body = wait_for(lambda: _get(f"http://{cluster_ip}/token"), timeout=90, what="ClusterIP answering")
+    except AssertionError as e:
+        rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        mine = "\n".join(line for line in rules.splitlines() if f"{ns}/web" in line or cluster_ip in line)
+        raise AssertionError(f"{e}\nkube-proxy rules for {ns}/web:\n{mine or '(none)'}") from None
     assert body.strip() == token
 
 

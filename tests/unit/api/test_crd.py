@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,10 @@ def test_nested_defaults_match_the_types() -> None:
     # The GPU toleration is the operator's, added to the user's (manifests/builders.py): no default here.
     assert "default" not in spec["gpu"]["properties"]["tolerations"]
     assert spec["gpu"]["default"] == {"count": 1}
+
+
+def test_crd_fits_a_client_side_apply() -> None:
+    """`kubectl apply -f crds/` (client-side) copies the whole CRD into the last-applied annotation, and
+    annotations are limited to 256 KiB: the embedded Kubernetes schemas must leave room under it."""
+    compact = json.dumps(_crd(), separators=(",", ":"))
+    assert len(compact) < 220 * 1024, f"{len(compact)} bytes: trim descriptions in k8s_vendor"

@@ -83,6 +83,10 @@ class OperatorConfig:
     metrics_port: int = 9090
     #: Namespace of the operator's Lease for the one-active consolidation loop.
     lease_namespace: str = "default"
+    #: Most GPUs one ModelService may hold (replicas x gpu.count); 0 means no cap.
+    max_gpus_per_modelservice: int = 0
+    #: Cluster DNS domain in status.url (http://<name>.<namespace>.svc.<domain>:8501).
+    cluster_domain: str = "cluster.local"
     #: Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
@@ -113,5 +117,7 @@ class OperatorConfig:
             lease_namespace=os.environ.get("POD_NAMESPACE")
             or os.environ.get("GREENSERVE_LEASE_NAMESPACE")
             or "default",
+            max_gpus_per_modelservice=int(_env_float("GREENSERVE_MAX_GPUS_PER_MODELSERVICE", 0)),
+            cluster_domain=os.environ.get("GREENSERVE_CLUSTER_DOMAIN") or "cluster.local",
             namespaces=namespaces,
         )

@@ -255,7 +255,7 @@ def workload_namespace(admin_kubectl: Kubectl, chart_namespace: str) -> Iterator
 
 
 def delete_modelservice(kubectl: Kubectl, namespace: str) -> None:
-    """Delete while the operator still runs: kopf's finalizer would otherwise keep it (and its namespace)."""
+    """Delete before the test's namespaces go (there is no finalizer: it works with the operator down too)."""
     kubectl.run("delete", "msvc", "resnet", "-n", namespace, "--timeout=60s", check=False)
 
 

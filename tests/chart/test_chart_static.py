@@ -264,6 +264,8 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
                 "consolidationInterval": 45,
                 "metricsStaleAfter": 90,
                 "metricsWindow": 40,
+                "maxGpusPerModelService": 16,
+                "clusterDomain": "corp.internal",
             },
             "metrics.port": 9191,
         },
@@ -275,6 +277,8 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
     assert env["GREENSERVE_CONSOLIDATION_INTERVAL"] == "45"
     assert env["GREENSERVE_METRICS_STALE_AFTER"] == "90"
     assert env["GREENSERVE_METRICS_WINDOW"] == "40"
+    assert env["GREENSERVE_MAX_GPUS_PER_MODELSERVICE"] == "16"
+    assert env["GREENSERVE_CLUSTER_DOMAIN"] == "corp.internal"
     assert "GREENSERVE_SCRAPE_PODS" not in env  # Prometheus is the source
     assert env["GREENSERVE_METRICS_PORT"] == "9191"
     assert "GREENSERVE_SCHEDULER_NAME" not in env and "GREENSERVE_NAMESPACES" not in env

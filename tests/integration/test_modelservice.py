@@ -295,7 +295,7 @@ async def test_no_metrics_holds_replicas_and_says_so(
     metrics = cond.get_condition(conds, "MetricsAvailable")
     scaling = cond.get_condition(conds, cond.SCALING)
     assert metrics is not None and metrics["status"] == "False"
-    assert scaling is not None and scaling["reason"] == "Hold:MetricsMissing"
+    assert scaling is not None and scaling["reason"] == "HoldMetricsMissing"
     assert msvc["status"].get("powerWatts") is None  # unknown is blank, never 0
     await operator.wait_passes("resync", 3)  # looked again three times: still one replica, min 0 or not
     dep = await kube.get(DEPLOYMENTS, "blind", namespace)

@@ -107,7 +107,8 @@ seccompProfile:
 {{- define "greenserve.namespacedRules" -}}
 # Every verb below is one the operator sends; it writes with PATCH only (server-side apply, merge patches)
 # and never deletes (owned objects go with their ModelService through the garbage collector).
-# ModelServices: kopf watches them and patches its finalizer and progress annotations.
+# ModelServices: kopf watches them and patches its progress annotations (and removes the finalizer
+# older versions added).
 - apiGroups: ["greenserve.io"]
   resources: ["modelservices"]
   verbs: ["get", "list", "watch", "patch"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
-from pydantic.alias_generators import to_camel
 
 from greenserve.api import constants, k8s
 from greenserve.api.k8s_vendor import QUANTITY_MAX_LENGTH, QUANTITY_PATTERN
@@ -41,9 +41,19 @@ DEFAULT_CREDENTIALS_KEY = "key.json"
 CEL = "x-kubernetes-validations"
 
 
+def camel(name: str) -> str:
+    """snake_case -> lowerCamelCase as Kubernetes spells fields: only an underscore starts a capital.
+
+    pydantic's `to_camel` also capitalises a letter after a digit (grams_co2e -> gramsCo2E), which made
+    the CRD declare a field the operator never wrote. Acronyms (gramsCO2e) are explicit aliases.
+    """
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, use_enum_values=False
+        alias_generator=camel, populate_by_name=True, extra="forbid", frozen=True, use_enum_values=False
     )
 
 
@@ -519,8 +529,38 @@ class Condition(_Model):
     last_transition_time: str
 
 
+class Addressable(_Model):
+    """Where clients reach the model server inside the cluster (Knative's duck type)."""
+
+    url: Annotated[str, Field(max_length=1024, description="TF Serving's REST endpoint through the Service.")]
+
+
+class FailureInfo(_Model):
+    """The last failure seen on the serving pods (KServe's lastFailureInfo), kept after recovery."""
+
+    reason: Annotated[
+        str, Field(max_length=1024, description="The Ready/Degraded condition reason it produced.")
+    ]
+    message: Annotated[str, Field(max_length=4096)] = ""
+    pod: Annotated[str | None, Field(default=None, max_length=253)] = None
+    container: Annotated[str | None, Field(default=None, max_length=253)] = None
+    exit_code: int | None = None
+    time: Annotated[
+        str | None, Field(default=None, max_length=64, description="When the operator first saw it.")
+    ] = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
+    url: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=1024,
+            description="http://<name>.<namespace>.svc.<cluster domain>:8501, TF Serving's REST API.",
+        ),
+    ] = None
+    address: Addressable | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
     desired_replicas: int | None = None
@@ -533,9 +573,9 @@ class ModelServiceStatus(_Model):
         Field(default=None, description="Requests in flight through the agents (in service and queued)."),
     ] = None
     joules_per_request: float | None = None
-    grams_co2e: Annotated[float | None, Field(default=None, description="Cumulative, from energyJoules.")] = (
-        None
-    )
+    grams_co2e: Annotated[
+        float | None, Field(default=None, alias="gramsCO2e", description="Cumulative, from energyJoules.")
+    ] = None
     energy_counters: Annotated[
         dict[str, float] | None,
         Field(default=None, description="Last energy counter per replica, to accumulate energyJoules."),
@@ -544,6 +584,7 @@ class ModelServiceStatus(_Model):
         bool | None, Field(default=None, description="True when the power figures come from a simulated GPU.")
     ] = None
     last_scale_time: str | None = None
+    last_failure_info: FailureInfo | None = None
     move: Annotated[
         dict[str, Any] | None,
         Field(
@@ -555,6 +596,26 @@ class ModelServiceStatus(_Model):
         Field(default=None, description="Autoscaler stabilisation state (opaque, owned by the operator)."),
     ] = None
     conditions: list[Condition] = Field(default_factory=list)
+
+
+def status_patch(update: ModelServiceStatus, old: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that writes the fields set on `update` (by the CRD's names, so they cannot
+    drift from the schema). A field set to None is removed; a map or object field replaces the stored
+    one, so keys it no longer has are nulled out (a merge patch would otherwise keep them)."""
+    patch: dict[str, Any] = update.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    for key, value in patch.items():
+        previous = old.get(key)
+        if isinstance(value, dict) and isinstance(previous, Mapping):
+            patch[key] = {**dict.fromkeys(set(previous) - set(value)), **value}
+    return patch
+
+
+def merge_status(*parts: ModelServiceStatus) -> ModelServiceStatus:
+    """One status update from several partial ones; a later part wins for a field set in both."""
+    fields: dict[str, Any] = {}
+    for part in parts:
+        fields.update({name: getattr(part, name) for name in part.model_fields_set})
+    return ModelServiceStatus(**fields)
 
 
 def parse_spec(raw: dict[str, Any]) -> ModelServiceSpec:

@@ -97,8 +97,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=c.GROUP, key="last-handled-configuration"
     )
+    # No handler needs a finalizer, so kopf adds none (and removes this one from objects an older
+    # version marked): owned objects are garbage-collected through ownerReferences, and the periodic
+    # work is one task of its own (handlers/ticker.py), not kopf timers.
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
-    # Owned objects are garbage-collected through ownerReferences; no finalizer is needed or added.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -37,8 +37,8 @@ from typing import Any
 from greenserve.policy.energy import break_even_idle_s
 from greenserve.policy.queueing import replicas_for_attainment, replicas_for_slo
 
-HOLD_MISSING = "Hold:MetricsMissing"
-HOLD_STALE = "Hold:MetricsStale"
+HOLD_MISSING = "HoldMetricsMissing"
+HOLD_STALE = "HoldMetricsStale"
 SCALE_UP = "ScaleUp"
 SCALE_DOWN = "ScaleDown"
 STABILIZING = "Stabilizing"

@@ -21,13 +21,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from greenserve.api import conditions as cond
-from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ScalingMetric
+from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ModelServiceStatus, ScalingMetric
 from greenserve.config import OperatorConfig
 from greenserve.manifests.builders import initial_replicas
 from greenserve.metrics.types import ServiceMetrics
 from greenserve.policy import autoscaling as pa
 from greenserve.policy import estimate, fleet
 from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, NodePowerModel, gpu_model_for
+from greenserve.reconcile.bounds import bounded
+from greenserve.reconcile.status import ScaleIntent
 
 # Mean service time of one request when the spec gives no SLO to derive it from; only shapes the
 # queueing guard, the capacity comes from spec.scaling.target.
@@ -96,8 +98,8 @@ HISTORY = RateHistory()
 class Decision:
     desired: int
     previous: int | None
-    condition: tuple[str, bool, str, str]
-    status_fields: dict[str, Any]
+    intent: ScaleIntent
+    status: ModelServiceStatus
 
 
 def scaling_inputs(
@@ -202,16 +204,22 @@ def decide(
     raw_state = status.get("scaler")
     state = pa.ScalerState.from_dict(raw_state) if isinstance(raw_state, dict) else pa.ScalerState()
     result = pa.decide(inputs, state, now)
-    desired = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, result.desired_replicas))
+    limit = bounded(spec, config, result.desired_replicas)
+    desired = limit.replicas
     previous = status.get("desiredReplicas") if isinstance(status.get("desiredReplicas"), int) else None
     changed = previous is not None and desired != previous
     fields: dict[str, Any] = {"scaler": result.state.to_dict()}
     if changed:
-        fields["lastScaleTime"] = cond.now_rfc3339()
-    message = f"{result.reason}: {inputs.current_replicas} -> {desired} replicas"
-    return Decision(
-        desired=desired,
+        fields["last_scale_time"] = cond.now_rfc3339()
+    if result.desired_replicas != desired and limit.capped_from is None:
+        cause = f"within minReplicas {spec.scaling.min_replicas} and maxReplicas {spec.scaling.max_replicas}"
+    else:
+        cause = f"demand {result.demand_replicas}" if result.demand_replicas is not None else "no demand"
+    intent = ScaleIntent(
         previous=previous,
-        condition=(cond.SCALING, changed, result.reason, message),
-        status_fields=fields,
+        desired=desired,
+        reason=result.reason,
+        message=f"{result.reason}, {cause}",
+        capped_from=limit.capped_from,
     )
+    return Decision(desired=desired, previous=previous, intent=intent, status=ModelServiceStatus(**fields))

@@ -271,13 +271,11 @@ class Consolidator:
             if live is None:
                 return dict(msvc)  # deleted meanwhile: nothing left to record the move on
             status = live.get("status") or {}
+            condition = cond.ConditionUpdate(
+                cond.CONSOLIDATING, move is not None, "MoveInProgress" if move else "Idle", message
+            )
             conditions = cond.set_condition(
-                status.get("conditions"),
-                cond.CONSOLIDATING,
-                move is not None,
-                "MoveInProgress" if move else "Idle",
-                message,
-                live["metadata"].get("generation"),
+                status.get("conditions"), condition, live["metadata"].get("generation")
             )
             return await self.kube.patch_status(
                 MODELSERVICES, meta["name"], meta["namespace"], {"move": move, "conditions": conditions}

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api.constants import LABEL_MODELSERVICE
-from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
+from greenserve.api.v1alpha1 import ModelServiceSpec, merge_status, parse_spec
 from greenserve.cluster.client import PODS, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.metrics.base import MetricsSource
@@ -126,21 +126,19 @@ async def step_locked(
         status = {**status, "scaler": dict(scaler)}
     tele, decision = assess(deps, spec, status, reading, deps.clock())
     extra = Extra(
-        fields={**tele.fields, **decision.status_fields},
-        conditions=(
-            (telemetry.METRICS_AVAILABLE, tele.fresh, tele.reason, tele.message),
-            decision.condition,
-        ),
+        fields=merge_status(tele.fields, decision.status),
+        conditions=(tele.condition,),
+        scale=decision.intent,
     )
     outcome = await rec.reconcile_locked(deps.kube, body, deps.config, desired=decision.desired, extra=extra)
     if deps.metrics is not None and reading is not None:
         deps.metrics.update(
             reading,
-            energy_total_j=tele.fields.get("energyJoules"),
-            grams_co2e=tele.fields.get("gramsCO2e"),
+            energy_total_j=tele.fields.energy_joules,
+            grams_co2e=tele.fields.grams_co2e,
             replicas_desired=outcome.desired,
             replicas_ready=outcome.status.get("readyReplicas"),
         )
     if deps.metrics is not None and decision.previous is not None and outcome.desired is not None:
         deps.metrics.record_scale(ns, name, decision.previous, outcome.desired)
-    return Step(outcome, decision.status_fields.get("scaler"))
+    return Step(outcome, decision.status.scaler)

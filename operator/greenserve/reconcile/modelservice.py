@@ -8,8 +8,9 @@ same objects. Nothing here keeps state between calls except what is stored in th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,15 +18,33 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
-from greenserve.api.constants import LABEL_MODELSERVICE
-from greenserve.api.v1alpha1 import ModelServiceSpec, parse_spec
+from greenserve.api.constants import LABEL_MODELSERVICE, TFS_REST_PORT
+from greenserve.api.v1alpha1 import (
+    Addressable,
+    FailureInfo,
+    ModelServiceSpec,
+    ModelServiceStatus,
+    ScalingMetric,
+    merge_status,
+    parse_spec,
+    status_patch,
+)
 from greenserve.cluster import events
 from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed, ensure_ours
 from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
 from greenserve.manifests.storage import UnsupportedStorageError, resolve
-from greenserve.reconcile.status import Observed, ready_condition, status_fields
+from greenserve.reconcile.bounds import bounded, replica_cap
+from greenserve.reconcile.status import (
+    Failure,
+    Observed,
+    ScaleIntent,
+    assess,
+    fault_conditions,
+    scaling_condition,
+    status_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +69,11 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any]) -> int:
+def desired_replicas(spec: ModelServiceSpec, status: Mapping[str, Any], config: OperatorConfig) -> int:
     """The replica count to apply: the autoscaler's last decision (kept in status), within the bounds."""
     current = status.get("desiredReplicas")
-    if not isinstance(current, int):
-        return builders.initial_replicas(spec)
-    return max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, current))
+    wanted = current if isinstance(current, int) else builders.initial_replicas(spec)
+    return bounded(spec, config, wanted).replicas
 
 
 def owner_of(body: Mapping[str, Any]) -> builders.Owner:
@@ -63,45 +81,170 @@ def owner_of(body: Mapping[str, Any]) -> builders.Owner:
     return builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
+def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
+    """TF Serving's REST API through the Service, as Knative and KServe publish status.url."""
+    return f"http://{name}.{namespace}.svc.{config.cluster_domain}:{TFS_REST_PORT}"
+
+
 @dataclass(frozen=True)
 class Extra:
-    """Status the periodic loop adds to a reconcile: telemetry fields and conditions other than Ready."""
+    """Status the periodic loop adds to a reconcile: telemetry fields, conditions other than Ready, and
+    the autoscaler's decision (for the Scaling condition and the rescale Event)."""
 
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    conditions: tuple[tuple[str, bool, str, str], ...] = ()
+    fields: ModelServiceStatus = field(default_factory=ModelServiceStatus)
+    conditions: tuple[cond.ConditionUpdate, ...] = ()
+    scale: ScaleIntent | None = None
+
+
+@dataclass(frozen=True)
+class SpecWarning:
+    reason: str
+    message: str
+
+
+def spec_warnings(spec: ModelServiceSpec, capped_from: int | None, cap: int | None) -> list[SpecWarning]:
+    """Risky but legal: accepted, applied, and said once (condition Warnings and one Warning Event each)."""
+    found = []
+    if any(t.get("operator") == "Exists" and not t.get("key") for t in spec.gpu.tolerations or []):
+        found.append(
+            SpecWarning(
+                "WildcardToleration",
+                "gpu.tolerations has operator Exists without a key, which tolerates every taint "
+                "(control-plane and NoExecute ones included); name the taint key",
+            )
+        )
+    identity = spec.pod is not None and spec.pod.service_account_name
+    if spec.model.storage_uri.startswith("gs://") and not spec.model.credentials_secret and not identity:
+        found.append(
+            SpecWarning(
+                "NoCredentials",
+                "neither model.credentialsSecret nor pod.serviceAccountName is set: the model server reads "
+                "the bucket with the node's identity only, and a private bucket fails to load",
+            )
+        )
+    if spec.scaling.metric == ScalingMetric.GPU_UTILIZATION and spec.gpu.count == 0:
+        found.append(
+            SpecWarning(
+                "GpuMetricWithoutGpu",
+                "scaling.metric is gpuUtilization but gpu.count is 0: there is no GPU utilization to read, "
+                "so the replica count holds",
+            )
+        )
+    if capped_from is not None:
+        found.append(
+            SpecWarning(
+                cond.REASON_GPU_CAP,
+                f"{capped_from} replicas of {spec.gpu.count} GPUs exceed the operator's "
+                f"maxGpusPerModelService; held at {cap} replicas",
+            )
+        )
+    return found
+
+
+_WARNING_SEP = " | "
+
+
+def warnings_condition(found: Sequence[SpecWarning]) -> cond.ConditionUpdate:
+    if not found:
+        return cond.ConditionUpdate(cond.WARNINGS, False, cond.REASON_NO_WARNINGS, "")
+    reason = found[0].reason if len(found) == 1 else cond.REASON_MULTIPLE_WARNINGS
+    message = _WARNING_SEP.join(f"{w.reason}: {w.message}" for w in found)
+    return cond.ConditionUpdate(cond.WARNINGS, True, reason, message)
+
+
+def _warning_reasons(condition: Mapping[str, Any] | None) -> set[str]:
+    """The warning reasons a Warnings condition carries (as `warnings_condition` wrote them)."""
+    if condition is None or condition.get("status") != "True":
+        return set()
+    parts = str(condition.get("message") or "").split(_WARNING_SEP)
+    return {p.split(": ", 1)[0] for p in parts if ": " in p}
+
+
+@dataclass(frozen=True)
+class _Event:
+    type: events.EventType
+    reason: str
+    message: str
+
+
+def _events_for(
+    old: Sequence[Mapping[str, Any]] | None,
+    new: Sequence[Mapping[str, Any]],
+    fresh_warnings: Sequence[SpecWarning],
+    scale: ScaleIntent | None,
+) -> list[_Event]:
+    """Events for what changed, never for what merely persists: one Warning per distinct fault (a new
+    Degraded reason) and per new spec warning, Normal for a rescale and for becoming Ready."""
+    out: list[_Event] = []
+    old_deg, new_deg = cond.get_condition(old, cond.DEGRADED), cond.get_condition(new, cond.DEGRADED)
+    if new_deg is not None and new_deg.get("status") == "True":
+        was = old_deg.get("reason") if old_deg is not None and old_deg.get("status") == "True" else None
+        if was != new_deg.get("reason"):
+            out.append(_Event("Warning", str(new_deg["reason"]), str(new_deg.get("message") or "")))
+    for w in fresh_warnings:
+        out.append(_Event("Warning", w.reason, w.message))
+    if scale is not None and scale.changed:
+        message = f"Scaled from {scale.previous} to {scale.desired} replicas: {scale.message}"
+        out.append(_Event("Normal", cond.EVENT_RESCALE, message))
+    old_ready, new_ready = cond.get_condition(old, cond.READY), cond.get_condition(new, cond.READY)
+    became_ready = old_ready is None or old_ready.get("status") != "True"
+    if new_ready is not None and new_ready.get("status") == "True" and became_ready:
+        out.append(_Event("Normal", str(new_ready["reason"]), str(new_ready.get("message") or "")))
+    return out
+
+
+def _failure_info(old: Mapping[str, Any] | None, fault: Failure | None, now: str) -> FailureInfo | None:
+    """lastFailureInfo for a fault seen now; its time stays that of the first sighting."""
+    if fault is None:
+        return None
+    same = old is not None and old.get("reason") == fault.reason and old.get("message") == fault.message
+    return FailureInfo(
+        reason=fault.reason,
+        message=fault.message,
+        pod=fault.pod,
+        container=fault.container,
+        exit_code=fault.exit_code,
+        time=str(old.get("time")) if same and old is not None and old.get("time") else now,
+    )
 
 
 async def _write_status(
     kube: KubeClient,
     body: Mapping[str, Any],
-    fields: dict[str, Any],
-    ready: bool,
-    reason: str,
-    message: str,
-    extra: Extra | None = None,
+    update: ModelServiceStatus,
+    conditions: Sequence[cond.ConditionUpdate],
+    fault: Failure | None = None,
+    warnings: Sequence[SpecWarning] = (),
+    scale: ScaleIntent | None = None,
 ) -> dict[str, Any]:
-    """Patch status and post an Event when the Ready condition changes (not on every pass: no storms)."""
+    """Patch status from the typed model (only when something changed) and post the Events the change
+    calls for (see `_events_for`): never one per pass, so no storms."""
     meta = body["metadata"]
-    old_status = body.get("status") or {}
+    old_status: Mapping[str, Any] = body.get("status") or {}
     generation = meta.get("generation")
-    conditions: list[dict[str, Any]] = [dict(c) for c in old_status.get("conditions") or []]
-    if extra is not None:
-        fields = {**fields, **extra.fields}
-        for ctype, cstatus, creason, cmessage in extra.conditions:
-            conditions = cond.set_condition(conditions, ctype, cstatus, creason, cmessage, generation)
-    conditions = cond.set_condition(conditions, cond.READY, ready, reason, message, generation)
-    new_ready = cond.get_condition(conditions, cond.READY)
-    changed = not cond.same_condition(cond.get_condition(old_status.get("conditions"), cond.READY), new_ready)
-    status = {**fields, "observedGeneration": generation, "conditions": conditions}
-    if any(old_status.get(k) != v for k, v in status.items()):
+    old_conditions = old_status.get("conditions") or []
+    new_conditions: list[dict[str, Any]] = [dict(c) for c in old_conditions]
+    for c in (*conditions, warnings_condition(warnings)):
+        new_conditions = cond.set_condition(new_conditions, c, generation)
+    extra: dict[str, Any] = {"observed_generation": generation, "conditions": new_conditions}
+    info = _failure_info(old_status.get("lastFailureInfo"), fault, cond.now_rfc3339())
+    if info is not None:
+        extra["last_failure_info"] = info
+    merged = merge_status(update, ModelServiceStatus(**extra))
+    patch = status_patch(merged, old_status)
+    changed = {k: v for k, v in patch.items() if old_status.get(k) != v}
+    if changed:
         try:
-            await kube.patch_status(MODELSERVICES, meta["name"], meta["namespace"], status)
+            await kube.patch_status(MODELSERVICES, meta["name"], meta["namespace"], changed)
         except ApiError as err:
             if not err.not_found:  # deleted meanwhile: nothing to report on
                 raise
-    if changed:
-        await events.post(kube, body, "Normal" if ready else "Warning", reason, message)
-    return status
+            return patch
+    old_warnings = _warning_reasons(cond.get_condition(old_conditions, cond.WARNINGS))
+    fresh = [w for w in warnings if w.reason not in old_warnings]
+    for event in _events_for(old_conditions, new_conditions, fresh, scale):
+        await events.post(kube, body, event.type, event.reason, event.message)
+    return patch
 
 
 @dataclass
@@ -194,7 +337,9 @@ async def reconcile_locked(
         return await _reconcile_valid(kube, body, spec, config, desired, extra)
     # Invalid specs are terminal until the user edits them: report, keep what is already running, no retry.
     log.warning("ModelService %s/%s: %s: %s", meta["namespace"], meta["name"], out.reason, out.message)
-    out.status = await _write_status(kube, body, {}, False, out.reason, out.message)
+    conditions = fault_conditions(out.reason, out.message)
+    fault = Failure(out.reason, out.message)
+    out.status = await _write_status(kube, body, ModelServiceStatus(), conditions, fault)
     return out
 
 
@@ -208,11 +353,16 @@ async def _reconcile_valid(
 ) -> Outcome:
     owner = owner_of(body)
     status = body.get("status") or {}
-    replicas = desired if desired is not None else desired_replicas(spec, status)
-    replicas = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, replicas))
+    limit = bounded(spec, config, desired if desired is not None else desired_replicas(spec, status, config))
+    replicas = limit.replicas
     options = builders.BuildOptions(scheduler_name=config.scheduler_name, agent_front=config.agent_front)
     # A consolidation move in flight runs its replacement as one extra replica (see consolidator.py).
     surge = 1 if status.get("move") and replicas > 0 else 0
+    url = service_url(owner.name, owner.namespace, config)
+    fields = ModelServiceStatus(url=url, address=Addressable(url=url))
+    if extra is not None:
+        fields = merge_status(extra.fields, fields)
+    warnings = spec_warnings(spec, limit.capped_from, replica_cap(spec, config))
     try:
         applied: dict[str, Any] | None = None
         objs = builders.objects(owner, spec, replicas + surge, options)
@@ -228,22 +378,51 @@ async def _reconcile_valid(
         # Touch nothing of theirs; the change handler retries, so removing the conflict recovers.
         message = f"{err}; rename the ModelService or remove that object"
         log.warning("ModelService %s/%s: %s", owner.namespace, owner.name, message)
-        fields = {"desiredReplicas": replicas}
-        st = await _write_status(kube, body, fields, False, cond.REASON_CONFLICTING_OBJECT, message)
-        return Outcome(False, cond.REASON_CONFLICTING_OBJECT, message, replicas, st, retry_after=30.0)
+        fields = merge_status(fields, ModelServiceStatus(desired_replicas=replicas))
+        reason = cond.REASON_CONFLICTING_OBJECT
+        st = await _write_status(
+            kube, body, fields, fault_conditions(reason, message), Failure(reason, message), warnings
+        )
+        return Outcome(False, reason, message, replicas, st, retry_after=30.0)
     except ApiError as err:
         if err.not_found and err.body.get("details", {}).get("kind") == "namespaces":
             raise
         message = f"applying owned objects failed: {err}"
         log.warning("ModelService %s/%s: %s", owner.namespace, owner.name, message)
-        fields = {"desiredReplicas": replicas}
-        st = await _write_status(kube, body, fields, False, cond.REASON_APPLY_FAILED, message)
+        fields = merge_status(fields, ModelServiceStatus(desired_replicas=replicas))
+        failed = fault_conditions(cond.REASON_APPLY_FAILED, message)
+        st = await _write_status(
+            kube, body, fields, failed, Failure(cond.REASON_APPLY_FAILED, message), warnings
+        )
         return Outcome(False, cond.REASON_APPLY_FAILED, message, replicas, st, retry_after=30.0)
     await _lift_warmup_protection(kube, pods)
-    obs = Observed(desired=replicas, deployment=applied, pods=pods, gpus_per_replica=spec.gpu.count)
-    ready, reason, message = ready_condition(obs)
-    st = await _write_status(kube, body, status_fields(obs), ready, reason, message, extra)
-    return Outcome(ready, reason, message, replicas, st)
+    obs = Observed(
+        desired=replicas,
+        deployment=applied,
+        pods=pods,
+        gpus_per_replica=spec.gpu.count,
+        surge=surge,
+        now=dt.datetime.now(dt.UTC),
+    )
+    found = assess(obs)
+    conditions: list[cond.ConditionUpdate] = [*found.conditions]
+    fault = found.fault
+    if limit.capped_from is not None and replicas == 0:
+        # Not even one replica fits under the cap: this is a fault, not a scale to zero.
+        message = f"one replica needs {spec.gpu.count} GPUs, more than maxGpusPerModelService allows"
+        conditions = [*fault_conditions(cond.REASON_GPU_CAP, message)]
+        fault = Failure(cond.REASON_GPU_CAP, message)
+    scale = extra.scale if extra is not None else None
+    if extra is not None:
+        conditions.extend(extra.conditions)
+        if scale is not None:
+            previous = cond.get_condition(status.get("conditions"), cond.SCALING)
+            conditions.append(scaling_condition(scale, previous, obs, found.current_ready))
+    st = await _write_status(
+        kube, body, merge_status(fields, status_fields(obs)), conditions, fault, warnings, scale
+    )
+    ready = conditions[0]
+    return Outcome(ready.status is True, ready.reason, ready.message, replicas, st)
 
 
 async def _lift_warmup_protection(kube: KubeClient, pods: list[dict[str, Any]]) -> None:

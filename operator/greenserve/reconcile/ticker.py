@@ -31,11 +31,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
-from greenserve.api.v1alpha1 import parse_spec
+from greenserve.api.v1alpha1 import ModelServiceStatus, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
 from greenserve.cluster.client import MODELSERVICES, ApiError
 from greenserve.metrics.types import PodRef, ServiceMetrics
-from greenserve.reconcile import loop, telemetry
+from greenserve.reconcile import autoscale, loop, telemetry
 from greenserve.reconcile import modelservice as rec
 
 log = logging.getLogger(__name__)
@@ -85,19 +85,28 @@ def pods_complete(cache: ClusterCache, key: SvcKey) -> bool:
 def needs_action(
     status: Mapping[str, Any],
     tele: telemetry.Telemetry,
-    desired: int,
-    scaling: tuple[str, bool, str, str],
+    decision: autoscale.Decision,
 ) -> str | None:
     """Why the step must be written now, or None when nothing that matters now would change."""
-    if status.get("desiredReplicas") != desired:
+    if status.get("desiredReplicas") != decision.desired:
         return "replicas"
-    _, _, reason, _ = scaling
-    if _condition_changed(status, cond.SCALING, desired != status.get("desiredReplicas"), reason):
+    # While Scaling is True (a count the Deployment has not reached yet), the Deployment's own watch
+    # events complete it (reconcile/status.py scaling_condition); at rest it carries the policy's reason.
+    old = cond.get_condition(status.get("conditions"), cond.SCALING)
+    moving = (
+        old is not None
+        and old.get("status") == "True"
+        and old.get("reason") in (cond.REASON_SCALE_UP, cond.REASON_SCALE_DOWN)
+    )
+    intent = decision.intent
+    reason = cond.REASON_GPU_CAP if intent.capped_from is not None else intent.reason
+    if not moving and _condition_changed(status, cond.SCALING, False, reason):
         return "scaling condition"
     if _condition_changed(status, telemetry.METRICS_AVAILABLE, tele.fresh, tele.reason):
         return "metrics condition"
+    fields = status_patch(tele.fields, status)
     for key in _LIVE:
-        if key in tele.fields and (tele.fields[key] is None) != (status.get(key) is None):
+        if key in fields and (fields[key] is None) != (status.get(key) is None):
             return "live figures"
     return None
 
@@ -157,16 +166,18 @@ class Ticker:
             state.held += 1
             return
         tele, decision = loop.assess(self.deps, spec, status, reading, now)
-        scaler = dict(decision.status_fields.get("scaler") or {})
-        why = needs_action(status, tele, decision.desired, decision.condition)
+        scaler = dict(decision.status.scaler or {})
+        why = needs_action(status, tele, decision)
         if why is None and now >= state.next_resync[key]:
             why = "resync"
         if why is None:
             state.scaler[key] = scaler
+            figures = status_patch(tele.fields, status)
             if now - state.last_write[key] >= cfg.status_refresh_s and any(
-                status.get(f) != v for f, v in tele.fields.items()
+                status.get(f) != v for f, v in figures.items()
             ):
-                await self._refresh(key, body, {**tele.fields, "scaler": scaler}, reading, now)
+                update = merge_status(tele.fields, ModelServiceStatus(scaler=scaler))
+                await self._refresh(key, body, status_patch(update, status), reading, now)
             return
         await self._act(key, body, reading, now, why)
 

@@ -46,10 +46,10 @@ def test_energy_policies_size_by_the_queueing_model_performance_by_the_target() 
 def test_missing_or_stale_readings_hold_whatever_the_policy() -> None:
     for policy in ("Performance", "Balanced", "PowerSaving"):
         held = desired(spec(policy), None, current=7)
-        assert held.desired == 7 and held.condition[2] == pa.HOLD_MISSING
+        assert held.desired == 7 and held.intent.reason == pa.HOLD_MISSING == "HoldMetricsMissing"
         old = ServiceMetrics("ns", "m", requests_per_s=1.0, sampled_at=NOW - 3600, stale=False)
         stale = desired(spec(policy), old, current=7)
-        assert stale.desired == 7 and stale.condition[2] == pa.HOLD_STALE
+        assert stale.desired == 7 and stale.intent.reason == pa.HOLD_STALE == "HoldMetricsStale"
 
 
 def test_a_queue_in_the_in_flight_gauge_adds_the_replicas_that_clear_it() -> None:
@@ -60,7 +60,7 @@ def test_a_queue_in_the_in_flight_gauge_adds_the_replicas_that_clear_it() -> Non
     assert desired(spec("Balanced"), replace(base, inflight_requests=8.0)).desired == 9
     # 6000 waiting, cleared over 60 s: 100 req/s more to serve, one replica more than the rate alone.
     queued = desired(spec("Balanced"), replace(base, inflight_requests=6008.0))
-    assert queued.desired == 10 and queued.condition[2] == pa.SCALE_UP
+    assert queued.desired == 10 and queued.intent.reason == pa.SCALE_UP
     # A queue never lowers the demand, and an agent-less server (no gauge) sizes by the rate alone.
     assert desired(spec("Balanced"), replace(reading(100), inflight_requests=0.0), current=1).desired == 2
     assert desired(spec("Balanced"), base).desired == 9
@@ -101,3 +101,17 @@ def test_the_energy_policies_keep_headroom_for_the_rises_a_model_has_shown() -> 
     assert bursty > 2 * flat
     # After a restart (a fresh history) there is nothing to learn from yet: no headroom.
     assert run([500.0], autoscale.RateHistory()) == flat
+
+
+def test_the_gpu_cap_clamps_the_decision_and_says_from_what() -> None:
+    capped = autoscale.decide(
+        spec("Performance"),
+        {"desiredReplicas": 4, "readyReplicas": 4},
+        reading(1000),
+        NOW,
+        OperatorConfig(max_gpus_per_modelservice=6),
+    )
+    # One GPU per replica (the default), six GPUs at most: 10 replicas wanted, 6 applied.
+    assert capped.desired == 6 and capped.intent.capped_from == 10
+    assert capped.intent.changed and capped.intent.previous == 4
+    assert "last_scale_time" in capped.status.model_fields_set

@@ -3,6 +3,7 @@ cumulative energy kept."""
 
 from __future__ import annotations
 
+from greenserve.api.v1alpha1 import status_patch
 from greenserve.metrics.types import ServiceMetrics
 from greenserve.reconcile.telemetry import telemetry_fields
 
@@ -20,10 +21,11 @@ def test_fresh_reading_writes_traffic_and_in_flight_stale_clears_them() -> None:
         source="scrape",
     )
     t = telemetry_fields({}, fresh, 400.0)
-    assert t.fresh and t.fields["requestsPerSecond"] == 42.0 and t.fields["inflightRequests"] == 7.2
-    assert t.fields["energyJoules"] == 100.0
+    assert t.fresh and t.fields.requests_per_second == 42.0 and t.fields.inflight_requests == 7.2
+    assert t.fields.energy_joules == 100.0
     stale = ServiceMetrics("ns", "m", power_w=150.0, sampled_at=1.0, stale=True, missing=("pod:p0",))
-    s = telemetry_fields(t.fields, stale, 400.0)
+    s = telemetry_fields(status_patch(t.fields, {}), stale, 400.0)
     assert not s.fresh and s.reason == "Stale"
-    assert s.fields["inflightRequests"] is None and s.fields["requestsPerSecond"] is None
-    assert "energyJoules" not in s.fields  # the cumulative figure stays as it was
+    patch = status_patch(s.fields, status_patch(t.fields, {}))
+    assert patch["inflightRequests"] is None and patch["requestsPerSecond"] is None
+    assert "energyJoules" not in patch  # the cumulative figure stays as it was

@@ -215,11 +215,13 @@ def decide(
         cause = f"within minReplicas {spec.scaling.min_replicas} and maxReplicas {spec.scaling.max_replicas}"
     else:
         cause = f"demand {result.demand_replicas}" if result.demand_replicas is not None else "no demand"
+    # The API conventions ask for CamelCase condition reasons, whatever the policy calls them.
+    reason = result.reason.replace(":", "")
     intent = ScaleIntent(
         previous=previous,
         desired=desired,
-        reason=result.reason,
-        message=f"{result.reason}, {cause}",
+        reason=reason,
+        message=f"{reason}, {cause}",
         capped_from=limit.capped_from,
     )
     return Decision(desired=desired, previous=previous, intent=intent, status=ModelServiceStatus(**fields))

@@ -45,15 +45,21 @@ async def ready_condition(kube: KubeClient, ns: str, name: str) -> dict[str, Any
 
 
 async def wait_ready(kube: KubeClient, ns: str, name: str, timeout: float = 90) -> dict[str, Any]:
+    """Ready (it serves the current spec) and fully rolled out: Progressing=False, every replica ready."""
+
     async def probe() -> dict[str, Any] | None:
         msvc = await kube.get_or_none(MODELSERVICES, name, ns)
         if msvc is None:
             return None
-        ready = cond.get_condition(msvc.get("status", {}).get("conditions"), cond.READY)
-        gen_ok = msvc.get("status", {}).get("observedGeneration") == msvc["metadata"]["generation"]
-        return msvc if ready and ready["status"] == "True" and gen_ok else None
+        st = msvc.get("status", {})
+        ready = cond.get_condition(st.get("conditions"), cond.READY)
+        progressing = cond.get_condition(st.get("conditions"), cond.PROGRESSING)
+        gen_ok = st.get("observedGeneration") == msvc["metadata"]["generation"]
+        done = progressing is not None and progressing["status"] == "False"
+        all_ready = st.get("readyReplicas") == st.get("desiredReplicas")
+        return msvc if ready and ready["status"] == "True" and gen_ok and done and all_ready else None
 
-    return await eventually(probe, timeout, what=f"{ns}/{name} Ready=True")
+    return await eventually(probe, timeout, what=f"{ns}/{name} Ready=True and rolled out")
 
 
 async def live_pods(kube: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:

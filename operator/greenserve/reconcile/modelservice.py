@@ -413,11 +413,18 @@ async def _reconcile_valid(
         conditions = [*fault_conditions(cond.REASON_GPU_CAP, message)]
         fault = Failure(cond.REASON_GPU_CAP, message)
     scale = extra.scale if extra is not None else None
+    stored = status.get("desiredReplicas")
+    if scale is None and isinstance(stored, int) and stored != replicas:
+        # A spec edit moved the bounds (or the cap) across the stored count: a rescale like any other.
+        bounds = f"minReplicas {spec.scaling.min_replicas}, maxReplicas {spec.scaling.max_replicas}"
+        scale = ScaleIntent(stored, replicas, "SpecBounds", f"within {bounds}", limit.capped_from)
+    if scale is not None and scale.changed:
+        fields = merge_status(fields, ModelServiceStatus(last_scale_time=cond.now_rfc3339()))
     if extra is not None:
         conditions.extend(extra.conditions)
-        if scale is not None:
-            previous = cond.get_condition(status.get("conditions"), cond.SCALING)
-            conditions.append(scaling_condition(scale, previous, obs, found.current_ready))
+    if scale is not None:
+        previous = cond.get_condition(status.get("conditions"), cond.SCALING)
+        conditions.append(scaling_condition(scale, previous, obs, found.current_ready))
     st = await _write_status(
         kube, body, merge_status(fields, status_fields(obs)), conditions, fault, warnings, scale
     )

@@ -211,11 +211,11 @@ async def test_scale_up_waiting_for_nodes_keeps_ready_true_with_normal_events(
 
     seen = await eventually(scaling_up, 60, what="Scaling=True/ScaleUp with two pods pending")
     assert "1 -> 3" in seen["scaling"]["message"]
-    # Hold the pending state over several resync periods (3 s in tests): Ready never leaves True.
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
+    # Watch the pending state over several resync passes: Ready never leaves True.
+    start = operator.passes("resync")
+    while operator.passes("resync") < start + 3:
         await scaling_up()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
     degraded = await condition(kube, namespace, "grow", cond.DEGRADED)
     assert degraded is not None and degraded["status"] == "False"
 
@@ -278,7 +278,7 @@ async def test_pod_security_rejection_is_ready_false_with_its_reason(
     assert ready["status"] == "False" and 'PodSecurity "restricted' in ready["message"]
     msvc = await kube.get(MODELSERVICES, "psa", ns)
     assert msvc["status"]["lastFailureInfo"]["reason"] == cond.REASON_POD_SECURITY
-    await asyncio.sleep(8)  # several resync periods: still one Warning, not one per pass
+    await operator.wait_passes("resync", 3)  # looked again three times: still one Warning, not one per pass
     warnings = [e for e in await events_of(kube, ns, "psa") if e["type"] == "Warning"]
     assert [e["reason"] for e in warnings] == [cond.REASON_POD_SECURITY]
 
@@ -366,7 +366,7 @@ async def test_a_crashing_model_server_says_why(
     )
     info = (await kube.get(MODELSERVICES, "crash", namespace))["status"]["lastFailureInfo"]
     assert (info["reason"], info["exitCode"], info["pod"]) == (cond.REASON_MODEL_LOAD_FAILED, 1, name)
-    await asyncio.sleep(8)
+    await operator.wait_passes("resync", 3)
     warnings = [e for e in await events_of(kube, namespace, "crash") if e["type"] == "Warning"]
     assert [e["reason"] for e in warnings] == [cond.REASON_MODEL_LOAD_FAILED]
 
@@ -385,13 +385,13 @@ async def test_risky_spec_and_gpu_cap_warn_once(
     operator = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=capped_env)
     operator.start()
     try:
-        await _risky(kube, kubectl, namespace)
+        await _risky(kube, kubectl, namespace, operator)
     finally:
         operator.stop()
     assert rbac_denials(operator.logs()) == []
 
 
-async def _risky(kube: KubeClient, kubectl: Kubectl, namespace: str) -> None:
+async def _risky(kube: KubeClient, kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
     spec = {
         "gpu": {"count": 2, "tolerations": [{"operator": "Exists"}]},
         "scaling": {"minReplicas": 5, "maxReplicas": 5},
@@ -413,7 +413,7 @@ async def _risky(kube: KubeClient, kubectl: Kubectl, namespace: str) -> None:
         )
 
     await eventually(capped, 60, what="2 replicas (4 GPUs) and Scaling reason GpuCapReached")
-    await asyncio.sleep(8)
+    await operator.wait_passes("resync", 3)
     dep = await kube.get(DEPLOYMENTS, "risky", namespace)
     assert dep["spec"]["replicas"] == 2, "the cap holds across passes"
     warnings = sorted(

@@ -140,7 +140,7 @@ def test_spec_accepts_concurrency_with_any_positive_target() -> None:
 
 def test_adapter_sizes_by_the_in_flight_gauge() -> None:
     d = decide(reading(inflight=45.0))
-    assert d.desired == 5 and d.condition[2] == pa.SCALE_UP  # ceil(45 / 10); 1000 req/s is not the signal
+    assert d.desired == 5 and d.intent.reason == pa.SCALE_UP  # ceil(45 / 10); 1000 req/s is not the signal
     inputs_ = autoscale.scaling_inputs(
         concurrency_spec(), {"desiredReplicas": 4}, reading(45.0), OperatorConfig()
     )
@@ -150,6 +150,6 @@ def test_adapter_sizes_by_the_in_flight_gauge() -> None:
 def test_adapter_holds_without_the_gauge_or_with_stale_data() -> None:
     for r in (None, reading(inflight=None)):  # no reading, or a plain TF Serving image without the agent
         held = decide(r, current=7)
-        assert held.desired == 7 and held.condition[2] == pa.HOLD_MISSING
+        assert held.desired == 7 and held.intent.reason == pa.HOLD_MISSING
     stale = decide(reading(inflight=0.0, age_s=3600), current=7)
-    assert stale.desired == 7 and stale.condition[2] == pa.HOLD_STALE
+    assert stale.desired == 7 and stale.intent.reason == pa.HOLD_STALE

@@ -19,9 +19,11 @@ from greenserve.api.v1alpha1 import (
     Addressable,
     FailureInfo,
     ModelServiceStatus,
+    parse_spec,
     status_patch,
 )
 from greenserve.cluster.client import DEPLOYMENTS, EVENTS, MODELSERVICES, PODS, KubeClient
+from greenserve.manifests import builders
 from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -251,11 +253,30 @@ def restricted_namespace(kubectl: Kubectl, namespace: str) -> str:
     return namespace
 
 
+def policy_deployment(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The serving Deployment as another field manager (a platform policy) left it: `hostNetwork: true`.
+
+    greenserve's own pods pass `restricted` (tests/integration/test_pod_security.py), so something the
+    operator does not own has to break them, as a pod escape hatch or a mutating policy would. The
+    operator's server-side apply keeps fields it does not manage, so every replica it asks for is
+    refused by Pod Security admission and the ReplicaSet reports FailedCreate."""
+    owner = builders.Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+    dep = builders.deployment(owner, parse_spec(spec), 0, builders.BuildOptions())
+    dep["metadata"].pop("ownerReferences", None)  # the operator sets the real owner when it applies
+    dep["spec"]["template"]["spec"]["hostNetwork"] = True
+    return dep
+
+
 async def test_pod_security_rejection_is_ready_false_with_its_reason(
     kube: KubeClient, kubectl: Kubectl, restricted_namespace: str, operator: OperatorProcess
 ) -> None:
     ns = restricted_namespace
-    kubectl.apply(modelservice("psa", ns))
+    body = modelservice("psa", ns)
+    kubectl.run(
+        "apply", "--server-side", "--field-manager=platform-policy", "-f", "-",
+        input=json.dumps(policy_deployment("psa", ns, body["spec"])),
+    )  # fmt: skip
+    kubectl.apply(body)
 
     async def rejected() -> dict[str, Any] | None:
         found = await condition(kube, ns, "psa", cond.READY)
@@ -274,6 +295,8 @@ async def test_pod_security_rejection_is_ready_false_with_its_reason(
     # resync (3 s in tests) is the latest it can come.
     started = time.monotonic()
     ready = await eventually(rejected, 10, interval=0.2, what="Ready=False/PodSecurityRejected")
+    dep = await kube.get(DEPLOYMENTS, "psa", ns)
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == c.KIND, "the operator owns the Deployment"
     print(f"PodSecurityRejected {time.monotonic() - started:.1f} s after the Deployment showed FailedCreate")
     assert ready["status"] == "False" and 'PodSecurity "restricted' in ready["message"]
     msvc = await kube.get(MODELSERVICES, "psa", ns)
@@ -283,6 +306,7 @@ async def test_pod_security_rejection_is_ready_false_with_its_reason(
     assert [e["reason"] for e in warnings] == [cond.REASON_POD_SECURITY]
 
     # Lifting the restriction recovers by itself (the ReplicaSet retries its creates).
+    # (Kept rather than removing hostNetwork: the operator cannot know which policy set it.)
     kubectl.run("label", "namespace", ns, "pod-security.kubernetes.io/enforce-", check=True)
 
     async def recovered() -> dict[str, Any] | None:

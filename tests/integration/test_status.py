@@ -254,16 +254,18 @@ def restricted_namespace(kubectl: Kubectl, namespace: str) -> str:
 
 
 def policy_deployment(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The serving Deployment as another field manager (a platform policy) left it: `hostNetwork: true`.
+    """The serving Deployment as another field manager left it: the model server as root (`runAsUser: 0`
+    on the container, as a mutating policy or an image that insists on root would have it).
 
     greenserve's own pods pass `restricted` (tests/integration/test_pod_security.py), so something the
-    operator does not own has to break them, as a pod escape hatch or a mutating policy would. The
-    operator's server-side apply keeps fields it does not manage, so every replica it asks for is
-    refused by Pod Security admission and the ReplicaSet reports FailedCreate."""
+    operator does not own has to break them. The operator's server-side apply keeps fields it does not
+    manage, so every replica it asks for is refused by Pod Security admission and the ReplicaSet reports
+    FailedCreate. (Not hostNetwork: the chart's admission policy would refuse the operator's apply.)"""
     owner = builders.Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
     dep = builders.deployment(owner, parse_spec(spec), 0, builders.BuildOptions())
     dep["metadata"].pop("ownerReferences", None)  # the operator sets the real owner when it applies
-    dep["spec"]["template"]["spec"]["hostNetwork"] = True
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    container["securityContext"] = {"runAsUser": 0}
     return dep
 
 
@@ -306,7 +308,6 @@ async def test_pod_security_rejection_is_ready_false_with_its_reason(
     assert [e["reason"] for e in warnings] == [cond.REASON_POD_SECURITY]
 
     # Lifting the restriction recovers by itself (the ReplicaSet retries its creates).
-    # (Kept rather than removing hostNetwork: the operator cannot know which policy set it.)
     kubectl.run("label", "namespace", ns, "pod-security.kubernetes.io/enforce-", check=True)
 
     async def recovered() -> dict[str, Any] | None:

@@ -46,6 +46,7 @@ REASON_GPU_CAP: Final = "GpuCapReached"
 # Scaling (Normal: SuccessfulRescale events).
 REASON_SCALE_UP: Final = "ScaleUp"
 REASON_SCALE_DOWN: Final = "ScaleDown"
+REASON_SCALE_COMPLETE: Final = "ScaleComplete"  # reached, seen on a Deployment event between two ticks
 EVENT_RESCALE: Final = "SuccessfulRescale"
 
 ConditionStatus = Literal["True", "False", "Unknown"]

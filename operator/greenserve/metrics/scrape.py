@@ -281,3 +281,4 @@ class ScrapeSource:
             missing=tuple(missing),
             source="scrape",
         )
+

@@ -418,13 +418,16 @@ async def _reconcile_valid(
         # A spec edit moved the bounds (or the cap) across the stored count: a rescale like any other.
         bounds = f"minReplicas {spec.scaling.min_replicas}, maxReplicas {spec.scaling.max_replicas}"
         scale = ScaleIntent(stored, replicas, "SpecBounds", f"within {bounds}", limit.capped_from)
+    previous_scaling = cond.get_condition(status.get("conditions"), cond.SCALING)
+    if scale is None and cond.is_true(status.get("conditions"), cond.SCALING):
+        # No decision this pass (a Deployment event): still complete a scale the Deployment has reached.
+        scale = ScaleIntent(replicas, replicas, cond.REASON_SCALE_COMPLETE, f"{replicas} replicas")
     if scale is not None and scale.changed:
         fields = merge_status(fields, ModelServiceStatus(last_scale_time=cond.now_rfc3339()))
     if extra is not None:
         conditions.extend(extra.conditions)
     if scale is not None:
-        previous = cond.get_condition(status.get("conditions"), cond.SCALING)
-        conditions.append(scaling_condition(scale, previous, obs, found.current_ready))
+        conditions.append(scaling_condition(scale, previous_scaling, obs, found.current_ready))
     st = await _write_status(
         kube, body, merge_status(fields, status_fields(obs)), conditions, fault, warnings, scale
     )

@@ -2,8 +2,8 @@
 
 Handlers hold no logic: each one builds nothing, decides nothing, and calls one reconcile function.
 Dependencies (the API client, the configuration) live in kopf's memo, set up at startup. None of them
-needs a finalizer (no timers or daemons, no mandatory delete handler): the periodic resync is one task
-of its own (handlers/ticker.py), and owned objects go with their ModelService through ownerReferences.
+needs a finalizer (no timers or daemons, no mandatory delete handler): the periodic work is one task of
+its own (handlers/ticker.py), and owned objects go with their ModelService through ownerReferences.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
-async def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def owned_deployment_changed(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """Rollout progress on an owned Deployment updates the owner's status without waiting for a tick.
 
     A deleted or hand-edited Deployment is re-applied by the same reconcile (the watch-fed cache sees the

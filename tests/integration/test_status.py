@@ -19,11 +19,9 @@ from greenserve.api.v1alpha1 import (
     Addressable,
     FailureInfo,
     ModelServiceStatus,
-    parse_spec,
     status_patch,
 )
 from greenserve.cluster.client import DEPLOYMENTS, EVENTS, MODELSERVICES, PODS, KubeClient
-from greenserve.manifests import builders
 from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -253,32 +251,14 @@ def restricted_namespace(kubectl: Kubectl, namespace: str) -> str:
     return namespace
 
 
-def policy_deployment(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The serving Deployment as another field manager left it: the model server as root (`runAsUser: 0`
-    on the container, as a mutating policy or an image that insists on root would have it).
-
-    greenserve's own pods pass `restricted` (tests/integration/test_pod_security.py), so something the
-    operator does not own has to break them. The operator's server-side apply keeps fields it does not
-    manage, so every replica it asks for is refused by Pod Security admission and the ReplicaSet reports
-    FailedCreate. (Not hostNetwork: the chart's admission policy would refuse the operator's apply.)"""
-    owner = builders.Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
-    dep = builders.deployment(owner, parse_spec(spec), 0, builders.BuildOptions())
-    dep["metadata"].pop("ownerReferences", None)  # the operator sets the real owner when it applies
-    (container,) = dep["spec"]["template"]["spec"]["containers"]
-    container["securityContext"] = {"runAsUser": 0}
-    return dep
-
-
 async def test_pod_security_rejection_is_ready_false_with_its_reason(
     kube: KubeClient, kubectl: Kubectl, restricted_namespace: str, operator: OperatorProcess
 ) -> None:
+    """greenserve's own pods pass `restricted` (tests/integration/test_pod_security.py); a spec that asks
+    for the model server as root (runtime.securityContext runAsUser 0, legal in the schema) does not, so
+    Pod Security admission refuses every replica and the ReplicaSet reports FailedCreate."""
     ns = restricted_namespace
-    body = modelservice("psa", ns)
-    kubectl.run(
-        "apply", "--server-side", "--field-manager=platform-policy", "-f", "-",
-        input=json.dumps(policy_deployment("psa", ns, body["spec"])),
-    )  # fmt: skip
-    kubectl.apply(body)
+    kubectl.apply(modelservice("psa", ns, runtime={"securityContext": {"runAsUser": 0}}))
 
     async def rejected() -> dict[str, Any] | None:
         found = await condition(kube, ns, "psa", cond.READY)
@@ -297,8 +277,6 @@ async def test_pod_security_rejection_is_ready_false_with_its_reason(
     # resync (3 s in tests) is the latest it can come.
     started = time.monotonic()
     ready = await eventually(rejected, 10, interval=0.2, what="Ready=False/PodSecurityRejected")
-    dep = await kube.get(DEPLOYMENTS, "psa", ns)
-    assert dep["metadata"]["ownerReferences"][0]["kind"] == c.KIND, "the operator owns the Deployment"
     print(f"PodSecurityRejected {time.monotonic() - started:.1f} s after the Deployment showed FailedCreate")
     assert ready["status"] == "False" and 'PodSecurity "restricted' in ready["message"]
     msvc = await kube.get(MODELSERVICES, "psa", ns)

@@ -24,7 +24,6 @@ from greenserve.api.v1alpha1 import (
     FailureInfo,
     ModelServiceSpec,
     ModelServiceStatus,
-    ScalingMetric,
     merge_status,
     parse_spec,
     status_patch,
@@ -120,14 +119,6 @@ def spec_warnings(spec: ModelServiceSpec, capped_from: int | None, cap: int | No
                 "NoCredentials",
                 "neither model.credentialsSecret nor pod.serviceAccountName is set: the model server reads "
                 "the bucket with the node's identity only, and a private bucket fails to load",
-            )
-        )
-    if spec.scaling.metric == ScalingMetric.GPU_UTILIZATION and spec.gpu.count == 0:
-        found.append(
-            SpecWarning(
-                "GpuMetricWithoutGpu",
-                "scaling.metric is gpuUtilization but gpu.count is 0: there is no GPU utilization to read, "
-                "so the replica count holds",
             )
         )
     if capped_from is not None:

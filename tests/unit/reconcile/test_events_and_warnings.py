@@ -72,12 +72,10 @@ def test_risky_specs_are_named() -> None:
     assert [w.reason for w in rec.spec_warnings(bucket, None, None)] == ["NoCredentials"]
     with_secret = spec(model={"name": "m", "storageUri": "gs://bucket/m", "credentialsSecret": "gcs"})
     assert rec.spec_warnings(with_secret, None, None) == []
-    cpu = spec(
-        gpu={"count": 0},
-        runtime={"image": "tensorflow/serving:2.18.0"},
-        scaling={"metric": "gpuUtilization", "target": 60},
+    workload_identity = spec(
+        model={"name": "m", "storageUri": "gs://bucket/m"}, pod={"serviceAccountName": "wi"}
     )
-    assert [w.reason for w in rec.spec_warnings(cpu, None, None)] == ["GpuMetricWithoutGpu"]
+    assert rec.spec_warnings(workload_identity, None, None) == []
 
 
 def test_warnings_condition_round_trips_its_reasons() -> None:

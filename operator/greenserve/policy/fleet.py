@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from greenserve.policy.queueing import attainment, replicas_for_attainment
+from greenserve.policy.queueing import attainment
 
 # Rates are rounded up to this relative grid before the attainment curve is computed (and cached): at
 # most 0.5% more load than measured, never less.
@@ -120,12 +120,6 @@ def fleet_attainment(members: Sequence[FleetMember], replicas: Sequence[int]) ->
     return ok / total
 
 
-def sizing_price(members: Sequence[FleetMember], target: float) -> float:
-    """The price callers size with: `fleet_price`, or `PER_MODEL` where that would cost more replicas
-    than sizing each member for the target (see `PER_MODEL`)."""
-    return _priced(members, target)
-
-
 def fleet_price(members: Sequence[FleetMember], target: float) -> float:
     """The least price (J per late request) at which the fleet's predicted attainment reaches `target`;
     the highest useful price if no count within the members' maxima reaches it, 0 if the floors do."""
@@ -157,35 +151,9 @@ def fleet_price(members: Sequence[FleetMember], target: float) -> float:
     return candidates[lo]
 
 
-# The price that says "size every member for the target itself": where one price for the whole fleet
-# would buy more replicas in all than that (the integer counts and the concave envelope of the price
-# curves leave a gap the relaxation cannot see), the fleet falls back to it, so the fleet objective never
-# costs more replicas than per-model sizing.
-PER_MODEL: float = -1.0
-
-
-def _per_model(member: FleetMember, target: float) -> int:
-    rate = _grid_rate(member.rate_rps)
-    if rate <= 0:
-        return max(member.min_replicas, 0)
-    own = replicas_for_attainment(rate, member.service_rate_rps, member.slo_s, target)
-    return min(member.max_replicas, max(member.min_replicas, own, 1))
-
-
-def _priced(members: Sequence[FleetMember], target: float) -> float:
-    price = fleet_price(members, target)
-    at_price = sum(replicas_at_price(m, price) for m in members)
-    if at_price > sum(_per_model(m, target) for m in members):
-        return PER_MODEL
-    return price
-
-
 def size_fleet(members: Sequence[FleetMember], target: float) -> tuple[list[int], float]:
-    """Replicas per member and the price that sizes the fleet for `target` (`PER_MODEL` when sizing each
-    member for the target itself is no dearer)."""
-    price = _priced(members, target)
-    if price == PER_MODEL:
-        return [_per_model(m, target) for m in members], price
+    """Replicas per member and the price that sizes the fleet for `target`."""
+    price = fleet_price(members, target)
     return [replicas_at_price(m, price) for m in members], price
 
 
@@ -197,7 +165,7 @@ def member_target(member: FleetMember, price_j: float, target: float) -> float:
     fleet gives this member less than the target, or more). A share at the edge of `c`'s attainment would
     make the next noisy estimate add a replica that the price does not buy."""
     rate = _grid_rate(member.rate_rps)
-    if rate <= 0 or price_j == PER_MODEL:
+    if rate <= 0:
         return target
     c = replicas_at_price(member, price_j)
     mu, slo = member.service_rate_rps, member.slo_s

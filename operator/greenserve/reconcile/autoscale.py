@@ -60,7 +60,7 @@ class FleetBook:
             if now - seen > ttl_s:
                 del self._entries[k]
         members = [m for _, t, m in self._entries.values() if t == target]
-        return fleet.sizing_price(members, target)
+        return fleet.fleet_price(members, target)
 
 
 FLEET = FleetBook()

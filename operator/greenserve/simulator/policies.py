@@ -262,7 +262,7 @@ class Greenserve:
         self._targets = []
         if self.fleet_objective and self.slo_attainment:
             members = [self._member(sim, m, rate) for m, rate in enumerate(self._rates)]
-            price = fleet.sizing_price(members, self.slo_attainment)
+            price = fleet.fleet_price(members, self.slo_attainment)
             self._targets = [fleet.member_target(m, price, self.slo_attainment) for m in members]
 
     def _estimate(self, sim: Simulation, hist: list[float]) -> float:

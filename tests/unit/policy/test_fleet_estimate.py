@@ -59,23 +59,6 @@ def test_the_fleet_objective_meets_its_target(raw: list[fleet.FleetMember], targ
             assert max(own, m.min_replicas, 1) == c
 
 
-@settings(max_examples=60, deadline=None)
-@given(members_st, st.sampled_from([0.99, 0.995]))
-def test_the_fleet_objective_never_needs_more_replicas_than_sizing_each_model(
-    raw: list[fleet.FleetMember], target: float
-) -> None:
-    members = _with_slo(raw)
-    sizes, _ = fleet.size_fleet(members, target)
-    per_model = [
-        max(
-            m.min_replicas,
-            replicas_for_attainment(fleet._grid_rate(m.rate_rps), m.service_rate_rps, m.slo_s, target),
-        )
-        for m in members
-    ]
-    assert sum(sizes) <= sum(per_model)
-
-
 def test_a_fleet_trades_replicas_between_models() -> None:
     # A large model and a small one at 100 ms / 500 ms: sizing each for 99.5% gives the small one a
     # second replica for a few requests; the fleet objective moves that replica's worth of requests to

@@ -3,6 +3,13 @@
 `decide(inputs, state, now)` returns the desired replicas, a reason and the next state:
 
 * **Hold** when metrics are missing or stale: never scale on data it cannot see (and never down).
+* **Hold after a gap**: once metrics come back after a gap (a missing or stale reading, or no decision
+  for longer than both the stabilisation window and the staleness limit, e.g. an operator that was
+  down), a rate window that still overlaps the gap under-reads the load. Until a full `metrics_window_s`
+  of fresh data exists and the stabilisation window has been refilled with decisions on it, the count
+  may only rise (`HoldAfterGap`), and readings that overlap the gap are not remembered as
+  recommendations. So no scale-down follows the end of a gap sooner than one metrics window plus
+  `scale_down_delay_s`; a gap never blocks a scale-up.
 * **Demand**: ceil(request rate / (capacity per replica * target utilization)); with only GPU utilization,
   ceil(ready replicas * utilization / target), as the HPA formula does. By concurrency (Knative's KPA
   metric, `target_concurrency` set): ceil(requests in flight across the replicas / target per replica);
@@ -39,6 +46,7 @@ from greenserve.policy.queueing import replicas_for_attainment, replicas_for_slo
 
 HOLD_MISSING = "HoldMetricsMissing"
 HOLD_STALE = "HoldMetricsStale"
+HOLD_AFTER_GAP = "HoldAfterGap"
 SCALE_UP = "ScaleUp"
 SCALE_DOWN = "ScaleDown"
 STABILIZING = "Stabilizing"
@@ -80,27 +88,48 @@ class ScalingInputs:
     # missing) against this many per replica. In flight already counts the queued, so no queue term.
     target_concurrency: float | None = None
     concurrency: float | None = None
+    # Length of the rate window behind request_rate/gpu_utilization: after a gap, a reading counts as
+    # fresh data only once its whole window lies after the gap.
+    metrics_window_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class ScalerState:
-    """Recommendations inside the stabilisation window and the start of the current idle period."""
+    """Recommendations inside the stabilisation window, the start of the current idle period, the time
+    of the last decision on fresh data, and where a metrics gap stands: `gap_since` while readings are
+    missing or stale, then `resumed_at` (sample time of the first fresh reading after it) and
+    `refill_from` (when the first reading whose whole window is after the gap was decided) until the
+    stabilisation window has been refilled."""
 
     recommendations: tuple[tuple[float, int], ...] = ()
     idle_since: float | None = None
+    decided_at: float | None = None
+    gap_since: float | None = None
+    resumed_at: float | None = None
+    refill_from: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        # Every key, None included: status is written as a merge patch, where null removes a key.
         return {
             "recommendations": [[round(t, 3), n] for t, n in self.recommendations],
             "idleSince": self.idle_since,
+            "decidedAt": self.decided_at,
+            "gapSince": self.gap_since,
+            "resumedAt": self.resumed_at,
+            "refillFrom": self.refill_from,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ScalerState:
+        def opt(key: str) -> float | None:
+            value = raw.get(key)
+            return None if value is None else float(value)
+
         try:
             recs = tuple((float(t), int(n)) for t, n in raw.get("recommendations") or ())
-            idle = raw.get("idleSince")
-            return cls(recs, None if idle is None else float(idle))
+            return cls(
+                recs, opt("idleSince"), opt("decidedAt"), opt("gapSince"), opt("resumedAt"), opt("refillFrom")
+            )
         except (TypeError, ValueError):
             return cls()  # unreadable state (hand-edited status): start a fresh window
 
@@ -182,12 +211,50 @@ def _signal_missing(inputs: ScalingInputs) -> bool:
     return inputs.request_rate is None and inputs.gpu_utilization is None
 
 
+def _in_gap(state: ScalerState, now: float) -> ScalerState:
+    """State while readings are missing or stale: the gap is remembered until fresh data has refilled
+    the stabilisation window (a restart of that wait if the data goes away again meanwhile)."""
+    return replace(
+        state,
+        gap_since=state.gap_since if state.gap_since is not None else now,
+        resumed_at=None,
+        refill_from=None,
+    )
+
+
+def _after_gap(inputs: ScalingInputs, state: ScalerState, now: float) -> tuple[ScalerState, bool, bool]:
+    """(state, overlapping, holding) for a fresh reading. `overlapping`: its rate window reaches back into
+    the gap, so it may raise the count but is not remembered; `holding`: no scale-down yet."""
+    assert inputs.sampled_at is not None
+    last = state.decided_at
+    if last is None:  # state written before decided_at existed
+        last = max((t for t, _ in state.recommendations), default=None)
+    # No decision for a whole stabilisation window and longer than data stays fresh (the operator was
+    # down, or its loop stalled): the window is empty, as after a missing reading. Both bounds, so that
+    # a resync interval longer than a short delay is not mistaken for a gap on every pass.
+    stalled = last is not None and now - last >= max(inputs.scale_down_delay_s, inputs.stale_after_s)
+    state = replace(state, decided_at=now)
+    if state.gap_since is not None or stalled:
+        state = replace(state, gap_since=None, resumed_at=inputs.sampled_at, refill_from=None)
+    if state.resumed_at is None:
+        return state, False, False
+    if inputs.sampled_at - inputs.metrics_window_s < state.resumed_at:
+        return state, True, True
+    if state.refill_from is None:
+        state = replace(state, refill_from=now)
+    assert state.refill_from is not None
+    if now < state.refill_from + inputs.scale_down_delay_s:
+        return state, False, True
+    return replace(state, resumed_at=None, refill_from=None), False, False
+
+
 def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecision:
     current = inputs.current_replicas
     if inputs.sampled_at is None or _signal_missing(inputs):
-        return ScaleDecision(current, HOLD_MISSING, state)
+        return ScaleDecision(current, HOLD_MISSING, _in_gap(state, now))
     if now - inputs.sampled_at > inputs.stale_after_s:
-        return ScaleDecision(current, HOLD_STALE, state)
+        return ScaleDecision(current, HOLD_STALE, _in_gap(state, now))
+    state, overlapping, holding = _after_gap(inputs, state, now)
     boost = 0.0
     if inputs.request_rate is not None and inputs.request_rate > 0:
         if (inputs.request_rate_trend or 0) > 0:
@@ -204,7 +271,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     else:
         found = demand_replicas(inputs)
     if found is None:
-        return ScaleDecision(current, HOLD_MISSING, state)
+        return ScaleDecision(current, HOLD_MISSING, _in_gap(state, now))
     need, reason = found
 
     # Idle handling: requests stopped entirely.
@@ -215,8 +282,12 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     else:
         idle = (inputs.gpu_utilization or 0.0) <= 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    if overlapping and state.idle_since is None:
+        idle_since = None  # a window overlapping the gap may read idle only because data is missing
     floor = max(inputs.min_replicas, 1)
-    if idle and inputs.min_replicas == 0:
+    if idle and inputs.min_replicas == 0 and holding:
+        floor = min(floor, current)  # after a gap an idle service neither parks nor wakes: hold
+    elif idle and inputs.min_replicas == 0:
         wait = break_even_idle_s(inputs.idle_power_w, inputs.cold_start_energy_j, inputs.cold_start_s)
         assert idle_since is not None
         if now - idle_since >= wait:
@@ -226,12 +297,15 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     bounded = max(floor, min(inputs.max_replicas, need))
 
     window_start = now - inputs.scale_down_delay_s
-    recs = (*((t, n) for t, n in state.recommendations if t > window_start), (now, bounded))
+    kept = tuple((t, n) for t, n in state.recommendations if t > window_start)
+    recs = kept if overlapping else (*kept, (now, bounded))
     new_state = replace(state, recommendations=recs, idle_since=idle_since)
     if bounded > current:
         return ScaleDecision(
             bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need
         )
+    if holding:
+        return ScaleDecision(current, HOLD_AFTER_GAP, new_state, need)
     # A lowered maxReplicas applies at once, even to recommendations held from before.
     stabilised = min(inputs.max_replicas, max(n for _, n in recs))
     if reason == IDLE_TO_ZERO:

@@ -1,7 +1,7 @@
 """Adapter between a ModelService (spec, status, metrics reading) and the pure autoscaling policy.
 
 The policy's stabilisation state round-trips through status.scaler, so the decision after an operator
-restart is the one the old process would have made.
+restart is the one the old process would have made, including a hold after a metrics gap.
 
 The energy policies size the fleet, not each model alone (policy/fleet.py): `FleetBook` keeps the latest
 sizing inputs of every ModelService this process reconciled, and one price per late request is set for
@@ -126,12 +126,16 @@ def scaling_inputs(
     slo_attainment = SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None
     # Only where the SLO sizes the replicas (energy policy + an SLO), as in the simulator's policy.
     sized_by_slo = bool(slo_attainment and spec.slo.latency_p95_ms)
+    # The data the reading spans: after a gap, it must all be fresh before a scale-down (policy hold).
+    window = reading.window_s if reading is not None else config.metrics_window_s
     if sized_by_slo and reading is not None and rate is not None and reading.window_s > 0:
         # Pool the windows at low rates and size for the rate's upper confidence bound (policy/estimate.py);
         # no request in any window stays 0 (idle).
         est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
-        if est is not None and est.events > 0:
-            rate = est.rate
+        if est is not None:
+            window = max(window, est.horizon_s)
+            if est.events > 0:
+                rate = est.rate
     return pa.ScalingInputs(
         current_replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
@@ -157,6 +161,7 @@ def scaling_inputs(
         # Knative-style: in-flight requests per replica from the agents' gauge; no gauge, no scaling.
         target_concurrency=float(s.target) if by_concurrency else None,
         concurrency=reading.inflight_requests if reading is not None and by_concurrency else None,
+        metrics_window_s=window,
     )
 
 

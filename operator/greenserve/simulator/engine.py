@@ -56,6 +56,10 @@ class Scenario:
     metrics_window_s: float = 30.0  # rate() window the scalers read (Prometheus-style, past data only)
     # Steps at the start that run but are not measured (steady state, e.g. a day before the measured day).
     warmup_steps: int = 0
+    # Periods [start, end) in seconds when the metrics source is down (a scrape target or Prometheus
+    # gone): nothing is recorded then, so a rate window that overlaps one under-reads, as Prometheus'
+    # increase() does, and a scaler that checks `metrics_down` sees no reading at all.
+    metrics_gaps: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_steps < self.trace.n_steps:
@@ -144,8 +148,14 @@ class Simulation:
         self.concurrency = np.zeros((n, self.trace.n_steps))
         self.last_arrival = np.full(n, -math.inf)
         self.moves = 0
-        # Running sums of the rates per model: a window's mean in O(1) (policies ask every tick).
-        self._cum = np.concatenate([np.zeros((n, 1)), np.cumsum(self.trace.rates, axis=1)], axis=1)
+        t = np.arange(self.trace.n_steps) * self.dt
+        self.recorded = np.ones(self.trace.n_steps, dtype=bool)  # steps the metrics source saw
+        for start, end in scenario.metrics_gaps:
+            self.recorded &= ~((t >= start) & (t < end))
+        # Running sums of the rates per model: a window's mean in O(1) (policies ask every tick). Arrivals
+        # in a metrics gap were never recorded: they count as none, as in Prometheus' increase().
+        recorded_rates = self.trace.rates * self.recorded
+        self._cum = np.concatenate([np.zeros((n, 1)), np.cumsum(recorded_rates, axis=1)], axis=1)
 
     # --- what the scalers observe ----------------------------------------------------------------
     def observed_rate(self, m: int, window_s: float | None = None, lag_s: float = 0.0) -> float:
@@ -165,6 +175,10 @@ class Simulation:
             return np.asarray(self.trace.rates[:, 0], dtype=np.float64)
         lo = max(0, hi - w)
         return np.asarray((self._cum[:, hi] - self._cum[:, lo]) / (hi - lo), dtype=np.float64)
+
+    def metrics_down(self) -> bool:
+        """The metrics source has no current sample: the last step before now was in a gap."""
+        return self.k > 0 and not self.recorded[self.k - 1]
 
     def observed_concurrency(self, m: int, window_s: float) -> float:
         w = max(1, round(window_s / self.dt))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -225,6 +225,7 @@ class Greenserve:
     _rates: list[float] = field(default_factory=list)
     _rise: list[float] = field(default_factory=list)
     _rise_at: float = -math.inf
+    _spans: list[float] = field(default_factory=list)  # per model: seconds of data behind its rate
 
     def initial(self, sim: Simulation) -> list[int]:
         self._states = [autoscaling.ScalerState() for _ in sim.models]
@@ -244,7 +245,9 @@ class Greenserve:
         n = max(self.trend_windows, 1, round(self.estimate_horizon_s / w))
         self._history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1)
         n_est = max(1, round(self.estimate_horizon_s / w))
-        self._rates = [self._estimate(sim, hist[:n_est]) for hist in self._history.tolist()]
+        found = [self._estimate(sim, hist[:n_est]) for hist in self._history.tolist()]
+        self._rates = [rate for rate, _ in found]
+        self._spans = [span for _, span in found]
         if self.rise_history_s > 0 and sim.now - self._rise_at >= self.rise_refresh_s:
             self._rise_at = sim.now
             past = np.stack(
@@ -265,12 +268,16 @@ class Greenserve:
             price = fleet.fleet_price(members, self.slo_attainment)
             self._targets = [fleet.member_target(m, price, self.slo_attainment) for m in members]
 
-    def _estimate(self, sim: Simulation, hist: list[float]) -> float:
-        """The rate to size for: 0 without a request in the pooled horizon (idle), else the estimate."""
+    def _estimate(self, sim: Simulation, hist: list[float]) -> tuple[float, float]:
+        """The rate to size for (0 without a request in the pooled horizon: idle, else the estimate) and
+        the seconds of data it spans (what must be fresh after a metrics gap)."""
+        w = sim.scenario.metrics_window_s
         if self.estimate_horizon_s <= 0:
-            return float(hist[0])
-        est = estimate.estimate_rate(hist, sim.scenario.metrics_window_s)
-        return 0.0 if est is None or est.events <= 0 else est.rate
+            return float(hist[0]), w
+        est = estimate.estimate_rate(hist, w)
+        if est is None:
+            return 0.0, w
+        return (0.0 if est.events <= 0 else est.rate), max(w, est.horizon_s)
 
     def _member(self, sim: Simulation, m: int, rate: float) -> fleet.FleetMember:
         spec = sim.models[m]
@@ -304,7 +311,7 @@ class Greenserve:
             queued = autoscaling.queued_from_inflight(
                 float(sim.concurrency[m, sim.k - 1]), float(self._history[m, 0]), spec.capacity_rps
             )
-        return autoscaling.ScalingInputs(
+        inputs = autoscaling.ScalingInputs(
             current_replicas=current,
             ready_replicas=ready,
             min_replicas=self.min_replicas,
@@ -326,7 +333,13 @@ class Greenserve:
             slo_attainment=self._targets[m] if self._targets else self.slo_attainment,
             queued_requests=queued,
             queue_drain_s=max(1.0, self.queue_drain_s),
+            metrics_window_s=self._spans[m],
         )
+        if sim.metrics_down():  # as the operator: no reading at all while the source is down
+            inputs = replace(
+                inputs, request_rate=None, gpu_utilization=None, sampled_at=None, queued_requests=None
+            )
+        return inputs
 
     def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:
         now = sim.now

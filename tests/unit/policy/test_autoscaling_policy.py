@@ -42,8 +42,16 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
     low = inputs(current_replicas=7, ready_replicas=7, request_rate=50.0)
     early = pa.decide(low, state, NOW + 60)
     assert early.desired_replicas == 7 and early.reason == pa.STABILIZING
-    late = pa.decide(replace(low, sampled_at=NOW + 400), early.state, NOW + 401)
+    state = early.state
+    for t in (120.0, 180.0, 240.0):  # decisions keep the window filled, as the operator's resync does
+        d = pa.decide(replace(low, sampled_at=NOW + t - 1), state, NOW + t)
+        assert d.desired_replicas == 7 and d.reason == pa.STABILIZING
+        state = d.state
+    late = pa.decide(replace(low, sampled_at=NOW + 300), state, NOW + 301)
     assert late.desired_replicas == 1 and late.reason == pa.SCALE_DOWN
+    # Without a decision for a whole window (operator down), one reading may not scale down alone.
+    lone = pa.decide(replace(low, sampled_at=NOW + 400), early.state, NOW + 401)
+    assert lone.desired_replicas == 7 and lone.reason == pa.HOLD_AFTER_GAP
 
 
 def test_missing_or_stale_metrics_hold() -> None:

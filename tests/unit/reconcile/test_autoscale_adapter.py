@@ -115,3 +115,21 @@ def test_the_gpu_cap_clamps_the_decision_and_says_from_what() -> None:
     assert capped.desired == 6 and capped.intent.capped_from == 10
     assert capped.intent.changed and capped.intent.previous == 4
     assert "last_scale_time" in capped.status.model_fields_set
+
+
+def test_a_gap_is_held_through_the_status_round_trip() -> None:
+    """The gap state lives in status.scaler (merge-patched): a missing reading marks the gap, the next
+    fresh reading, whose window overlaps it, holds the count (issue 17) instead of scaling down."""
+    s = spec("Performance")
+    config = OperatorConfig()
+    status: dict[str, Any] = {"desiredReplicas": 6, "readyReplicas": 6}
+    gone = autoscale.decide(s, status, None, NOW, config)
+    assert gone.status.scaler["gapSince"] == NOW
+    status["scaler"] = gone.status.scaler
+    low = ServiceMetrics(
+        "ns", "m", requests_per_s=50.0, sampled_at=NOW + 14, stale=False, window_s=config.metrics_window_s
+    )
+    back = autoscale.decide(s, status, low, NOW + 15, config)
+    assert back.desired == 6 and back.intent.reason == pa.HOLD_AFTER_GAP
+    scaler = back.status.scaler
+    assert scaler["gapSince"] is None and scaler["resumedAt"] == NOW + 14  # null clears the key

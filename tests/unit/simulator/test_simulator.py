@@ -267,3 +267,22 @@ def test_queue_term_recovers_requests_after_an_overload() -> None:
     with_queue = Simulation(sc).run(Greenserve(queue_drain_s=60.0))
     assert with_queue.slo_attainment > without.slo_attainment + 0.03
     assert with_queue.total_j < 1.25 * without.total_j
+
+
+def test_greenserve_holds_through_a_metrics_gap_in_the_simulator() -> None:
+    """Steady 50 req/s; the metrics source is down for 400 s, longer than the 300 s stabilisation delay.
+    Windows overlapping the gap under-read the load; the operator's policy holds the count instead of
+    scaling down on them (issue 17), in the simulator as in the operator."""
+    rates = np.full(400, 50.0)  # 5 s steps: 2000 s
+    gap = (600.0, 1000.0)
+    sc = _small(rates)
+    gapped = Scenario(sc.trace, sc.models, sc.cluster, sc.metrics_window_s, 0, metrics_gaps=(gap,))
+    sim = Simulation(gapped)
+    assert sim.metrics_down() is False
+    assert sim.observed_rate(0) == 50.0
+    sim.k = round(1010.0 / sim.dt)  # 10 s after the gap: a third of the 30 s window recorded
+    assert sim.observed_rate(0) == pytest.approx(50.0 / 3)
+    r = Simulation(gapped).run(Greenserve(min_replicas=1))
+    before = int(r.replicas[round(590.0 / 5.0)])
+    assert before >= 6  # ceil(50 / (10 * 0.7)) or more for the SLO
+    assert r.replicas[round(590.0 / 5.0) :].min() >= before  # never below the count from before the gap

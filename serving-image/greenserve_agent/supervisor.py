@@ -6,6 +6,12 @@ Process layout inside the serving container::
     :8500  gRPC, served by tensorflow_model_server itself (the local backend has no gRPC)
     :9400  agent /metrics (GPU + agent + TF Serving's request metrics), /ready, /healthz
 
+No client can starve it (`greenserve_agent.limits`): both listeners cap their connections below the
+file-descriptor limit (idle ones are evicted first, a 503 only when all are busy), time out idle
+connections and slow headers, and the metrics port has its own cap, apart from prediction traffic.
+Request bodies are bounded (``--agent-max-body-bytes``, 64 MiB): a larger one gets a 413, by its
+Content-Length before anything is read, or as soon as a chunked body passes the limit.
+
 The agent owns readiness: ``GET /v1/models/<name>`` on the front port (the pod's readinessProbe) answers
 200 only while the backend reports the model AVAILABLE and the agent is not draining.
 
@@ -52,6 +58,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from greenserve import __version__
 from greenserve import contract as k
 from greenserve_agent.collectors import GpuCollector, GpuSampler
+from greenserve_agent.limits import Listener, fd_budget_cap, serving
 from greenserve_agent.nvml import NvmlPort, NvmlUnavailable, PynvmlPort
 from greenserve_agent.simulated import DEFAULT_PRODUCT, SimulatedNvml, SimulatedState
 
@@ -60,6 +67,7 @@ log = logging.getLogger(__name__)
 BackendKind = Literal["auto", "tfserving", "local"]
 SimulateMode = Literal["auto", "true", "false"]
 TFS_BINARY = "tensorflow_model_server"
+DEFAULT_MAX_BODY_BYTES = 64 << 20
 MONITORING_CONFIG = k.TFS_MONITORING_CONFIG
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes.
 _SKIP_HEADERS = frozenset(
@@ -98,6 +106,13 @@ class AgentConfig:
     simulated_product: str = DEFAULT_PRODUCT
     simulated_count: int = 1
     front: bool = True  # the agent's REST proxy in front of the model server
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Connections of the REST front (lowered to fit the descriptor limit) and of the metrics port.
+    max_connections: int = 1024
+    metrics_max_connections: int = 64
+    idle_timeout_s: float = 30.0  # keep-alive connection without a request
+    header_timeout_s: float = 10.0  # from a request's first byte to its complete headers
+    body_timeout_s: float = 60.0  # to receive a whole request body
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -219,6 +234,8 @@ class Supervisor:
         self.stop_requested = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
+        self.front_listener = Listener("REST front", fd_budget_cap(cfg.max_connections), cfg.header_timeout_s)
+        self.metrics_listener = Listener("metrics", cfg.metrics_max_connections, cfg.header_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.exit_code = 0  # non-zero when the model server died on its own
@@ -334,7 +351,10 @@ class Supervisor:
         start = time.perf_counter()
         code = 502
         try:
-            body = await request.read()
+            body = await self._read_body(request)
+            if body is None:
+                code = 413
+                return self._too_large()
             headers = {h: v for h, v in request.headers.items() if h.lower() not in _SKIP_HEADERS}
             try:
                 async with self.session.request(
@@ -352,6 +372,28 @@ class Supervisor:
             self.metrics.requests.labels(self.cfg.model_name, str(code)).inc()
             self.metrics.inflight.dec()
             self.tracker.finish()
+
+    def _too_large(self) -> web.Response:
+        limit = self.cfg.max_body_bytes
+        return web.json_response(
+            {"error": f"request body larger than the agent's limit of {limit} bytes"}, status=413
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The whole body, or None past the limit: by Content-Length before reading anything, else
+        counted chunk by chunk (chunked encoding), so that at most the limit is ever held."""
+        limit = self.cfg.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(self.cfg.body_timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None  # aiohttp reads and drops the rest for a while, then closes
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     # --- metrics server ------------------------------------------------------------------------------
 
@@ -388,8 +430,10 @@ class Supervisor:
         cfg = self.cfg
         # The first reading is the energy counter's baseline: the exported joules count from agent start.
         await asyncio.to_thread(self.sampler.sample)
+        # Model-server connections: at most one per front connection (within the descriptor budget).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            connector=aiohttp.TCPConnector(limit=self.front_listener.max_connections + 8),
+            timeout=aiohttp.ClientTimeout(total=None),
         )
         cmd = self._backend_command()
         self.metrics.info.info(
@@ -402,26 +446,35 @@ class Supervisor:
         )
         log.info("starting model server: %s", " ".join(cmd))
         self.process = await asyncio.create_subprocess_exec(*cmd)
-        side = web.Application()
+        side = web.Application(middlewares=[serving])
         side.router.add_get(k.AGENT_METRICS_PATH, self._metrics)
         side.router.add_get(k.AGENT_READY_PATH, self._ready)
         side.router.add_get("/healthz", self._healthz)
-        apps = [(side, cfg.metrics_port)]
+        apps = [(side, cfg.metrics_port, self.metrics_listener)]
         if cfg.front:
-            front = web.Application(client_max_size=1 << 30)
+            front = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[serving])
             front.router.add_route("*", "/{tail:.*}", self._front)
-            apps.insert(0, (front, cfg.rest_port))
+            apps.insert(0, (front, cfg.rest_port, self.front_listener))
         else:
             # No agent request series: absent, never a zero the operator could read as no traffic.
             for metric in (self.metrics.requests, self.metrics.duration, self.metrics.inflight):
                 self.registry.unregister(metric)
-        for app, port in apps:
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        for app, port, listener in apps:
+            # keepalive_timeout is aiohttp's idle timeout, armed from the connection's start too.
+            runner = web.AppRunner(
+                app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=cfg.idle_timeout_s
+            )
             await runner.setup()
-            await web.TCPSite(runner, cfg.host, port).start()
+            await listener.start(runner, cfg.host, port)
             self._runners.append(runner)
         if cfg.front:
-            log.info("agent REST front on %s:%d, metrics on :%d", cfg.host, cfg.rest_port, cfg.metrics_port)
+            log.info(
+                "agent REST front on %s:%d (at most %d connections), metrics on :%d",
+                cfg.host,
+                cfg.rest_port,
+                self.front_listener.max_connections,
+                cfg.metrics_port,
+            )
         else:
             log.info("no REST front: model server on :%d, metrics on :%d", cfg.rest_port, cfg.metrics_port)
         self._tasks = [asyncio.create_task(self._poll_backend()), asyncio.create_task(self._watch_backend())]
@@ -481,8 +534,13 @@ class Supervisor:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        listeners = (self.front_listener, self.metrics_listener)
+        for listener in listeners:
+            listener.stop_listening()
         for runner in self._runners:
             await runner.cleanup()
+        for listener in listeners:
+            await listener.wait_closed()
         if self._session is not None:
             await self._session.close()
         self.nvml.shutdown()
@@ -534,6 +592,22 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
     p.add_argument("--agent-drain-timeout", type=float, default=45.0)
     p.add_argument("--agent-drain-quiet", type=float, default=1.0)
     p.add_argument(
+        "--agent-max-body-bytes",
+        type=int,
+        default=int(os.environ.get("GREENSERVE_AGENT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+        help="larger request bodies get a 413 (default 64 MiB)",
+    )
+    p.add_argument(
+        "--agent-max-connections",
+        type=int,
+        default=int(os.environ.get("GREENSERVE_AGENT_MAX_CONNECTIONS", "1024")),
+        help="REST front connections (lowered to fit the file-descriptor limit)",
+    )
+    p.add_argument("--agent-metrics-max-connections", type=int, default=64)
+    p.add_argument("--agent-idle-timeout", type=float, default=30.0)
+    p.add_argument("--agent-header-timeout", type=float, default=10.0)
+    p.add_argument("--agent-body-timeout", type=float, default=60.0)
+    p.add_argument(
         "--agent-simulate", choices=["auto", "true", "false"], default=os.environ.get(k.ENV_SIMULATE, "auto")
     )
     p.add_argument("--agent-simulated-gpu", default=os.environ.get(k.ENV_SIMULATED_PRODUCT, DEFAULT_PRODUCT))
@@ -564,4 +638,10 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
         simulated_product=args.agent_simulated_gpu,
         simulated_count=args.agent_simulated_gpu_count,
         front=args.agent_front == "on",
+        max_body_bytes=max(1, args.agent_max_body_bytes),
+        max_connections=max(1, args.agent_max_connections),
+        metrics_max_connections=max(1, args.agent_metrics_max_connections),
+        idle_timeout_s=args.agent_idle_timeout,
+        header_timeout_s=args.agent_header_timeout,
+        body_timeout_s=args.agent_body_timeout,
     )

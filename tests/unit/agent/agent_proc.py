@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +76,8 @@ class AgentProcess:
         return self.proc.returncode
 
 
-def start_agent(model_base: Path, log_path: Path, *extra: str) -> AgentProcess:
+def start_agent(model_base: Path, log_path: Path, *extra: str, nofile: int | None = None) -> AgentProcess:
+    """`nofile`: the agent's file-descriptor limit (RLIMIT_NOFILE), for tests of its connection cap."""
     rest, metrics = free_port(), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
@@ -84,5 +87,14 @@ def start_agent(model_base: Path, log_path: Path, *extra: str) -> AgentProcess:
         "--agent-simulate=true", *extra,
     ]  # fmt: skip
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_nofile(nofile) if nofile else None
+        )
     return AgentProcess(proc, rest, metrics, log_path)
+
+
+def _nofile(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply

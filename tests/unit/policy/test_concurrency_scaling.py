@@ -68,6 +68,9 @@ def test_scale_down_on_concurrency_is_stabilised() -> None:
     calm = inputs(current_replicas=8, ready_replicas=8, concurrency=12.0, sampled_at=NOW + 55)
     held = pa.decide(calm, up.state, NOW + 60)
     assert (held.desired_replicas, held.reason) == (8, pa.STABILIZING)
+    for t in (120.0, 180.0, 240.0):  # decisions keep the window filled (a hole is a gap: policy hold)
+        held = pa.decide(replace(calm, sampled_at=NOW + t - 5), held.state, NOW + t)
+        assert (held.desired_replicas, held.reason) == (8, pa.STABILIZING)
     later = pa.decide(replace(calm, sampled_at=NOW + 355), held.state, NOW + 360)
     assert (later.desired_replicas, later.reason) == (2, pa.SCALE_DOWN)
 
@@ -76,7 +79,10 @@ def test_nothing_in_flight_goes_idle_to_zero_after_the_break_even() -> None:
     idle = inputs(min_replicas=0, current_replicas=1, ready_replicas=1, concurrency=0.0)
     first = pa.decide(idle, pa.ScalerState(), NOW)
     assert (first.desired_replicas, first.reason) == (1, pa.IDLE_WAITING)
-    gone = pa.decide(replace(idle, sampled_at=NOW + 3595), first.state, NOW + 3600)
+    gone, t = first, 0.0
+    while gone.desired_replicas and t < 3600:  # a decision a minute, as the operator's resync makes
+        t += 60.0
+        gone = pa.decide(replace(idle, sampled_at=NOW + t - 5), gone.state, NOW + t)
     assert (gone.desired_replicas, gone.reason) == (0, pa.IDLE_TO_ZERO)
 
 

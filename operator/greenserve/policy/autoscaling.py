@@ -232,7 +232,7 @@ def _after_gap(inputs: ScalingInputs, state: ScalerState, now: float) -> tuple[S
     # No decision for a whole stabilisation window and longer than data stays fresh (the operator was
     # down, or its loop stalled): the window is empty, as after a missing reading. Both bounds, so that
     # a resync interval longer than a short delay is not mistaken for a gap on every pass.
-    stalled = last is not None and now - last >= max(inputs.scale_down_delay_s, inputs.stale_after_s)
+    stalled = last is not None and now - last > max(inputs.scale_down_delay_s, inputs.stale_after_s)
     state = replace(state, decided_at=now)
     if state.gap_since is not None or stalled:
         state = replace(state, gap_since=None, resumed_at=inputs.sampled_at, refill_from=None)

@@ -146,7 +146,7 @@ def test_no_scale_down_sooner_than_a_window_plus_the_delay_after_any_gap(
             if step.kind == "fresh":
                 sampled = now - step.age
                 reading = replace(base, request_rate=step.rate, sampled_at=sampled)
-                if in_gap or (last_decision is not None and now - last_decision >= max(delay, 25.0)):
+                if in_gap or (last_decision is not None and now - last_decision > max(delay, 25.0)):
                     gap_end, in_gap = sampled, False
             else:
                 sampled = None if step.kind == "missing" else now - 60.0

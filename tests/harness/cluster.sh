@@ -4,6 +4,8 @@
 #
 #   tests/harness/cluster.sh build   build (or reuse) the pinned binaries in the cache
 #   tests/harness/cluster.sh up      build if needed, start the cluster, create the GPU nodes
+#                                    (Service IP range 10.96.0.0/16: 65,534 Services; a supervisor restarts
+#                                    kube-controller-manager and kube-scheduler when they exit)
 #   tests/harness/cluster.sh down    stop the cluster
 #   tests/harness/cluster.sh env     print `export KUBECONFIG=...` for the running cluster
 #
@@ -26,6 +28,13 @@ KUBECONFIG_PATH="$STATE/kubeconfig"
 GPU_NODES="${GREENSERVE_GPU_NODES:-4}"
 GPUS_PER_NODE="${GREENSERVE_GPUS_PER_NODE:-8}"
 GPU_PRODUCT="${GREENSERVE_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
+# kube-apiserver's default range, 10.0.0.0/24, holds 254 Services: too few to test 1,000 ModelServices.
+SERVICE_CIDR="${GREENSERVE_SERVICE_CIDR:-10.96.0.0/16}"
+# The kubernetes Service takes the range's first address (10.96.0.1): in the API server's certificate.
+_svc_net="${SERVICE_CIDR%/*}"
+KUBERNETES_SERVICE_IP="${_svc_net%.*}.$((${_svc_net##*.} + 1))"
+# Components that exit on their own once kube-apiserver has been away for a while (leader election lost).
+SUPERVISED="kube-controller-manager kube-scheduler"
 
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
 # The checksum database has no entry for this staging module at the pinned version (404 on lookup);
@@ -200,7 +209,7 @@ options:
   kubeSchedulerConfig: $HERE/scheduler-mostallocated.yaml
   # The kubernetes Service IP and the real node's bridge address (tests/harness/real_node.sh): pods on
   # a real node reach the API server through the Service.
-  kubeApiserverCertSANs: [10.0.0.1, 10.244.7.1]
+  kubeApiserverCertSANs: [$KUBERNETES_SERVICE_IP, 10.244.7.1]
 componentsPatches:
 # The kubernetes Service's endpoint is the advertise address: the real node's bridge address, where its
 # pods reach the host. Listening on all addresses is what makes that address answer; this machine's
@@ -211,12 +220,16 @@ componentsPatches:
   - {key: advertise-address, value: 10.244.7.1}
   # Reach kubelets (logs, exec) by node IP: a real node's name resolves nowhere.
   - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
+  - {key: service-cluster-ip-range, value: $SERVICE_CIDR}
 # kwok fakes only the nodes annotated kwok.x-k8s.io/node=fake (ours and Karpenter's kwok nodes), so a real
 # kubelet node beside them keeps its own lease and pod status. kwokctl passes --manage-all-nodes=true.
 - name: kwok-controller
   extraArgs:
   - {key: manage-all-nodes, value: "false", override: true}
   - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
+- name: kube-controller-manager
+  extraArgs:
+  - {key: service-cluster-ip-range, value: $SERVICE_CIDR}
 EOF
     if "$BIN/kwokctl" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
         log "cluster $CLUSTER already exists; recreating"
@@ -235,10 +248,58 @@ EOF
         "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" apply -f - >&2
     "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" wait --for=condition=Ready node --all --timeout=120s >&2
     log "$GPU_NODES GPU nodes x $GPUS_PER_NODE nvidia.com/gpu ($GPU_PRODUCT) and 1 CPU node ready"
+    supervise_start
     echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH"
 }
 
+# kwokctl's binary runtime starts each component once and keeps its pid in <cluster>/pids/<name>.pid (and
+# removes the file when it stops one on purpose). The supervisor records the command line of each
+# supervised component at start and, while the pid file names a process that is gone, starts it again
+# with the same arguments, working directory and log, and writes the new pid where kwokctl looks for it.
+kwok_cluster_dir() { echo "${KWOK_WORKDIR:-$HOME/.kwok}/clusters/$CLUSTER"; }
+
+supervise_start() {
+    supervise_stop
+    local dir c pid
+    dir="$(kwok_cluster_dir)"
+    mkdir -p "$STATE/supervisor"
+    for c in $SUPERVISED; do
+        pid="$(cat "$dir/pids/$c.pid")"
+        cp "/proc/$pid/cmdline" "$STATE/supervisor/$c.cmdline"
+        readlink "/proc/$pid/cwd" >"$STATE/supervisor/$c.cwd"
+    done
+    nohup bash "$HERE/cluster.sh" supervise >>"$STATE/supervisor/supervisor.log" 2>&1 </dev/null &
+    echo $! >"$STATE/supervisor.pid"
+    log "supervisor running for $SUPERVISED (log $STATE/supervisor/supervisor.log)"
+}
+
+supervise_stop() {
+    if [[ -f "$STATE/supervisor.pid" ]]; then
+        kill "$(cat "$STATE/supervisor.pid")" 2>/dev/null || true
+        rm -f "$STATE/supervisor.pid"
+    fi
+}
+
+cmd_supervise() {
+    local dir c pid
+    dir="$(kwok_cluster_dir)"
+    while [[ -d "$dir" ]]; do
+        for c in $SUPERVISED; do
+            [[ -f "$dir/pids/$c.pid" && -f "$STATE/supervisor/$c.cmdline" ]] || continue
+            pid="$(cat "$dir/pids/$c.pid" 2>/dev/null || true)"
+            [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && continue
+            local -a argv=()
+            mapfile -d '' -t argv <"$STATE/supervisor/$c.cmdline"
+            (cd "$(cat "$STATE/supervisor/$c.cwd")" && exec setsid "${argv[@]}" >>"$dir/logs/$c.log" 2>&1 </dev/null) &
+            printf %s "$!" >"$dir/pids/$c.pid"  # no newline: kwokctl parses it with Atoi
+            log "$c (pid ${pid:-?}) had exited: restarted as pid $!"
+        done
+        sleep 2
+    done
+}
+
 cmd_down() {
+    supervise_stop
     if [[ -d "$STATE/node" ]]; then bash "$HERE/real_node.sh" down; fi
     cmd_karpenter_down quiet
     # The demo's background processes (tests/harness/demo_replay.py).
@@ -290,6 +351,7 @@ down) cmd_down ;;
 karpenter-up) cmd_karpenter_up ;;
 karpenter-down) cmd_karpenter_down ;;
 env) echo "export KUBECONFIG=$KUBECONFIG_PATH PATH=$BIN:\$PATH" ;;
+supervise) cmd_supervise ;;
 bin) echo "$BIN" ;;
-*) echo "usage: $0 build|build-node|up|down|karpenter-up|karpenter-down|env|bin" >&2; exit 2 ;;
+*) echo "usage: $0 build|build-node|up|down|karpenter-up|karpenter-down|env|bin|supervise" >&2; exit 2 ;;
 esac

@@ -9,7 +9,8 @@
   of fresh data exists and the stabilisation window has been refilled with decisions on it, the count
   may only rise (`HoldAfterGap`), and readings that overlap the gap are not remembered as
   recommendations. So no scale-down follows the end of a gap sooner than one metrics window plus
-  `scale_down_delay_s`; a gap never blocks a scale-up.
+  `scale_down_delay_s`; a gap never blocks a scale-up on the observed rate or queue (the trend
+  projection, whose older windows span the gap, is left out while the hold lasts).
 * **Demand**: ceil(request rate / (capacity per replica * target utilization)); with only GPU utilization,
   ceil(ready replicas * utilization / target), as the HPA formula does. By concurrency (Knative's KPA
   metric, `target_concurrency` set): ceil(requests in flight across the replicas / target per replica);
@@ -257,7 +258,9 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     state, overlapping, holding = _after_gap(inputs, state, now)
     boost = 0.0
     if inputs.request_rate is not None and inputs.request_rate > 0:
-        if (inputs.request_rate_trend or 0) > 0:
+        # The adjacent windows of the trend reach back into a gap longer than the hold lasts: a rise
+        # across it is the gap's artefact (seen end to end: 4 -> 8 replicas at a steady load), not load.
+        if (inputs.request_rate_trend or 0) > 0 and not holding:
             assert inputs.request_rate_trend is not None
             horizon = max(0.0, now - inputs.sampled_at) + inputs.cold_start_s
             boost = min(

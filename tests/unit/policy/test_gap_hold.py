@@ -73,6 +73,16 @@ def test_a_gap_never_blocks_a_scale_up() -> None:
     assert up.state.recommendations == ()
 
 
+def test_a_rise_across_the_gap_is_not_projected() -> None:
+    """The trend's older windows span the gap and under-read: their 'rise' is the gap, not load."""
+    state = pa.decide(inputs(request_rate=None, sampled_at=None), pa.ScalerState(), T0).state
+    rising = inputs(request_rate=200.0, request_rate_trend=5.0, sampled_at=T0 + 40, trend_max_boost=1.0)
+    held = pa.decide(rising, state, T0 + 41)
+    assert (held.desired_replicas, held.reason) == (6, pa.HOLD_AFTER_GAP)
+    # Without a gap the same reading projects the rise: scale up ahead of it.
+    assert pa.decide(rising, pa.ScalerState(), T0 + 41).desired_replicas > 6
+
+
 def test_an_idle_service_neither_parks_nor_wakes_during_the_hold() -> None:
     idle = inputs(min_replicas=0, current_replicas=0, ready_replicas=0, request_rate=0.0)
     state = pa.decide(replace(idle, sampled_at=T0 - 1), pa.ScalerState(idle_since=T0 - 3600), T0).state

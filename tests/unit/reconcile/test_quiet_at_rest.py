@@ -138,6 +138,10 @@ async def test_slow_figures_are_refreshed_by_one_guarded_patch(world: World) -> 
     before = written["status"]["energyJoules"]
     source.energy += 500.0  # idle GPUs keep drawing power: energy grows every tick
     assert await tick(kube, source, ticker, T0 + 15) == []  # not due yet
+    t = T0 + 15
+    while t + 15 < T0 + CONFIG.status_refresh_s:  # every tick in between (a skipped one is a gap)
+        t += 15
+        assert await tick(kube, source, ticker, t) == []
     calls = await tick(kube, source, ticker, T0 + CONFIG.status_refresh_s + 1)
     assert calls == [("patch/status", "modelservices", NAME)]  # one request, no GET, no apply, no LIST
     after = kube.peek(MODELSERVICES, NAME, NS)

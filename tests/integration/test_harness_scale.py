@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from greenserve.api import constants as c
+from greenserve.api.v1alpha1 import parse_spec
 from greenserve.cluster.client import DEPLOYMENTS, MODELSERVICES, PODS, SERVICES, KubeClient
 from greenserve.manifests import builders
 from support.kube import eventually
@@ -50,7 +51,8 @@ async def test_the_cluster_holds_a_thousand_modelservices_with_their_services(
         async with gate:
             created = await kube.create(MODELSERVICES, _msvc(name, namespace), namespace)
             owner = builders.Owner(name, namespace, created["metadata"]["uid"])
-            await kube.create(SERVICES, builders.service(owner), namespace)
+            spec = parse_spec(created["spec"])
+            await kube.create(SERVICES, builders.service(owner, spec), namespace)
 
     t0 = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(N)))

@@ -3,7 +3,7 @@ Prometheus scraping it and the operator reading Prometheus, on the static H100 k
 
 The scrape target goes away for longer than scaleDownDelaySeconds, so the stabilisation window empties,
 then comes back under the same load. The first rate windows after it hold only part of the data and
-under-read the load; the operator must hold the count (`Hold:AfterGap`) until a full window of fresh data
+under-read the load; the operator must hold the count (`HoldAfterGap`) until a full window of fresh data
 exists and the stabilisation window has been refilled, and never scale down on the way."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ async def test_a_metrics_gap_longer_than_the_delay_holds_the_count(
         while time.monotonic() - gone < GAP_S:
             await watch(after_gap=False)
             await asyncio.sleep(1)
-        assert any(r.startswith("Hold:Metrics") for r in reasons), reasons
+        assert any(r.startswith("HoldMetrics") for r in reasons), reasons
 
         # Back under the same load. Hold through one metrics window plus the stabilisation delay after the
         # first fresh reading, and then some: the count never goes down, since the load never did.

@@ -126,7 +126,7 @@ def attempt(kubectl: Kubectl, args: list[str]) -> tuple[int, str]:
 def crds(admin_kubectl: Kubectl) -> None:
     if admin_kubectl.run("get", "crd", c.CRD_NAME, check=False).returncode != 0:
         admin_kubectl.run("apply", "-f", str(REPO / "crds"))
-    admin_kubectl.run("wait", "--for=condition=Established", f"crd/{c.CRD_NAME}", "--timeout=60s")
+    admin_kubectl.wait_established(c.CRD_NAME)
 
 
 @pytest.fixture

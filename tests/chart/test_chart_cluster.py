@@ -107,7 +107,7 @@ def crds_applied(admin_kubectl: Kubectl) -> None:
     are new objects; the ModelService CRD is only dry-run here (the integration suite owns it)."""
     admin_kubectl.run("apply", "--server-side", "-f", str(CHART / "crds" / "kopf-peerings.yaml"))
     for crd in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
-        admin_kubectl.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        admin_kubectl.wait_established(crd)
     admin_kubectl.run(
         "apply",
         "--dry-run=server",
@@ -118,9 +118,7 @@ def crds_applied(admin_kubectl: Kubectl) -> None:
     )
     if admin_kubectl.run("get", "crd", "modelservices.greenserve.io", check=False).returncode != 0:
         admin_kubectl.run("apply", "-f", str(REPO / "crds"))
-    admin_kubectl.run(
-        "wait", "--for=condition=Established", "crd/modelservices.greenserve.io", "--timeout=60s"
-    )
+    admin_kubectl.wait_established("modelservices.greenserve.io")
 
 
 def served(kubectl: Kubectl, api_group: str) -> bool:

@@ -71,9 +71,7 @@ def test_operator_logs_in_through_an_exec_plugin(
 ) -> None:
     if admin_kubectl.run("get", "crd", "modelservices.greenserve.io", check=False).returncode != 0:
         admin_kubectl.run("apply", "-f", str(REPO / "crds"))
-    admin_kubectl.run(
-        "wait", "--for=condition=Established", "crd/modelservices.greenserve.io", "--timeout=60s"
-    )
+    admin_kubectl.wait_established("modelservices.greenserve.io")
     token_kubeconfig = operator_kubeconfig_from_chart(
         admin_kubectl, helm_bin, chart_namespace, out_dir=tmp_path
     )

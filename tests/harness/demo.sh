@@ -18,7 +18,14 @@ kubectl get nodes -L nvidia.com/gpu.product
 
 step "Install the chart's CRDs: kubectl apply --server-side -f charts/greenserve/crds/"
 kubectl apply --server-side -f charts/greenserve/crds/
-kubectl wait --for=condition=Established crd/modelservices.greenserve.io --timeout=60s
+# `kubectl wait --for=condition=Established` fails at once while a new CRD has no conditions yet: poll.
+for _ in $(seq 120); do
+    established="$(kubectl get crd modelservices.greenserve.io \
+        -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null || true)"
+    [[ "$established" == True ]] && break
+    sleep 0.5
+done
+[[ "$established" == True ]] || { echo "the ModelService CRD is not Established" >&2; exit 1; }
 
 "$VENV/bin/python" tests/harness/demo_replay.py "$@"
 echo

@@ -263,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = Kubectl(kubeconfig)
     os.environ["PATH"] = f"{harness_bin()}:{os.environ['PATH']}"
     admin.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    admin.run("wait", "--for=condition=Established", f"crd/{c.CRD_NAME}", "--timeout=60s")
+    admin.wait_established(c.CRD_NAME)
     op_ns, ns = "scale-bench-operator", "scale-bench"
     helm = harness_bin() / "helm"
     work = Path(tempfile.mkdtemp(prefix="greenserve-scale-"))

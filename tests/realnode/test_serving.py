@@ -76,7 +76,7 @@ def images(real_nodes: RealNodes) -> dict[str, str]:
 def operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNodes) -> Iterator[str]:
     """The chart installed as users install it, the operator pinned to a real node."""
     kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd/modelservices.greenserve.io", "--timeout=60s")
+    kubectl.wait_established("modelservices.greenserve.io")
     kubectl.run("create", "namespace", OPERATOR_NS, check=False)
     repo, _, tag = images["GREENSERVE_OPERATOR_IMAGE"].rpartition(":")
     values = {

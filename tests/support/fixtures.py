@@ -30,7 +30,7 @@ def kubectl(kubeconfig: Path) -> Kubectl:
 def crd_installed(kubectl: Kubectl) -> None:
     """The CRD installs the way users install it: kubectl apply -f crds/."""
     kubectl.run("apply", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd/modelservices.greenserve.io", "--timeout=60s")
+    kubectl.wait_established("modelservices.greenserve.io")
 
 
 @pytest.fixture

@@ -35,6 +35,20 @@ class Kubectl:
         self.kubeconfig = kubeconfig
         self.binary = str(harness_bin() / "kubectl")
 
+    def wait_established(self, crd: str, timeout: float = 60.0) -> None:
+        """Wait until a CRD is Established. `kubectl wait --for=condition=Established` fails at once, not
+        waits, while a just-created CRD has no status.conditions yet (an "accessor error")."""
+        deadline = time.monotonic() + timeout
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        last = ""
+        while time.monotonic() < deadline:
+            got = self.run("get", "crd", crd, "-o", f"jsonpath={query}", check=False)
+            last = got.stdout.strip() or got.stderr.strip()
+            if got.returncode == 0 and last == "True":
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"CRD {crd} not Established after {timeout:.0f}s: {last}")
+
     def run(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:

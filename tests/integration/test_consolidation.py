@@ -171,7 +171,12 @@ async def test_replica_moves_off_the_lightly_used_node_without_losing_capacity(
     assert watch.min_ready >= 1, "the move dropped the service below its ready replicas"
     assert watch.max_pods == 2, "the replacement must start before the old replica is removed"
     assert await watch.other_node_empty()
-    assert await kube.get_or_none(PODS, source_pod["metadata"]["name"], namespace) is None
+
+    async def source_gone() -> bool:
+        # Retired gracefully (preStop drain, grace period): the object goes once the kubelet (kwok) lets go.
+        return await kube.get_or_none(PODS, source_pod["metadata"]["name"], namespace) is None
+
+    await eventually(source_gone, 90, what="the retired source pod removed")
 
     async def recorded() -> set[str] | None:
         events = await kube.list_objects(EVENTS, namespace, field_selector="involvedObject.name=small")

@@ -81,7 +81,7 @@ class OperatorConfig:
     metrics_stale_after_s: float = 120.0
     #: Port of the operator's own Prometheus metrics (0 disables the endpoint).
     metrics_port: int = 9090
-    #: Namespace of the operator's Lease for the one-active consolidation loop.
+    #: Namespace of the leader Lease: only its holder runs the metrics tick and consolidation.
     lease_namespace: str = "default"
     #: Most GPUs one ModelService may hold (replicas x gpu.count); 0 means no cap.
     max_gpus_per_modelservice: int = 0

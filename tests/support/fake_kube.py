@@ -130,7 +130,24 @@ class FakeKube:
         self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
         self.calls.append(("create", res.plural, obj["metadata"]["name"]))
+        if self.peek(res, obj["metadata"]["name"], namespace) is not None:
+            raise ApiError(409, "AlreadyExists", f"{res.plural} {obj['metadata']['name']} already exists")
         return self.put(res, obj)
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        """PUT (replace) of a whole object, with the API server's optimistic concurrency: 409 unless the
+        body carries the stored resourceVersion. Other verbs go through the typed methods above."""
+        if method != "PUT" or not isinstance(body, Mapping):
+            raise NotImplementedError(f"FakeKube.request {method} {path}")
+        res = resource_for(body)
+        meta = body["metadata"]
+        self.calls.append(("put", res.plural, meta["name"]))
+        old = self.peek(res, meta["name"], meta.get("namespace"))
+        if old is None:
+            raise ApiError(404, "NotFound", f"{res.plural} {meta['name']} not found")
+        if meta.get("resourceVersion") != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f"{res.plural} {meta['name']}: the object has been modified")
+        return self.put(res, body)
 
     async def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
         self.calls.append(("delete", res.plural, name))

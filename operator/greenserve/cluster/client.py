@@ -92,6 +92,7 @@ _BY_KIND = {
     ("v1", "Pod"): PODS,
     ("v1", "Node"): NODES,
     ("policy/v1", "PodDisruptionBudget"): PDBS,
+    ("coordination.k8s.io/v1", "Lease"): LEASES,
     (constants.API_VERSION, constants.KIND): MODELSERVICES,
 }
 

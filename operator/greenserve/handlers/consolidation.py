@@ -1,29 +1,26 @@
-"""The cluster-wide consolidation loop: one background task, active only while holding the Lease."""
+"""The cluster-wide consolidation loop: one task, active only in the leader (handlers/leader.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from greenserve.cluster.lease import LeaseLock
+from greenserve.handlers.leader import leading
 from greenserve.reconcile.consolidator import Consolidator
 from greenserve.reconcile.loop import LoopDeps
 
 log = logging.getLogger(__name__)
-LEASE_NAME = "greenserve-consolidation"
 
 
-async def _loop(deps: LoopDeps, consolidator: Consolidator, lock: LeaseLock) -> None:
+async def _loop(deps: LoopDeps, consolidator: Consolidator, memo: MutableMapping[str, Any]) -> None:
     interval = max(1.0, deps.config.consolidation_interval_s / 3)
     while True:
         try:
-            if await lock.try_acquire():
+            if leading(memo):
                 await consolidator.run_once(time.time())
         except asyncio.CancelledError:
             raise
@@ -38,18 +35,9 @@ async def start(memo: MutableMapping[str, Any]) -> None:
     if not deps.config.consolidation_enabled:
         log.info("consolidation disabled by configuration")
         return
-    identity = f"{socket.gethostname()}-{os.getpid()}"
-    lock = LeaseLock(
-        deps.kube,
-        LEASE_NAME,
-        deps.config.lease_namespace,
-        identity,
-        duration_s=int(max(15, deps.config.consolidation_interval_s * 2)),
-    )
     consolidator = Consolidator(deps.kube, deps.config, metrics=deps.metrics)
     memo["consolidator"] = consolidator
-    memo["consolidation_task"] = asyncio.create_task(_loop(deps, consolidator, lock))
-    memo["consolidation_lock"] = lock
+    memo["consolidation_task"] = asyncio.create_task(_loop(deps, consolidator, memo))
 
 
 async def stop(memo: MutableMapping[str, Any]) -> None:
@@ -58,7 +46,3 @@ async def stop(memo: MutableMapping[str, Any]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    lock = memo.get("consolidation_lock")
-    if isinstance(lock, LeaseLock):
-        with contextlib.suppress(Exception):
-            await lock.release()

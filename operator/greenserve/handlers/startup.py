@@ -12,7 +12,7 @@ from greenserve.api import constants as c
 from greenserve.cluster.client import KubeClient
 from greenserve.cluster.credentials import KubeAuth, KubeAuthError
 from greenserve.config import OperatorConfig
-from greenserve.handlers import consolidation, ticker
+from greenserve.handlers import consolidation, leader, ticker
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.prometheus import PrometheusAuth, PrometheusSource
@@ -112,6 +112,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["loop"] = LoopDeps(
         kube=kube, config=config, source=_metrics_source(config), metrics=_operator_metrics(config)
     )
+    await leader.start(memo)
     await ticker.start(memo)
     await consolidation.start(memo)
 
@@ -120,6 +121,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await ticker.stop(memo)
     await consolidation.stop(memo)
+    await leader.stop(memo)
     deps = memo.get("loop")
     if isinstance(deps, LoopDeps) and deps.source is not None:
         await deps.source.close()

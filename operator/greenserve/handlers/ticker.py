@@ -1,4 +1,5 @@
-"""The metrics tick as one background task (reconcile/ticker.py), started and stopped with the operator."""
+"""The metrics tick as one background task (reconcile/ticker.py), started and stopped with the operator;
+it ticks only in the leader (handlers/leader.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from greenserve.cluster.cache import CACHE
+from greenserve.handlers.leader import leading
 from greenserve.reconcile.loop import LoopDeps
 from greenserve.reconcile.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
 
-async def _loop(ticker: Ticker, interval_s: float) -> None:
+async def _loop(ticker: Ticker, interval_s: float, memo: MutableMapping[str, Any]) -> None:
     while True:
         # First sleep, then tick: kopf's watches fill the cache meanwhile.
         await asyncio.sleep(interval_s)
+        if not leading(memo):
+            continue
         try:
             await ticker.tick(time.time())
         except asyncio.CancelledError:
@@ -33,7 +37,7 @@ async def start(memo: MutableMapping[str, Any]) -> None:
     CACHE.enabled = True
     ticker = Ticker(deps, CACHE)
     memo["ticker"] = ticker
-    memo["ticker_task"] = asyncio.create_task(_loop(ticker, max(1.0, deps.config.reconcile_interval_s)))
+    memo["ticker_task"] = asyncio.create_task(_loop(ticker, max(1.0, deps.config.reconcile_interval_s), memo))
 
 
 async def stop(memo: MutableMapping[str, Any]) -> None:

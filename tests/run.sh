@@ -29,7 +29,9 @@ rc=$?
 set -e
 
 # The real-node tier: containerd, kubelet and kube-proxy on this machine (tests/harness/real_node.sh),
-# stopped again by cluster.sh down in the EXIT trap even if this tier fails.
+# stopped again by cluster.sh down in the EXIT trap even if this tier fails. Two nodes: the consolidation
+# move needs a node to move a replica to (the tests read the same variable through `real_node.sh env`).
+export GREENSERVE_REAL_NODES="${GREENSERVE_REAL_NODES:-2}"
 t2=$SECONDS
 bash tests/harness/real_node.sh up
 echo "[test] real node up in $((SECONDS - t2)) s"

@@ -8,16 +8,19 @@ In order (one module, one operator, one ModelService; each test builds on the pr
    through the pods' real readiness probes, in a namespace that enforces Pod Security "restricted";
 3. HTTP predictions through the ModelService's Service (a kube-proxy ClusterIP) return the model's outputs;
 4. a bounded client load scales it up, a lower one scales it in, and no client request fails (the real
-   preStop sleep and the agent's SIGTERM drain).
+   preStop sleep and the agent's SIGTERM drain);
+5. with two real nodes (``GREENSERVE_REAL_NODES=2``), the consolidator moves the replica make-before-break
+   off the less-used node under a bounded client load, and no client request fails.
 
 Figures (seconds from ``helm install`` to the operator Ready, from ``kubectl apply`` to the first correct
-prediction, the scale-up reaction, requests sent and failed) are printed and written to
-.harness/realnode-figures.json.
+prediction, the scale-up reaction, requests sent and failed during scale-in and during the move) are printed
+and written to .harness/realnode-figures.json.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -159,6 +162,9 @@ def model_store(kubectl: Kubectl, models_ns: str, tmp_path_factory: pytest.TempP
 
 
 def _msvc(ns: str, storage_uri: str, image: str, product: str, **scaling: Any) -> dict[str, Any]:
+    # Consolidation starts off: with two real nodes a move during the scale tests would blur what they
+    # measure. The move test turns it on once it has set up the nodes (energy is not in the pod template,
+    # so this rolls no pod).
     return {
         "apiVersion": "greenserve.io/v1alpha1",
         "kind": "ModelService",
@@ -171,6 +177,7 @@ def _msvc(ns: str, storage_uri: str, image: str, product: str, **scaling: Any) -
             },
             "gpu": {"count": 1, "product": product},
             "scaling": {"minReplicas": 1, "maxReplicas": 3, **scaling},
+            "energy": {"consolidation": False},
         },
     }
 
@@ -431,3 +438,141 @@ def test_prometheus_scrapes_the_real_agents_through_the_shipped_scrape_config(
         )
     finally:
         prom.stop()
+
+
+CONSOLIDATING_TAINT = "greenserve.io/consolidating"
+
+
+def _filler_pod(ns: str, node: str, gpus: int, image: str) -> dict[str, Any]:
+    """Another tenant's GPU pod (not greenserve's) pinned to `node`: it makes that node the fuller one."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-tenant", "namespace": ns},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "tenant",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def _moves_total(operator_ip: str, ns: str) -> float:
+    """The operator's moves counter for the ModelService, from its /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://{operator_ip}:9090/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith(k.OP_MOVES.name + "{")
+            and f'namespace="{ns}"' in line
+            and f'modelservice="{MODEL}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_failed_requests(
+    kubectl: Kubectl, served: str, models_ns: str, operator: str, real_nodes: RealNodes
+) -> None:
+    """The replica runs alone on one real node; another tenant's pod takes 2 GPUs on the other. The
+    consolidator closes the replica's node, surges a replacement onto the fuller node, retires the source
+    once the replacement is Ready (preStop sleep, SIGTERM drain), and the source node ends empty of serving
+    pods, while a bounded client load through the Service sees no failed request."""
+    if len(real_nodes.names) < 2:
+        why = "a move needs two real nodes: GREENSERVE_REAL_NODES=2 bash tests/harness/real_node.sh up"
+        if os.environ.get("GREENSERVE_REQUIRE_REAL_NODE") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    # After the scale tests: exactly one serving pod, Ready, and nothing moving.
+    wait_for(
+        lambda: (
+            len(pods := _serving_pods(kubectl, models_ns)) == 1
+            and _is_ready(pods[0])
+            and not _status(kubectl, models_ns).get("move")
+        ),
+        timeout=180,
+        what="one Ready serving pod before the move",
+        interval=1,
+    )
+    (source,) = _serving_pods(kubectl, models_ns)
+    from_node = source["spec"]["nodeName"]
+    (to_node,) = [n for n in real_nodes.names[:2] if n != from_node]
+    (op_pod,) = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
+        "items"
+    ]
+    moves_before = _moves_total(op_pod["status"]["podIP"], models_ns)
+    kubectl.apply(_filler_pod(models_ns, to_node, 2, real_nodes.base_image))
+    try:
+        wait_for(
+            lambda: _get_json(kubectl, "pod", "gpu-tenant", "-n", models_ns)["spec"].get("nodeName"),
+            timeout=60,
+            what="the other tenant's GPU pod bound",
+        )
+        with Load(lambda: predict(served, [1.0]) == [3.0], rate=3) as load:
+            t_move = time.monotonic()
+            kubectl.run(
+                "patch", "modelservice", MODEL, "-n", models_ns, "--type=merge",
+                "-p", json.dumps({"spec": {"energy": {"consolidation": True}}}),
+            )  # fmt: skip
+            # The move is under way: recorded in status, the source node closed to new replicas.
+            started = wait_for(
+                lambda: _status(kubectl, models_ns).get("move"),
+                timeout=120,
+                what="status.move recorded by the consolidator",
+            )
+            assert started["pod"] == source["metadata"]["name"], started
+            assert (started["fromNode"], started["toNode"]) == (from_node, to_node), started
+            # Done: one serving pod left, on the fuller node, the move closed, and nothing of the
+            # ModelService left on the source node (the retired pod finished its drain and is gone).
+            wait_for(
+                lambda: (
+                    not _status(kubectl, models_ns).get("move")
+                    and [p["spec"].get("nodeName") for p in _serving_pods(kubectl, models_ns)] == [to_node]
+                    and _is_ready(_serving_pods(kubectl, models_ns)[0])
+                ),
+                timeout=420,
+                what=f"the replica moved {from_node} -> {to_node}, the source pod gone",
+                interval=1,
+            )
+            t_done = time.monotonic()
+        sent, failed = load.between(t_move, t_done)
+        _record("move_duration_s", t_done - t_move)
+        _record("move_requests_sent", sent)
+        _record("move_requests_failed", len(failed))
+        (moved,) = _serving_pods(kubectl, models_ns)
+        assert moved["metadata"]["name"] != source["metadata"]["name"]
+        on_source = _get_json(kubectl, "pods", "-A", "--field-selector", f"spec.nodeName={from_node}")
+        assert not [
+            p for p in on_source["items"] if "greenserve.io/modelservice" in p["metadata"].get("labels", {})
+        ]
+        # The emptied node stays closed for the node autoscaler; the move is counted and announced.
+        taints = _get_json(kubectl, "node", from_node)["spec"].get("taints", [])
+        assert any(t["key"] == CONSOLIDATING_TAINT for t in taints), taints
+        assert _moves_total(op_pod["status"]["podIP"], models_ns) == moves_before + 1
+        reasons = kubectl.run(
+            "get", "events", "-n", models_ns, "--field-selector", f"involvedObject.name={MODEL}",
+            "-o", "jsonpath={.items[*].reason}",
+        ).stdout.split()  # fmt: skip
+        assert "ConsolidationMove" in reasons and "ReplicaMoved" in reasons, reasons
+        assert sent > 20, "the move carried too little load to show anything"
+        assert failed == [], failed[:5]
+    finally:
+        kubectl.run("delete", "pod", "gpu-tenant", "-n", models_ns, "--wait=false", check=False)
+        # Reopen the emptied node for whatever runs on this node next (the autoscaler would delete it).
+        kubectl.run("taint", "node", from_node, f"{CONSOLIDATING_TAINT}-", check=False)

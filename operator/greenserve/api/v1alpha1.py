@@ -417,8 +417,9 @@ class ScalingSpec(_Model):
         Field(
             gt=0,
             le=1_000_000,
-            description="requestsPerSecond: requests/s one replica serves at its target load (may be below 1 "
-            "for a slow model). gpuUtilization: target GPU utilization in percent. "
+            description="requestsPerSecond: requests/s one replica serves at its target load, 80% busy (may "
+            "be below 1 for a slow model); the autoscaler takes target / 0.8 as the replica's service rate "
+            "(requests/s at 100%) in its queueing model. gpuUtilization: target GPU utilization in percent. "
             "concurrency: requests in flight per replica.",
         ),
     ] = 50

@@ -21,28 +21,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from greenserve.api import conditions as cond
-from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ModelServiceStatus, ScalingMetric
+from greenserve.api.v1alpha1 import ModelServiceSpec, ModelServiceStatus
 from greenserve.config import OperatorConfig
 from greenserve.manifests.builders import initial_replicas
+from greenserve.manifests.profile import service_profile
 from greenserve.metrics.types import ServiceMetrics
 from greenserve.policy import autoscaling as pa
-from greenserve.policy import estimate, fleet
-from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, NodePowerModel, gpu_model_for
+from greenserve.policy import estimate, fleet, profile
+from greenserve.policy.profile import Reading
 from greenserve.reconcile.bounds import bounded
 from greenserve.reconcile.status import ScaleIntent
-
-# Mean service time of one request when the spec gives no SLO to derive it from; only shapes the
-# queueing guard, the capacity comes from spec.scaling.target.
-DEFAULT_SERVICE_TIME_MS = 20.0
-# Model load time assumed for the idle-to-zero break-even when nothing better is known.
-DEFAULT_COLD_START_S = 60.0
-# With an SLO, the energy policies size replicas by the queueing model for this share of requests within
-# the SLO latency (the simulator's greenserve policy does the same); Performance keeps the fixed target.
-# A sustained rise is projected over the cold start up to doubling the rate, as the simulator's policy does.
-TREND_MAX_BOOST = 1.0
-SLO_ATTAINMENT = {ConsolidationPolicy.BALANCED: 0.995, ConsolidationPolicy.POWER_SAVING: 0.99}
-# A replica's share of its node's base power: GPU nodes of 8 GPUs (the simulator's default) unless known.
-GPUS_PER_NODE = 8
 
 
 class FleetBook:
@@ -66,9 +54,8 @@ class FleetBook:
 FLEET = FleetBook()
 
 # The rise factor (policy/estimate.py) learns from this much of each ModelService's history, with a
-# lead time of one metrics window + node provisioning + the model load.
+# lead time of one metrics window + node provisioning + the model load (profile.rise_lead_s).
 RISE_HISTORY_S = 3600.0
-NODE_PROVISION_S = 120.0
 
 
 class RateHistory:
@@ -102,67 +89,75 @@ class Decision:
     status: ModelServiceStatus
 
 
+def reading_of(metrics: ServiceMetrics) -> Reading:
+    """What the policy needs of a metrics source's reading."""
+    return Reading(
+        rate=metrics.requests_per_s,
+        inflight=metrics.inflight_requests,
+        rate_history=metrics.rate_history,
+        utilization=metrics.gpu_utilization,
+        sampled_at=metrics.sampled_at,
+        window_s=metrics.window_s,
+    )
+
+
 def scaling_inputs(
     spec: ModelServiceSpec,
     status: Mapping[str, Any],
     reading: ServiceMetrics | None,
     config: OperatorConfig,
+    rise_factor: float = 1.0,
+    slo_attainment: float | None = None,
 ) -> pa.ScalingInputs:
+    """The policy's inputs from the spec, the replica counts in status and the reading (policy/profile.py)."""
     current = status.get("desiredReplicas")
     replicas = int(current) if isinstance(current, int) else initial_replicas(spec)
-    s = spec.scaling
-    by_rps = s.metric == ScalingMetric.REQUESTS_PER_SECOND
-    by_concurrency = s.metric == ScalingMetric.CONCURRENCY
-    gpu = gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT)
-    gpus = max(spec.gpu.count, 1)
-    capacity = float(s.target) / 0.8 if by_rps else None
-    rate = reading.requests_per_s if reading else None
-    queued = None
-    if reading is not None and capacity:
-        queued = pa.queued_from_inflight(reading.inflight_requests, rate, capacity)
-    trend = None
-    if reading is not None and len(reading.rate_history) >= 2 and reading.window_s > 0:
-        trend = estimate.significant_trend(reading.rate_history, reading.window_s)
-    slo_attainment = SLO_ATTAINMENT.get(spec.energy.policy) if by_rps else None
-    # Only where the SLO sizes the replicas (energy policy + an SLO), as in the simulator's policy.
-    sized_by_slo = bool(slo_attainment and spec.slo.latency_p95_ms)
-    # The data the reading spans: after a gap, it must all be fresh before a scale-down (policy hold).
-    window = reading.window_s if reading is not None else config.metrics_window_s
-    if sized_by_slo and reading is not None and rate is not None and reading.window_s > 0:
-        # Pool the windows at low rates and size for the rate's upper confidence bound (policy/estimate.py);
-        # no request in any window stays 0 (idle).
-        est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
-        if est is not None:
-            window = max(window, est.horizon_s)
-            if est.events > 0:
-                rate = est.rate
-    return pa.ScalingInputs(
-        current_replicas=replicas,
-        ready_replicas=int(status.get("readyReplicas") or 0),
-        min_replicas=s.min_replicas,
-        max_replicas=s.max_replicas,
-        # With a request-rate target the capacity is the target itself at full utilisation of it.
-        target_utilization=0.8 if by_rps or by_concurrency else s.target / 100.0,
-        capacity_rps=capacity,
-        request_rate=rate,
-        gpu_utilization=reading.gpu_utilization if reading else None,
-        sampled_at=reading.sampled_at if reading else None,
+    return profile.scaling_inputs(
+        service_profile(spec),
+        reading_of(reading) if reading is not None else None,
+        replicas,
+        int(status.get("readyReplicas") or 0),
         stale_after_s=config.metrics_stale_after_s,
-        slo_p95_ms=float(spec.slo.latency_p95_ms) if spec.slo.latency_p95_ms else None,
+        default_window_s=config.metrics_window_s,
+        rise_factor=rise_factor,
         slo_attainment=slo_attainment,
-        service_time_ms=DEFAULT_SERVICE_TIME_MS,
-        scale_down_delay_s=float(s.scale_down_delay_seconds),
-        cold_start_s=DEFAULT_COLD_START_S,
-        idle_power_w=gpu.loaded_idle_w * gpus,
-        cold_start_energy_j=gpu.busy_w * gpus * DEFAULT_COLD_START_S,
-        queued_requests=queued,
-        request_rate_trend=trend,
-        trend_max_boost=TREND_MAX_BOOST,
-        # Knative-style: in-flight requests per replica from the agents' gauge; no gauge, no scaling.
-        target_concurrency=float(s.target) if by_concurrency else None,
-        concurrency=reading.inflight_requests if reading is not None and by_concurrency else None,
-        metrics_window_s=window,
     )
+
+
+def policy_inputs(
+    spec: ModelServiceSpec,
+    status: Mapping[str, Any],
+    reading: ServiceMetrics | None,
+    now: float,
+    config: OperatorConfig,
+    fleet_book: FleetBook | None = None,
+    history: RateHistory | None = None,
+) -> pa.ScalingInputs:
+    """What one autoscaling step decides on: `scaling_inputs` with the rise headroom learned from this
+    ModelService's history and its share of the fleet objective. Records the reading in `history` and
+    the service in `fleet_book`, so call it once per decision."""
+    svc = service_profile(spec)
+    inputs = scaling_inputs(spec, status, reading, config)
+    target = inputs.slo_attainment
+    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
+        # Headroom for the rises this model has shown within the lead time, at the target's quantile.
+        past = (HISTORY if history is None else history).record(
+            (reading.namespace, reading.name),
+            reading.sampled_at or now,
+            reading.requests_per_s or 0.0,
+            reading.window_s,
+        )
+        lead = profile.rise_lead_s(svc, reading.window_s)
+        factor = estimate.rise_factor(past, reading.window_s, lead, target)
+        inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor)
+    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
+        # The fleet objective: this model's share of the fleet's target at the fleet's price.
+        member = profile.fleet_member(svc, inputs.request_rate)
+        book = FLEET if fleet_book is None else fleet_book
+        key = (reading.namespace, reading.name)
+        price = book.price(key, target, member, now, config.metrics_stale_after_s)
+        inputs = replace(inputs, slo_attainment=fleet.member_target(member, price, target))
+    return inputs
 
 
 def decide(
@@ -175,37 +170,7 @@ def decide(
     history: RateHistory | None = None,
 ) -> Decision:
     """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds."""
-    inputs = scaling_inputs(spec, status, reading, config)
-    target = inputs.slo_attainment
-    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
-        # Headroom for the rises this model has shown within the lead time, at the target's quantile.
-        past = (HISTORY if history is None else history).record(
-            (reading.namespace, reading.name),
-            reading.sampled_at or now,
-            reading.requests_per_s or 0.0,
-            reading.window_s,
-        )
-        lead = reading.window_s + NODE_PROVISION_S + DEFAULT_COLD_START_S
-        factor = estimate.rise_factor(past, reading.window_s, lead, target)
-        inputs = replace(inputs, request_rate=inputs.request_rate * factor)
-    if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
-        # The fleet objective: this model's share of the fleet's target at the fleet's price.
-        power = max(spec.gpu.count, 1) * (
-            gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT).loaded_idle_w
-            + NodePowerModel().base_w / GPUS_PER_NODE
-        )
-        member = fleet.FleetMember(
-            max(0.0, inputs.request_rate),
-            inputs.capacity_rps or 1000.0 / inputs.service_time_ms,
-            inputs.slo_p95_ms / 1000.0,
-            power,
-            spec.scaling.min_replicas,
-            spec.scaling.max_replicas,
-        )
-        book = FLEET if fleet_book is None else fleet_book
-        key = (reading.namespace, reading.name)
-        price = book.price(key, target, member, now, config.metrics_stale_after_s)
-        inputs = replace(inputs, slo_attainment=fleet.member_target(member, price, target))
+    inputs = policy_inputs(spec, status, reading, now, config, fleet_book, history)
     raw_state = status.get("scaler")
     state = pa.ScalerState.from_dict(raw_state) if isinstance(raw_state, dict) else pa.ScalerState()
     result = pa.decide(inputs, state, now)

@@ -13,10 +13,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from greenserve.policy import autoscaling, consolidation, estimate, fleet, headroom
+from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ScalingMetric
+from greenserve.config import OperatorConfig
+from greenserve.manifests.profile import SLO_ATTAINMENT, service_profile
+from greenserve.policy import autoscaling, consolidation, estimate, fleet, profile
+from greenserve.policy.profile import UTILISATION_AT_TARGET
 from greenserve.simulator.cluster import Placement, Replica
-from greenserve.simulator.engine import Simulation
-from greenserve.simulator.traces import FloatArray
+from greenserve.simulator.engine import ModelSpec, Simulation
+
+# The operator's default staleness limit (the simulator's readings are never stale, only missing).
+STALE_AFTER_S = OperatorConfig().metrics_stale_after_s
 
 
 def _replicaset_victim_key(sim: Simulation):  # type: ignore[no-untyped-def]
@@ -171,18 +177,52 @@ class KnativeLike:
                 sim.scale_to(m, want, key)
 
 
+def modelservice_spec(
+    model: ModelSpec,
+    gpu_product: str,
+    min_replicas: int,
+    max_replicas: int,
+    scale_down_delay_s: float,
+    policy: ConsolidationPolicy = ConsolidationPolicy.BALANCED,
+) -> ModelServiceSpec:
+    """The ModelService an operator would write for a simulated model: its service rate as the
+    requestsPerSecond target at UTILISATION_AT_TARGET (so the operator's service rate is the model's),
+    its SLO, GPUs and replica bounds. It says nothing of the model's load time, as a real spec does not."""
+    return ModelServiceSpec.model_validate(
+        {
+            "model": {"name": model.name, "storageUri": f"gs://simulated/{model.name}"},
+            "gpu": {"count": model.gpus, "product": gpu_product},
+            "scaling": {
+                "minReplicas": min_replicas,
+                "maxReplicas": max_replicas,
+                "metric": ScalingMetric.REQUESTS_PER_SECOND.value,
+                "target": model.capacity_rps * UTILISATION_AT_TARGET,
+                "scaleDownDelaySeconds": round(scale_down_delay_s),
+            },
+            "slo": {"latencyP95Ms": max(1, round(model.slo_ms))},
+            "energy": {"policy": policy.value},
+        }
+    )
+
+
 @dataclass
 class Greenserve:
     """The operator's policy: autoscaling.decide per model every control period, MostAllocated placement,
     deletion costs on scale-in and consolidation.plan moves (start-before-stop).
 
-    As an energy policy (Balanced/PowerSaving) with an SLO, demand is sized by the M/M/c queueing model
-    for `slo_attainment` of requests within the SLO (not the fixed target utilization, which stays the
-    basis of maxReplicas), a sustained rise is projected over the cold start (`sustained_trend` of three
-    adjacent 30 s windows: past data only), scale-up is immediate and scale-down stabilised for 300 s like
-    the HPA-like baseline. `spare_*` keeps balloon slots free for bursts (off by default: on the bench
-    traces they cost 2-6% energy for < 0.3 points of SLO)."""
+    Each model is described as the ModelService an operator would write (`modelservice_spec`) and goes
+    through the operator's own adapter (manifests/profile.py, policy/profile.py), so the policy's inputs
+    are the operator's for the same spec and reading (tests/unit/policy/test_one_adapter.py). Two facts
+    differ from a live cluster's by default: the policy is told each model's load time, which a spec
+    cannot say (`known_cold_start`; the operator assumes 60 s), and the readings carry
+    `estimate_horizon_s` of rate history where the Prometheus source reads three windows. As an energy
+    policy (Balanced/PowerSaving) with an SLO, demand is sized by the M/M/c queueing model for
+    `slo_attainment` of requests within the SLO, a sustained rise is projected over the cold start,
+    scale-up is immediate and scale-down stabilised for 300 s like the HPA-like baseline. The other knobs
+    are ablations: an attainment other than a policy's is not expressible in a spec, and
+    `fleet_objective`, `rise_history_s` and `queue_drain_s` switch off what the operator does."""
 
+    # The basis of maxReplicas as an operator would set it (max_replicas_for); the policy sizes by the SLO.
     target_utilization: float = 0.7
     scale_down_delay_s: float = 300.0
     min_replicas: int = 1
@@ -190,21 +230,14 @@ class Greenserve:
     consolidate: bool = True
     max_moves: int = 2
     move_interval_s: float = 60.0
-    # Free GPU slots kept for bursts (balloon pods, policy/headroom.py): spare_fraction of the GPUs in
-    # use, at least min_spare_gpus, plus what a sustained rise needs within spare_horizon_s.
-    spare_fraction: float = 0.0
-    min_spare_gpus: int = 0
-    spare_horizon_s: float = 0.0
-    # Size by the M/M/c queueing model for this share of requests within the SLO (None: by the target).
+    # Size by the M/M/c queueing model for this share of requests within the SLO; 0.995 is Balanced's,
+    # 0.99 PowerSaving's. None: an ablation, sized by `target_utilization` instead, all else as PowerSaving.
     slo_attainment: float | None = 0.995
-    # Project a sustained rise (autoscaling.sustained_trend over `trend_windows` adjacent metric windows).
-    use_trend: bool = True
-    trend_windows: int = 3
-    trend_max_boost: float = 1.0
+    # Tell the policy each model's load time, which a spec cannot (off: the operator's default, 60 s).
+    known_cold_start: bool = True
     # Add the replicas that clear the queue (in-flight beyond those in service) over this time; 0 = off.
     queue_drain_s: float = 60.0
-    # Rate estimates (policy/estimate.py) pool up to this much metric history at low rates; 0 = the
-    # newest window only, as read.
+    # Rate estimates (policy/estimate.py) pool up to this much metric history at low rates.
     estimate_horizon_s: float = 300.0
     # Size the whole fleet for `slo_attainment` at one price per late request (policy/fleet.py) instead
     # of every model for it on its own.
@@ -219,17 +252,40 @@ class Greenserve:
     control_interval_s: float = 15.0
     _states: list[autoscaling.ScalerState] = field(default_factory=list)
     _last_move_at: float | None = None
-    _trends: list[float] = field(default_factory=list)
-    _history: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _profiles: list[profile.ServiceProfile] = field(default_factory=list)
+    _readings: list[profile.Reading] = field(default_factory=list)
     _targets: list[float] = field(default_factory=list)  # per model: the fleet objective's share
-    _rates: list[float] = field(default_factory=list)
     _rise: list[float] = field(default_factory=list)
     _rise_at: float = -math.inf
-    _spans: list[float] = field(default_factory=list)  # per model: seconds of data behind its rate
+
+    def spec_for(self, sim: Simulation, m: int) -> ModelServiceSpec:
+        """The ModelService this policy runs model `m` as."""
+        by_attainment = {a: p for p, a in SLO_ATTAINMENT.items()}
+        # Sized by the target (the ablation below), the estimates and the rise headroom are PowerSaving's.
+        attainment = self.slo_attainment or SLO_ATTAINMENT[ConsolidationPolicy.POWER_SAVING]
+        return modelservice_spec(
+            sim.models[m],
+            sim.gpu.product,
+            self.min_replicas,
+            min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization)),
+            self.scale_down_delay_s,
+            by_attainment.get(attainment, ConsolidationPolicy.BALANCED),
+        )
+
+    def profile_for(self, sim: Simulation, m: int) -> profile.ServiceProfile:
+        shipped = service_profile(self.spec_for(sim, m))
+        # What a spec cannot say: the model's load time (the operator assumes DEFAULT_COLD_START_S, unless
+        # `known_cold_start` is off), an attainment target other than a policy's, no queue term.
+        return replace(
+            shipped,
+            cold_start_s=sim.models[m].cold_start_s if self.known_cold_start else shipped.cold_start_s,
+            slo_attainment=self.slo_attainment or shipped.slo_attainment,
+            queue_drain_s=max(1.0, self.queue_drain_s),
+        )
 
     def initial(self, sim: Simulation) -> list[int]:
         self._states = [autoscaling.ScalerState() for _ in sim.models]
-        self._trends = [0.0] * len(sim.models)
+        self._profiles = [self.profile_for(sim, m) for m in range(len(sim.models))]
         self._last_move_at = None
         self._rise, self._rise_at = [], -math.inf
         self._observe(sim)
@@ -239,107 +295,75 @@ class Greenserve:
             out.append(max(self.min_replicas, found[0] if found else 1))
         return out
 
+    def reading(self, sim: Simulation, m: int) -> profile.Reading | None:
+        """What the metrics source reads of model `m` now (None while it is down)."""
+        return None if sim.metrics_down() else self._readings[m]
+
     def _observe(self, sim: Simulation) -> None:
-        """This tick's metric history (adjacent windows, newest first) and the fleet's price."""
+        """This tick's readings (adjacent windows, newest first) and the fleet's price."""
         w = sim.scenario.metrics_window_s
-        n = max(self.trend_windows, 1, round(self.estimate_horizon_s / w))
-        self._history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1)
-        n_est = max(1, round(self.estimate_horizon_s / w))
-        found = [self._estimate(sim, hist[:n_est]) for hist in self._history.tolist()]
-        self._rates = [rate for rate, _ in found]
-        self._spans = [span for _, span in found]
+        n = max(profile.TREND_WINDOWS, round(self.estimate_horizon_s / w))
+        history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1).tolist()
+        self._readings = []
+        for m, hist in enumerate(history):
+            # The in-flight gauge of the last step (busy servers + queue), as the agents export it.
+            inflight = float(sim.concurrency[m, sim.k - 1]) if sim.k > 0 and self.queue_drain_s > 0 else None
+            ready = sim.ready_count(m)
+            cap = sim.models[m].capacity_rps
+            self._readings.append(
+                profile.Reading(
+                    rate=float(hist[0]),
+                    inflight=inflight,
+                    rate_history=tuple(float(r) for r in hist),
+                    utilization=min(1.0, float(hist[0]) / (ready * cap)) if ready else None,
+                    sampled_at=sim.now,
+                    window_s=w,
+                )
+            )
         if self.rise_history_s > 0 and sim.now - self._rise_at >= self.rise_refresh_s:
             self._rise_at = sim.now
             past = np.stack(
                 [sim.observed_rates(w, lag_s=i * w) for i in range(round(self.rise_history_s / w))], axis=1
             ).tolist()
-            cfg = sim.scenario.cluster
             self._rise = [
-                estimate.rise_factor(
-                    hist, w, w + cfg.provision_s + sim.models[m].cold_start_s, self.slo_attainment or 0.99
-                )
-                for m, hist in enumerate(past)
+                estimate.rise_factor(hist, w, profile.rise_lead_s(p, w), p.slo_attainment or 0.99)
+                for p, hist in zip(self._profiles, past, strict=True)
             ]
-        if self._rise:
-            self._rates = [r * f for r, f in zip(self._rates, self._rise, strict=True)]
         self._targets = []
         if self.fleet_objective and self.slo_attainment:
-            members = [self._member(sim, m, rate) for m, rate in enumerate(self._rates)]
+            members = []
+            for m, r in enumerate(self._readings):
+                rate, _ = profile.sizing_rate(self._profiles[m], r)
+                members.append(profile.fleet_member(self._profiles[m], (rate or 0.0) * self._rise_factor(m)))
             price = fleet.fleet_price(members, self.slo_attainment)
-            self._targets = [fleet.member_target(m, price, self.slo_attainment) for m in members]
+            self._targets = [fleet.member_target(mem, price, self.slo_attainment) for mem in members]
 
-    def _estimate(self, sim: Simulation, hist: list[float]) -> tuple[float, float]:
-        """The rate to size for (0 without a request in the pooled horizon: idle, else the estimate) and
-        the seconds of data it spans (what must be fresh after a metrics gap)."""
-        w = sim.scenario.metrics_window_s
-        if self.estimate_horizon_s <= 0:
-            return float(hist[0]), w
-        est = estimate.estimate_rate(hist, w)
-        if est is None:
-            return 0.0, w
-        return (0.0 if est.events <= 0 else est.rate), max(w, est.horizon_s)
-
-    def _member(self, sim: Simulation, m: int, rate: float) -> fleet.FleetMember:
-        spec = sim.models[m]
-        return fleet.FleetMember(
-            rate,
-            spec.capacity_rps,
-            spec.slo_ms / 1000.0,
-            self._replica_power_w(sim, m),
-            self.min_replicas,
-            min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization)),
-        )
-
-    @staticmethod
-    def _replica_power_w(sim: Simulation, m: int) -> float:
-        """A warm replica's context power and its GPUs' share of a node's base power (as bound.py)."""
-        cfg = sim.scenario.cluster
-        return sim.models[m].gpus * (sim.gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node)
+    def inputs_now(self, sim: Simulation, m: int) -> autoscaling.ScalingInputs:
+        """What model `m`'s next decision would see: read now (the rise headroom relearned too)."""
+        self._rise_at = -math.inf
+        self._observe(sim)
+        return self._inputs(sim, m, len(sim.logical(m)), sim.ready_count(m))
 
     def _inputs(self, sim: Simulation, m: int, current: int, ready: int) -> autoscaling.ScalingInputs:
-        spec = sim.models[m]
-        rate = self._rates[m]
-        gpu = sim.gpu
-        trend = None
-        if self.use_trend:
-            w = sim.scenario.metrics_window_s
-            trend = estimate.significant_trend(self._history[m, : self.trend_windows].tolist(), w)
-            self._trends[m] = trend
-        queued = None
-        if self.queue_drain_s > 0 and sim.k > 0:
-            # The in-flight gauge of the last step (busy servers + queue), as the agents export it.
-            queued = autoscaling.queued_from_inflight(
-                float(sim.concurrency[m, sim.k - 1]), float(self._history[m, 0]), spec.capacity_rps
-            )
-        inputs = autoscaling.ScalingInputs(
-            current_replicas=current,
-            ready_replicas=ready,
-            min_replicas=self.min_replicas,
-            max_replicas=min(self.max_replicas, max_replicas_for(sim, m, self.target_utilization)),
-            target_utilization=self.target_utilization,
-            capacity_rps=spec.capacity_rps,
-            request_rate=rate,
-            gpu_utilization=min(1.0, rate / (ready * spec.capacity_rps)) if ready else None,
-            sampled_at=sim.now,
-            slo_p95_ms=spec.slo_ms,
-            service_time_ms=spec.service_time_s * 1000.0,
-            scale_down_delay_s=self.scale_down_delay_s,
-            cold_start_s=spec.cold_start_s,
-            # Parking a replica costs its loaded-idle power over bare; a reload costs P_ctx * T_load.
-            idle_power_w=max(1, current) * (gpu.loaded_idle_w - gpu.bare_w) * spec.gpus,
-            cold_start_energy_j=gpu.loaded_idle_w * spec.cold_start_s * spec.gpus,
-            request_rate_trend=trend,
-            trend_max_boost=self.trend_max_boost,
-            slo_attainment=self._targets[m] if self._targets else self.slo_attainment,
-            queued_requests=queued,
-            queue_drain_s=max(1.0, self.queue_drain_s),
-            metrics_window_s=self._spans[m],
+        inputs = profile.scaling_inputs(
+            self._profiles[m],
+            self.reading(sim, m),
+            current,
+            ready,
+            stale_after_s=STALE_AFTER_S,
+            default_window_s=sim.scenario.metrics_window_s,
+            rise_factor=self._rise_factor(m),
+            slo_attainment=self._targets[m] if self._targets else None,
         )
-        if sim.metrics_down():  # as the operator: no reading at all while the source is down
-            inputs = replace(
-                inputs, request_rate=None, gpu_utilization=None, sampled_at=None, queued_requests=None
-            )
+        if self.slo_attainment is None:
+            # The ablation of SLO sizing: the same estimates and headroom, sized by the bench's target
+            # utilization (the baselines') instead of the queueing model.
+            inputs = replace(inputs, slo_attainment=None, target_utilization=self.target_utilization)
         return inputs
+
+    def _rise_factor(self, m: int) -> float:
+        # As the operator: the rise headroom is the SLO sizing's (its quantile is the attainment target).
+        return self._rise[m] if self._rise and self._profiles[m].sized_by_slo else 1.0
 
     def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:
         now = sim.now
@@ -363,23 +387,8 @@ class Greenserve:
         )
         return consolidation.ClusterSnapshot(nodes, replicas)
 
-    def _spare(self, sim: Simulation) -> int:
-        in_use = sum(len(sim.logical(m)) * spec.gpus for m, spec in enumerate(sim.models))
-        growth = 0.0
-        if self.spare_horizon_s > 0:
-            growth = headroom.growth_gpus(
-                [
-                    (self._trends[m], spec.capacity_rps, self.target_utilization, spec.gpus)
-                    for m, spec in enumerate(sim.models)
-                ],
-                self.spare_horizon_s,
-            )
-        return headroom.spare_gpus(in_use, self.spare_fraction, self.min_spare_gpus, growth)
-
     def control(self, sim: Simulation) -> None:
         self._observe(sim)
-        spare = self._spare(sim)
-        sim.cluster.spare_gpus = spare
         snap = self._snapshot(sim)
         plan = consolidation.plan(
             snap,
@@ -388,7 +397,6 @@ class Greenserve:
                 max_moves=self.max_moves,
                 min_interval_s=self.move_interval_s,
                 last_move_at=self._last_move_at,
-                headroom_gpus=spare,
             ),
         )
         costs = plan.deletion_costs

@@ -1,0 +1,195 @@
+"""The one adapter from a served model and its metrics to the autoscaling policy's inputs: pure.
+
+The operator (reconcile/autoscale.py, from a ModelService and a metrics reading) and the simulator
+(simulator/policies.py, from its models and what it observed) both describe a service as a
+`ServiceProfile` (what the spec says and the defaults for what it does not) and what was seen as a
+`Reading`, and call `scaling_inputs`: so the benchmark runs the mapping that ships.
+`greenserve.manifests.profile.service_profile` turns a ModelServiceSpec into a profile.
+
+The parts of a decision that need more than one service (the fleet objective's price, a model's own
+history of rises) stay with the caller; their per-service pieces are here: `fleet_member` and
+`rise_lead_s`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from greenserve.policy import estimate
+from greenserve.policy.autoscaling import ScalingInputs, queued_from_inflight
+from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, GpuPowerModel, NodePowerModel, gpu_model_for
+from greenserve.policy.fleet import FleetMember
+
+# A requestsPerSecond or concurrency `scaling.target` is what one replica carries at this utilisation:
+# the target is met at 80% busy, so a replica's service rate (requests/s at 100%) is target / 0.8, and
+# the policy's fixed-target demand is rate / (service rate * 0.8) = rate / target.
+UTILISATION_AT_TARGET = 0.8
+# Mean service time of one request when nothing gives the service rate (a gpuUtilization target); only
+# shapes the queueing guard.
+DEFAULT_SERVICE_TIME_MS = 20.0
+# Model load time: the spec does not give it, so every service is assumed to take this long to become
+# Ready (the trend projection's horizon, the idle-to-zero break-even, the rise headroom's lead time).
+DEFAULT_COLD_START_S = 60.0
+# A sustained rise is projected over the cold start up to doubling the observed rate.
+TREND_MAX_BOOST = 1.0
+# Adjacent metric windows the trend is computed from (the metrics sources read this many).
+TREND_WINDOWS = 3
+# Time a node autoscaler takes to bring up a GPU node: part of the lead time the rise headroom covers.
+NODE_PROVISION_S = 120.0
+# A replica's share of its node's base power: GPU nodes of 8 GPUs unless known.
+GPUS_PER_NODE = 8
+DEFAULT_GPU = gpu_model_for(DEFAULT_GPU_PRODUCT)
+DEFAULT_NODE = NodePowerModel()
+
+
+@dataclass(frozen=True)
+class ServiceProfile:
+    """What the policy knows of one service apart from its metrics."""
+
+    # Requests/s one replica serves at 100% utilisation; None when the target is a GPU utilisation.
+    service_rate_rps: float | None
+    # The utilisation the fixed-target demand sizes for (0..1).
+    target_utilization: float
+    min_replicas: int
+    max_replicas: int
+    # In-flight requests per replica to scale on (Knative's concurrency); None: scale on the rate.
+    target_concurrency: float | None = None
+    slo_p95_ms: float | None = None
+    # Share of requests within slo_p95_ms the queueing model sizes for (None: the fixed target).
+    slo_attainment: float | None = None
+    cold_start_s: float = DEFAULT_COLD_START_S
+    gpu: GpuPowerModel = DEFAULT_GPU
+    gpus: int = 1  # per replica
+    node: NodePowerModel = DEFAULT_NODE
+    gpus_per_node: int = GPUS_PER_NODE
+    scale_down_delay_s: float = 300.0
+    trend_max_boost: float = TREND_MAX_BOOST
+    queue_drain_s: float = 60.0
+
+    @property
+    def service_time_ms(self) -> float:
+        if self.service_rate_rps:
+            return 1000.0 / self.service_rate_rps
+        return DEFAULT_SERVICE_TIME_MS
+
+    @property
+    def sized_by_slo(self) -> bool:
+        return bool(self.slo_attainment and self.slo_p95_ms)
+
+    def idle_power_w(self, replicas: int) -> float:
+        """What keeping `replicas` warm replicas idle costs over parking them: each GPU's resident-model
+        power over a bare GPU's (policy/energy.py)."""
+        return max(1, replicas) * (self.gpu.loaded_idle_w - self.gpu.bare_w) * max(self.gpus, 1)
+
+    @property
+    def cold_start_energy_j(self) -> float:
+        """A reload: the replica's GPUs at resident-model power for the cold start."""
+        return self.gpu.loaded_idle_w * self.cold_start_s * max(self.gpus, 1)
+
+    @property
+    def replica_power_w(self) -> float:
+        """A warm replica's GPU power and its GPUs' share of a node's base power (the fleet's price)."""
+        return max(self.gpus, 1) * (self.gpu.loaded_idle_w + self.node.base_w / self.gpus_per_node)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One service's metrics, as read: a value that could not be read is None, never 0."""
+
+    rate: float | None  # requests/s over the newest window
+    inflight: float | None  # requests in flight, summed over the replicas
+    # Mean rates of adjacent windows, newest first (index 0 is `rate`).
+    rate_history: tuple[float, ...]
+    utilization: float | None  # mean GPU utilisation 0..1
+    sampled_at: float | None  # Unix time of the samples
+    window_s: float  # length of one window
+
+
+def sizing_rate(profile: ServiceProfile, reading: Reading) -> tuple[float | None, float]:
+    """The rate to size for and the seconds of data behind it. Sized by the SLO, windows are pooled at
+    low rates and the rate's upper confidence bound is used (policy/estimate.py); no request in any of
+    them stays 0 (idle)."""
+    rate, span = reading.rate, reading.window_s
+    if profile.sized_by_slo and rate is not None and reading.window_s > 0:
+        est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
+        if est is not None:
+            span = max(span, est.horizon_s)
+            if est.events > 0:
+                rate = est.rate
+    return rate, span
+
+
+def scaling_inputs(
+    profile: ServiceProfile,
+    reading: Reading | None,
+    current_replicas: int,
+    ready_replicas: int,
+    *,
+    stale_after_s: float,
+    default_window_s: float,
+    rise_factor: float = 1.0,
+    slo_attainment: float | None = None,
+) -> ScalingInputs:
+    """The policy's inputs for one service. `reading` None: no metrics (the policy holds).
+
+    `rise_factor` scales the sized rate (headroom for the model's own past rises, estimate.rise_factor).
+    `slo_attainment`, when given, replaces the profile's (the fleet objective's share of the target,
+    fleet.member_target)."""
+    by_rate = profile.service_rate_rps is not None and profile.target_concurrency is None
+    rate: float | None = None
+    window = default_window_s
+    queued = trend = None
+    if reading is not None:
+        rate, window = sizing_rate(profile, reading)
+        if rate is not None:
+            rate *= rise_factor
+        if by_rate and profile.service_rate_rps:
+            queued = queued_from_inflight(reading.inflight, reading.rate, profile.service_rate_rps)
+        history = reading.rate_history[:TREND_WINDOWS]
+        if len(history) >= 2 and reading.window_s > 0:
+            trend = estimate.significant_trend(history, reading.window_s)
+    attainment = profile.slo_attainment if slo_attainment is None else slo_attainment
+    return ScalingInputs(
+        current_replicas=current_replicas,
+        ready_replicas=ready_replicas,
+        min_replicas=profile.min_replicas,
+        max_replicas=profile.max_replicas,
+        target_utilization=profile.target_utilization,
+        capacity_rps=profile.service_rate_rps,
+        request_rate=rate,
+        gpu_utilization=reading.utilization if reading else None,
+        sampled_at=reading.sampled_at if reading else None,
+        stale_after_s=stale_after_s,
+        slo_p95_ms=profile.slo_p95_ms,
+        slo_attainment=attainment if by_rate else None,
+        service_time_ms=profile.service_time_ms,
+        scale_down_delay_s=profile.scale_down_delay_s,
+        cold_start_s=profile.cold_start_s,
+        idle_power_w=profile.idle_power_w(current_replicas),
+        cold_start_energy_j=profile.cold_start_energy_j,
+        queued_requests=queued,
+        queue_drain_s=profile.queue_drain_s,
+        request_rate_trend=trend,
+        trend_max_boost=profile.trend_max_boost,
+        # Knative-style: in-flight requests per replica from the agents' gauge; no gauge, no scaling.
+        target_concurrency=profile.target_concurrency,
+        concurrency=reading.inflight if reading is not None and profile.target_concurrency else None,
+        metrics_window_s=window,
+    )
+
+
+def fleet_member(profile: ServiceProfile, rate: float) -> FleetMember:
+    """This service in the fleet objective (policy/fleet.py), sized for `rate`."""
+    return FleetMember(
+        max(0.0, rate),
+        profile.service_rate_rps or 1000.0 / profile.service_time_ms,
+        (profile.slo_p95_ms or 0.0) / 1000.0,
+        profile.replica_power_w,
+        profile.min_replicas,
+        profile.max_replicas,
+    )
+
+
+def rise_lead_s(profile: ServiceProfile, window_s: float) -> float:
+    """How far ahead a replica started now must see: one metrics window, a node, the model load."""
+    return window_s + NODE_PROVISION_S + profile.cold_start_s

@@ -12,7 +12,8 @@
 * `energy`: `GpuPowerModel.power_w(util, loaded)`, `NodePowerModel`, `counter_delta`, `joules_to_kwh`,
   `grams_co2e`, `break_even_idle_s` (the power model documented in policy/energy.py; dependency-free).
 * `queueing`: Erlang C, M/M/c p95 response time, replicas for an SLO.
-* `headroom`: spare GPU slots to keep free for bursts (balloon pods).
+* `profile`: the one adapter from a served model (`ServiceProfile`) and its metrics (`Reading`) to
+  `ScalingInputs`, for the operator and the simulator alike.
 * `fleet`: the fleet objective: one price per late request sizes every model so that the fleet meets its
   attainment target (`fleet_price`, `replicas_at_price`, `member_target`).
 * `estimate`: request-rate estimates that hold at low rates (`estimate_rate`), a trend that needs a

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greenserve.policy import autoscaling as pa
-from greenserve.policy import energy, headroom, queueing
+from greenserve.policy import energy, queueing
 from greenserve.policy.consolidation import (
     MAX_DELETION_COST,
     ClusterSnapshot,
@@ -389,21 +389,6 @@ def test_sustained_trend_ignores_oscillation() -> None:
     assert pa.sustained_trend([300.0, 200.0, 100.0], 30.0) == 100.0 / 30.0
     assert pa.sustained_trend([300.0, 100.0, 200.0], 30.0) == 0.0
     assert pa.sustained_trend([100.0, 200.0, 300.0], 30.0) == 0.0
-
-
-@given(st.integers(0, 500), st.floats(0, 1), st.integers(0, 8), st.floats(0, 50))
-def test_spare_gpus_bounds(in_use: int, fraction: float, minimum: int, growth: float) -> None:
-    spare = headroom.spare_gpus(in_use, fraction, minimum, growth)
-    assert spare >= minimum
-    assert spare >= fraction * in_use + growth - 1e-6
-    assert spare <= max(minimum, fraction * in_use + growth + 1)
-
-
-def test_growth_counts_rising_services_only() -> None:
-    items = [(2.0, 100.0, 0.5, 1), (-5.0, 100.0, 0.5, 1), (1.0, 50.0, 1.0, 2)]
-    # 2 req/s/s * 100 s / (100 * 0.5) = 4 GPUs; falling: 0; 1 * 100 / 50 * 2 GPUs = 4 GPUs
-    assert headroom.growth_gpus(items, 100.0) == 8.0
-    assert headroom.growth_gpus(items, 0.0) == 0.0
 
 
 def test_a_lowered_max_replicas_applies_despite_the_stabilisation_window() -> None:

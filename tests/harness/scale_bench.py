@@ -47,7 +47,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join([*SOURCES, *filter(None, [os.environ.
 import api_requests  # noqa: E402
 
 from greenserve.api import constants as c  # noqa: E402
-from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient, load_kubeconfig  # noqa: E402
+from greenserve.cluster.client import (  # noqa: E402
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    MODELSERVICES,
+    PDBS,
+    PODS,
+    SERVICES,
+    ApiError,
+    KubeClient,
+    Resource,
+    load_kubeconfig,
+)
 from integration_prom import prom_server  # noqa: E402
 from support.chart import (  # noqa: E402
     chart_operator_env,
@@ -173,6 +184,90 @@ async def wait_observed(kube: KubeClient, namespace: str, n: int, timeout: float
     return None
 
 
+# Verbs that only the creation backlog (or a real change) causes: while any shows, the fleet is not idle.
+BACKLOG_VERBS = ("apply", "create", "update", "delete")
+
+
+def wait_quiet(audit: Path, user: str, quiet_s: float, timeout: float) -> tuple[float, bool]:
+    """Wait until the operator has sent no apply/create/update/delete (its Lease aside) for `quiet_s`
+    (the creation and patch backlog has cleared), so that the idle window measures rest, not catching
+    up. Returns the seconds waited and whether it went quiet before `timeout`."""
+    t0 = time.monotonic()
+    offset, quiet_since = api_requests.end_offset(audit), t0
+    while time.monotonic() - t0 < timeout:
+        time.sleep(5.0)
+        end = api_requests.end_offset(audit)
+        w = api_requests.count(audit, offset, end, user, 5.0)
+        offset = end
+        # The consolidation loop's Lease is renewed at rest: not backlog.
+        busy = {
+            f"{v} {res}": n
+            for (v, res), n in w.by_resource.items()
+            if v in BACKLOG_VERBS and not res.startswith("leases.")
+        }
+        if busy:
+            quiet_since = time.monotonic()
+            print(f"    [{time.monotonic() - t0:6.1f} s] still catching up: {busy}", flush=True)
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return time.monotonic() - t0, True
+    return time.monotonic() - t0, False
+
+
+def _containers_request_cpu(dep: dict[str, Any] | None) -> set[str]:
+    if dep is None:
+        return set()
+    pod = dep["spec"]["template"]["spec"]
+    return {str((x.get("resources") or {}).get("requests", {}).get("cpu")) for x in pod["containers"]}
+
+
+async def spec_change_latency(kube: KubeClient, ns: str, names: list[str], cpu: str) -> list[float]:
+    """Seconds from a ModelService spec patch (the serving container's CPU request) being accepted until
+    its Deployment carries it, one ModelService at a time; polled every 50 ms."""
+    out = []
+    for name in names:
+        t0 = time.monotonic()
+        await kube.patch(
+            MODELSERVICES, name, {"spec": {"runtime": {"resources": {"requests": {"cpu": cpu}}}}}, ns
+        )
+        sent = time.monotonic()
+        while time.monotonic() - sent < 60:
+            if cpu in _containers_request_cpu(await kube.get_or_none(DEPLOYMENTS, name, ns)):
+                out.append(round(time.monotonic() - t0, 2))
+                break
+            await asyncio.sleep(0.05)
+        else:
+            out.append(float("inf"))
+    return out
+
+
+async def repair_latency(kube: KubeClient, ns: str, name: str) -> dict[str, float]:
+    """Seconds from deleting each owned object of `name` until it exists again (a new uid), polled every
+    100 ms; one object at a time."""
+    out: dict[str, float] = {}
+    owned: list[tuple[str, Resource, str]] = [
+        ("Service", SERVICES, name),
+        ("PodDisruptionBudget", PDBS, name),
+        ("ConfigMap", CONFIGMAPS, f"{name}-config"),
+        ("Deployment", DEPLOYMENTS, name),
+    ]
+    for kind, res, obj in owned:
+        before = await kube.get_or_none(res, obj, ns)
+        if before is None:
+            out[kind] = float("nan")
+            continue
+        t0 = time.monotonic()
+        await kube.delete(res, obj, ns)
+        while time.monotonic() - t0 < 120:
+            now = await kube.get_or_none(res, obj, ns)
+            if now is not None and now["metadata"]["uid"] != before["metadata"]["uid"]:
+                out[kind] = round(time.monotonic() - t0, 2)
+                break
+            await asyncio.sleep(0.1)
+        else:
+            out[kind] = float("inf")
+    return out
+
+
 def window(
     audit: Path, user: str, seconds: float, prom_url: str, proc: Proc
 ) -> tuple[api_requests.Window, float, float]:
@@ -240,7 +335,10 @@ def start_processes(
             "GREENSERVE_PROMETHEUS_URL": prom.url,
             "GREENSERVE_RECONCILE_INTERVAL": str(args.reconcile_interval),
             "GREENSERVE_CONSOLIDATION": "true",
+            "GREENSERVE_FULL_RESYNC": str(args.full_resync),
+            "GREENSERVE_STATUS_REFRESH": str(args.status_refresh),
         },
+        verbose=False,
     )
     operator.start()
     started.append(operator)
@@ -315,17 +413,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["patch_observed_s"] = observed and round(observed, 1)
         print(f"    sent in {result['patch_send_s']} s, observed after {result['patch_observed_s']} s")
 
-        print(f"==> idle: {args.window:g} s with no load", flush=True)
-        await asyncio.sleep(args.settle)
+        print("==> wait until the backlog has cleared (no apply/create/update/delete for 30 s)", flush=True)
+        waited, quiet = await asyncio.to_thread(wait_quiet, audit, user, 30.0, args.timeout)
+        result["quiet_after_s"] = round(waited, 1)
+        result["went_quiet"] = quiet
+        print(f"    {'quiet' if quiet else 'NOT quiet'} after {waited:.0f} s", flush=True)
+        print(f"==> idle: {args.window:g} s with no load (load average {_loadavg()})", flush=True)
         w, queries, cpu = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc)
         result["idle"] = _phase(w, queries, cpu, args)
         print(api_requests.table(w, f"idle, {args.n} ModelServices"))
 
+        print("==> a spec change reaches its Deployment (5 ModelServices, one at a time)", flush=True)
+        result["spec_to_deployment_s"] = await spec_change_latency(kube, ns, names[-5:], "20m")
+        print(f"    {result['spec_to_deployment_s']} s", flush=True)
+        print(f"==> deleted owned objects of {names[-6]} come back", flush=True)
+        result["repair_s"] = await repair_latency(kube, ns, names[-6])
+        print(f"    {result['repair_s']} s", flush=True)
+
         rate = 2.5 * TARGET_RPS
-        print(f"==> busy: {rate:g} req/s on {len(busy)} of {args.n} for {args.window:g} s", flush=True)
+        print(f"==> busy: {rate:g} req/s on {len(busy)} of {args.n} for {args.busy_window:g} s", flush=True)
         schedule.write_text(json.dumps({f"{ns}/{name}": f"0:{rate}" for name in busy}))
         await asyncio.sleep(args.settle)
-        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc)
+        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.busy_window, prom.url, proc)
         result["busy"] = _phase(w, queries, cpu, args)
         print(api_requests.table(w, f"busy ({len(busy)} loaded), {args.n} ModelServices"))
         result["cpu_s_total"] = round(proc.cpu_s(), 1)
@@ -352,6 +461,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await kube.close()
 
 
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def _metrics_up(operator: OperatorProcess) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=2):
@@ -370,6 +483,7 @@ def _phase(w: api_requests.Window, queries: float, cpu: float, args: argparse.Na
             f"{k[0]} {k[1]}": round(v / w.seconds, 2) for k, v in w.by_resource.most_common()
         },
         "prometheus_queries_per_tick": round(queries / w.seconds * args.reconcile_interval, 1),
+        "load_average_after": _loadavg(),
         "operator_cpu_percent_of_a_core": round(100 * cpu / w.seconds, 1),
     }
 
@@ -378,9 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--n", type=int, default=100, help="ModelServices to create")
     p.add_argument("--busy-fraction", type=float, default=0.1, help="share of them given load")
-    p.add_argument("--window", type=float, default=60.0, help="seconds of each counted phase")
-    p.add_argument("--settle", type=float, default=20.0, help="seconds before each counted phase")
+    p.add_argument("--window", type=float, default=300.0, help="seconds of the idle window (issue 16: 5 min)")
+    p.add_argument("--busy-window", type=float, default=120.0, help="seconds of the busy window")
+    p.add_argument("--settle", type=float, default=20.0, help="seconds after the load starts")
     p.add_argument("--reconcile-interval", type=float, default=15.0, help="the chart's default")
+    p.add_argument("--full-resync", type=float, default=900.0, help="the chart's; shorter is stricter")
+    p.add_argument("--status-refresh", type=float, default=300.0, help="the chart's default")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for Ready / observed")
     p.add_argument("--keep", action="store_true", help="leave everything running")
     args = p.parse_args(argv)
@@ -393,8 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         "all_ready_s",
         "beyond_pods_s",
         "cpu_s_to_ready",
+        "peak_rss_mb_to_ready",
         "peak_rss_mb",
         "patch_observed_s",
+        "quiet_after_s",
+        "spec_to_deployment_s",
+        "repair_s",
     ):
         print(f"    {key:<18} {result.get(key)}")
     for phase in ("idle", "busy"):

@@ -83,8 +83,15 @@ async def eventually(
 class OperatorProcess:
     """The real operator (`python -m greenserve run`) as a child process, restartable and killable."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        verbose: bool = True,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.verbose = verbose  # kopf's debug log costs CPU per event: the scale benchmark turns it off
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -104,7 +111,7 @@ class OperatorProcess:
         }
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "greenserve", "run", "--standalone", "--verbose"],
+            [sys.executable, "-m", "greenserve", "run", "--standalone"] + (["--verbose"] * self.verbose),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -58,30 +58,37 @@ def _slim_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What the tick reads of a serving pod (its PodRef); kopf's watch of every pod is the memory cost
-    at fleet scale, so the cache keeps no more than this."""
-    status = pod.get("status") or {}
+    """What the tick and a cache-only reconcile (cluster/cache_reads.py) read of a serving pod: its
+    identity, annotations (the spec hash, warm-up protection), node and status (reconcile/status.py
+    reads the conditions and container states). kopf's watch of every pod is the memory cost at fleet
+    scale, so the cache keeps no more than this: no managedFields, no pod spec."""
+    meta = _slim_meta(pod)
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {
-        "metadata": _slim_meta(pod),
+        "metadata": meta,
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
-        "status": {
-            "podIP": status.get("podIP"),
-            "phase": status.get("phase"),
-            "conditions": [x for x in status.get("conditions") or [] if x.get("type") == "Ready"],
-        },
+        "status": dict(pod.get("status") or {}),
     }
 
 
 def slim_owned(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """An owned object as the cache keeps it: identity and markers; a Deployment also its spec.replicas
-    and status (reconcile/status.py reads them when the apply was skipped)."""
+    """An owned object as the cache keeps it: identity and markers; a Deployment also its spec.replicas,
+    its pod template's spec hash and status (reconcile/status.py reads them when the apply was skipped)."""
     out: dict[str, Any] = {
         "apiVersion": obj.get("apiVersion"),
         "kind": obj.get("kind"),
         "metadata": _slim_meta(obj),
     }
     if obj.get("kind") == "Deployment":
-        out["spec"] = {"replicas": (obj.get("spec") or {}).get("replicas")}
+        spec = obj.get("spec") or {}
+        out["spec"] = {"replicas": spec.get("replicas")}
+        template = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        if c.ANN_SPEC_HASH in template:
+            out["spec"]["template"] = {
+                "metadata": {"annotations": {c.ANN_SPEC_HASH: template[c.ANN_SPEC_HASH]}}
+            }
         out["status"] = dict(obj.get("status") or {})
     return out
 

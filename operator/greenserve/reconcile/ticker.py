@@ -10,8 +10,10 @@ when the step would change something that matters now:
 * the slowly moving figures (power, energy, CO2e, request rate) once `status_refresh_s` has passed since
   this ModelService's last status write, so noise never forces a write every tick; that write is one
   status patch guarded by the cached resourceVersion, nothing else;
-* the safety-net resync, every `full_resync_s` per ModelService (jittered), which runs the whole
-  level-based reconcile even if the cache says nothing changed.
+* the safety-net resync, every `full_resync_s` per ModelService (jittered): the whole level-based
+  reconcile, run first against the cache alone (cluster/cache_reads.py). Only when that run would apply
+  or write something (or needs a read the cache cannot answer) does the real one run, from a fresh read;
+  a resync that finds nothing to do sends nothing.
 
 The autoscaler's stabilisation state lives in memory between writes and is written with them. After a
 restart it is loaded from status with every held recommendation re-stamped to the load time: status may
@@ -22,6 +24,8 @@ last written to status, so deferring a write loses no energy.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping
@@ -33,6 +37,7 @@ from pydantic import ValidationError
 from greenserve.api import conditions as cond
 from greenserve.api.v1alpha1 import ModelServiceStatus, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
+from greenserve.cluster.cache_reads import CacheReads, NeedsApiError
 from greenserve.cluster.client import MODELSERVICES, ApiError
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import autoscale, loop, telemetry
@@ -54,6 +59,8 @@ class TickState:
     acted: int = 0
     refreshed: int = 0
     held: int = 0
+    resynced: int = 0  # resyncs the cache could not settle (run for real)
+    resynced_from_cache: int = 0  # resyncs that found nothing to send
 
 
 def restamped(raw: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
@@ -169,7 +176,9 @@ class Ticker:
         scaler = dict(decision.status.scaler or {})
         why = needs_action(status, tele, decision)
         if why is None and now >= state.next_resync[key]:
-            why = "resync"
+            why = await self._resync_needs_api(key, body, reading, tele, scaler)
+            if why is None:
+                state.next_resync[key] = now + random.uniform(0.9, 1.1) * cfg.full_resync_s
         if why is None:
             state.scaler[key] = scaler
             figures = status_patch(tele.fields, status)
@@ -180,6 +189,30 @@ class Ticker:
                 await self._refresh(key, body, status_patch(update, status), reading, now)
             return
         await self._act(key, body, reading, now, why)
+
+    async def _resync_needs_api(
+        self,
+        key: SvcKey,
+        body: Mapping[str, Any],
+        reading: ServiceMetrics | None,
+        tele: telemetry.Telemetry,
+        scaler: Mapping[str, Any],
+    ) -> str | None:
+        """The resync run against the cache alone: None when it found nothing to send, else "resync"
+        (the real run follows). The slow figures and the autoscaler's state may differ: the tick writes
+        those on its own schedule."""
+        deferrable = frozenset(
+            status_patch(merge_status(tele.fields, ModelServiceStatus(scaler=dict(scaler))), {})
+        )
+        dry = dataclasses.replace(self.deps, kube=CacheReads(self.cache, deferrable), metrics=None)
+        try:
+            await loop.step_locked(dry, copy.deepcopy(dict(body)), reading, scaler)
+        except NeedsApiError as err:
+            self.state.resynced += 1
+            log.info("resync of %s/%s found something to send: %s", *key, err)
+            return "resync"
+        self.state.resynced_from_cache += 1
+        return None
 
     async def _act(
         self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float, why: str

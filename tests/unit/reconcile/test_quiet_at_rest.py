@@ -11,9 +11,10 @@ import pytest
 
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE, ClusterCache, apply_if_changed, obj_key
-from greenserve.cluster.client import DEPLOYMENTS, MODELSERVICES, PDBS, SERVICES
+from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, MODELSERVICES, PDBS, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.reconcile import modelservice as rec
 from greenserve.reconcile.loop import LoopDeps
 from greenserve.reconcile.ticker import Ticker, restamped
 from support.fake_kube import FakeKube
@@ -93,8 +94,10 @@ def watch(kube: FakeKube) -> None:
     for (plural, _, _), obj in list(kube.objects.items()):
         if plural == MODELSERVICES.plural:
             CACHE.observe_msvc(obj)
-        elif plural in (DEPLOYMENTS.plural, SERVICES.plural, PDBS.plural):
+        elif plural in (DEPLOYMENTS.plural, SERVICES.plural, PDBS.plural, CONFIGMAPS.plural):
             CACHE.observe_owned(obj)
+        elif plural == PODS.plural:
+            CACHE.observe_pod(obj)
 
 
 @pytest.fixture
@@ -159,6 +162,87 @@ async def test_a_decision_change_acts_at_once(world: World) -> None:
     assert dep is not None and dep["spec"]["replicas"] > 1
     # Services and PDBs did not change: only the Deployment was re-applied.
     assert ("apply", "services", NAME) not in calls and ("apply", "poddisruptionbudgets", NAME) not in calls
+
+
+def serving_pod(kube: FakeKube) -> None:
+    """The Deployment's one replica, Ready, running its current template (kwok would start it)."""
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None
+    template = dep["spec"]["template"]
+    kube.put(
+        PODS,
+        {
+            "metadata": {
+                "name": f"{NAME}-0",
+                "namespace": NS,
+                "labels": dict(template["metadata"]["labels"]),
+                "annotations": dict(template["metadata"].get("annotations") or {}),
+            },
+            "spec": {"nodeName": "n1"},
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        },
+    )
+    dep["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    kube.put(DEPLOYMENTS, dep)
+
+
+RESYNC = dataclasses.replace(CONFIG, full_resync_s=60.0)
+
+
+@pytest.fixture
+def resyncing(world: World) -> World:
+    ticker = world[2]
+    ticker.deps = dataclasses.replace(ticker.deps, config=RESYNC)
+    return world
+
+
+async def settled(kube: FakeKube, source: FakeSource, ticker: Ticker) -> float:
+    """The first look, the pod coming up and the reconcile its Deployment event triggers; returns the
+    time of the last tick."""
+    await tick(kube, source, ticker, T0)
+    serving_pod(kube)
+    watch(kube)
+    # What handlers/modelservice.py does on the Deployment's status event.
+    await rec.refresh_status(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]
+    watch(kube)
+    t = T0 + 15
+    await tick(kube, source, ticker, t)  # the first tick that sees the pod's metrics
+    return t
+
+
+async def test_a_resync_that_finds_nothing_different_sends_nothing(resyncing: World) -> None:
+    kube, source, ticker = resyncing
+    t = await settled(kube, source, ticker)
+    for _ in range(4 * int(RESYNC.full_resync_s / 15)):  # four resync periods
+        t += 15
+        assert await tick(kube, source, ticker, t) == [], f"tick at +{t - T0:.0f} s talked to the API server"
+    assert ticker.state.resynced_from_cache >= 3  # the resyncs ran, against the cache
+    assert ticker.state.resynced == 0
+
+
+async def test_a_resync_repairs_what_no_event_reported(resyncing: World) -> None:
+    kube, source, ticker = resyncing
+    t = await settled(kube, source, ticker)
+    # Status lost its URL (a restore from backup, say): no tick decision depends on it, so only the
+    # resync notices, then writes it back from a fresh read.
+    stored = kube.peek(MODELSERVICES, NAME, NS)
+    assert stored is not None and stored["status"].get("url")
+    del stored["status"]["url"]
+    kube.put(MODELSERVICES, stored)
+    watch(kube)
+    calls: list[tuple[str, str, str]] = []
+    while t < T0 + 2 * RESYNC.full_resync_s and ("patch/status", "modelservices", NAME) not in calls:
+        t += 15
+        calls = await tick(kube, source, ticker, t)
+    assert ("get", "modelservices", NAME) in calls  # the real run reads fresh first
+    assert ("patch/status", "modelservices", NAME) in calls
+    again = kube.peek(MODELSERVICES, NAME, NS)
+    assert again is not None and again["status"].get("url")
+    assert ticker.state.resynced == 1
 
 
 async def test_apply_cache_reapplies_what_someone_else_changed_or_deleted() -> None:

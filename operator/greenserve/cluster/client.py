@@ -112,7 +112,10 @@ class KubeClient:
     def __init__(self, source: Credentials | KubeAuth | None = None, timeout_s: float = 30.0) -> None:
         self.auth: KubeAuth | None = None if isinstance(source, Credentials) else (source or KubeAuth())
         self._static = source if isinstance(source, Credentials) else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # The limit is on the server's answer, not on the wait for a free connection of the pool: when a
+        # thousand ModelServices reconcile at once (a bulk create, a restart) most requests queue in the
+        # pool, and a total timeout failed them there, for kopf to retry them all a minute later.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._session_tls: tuple[str | None, str | None, str | None, bool] | None = None
 

@@ -35,9 +35,15 @@ async def _run(body: kopf.Body, memo: kopf.Memo) -> None:
         raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE)
+# A failure other than the reconcile's own retry (a request that timed out on an overloaded API server)
+# is retried after this many seconds, not kopf's default minute: the reconcile is idempotent, and one
+# that finds everything applied costs a GET and a LIST.
+RETRY_S = 10.0
+
+
+@kopf.on.resume(*RESOURCE, backoff=RETRY_S)
+@kopf.on.create(*RESOURCE, backoff=RETRY_S)
+@kopf.on.update(*RESOURCE, backoff=RETRY_S)
 async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _run(body, memo)
 

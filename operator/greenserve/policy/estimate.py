@@ -22,10 +22,13 @@ Poisson noise at low rates never fires the trend projection.
 `rise_factor` is the headroom for what the trend cannot see coming: a replica started now serves only
 after the lead time (metrics window, node provisioning, model load), so the rate to size for is the rate
 the model may reach by then. The factor is the `quantile` of the model's own past rises over the lead
-time (the highest window within the lead time after each past window, over that window), from windows
-with at least `min_events` requests (fewer are Poisson noise, which the confidence bound covers). A
-model whose traffic never jumped gets 1; one that bursts gets the size of its bursts. Learned per model
-from its history, not fitted to a trace.
+time (the highest window within the lead time after each past window, over the rate at that window).
+The rate at a window is pooled over it and older windows until it counts `min_events` requests (at most
+`max_pool` windows, as `estimate_rate` pools the rate the policy sizes from), so a model of a few
+requests a second learns its rises too; one that never reaches `min_events` within `max_pool` windows
+gets none (its noise is what the confidence bound covers). The window ahead is one window, as served:
+its Poisson noise is load the replicas meet. A model whose traffic never jumped gets about 1; one that
+bursts gets the size of its bursts. Learned per model from its history, not fitted to a trace.
 
 Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3, `min_events` 100) are
 statistical: at z = 3.5 a single window flags a false step about once in 4,000 windows; 100 requests
@@ -140,6 +143,8 @@ def significant_trend(rates: Sequence[float], window_s: float, *, z: float = TRE
 
 
 RISE_MIN_EVENTS = 100.0
+# Windows pooled at most into the base of a rise: 10 windows of 30 s, the estimate's 300 s horizon.
+RISE_MAX_POOL = 10
 
 
 def rise_factor(
@@ -149,6 +154,7 @@ def rise_factor(
     quantile: float,
     *,
     min_events: float = RISE_MIN_EVENTS,
+    max_pool: int = RISE_MAX_POOL,
 ) -> float:
     """Headroom factor (>= 1) from adjacent windows' rates, newest first (see the module docstring)."""
     if window_s <= 0 or len(rates) < 2:
@@ -156,11 +162,18 @@ def rise_factor(
     lead = max(1, math.ceil(lead_s / window_s))
     ratios: list[float] = []
     for i in range(1, len(rates)):
-        base = rates[i]
-        if base * window_s < min_events:
+        # The rate at window i, pooled over older windows until it counts `min_events` requests (as
+        # `estimate_rate` pools what the policy sizes from), up to `max_pool` windows.
+        events, used = 0.0, 0
+        for j in range(i, min(len(rates), i + max(1, max_pool))):
+            events += max(0.0, rates[j]) * window_s
+            used += 1
+            if events >= min_events:
+                break
+        if events < min_events:
             continue
         ahead = rates[max(0, i - lead) : i]  # the windows after window i, up to the lead time
-        ratios.append(max(ahead) / base)
+        ratios.append(max(ahead) * window_s * used / events)
     if not ratios:
         return 1.0
     ratios.sort()

@@ -155,3 +155,17 @@ def test_the_rise_factor_learns_a_models_bursts_and_ignores_noise() -> None:
     sparse = (rng.poisson(0.05 * window, 120) / window).tolist()
     assert estimate.rise_factor(sparse, window, lead, 0.99) == 1.0
     assert estimate.rise_factor([], window, lead, 0.99) == 1.0
+
+
+def test_the_rise_factor_learns_the_bursts_of_a_model_of_a_few_requests_a_second() -> None:
+    # 1.5 req/s (45 requests a 30 s window, under the 100 a rise needs) bursting to x3 for 3 windows
+    # every 20: the base of each rise is pooled over three windows, so the bursts are learned; the
+    # bursts of a far sparser model (0.05 req/s: 15 requests in ten windows) are still noise.
+    rng = np.random.default_rng(5)
+    window, lead = 30.0, 90.0
+    level = np.where((np.arange(240) % 20) < 3, 4.5, 1.5)
+    bursty = (rng.poisson(level * window) / window).tolist()
+    assert 2.3 < estimate.rise_factor(bursty, window, lead, 0.99) < 4.0
+    assert estimate.rise_factor((rng.poisson(1.5 * window, 240) / window).tolist(), window, lead, 0.9) < 1.6
+    sparse = (rng.poisson(level / 30 * window) / window).tolist()
+    assert estimate.rise_factor(sparse, window, lead, 0.99) == 1.0

@@ -19,6 +19,11 @@ Minimising the energy subject to sum(within) >= attainment * sum(arrivals) over 
 then relaxed by Lagrangian duality: for every multiplier y >= 0,
     min_c sum_steps [E(c) - y * W(c)] + y * attainment * N
 is a lower bound (weak duality), and the bound reported is its maximum over y.
+
+With `min_replicas` (1 for every compared policy but Knative-like, which scales to zero; greenserve keeps
+a replica for a model with traffic), every step counts at least that many ready replicas per model: the
+bound of the policies that keep them. Without it the bound may run a low-rate model at zero replicas
+and let its few requests be late, which no policy with `minReplicas: 1` can do.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class EnergyBound:
         return self.total_j / JOULES_PER_KWH
 
 
-def _tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+def _tables(scenario: Scenario, min_replicas: int = 0) -> tuple[np.ndarray, np.ndarray, float, float, float]:
     """Per distinct (model, rate): within-SLO requests W[i, c] for c = 0..C and how often it occurs;
     the energy per replica-step, the measured arrivals and their busy energy."""
     trace, dt = scenario.trace, scenario.trace.step_s
@@ -69,15 +74,18 @@ def _tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, float, float, f
             rows.append([serve_step(lam, c, spec.capacity_rps, 0.0, dt, slo_s)[1] for c in range(top + 1)])
             counts.append(count)
     width = max(len(r) for r in rows)
+    width = max(width, min_replicas + 1)
     table = np.array([r + [r[-1]] * (width - len(r)) for r in rows])
     return table, np.array(counts, dtype=np.float64), cost, arrivals, busy
 
 
-def energy_lower_bound(scenario: Scenario, attainment: float) -> EnergyBound:
-    """The least energy (J) any simulated policy needs to answer `attainment` of requests within the SLO."""
-    table, counts, cost, arrivals, busy = _tables(scenario)
+def energy_lower_bound(scenario: Scenario, attainment: float, min_replicas: int = 0) -> EnergyBound:
+    """The least energy (J) any simulated policy that keeps at least `min_replicas` ready replicas per
+    model needs to answer `attainment` of requests within the SLO."""
+    table, counts, cost, arrivals, busy = _tables(scenario, min_replicas)
     need = attainment * arrivals
     cs = np.arange(table.shape[1], dtype=np.float64) * cost
+    cs[:min_replicas] = np.inf  # counts below the floor are not allowed
 
     def dual(y: float) -> float:
         best = (cs[None, :] - y * table).min(axis=1)
@@ -92,6 +100,92 @@ def energy_lower_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = dual(a), dual(b)
     for _ in range(100):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = dual(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = dual(a)
+    return EnergyBound(attainment, max(fa, fb, dual(0.0)) + busy, busy)
+
+
+def _step_tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """Within-SLO requests per model, measured step and count, W[m, t, c] (c = 0..C, padded with the
+    last value: past it every arrival is within the SLO), and the models' cold starts (s)."""
+    rates = scenario.trace.rates[:, scenario.warmup_steps :]
+    dt = scenario.trace.step_s
+    per_model: list[list[list[float]]] = []
+    for m, spec in enumerate(scenario.models):
+        slo_s = spec.slo_ms / 1000.0
+        cache: dict[float, list[float]] = {}
+        rows = []
+        for lam in rates[m].tolist():
+            row = cache.get(lam)
+            if row is None:
+                top = replicas_for_attainment(lam, spec.capacity_rps, slo_s, 1.0 - 1e-9) + 1
+                row = [serve_step(lam, c, spec.capacity_rps, 0.0, dt, slo_s)[1] for c in range(top + 1)]
+                cache[lam] = row
+            rows.append(row)
+        per_model.append(rows)
+    width = max(len(r) for rows in per_model for r in rows)
+    table = np.array([[r + [r[-1]] * (width - len(r)) for r in rows] for rows in per_model])
+    return table, np.array([spec.cold_start_s for spec in scenario.models])
+
+
+def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int = 1) -> EnergyBound:
+    """`energy_lower_bound` with `min_replicas` per model, tightened by what every start costs.
+
+    In the engine a replica is ready only after loading for its cold start on a GPU of an existing
+    node, so every rise of a model's ready count by one has cost at least one cold start of a replica's
+    context power and node share (`cold start x per-replica power`); a fall costs nothing. Per multiplier
+    y the dual is then a shortest path over each model's ready counts through the measured steps (a
+    dynamic programme, the start cost charged on every rise), and weak duality still makes it a lower
+    bound for every policy that keeps `min_replicas` ready. Rises in the first cold start of the measured
+    window are not charged (their loading may have begun before it), and the count entering the window
+    is free. Foresight is still perfect: this bounds what any policy, causal or not, can reach."""
+    table, cold = _step_tables(scenario)
+    _, n_steps, width = table.shape
+    gpu = gpu_model_for(scenario.cluster.gpu_product)
+    cfg, dt = scenario.cluster, scenario.trace.step_s
+    gpus = {spec.gpus for spec in scenario.models}
+    if len(gpus) != 1:
+        raise ValueError("the bound assumes one GPU count for all models")
+    power = gpus.pop() * (gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node)
+    cost = power * dt
+    start = power * cold  # J per start, per model
+    free_until = np.ceil(cold / dt)  # steps of the window in which a start is not charged
+    rates = scenario.trace.rates[:, scenario.warmup_steps :]
+    arrivals = float(rates.sum() * dt)
+    busy = sum(
+        float((gpu.busy_w - gpu.loaded_idle_w) * spec.gpus * rates[m].sum() * dt / spec.capacity_rps)
+        for m, spec in enumerate(scenario.models)
+    )
+    need = attainment * arrivals
+    cs = np.arange(width, dtype=np.float64) * cost
+    cs[: min(min_replicas, width)] = np.inf
+    counts = np.arange(width, dtype=np.float64)
+
+    def dual(y: float) -> float:
+        value = cs[None, :] - y * table[:, 0, :]  # (models, counts): best path ending at each count
+        for t in range(1, n_steps):
+            charge = np.where(t >= free_until, start, 0.0)[:, None]
+            # Arriving at c from c' <= c costs charge * (c - c'); from c' >= c nothing: a running
+            # minimum of value - charge * c' from below, and a suffix minimum from above.
+            up = np.minimum.accumulate(value - charge * counts[None, :], axis=1) + charge * counts[None, :]
+            down = np.minimum.accumulate(value[:, ::-1], axis=1)[:, ::-1]
+            value = np.minimum(up, down) + cs[None, :] - y * table[:, t, :]
+        return float(value.min(axis=1).sum()) + y * need
+
+    lo, hi = 0.0, cost
+    while dual(2 * hi) > dual(hi):
+        hi *= 2
+    hi *= 2
+    g = (5**0.5 - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = dual(a), dual(b)
+    for _ in range(60):
         if fa < fb:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)

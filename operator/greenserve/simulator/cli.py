@@ -83,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         help="repeatable: azure-code, azure-conv, diurnal, bursty, azure-*-1h (default: the matrix)",
     )
     b.add_argument(
+        "--scenario",
+        action="append",
+        default=None,
+        metavar="SHAPE/SERVICE/FLEET",
+        help="repeatable: run only these matrix scenarios (e.g. azure-conv/100ms/8; any shape of "
+        f"{', '.join(matrix.SHAPES)}, service of {', '.join(matrix.SERVICE_CLASSES)}, fleet size)",
+    )
+    b.add_argument(
         "--workers", type=int, default=2, help="matrix: processes (at most 2; 1 runs in this process)"
     )
     b.add_argument(
@@ -136,7 +144,15 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
     """`greenserve bench`: the matched-SLO benchmark over the scenario matrix (simulator/matrix.py)."""
     base = matrix.MatrixConfig.quick() if args.quick else matrix.MatrixConfig()
     cfg = replace(base, seed=args.seed, workers=max(1, min(2, args.workers)), traces_dir=traces_dir)
-    keys = matrix.scenarios(quick=args.quick)
+    try:
+        keys = (
+            [matrix.ScenarioKey.parse(name) for name in args.scenario]
+            if args.scenario
+            else matrix.scenarios(quick=args.quick)
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not all(traces.resolve_trace_file(traces_dir / f).is_file() for f in traces.AZURE_FILES.values()):
         keys = [k for k in keys if k.shape not in traces.AZURE_FILES]
         print(f"(Azure traces not found in {traces_dir}: their scenarios are left out)")
@@ -160,5 +176,8 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
     if args.out is not None:
         for path in matrix.plot(result, args.out):
             print(f"wrote {path}")
+        md = args.out / "matrix.md"
+        md.write_text(matrix.markdown(result) + "\n")
+        print(f"wrote {md}")
     print(f"({result.wall_s:.1f} s, {len(result.points)} runs)")
     return 0

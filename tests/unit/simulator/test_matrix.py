@@ -79,6 +79,8 @@ def test_quick_bench_runs_well_under_a_minute(tmp_path: Path, capsys: pytest.Cap
     for key in mx.scenarios(quick=True):
         assert key.name in out
     assert (tmp_path / "matrix-frontiers.png").stat().st_size > 1000
+    md = (tmp_path / "matrix.md").read_text().splitlines()
+    assert md[0].startswith("| scenario |") and len(md) == 2 + len(mx.scenarios(quick=True))
     assert (tmp_path / "matrix-ratios.png").stat().st_size > 1000
 
 
@@ -136,3 +138,15 @@ def test_headroom_for_learned_rises_meets_the_slo_through_bursts() -> None:
     with_rise = Simulation(sc).run(Greenserve(slo_attainment=0.99))
     without = Simulation(sc).run(Greenserve(slo_attainment=0.99, rise_history_s=0.0))
     assert with_rise.slo_attainment >= 0.99 > 0.95 > without.slo_attainment
+
+
+def test_one_scenario_runs_on_its_own_and_bad_names_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mx.ScenarioKey.parse("azure-conv/100ms/8") == mx.ScenarioKey("azure-conv", "100ms", 8)
+    for bad in ("azure-conv/100ms", "nope/100ms/8", "diurnal/7ms/8", "diurnal/5ms/0", "diurnal/5ms/x"):
+        with pytest.raises(ValueError, match="scenario"):
+            mx.ScenarioKey.parse(bad)
+    assert main(["bench", "--quick", "--scenario", "diurnal/7ms/8"]) == 2
+    assert "SERVICE one of" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--workers", "1", "--scenario", "long-tail/2s/4"]) == 0
+    out = capsys.readouterr().out
+    assert "long-tail/2s/4" in out and "diurnal/100ms/8" not in out

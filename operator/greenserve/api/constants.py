@@ -34,6 +34,8 @@ ANN_CA_SCALE_DOWN_DISABLED: Final = "cluster-autoscaler.kubernetes.io/scale-down
 ANN_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"
+# Consolidation's own taint on a node it empties (NoSchedule).
+TAINT_CONSOLIDATING: Final = f"{GROUP}/consolidating"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 TFS_GRPC_PORT: Final = 8500

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,47 @@ class KubeClient:
         result = await self.request("GET", res.path(namespace), params=params)
         items: list[dict[str, Any]] = result.get("items", [])
         return items
+
+    async def list_page(
+        self, res: Resource, namespace: str | None = None, limit: int = 500, cont: str | None = None
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
+        """One page of a paginated LIST: (items, the list's resourceVersion, the continue token or None)."""
+        params = {"limit": str(limit)}
+        if cont:
+            params["continue"] = cont
+        result = await self.request("GET", res.path(namespace), params=params)
+        meta = result.get("metadata") or {}
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items, str(meta.get("resourceVersion") or ""), meta.get("continue") or None
+
+    async def watch(
+        self, res: Resource, resource_version: str, namespace: str | None = None, timeout_s: int = 300
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) from `resource_version` until the server ends the watch
+        (after `timeout_s`); bookmarks included. A 410 Gone (the version was compacted) arrives as an
+        ERROR event, the caller's cue to list again."""
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_s),
+        }
+        creds = await self.credentials()
+        session = await self._session_(creds)
+        url = creds.server + res.path(namespace) + "?" + urlencode(params)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_s + 30)
+        async with session.get(url, headers=self._headers(creds, None), timeout=timeout) as r:
+            if r.status >= 400:
+                text = await r.text()
+                raise ApiError(r.status, str(r.reason), text)
+            # One JSON object per line; split by hand, as a line may be longer than aiohttp's readline limit.
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
 
     async def apply(self, obj: Mapping[str, Any], force: bool = True) -> dict[str, Any]:
         """Server-side apply `obj` as greenserve's field manager; idempotent by construction."""

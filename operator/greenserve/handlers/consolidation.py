@@ -9,6 +9,8 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
+from greenserve.cluster.cache import CACHE
+from greenserve.cluster.informer import WatchedView, gpu_informers
 from greenserve.handlers.leader import leading
 from greenserve.reconcile.consolidator import Consolidator
 from greenserve.reconcile.loop import LoopDeps
@@ -35,14 +37,22 @@ async def start(memo: MutableMapping[str, Any]) -> None:
     if not deps.config.consolidation_enabled:
         log.info("consolidation disabled by configuration")
         return
-    consolidator = Consolidator(deps.kube, deps.config, metrics=deps.metrics)
+    # Passes read the watch-fed view, not LISTs: ModelServices from kopf's watch, GPU pods and nodes
+    # from two cluster-wide informers (cluster/informer.py).
+    pods, nodes = gpu_informers(deps.kube)
+    view = WatchedView(CACHE, pods, nodes)
+    consolidator = Consolidator(deps.kube, deps.config, metrics=deps.metrics, view=view)
     memo["consolidator"] = consolidator
-    memo["consolidation_task"] = asyncio.create_task(_loop(deps, consolidator, memo))
+    memo["consolidation_tasks"] = [
+        asyncio.create_task(pods.run()),
+        asyncio.create_task(nodes.run()),
+        asyncio.create_task(_loop(deps, consolidator, memo)),
+    ]
 
 
 async def stop(memo: MutableMapping[str, Any]) -> None:
-    task = memo.get("consolidation_task")
-    if isinstance(task, asyncio.Task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for task in memo.get("consolidation_tasks") or []:
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

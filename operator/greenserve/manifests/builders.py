@@ -13,6 +13,7 @@ from typing import Any
 
 from greenserve import contract
 from greenserve.api import constants as c
+from greenserve.api.objects import pod_ready
 from greenserve.api.v1alpha1 import ModelServiceSpec
 from greenserve.manifests.storage import ModelStorage, resolve
 
@@ -301,8 +302,7 @@ def lift_warmup_protection(pod: dict[str, Any]) -> dict[str, Any] | None:
     """The merge patch that ends a Ready pod's warm-up protection, or None when there is nothing to lift.
     Only the warm-up values are removed: a user's own do-not-disrupt "true" stays."""
     ann = (pod.get("metadata") or {}).get("annotations") or {}
-    conds = (pod.get("status") or {}).get("conditions") or []
-    if not any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds):
+    if not pod_ready(pod):
         return None
     lift: dict[str, None] = {}
     if c.ANN_KARPENTER_DO_NOT_DISRUPT in ann and ann[c.ANN_KARPENTER_DO_NOT_DISRUPT] != "true":

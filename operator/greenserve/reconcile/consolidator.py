@@ -30,9 +30,11 @@ from typing import Any
 
 from greenserve.api import conditions as cond
 from greenserve.api import constants as c
+from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_ready, pod_service, pod_terminating
 from greenserve.api.v1alpha1 import ConsolidationPolicy
 from greenserve.cluster import events
-from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient, Resource
+from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient
+from greenserve.cluster.informer import ClusterView, ListedView
 from greenserve.config import OperatorConfig
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.policy import consolidation as pc
@@ -40,7 +42,7 @@ from greenserve.reconcile import modelservice as rec
 
 log = logging.getLogger(__name__)
 
-TAINT_KEY = f"{c.GROUP}/consolidating"
+TAINT_KEY = c.TAINT_CONSOLIDATING
 MOVE_TIMEOUT_S = 300.0
 TAINT_RETRIES = 5
 AUTOSCALER_DELETION_TAINTS = (
@@ -108,53 +110,28 @@ def next_step(
 ) -> MoveStep:
     """The move's next step from its service's live pods: retire the source only once `desired` replicas
     other than it are Ready (make-before-break), never on a count that includes a terminating pod."""
-    live = [p for p in pods if not _terminating(p)]
+    live = [p for p in pods if not pod_terminating(p)]
     source = next((p for p in live if p["metadata"]["name"] == move.pod), None)
     if source is None:
         return MoveStep.SOURCE_GONE
-    if sum(1 for p in live if p is not source and _ready(p)) >= desired:
+    if sum(1 for p in live if p is not source and pod_ready(p)) >= desired:
         return MoveStep.RETIRE
     if now - move.started_at > timeout_s:
         return MoveStep.TIMED_OUT
     return MoveStep.WAIT
 
 
-def _gpus(pod: Mapping[str, Any]) -> int:
-    total = 0
-    for ctr in (pod.get("spec") or {}).get("containers") or []:
-        limits = (ctr.get("resources") or {}).get("limits") or {}
-        total += int(limits.get(c.GPU_RESOURCE, 0) or 0)
-    return total
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
-
-
-def _terminating(pod: Mapping[str, Any]) -> bool:
-    return bool(pod["metadata"].get("deletionTimestamp")) or (pod.get("status") or {}).get("phase") in (
-        "Succeeded",
-        "Failed",
-    )
-
-
-def _service_key(pod: Mapping[str, Any]) -> str | None:
-    svc = (pod["metadata"].get("labels") or {}).get(c.LABEL_MODELSERVICE)
-    return f"{pod['metadata']['namespace']}/{svc}" if svc else None
-
-
 def node_view(node: Mapping[str, Any], allocated: int) -> pc.NodeView:
     meta, spec = node["metadata"], node.get("spec") or {}
     ann = meta.get("annotations") or {}
-    taints = spec.get("taints") or []
+    taints = node_taints(node)
     protected = (
         ann.get(c.ANN_KARPENTER_DO_NOT_DISRUPT) == "true" or ann.get(c.ANN_CA_SCALE_DOWN_DISABLED) == "true"
     )
     draining = bool(spec.get("unschedulable")) or any(
         t.get("key") in AUTOSCALER_DELETION_TAINTS for t in taints
     )
-    capacity = int((node.get("status") or {}).get("allocatable", {}).get(c.GPU_RESOURCE, 0) or 0)
+    capacity = node_gpus(node)
     labels = dict(meta.get("labels") or {})
     return pc.NodeView(
         meta["name"], capacity, allocated, protected=protected, draining=draining, labels=labels
@@ -194,25 +171,21 @@ def build_snapshot(
     replicas: list[pc.ReplicaView] = []
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
-        if not node or _terminating(pod):
+        if not node or pod_terminating(pod):
             continue
-        gpus = _gpus(pod)
+        gpus = pod_gpus(pod)
         allocated[node] = allocated.get(node, 0) + gpus
-        key = _service_key(pod)
+        key = pod_service(pod)
         if key is None or gpus == 0:
             continue
         protected = key not in movable_services or do_not_disrupt(pod, now)
         selector = dict((pod.get("spec") or {}).get("nodeSelector") or {})
         replicas.append(
             pc.ReplicaView(
-                pod["metadata"]["name"], key, node, gpus, _ready(pod), protected, node_selector=selector
+                pod["metadata"]["name"], key, node, gpus, pod_ready(pod), protected, node_selector=selector
             )
         )
-    views = [
-        node_view(n, allocated.get(n["metadata"]["name"], 0))
-        for n in nodes
-        if (n.get("status") or {}).get("allocatable", {}).get(c.GPU_RESOURCE)
-    ]
+    views = [node_view(n, allocated.get(n["metadata"]["name"], 0)) for n in nodes if node_gpus(n)]
     return pc.ClusterSnapshot(tuple(views), tuple(replicas))
 
 
@@ -222,8 +195,8 @@ def movable_services(msvcs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[
     moving one now would start a replacement for a replica that is about to go."""
     live: dict[str, int] = {}
     for p in pods:
-        key = _service_key(p)
-        if key is not None and not _terminating(p):
+        key = pod_service(p)
+        if key is not None and not pod_terminating(p):
             live[key] = live.get(key, 0) + 1
     out = set()
     for m in msvcs:
@@ -247,6 +220,7 @@ class Consolidator:
         config: OperatorConfig,
         limits: pc.ConsolidationLimits | None = None,
         metrics: OperatorMetrics | None = None,
+        view: ClusterView | None = None,
     ):
         self.kube = kube
         self.metrics = metrics
@@ -255,6 +229,10 @@ class Consolidator:
             max_moves=1, min_interval_s=config.consolidation_interval_s
         )
         self.state = ConsolidatorState()
+        # What a pass plans from: the operator passes the watch-fed view (cluster/informer.py), so a pass
+        # that acts on nothing lists nothing; the LIST-based one is for tools and tests.
+        self.listed = ListedView(kube, config.namespaces)
+        self.view: ClusterView = view or self.listed
 
     def _note(self, text: str) -> None:
         log.info("consolidation: %s", text)
@@ -381,14 +359,18 @@ class Consolidator:
 
     async def _still_valid(self, move: pc.Move) -> bool:
         """Re-check a planned move against a fresh read before acting on it (the plan came from lists
-        taken at the start of the pass): the source pod still runs Ready on its node, and the target
-        still takes new replicas and has room for the replacement."""
+        taken at the start of the pass): no other move is in flight (the view may not show one yet: one
+        just started, or one from before a restart), the source pod still runs Ready on its node, and the
+        target still takes new replicas and has room for the replacement."""
+        if any((m.get("status") or {}).get("move") for m in await self.listed.modelservices()):
+            self._note(f"plan for {move.pod} is stale: a move is in flight; replanning next pass")
+            return False
         ns = move.service.split("/", 1)[0]
         source = await self.kube.get_or_none(PODS, move.pod, ns)
         if (
             source is None
-            or _terminating(source)
-            or not _ready(source)
+            or pod_terminating(source)
+            or not pod_ready(source)
             or (source.get("spec") or {}).get("nodeName") != move.from_node
         ):
             self._note(f"plan for {move.pod} is stale: the source changed; replanning next pass")
@@ -398,23 +380,13 @@ class Consolidator:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} is gone")
             return False
         on_target = await self.kube.list_objects(PODS, field_selector=f"spec.nodeName={move.to_node}")
-        used = sum(_gpus(p) for p in on_target if not _terminating(p))
+        used = sum(pod_gpus(p) for p in on_target if not pod_terminating(p))
         view = node_view(target, used)
-        tainted = any(t.get("key") == TAINT_KEY for t in (target.get("spec") or {}).get("taints") or [])
+        tainted = any(t.get("key") == TAINT_KEY for t in node_taints(target))
         if view.draining or view.protected or tainted or view.gpu_capacity - used < move.gpus:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} no longer fits it")
             return False
         return True
-
-    async def _list(self, res: Resource, field_selector: str | None = None) -> list[dict[str, Any]]:
-        """Cluster-wide, or per watched namespace when the operator is namespaced (its RBAC is then a Role
-        per namespace)."""
-        if not self.config.namespaces:
-            return await self.kube.list_objects(res, field_selector=field_selector)
-        out: list[dict[str, Any]] = []
-        for ns in self.config.namespaces:
-            out += await self.kube.list_objects(res, ns, field_selector=field_selector)
-        return out
 
     def _watched(self, obj: Mapping[str, Any]) -> bool:
         return not self.config.namespaces or obj["metadata"].get("namespace") in self.config.namespaces
@@ -426,12 +398,14 @@ class Consolidator:
         return plan
 
     async def _pass(self, now: float) -> pc.ConsolidationPlan | None:
-        msvcs = await self._list(MODELSERVICES)
-        # Every namespace's pods, also when namespaced (the chart then grants read-only pods cluster-wide):
-        # another tenant's GPU pods fill a node as much as ours, and a plan blind to them would surge
-        # replicas onto nodes that have no room.
-        pods = await self.kube.list_objects(PODS)
-        nodes = await self.kube.list_objects(NODES)
+        msvcs = await self.view.modelservices()
+        # Every namespace's GPU pods, also when namespaced: another tenant's GPU pods fill a node as much
+        # as ours, and a plan blind to them would surge replicas onto nodes that have no room.
+        pods = await self.view.pods()
+        nodes = await self.view.nodes()
+        if msvcs is None or pods is None or nodes is None:
+            self._note("cluster view not synced yet; planning next pass")
+            return None
         # 1. Finish what is in flight (one move at a time, cluster-wide).
         in_flight = False
         for msvc in msvcs:
@@ -451,7 +425,7 @@ class Consolidator:
             headroom_gpus=self.limits.headroom_gpus,
         )
         plan = pc.plan(snapshot, now, limits)
-        ours = [p for p in pods if _service_key(p) and self._watched(p) and not _terminating(p)]
+        ours = [p for p in pods if pod_service(p) and self._watched(p) and not pod_terminating(p)]
         await self._set_deletion_costs(ours, plan.deletion_costs)
         # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened. A closed
         # node that is empty now stays closed for the node autoscaler to remove, unless a replica of ours
@@ -460,7 +434,7 @@ class Consolidator:
         allocated = {n.name: n.gpu_allocated for n in snapshot.nodes}
         waiting = any(not (p.get("spec") or {}).get("nodeName") for p in ours)
         for name, node in by_name.items():
-            tainted = any(t.get("key") == TAINT_KEY for t in (node.get("spec") or {}).get("taints") or [])
+            tainted = any(t.get("key") == TAINT_KEY for t in node_taints(node))
             emptied = tainted and allocated.get(name, 0) == 0 and not waiting
             wanted = name in plan.emptied_nodes or emptied
             if tainted != wanted:

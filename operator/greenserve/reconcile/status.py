@@ -15,6 +15,7 @@ from typing import Any
 
 from greenserve.api import conditions as cond
 from greenserve.api.constants import ANN_SPEC_HASH
+from greenserve.api.objects import pod_ready
 from greenserve.api.v1alpha1 import ModelServiceStatus
 
 # Waiting reasons of a container that will not start by itself (kubelet's names).
@@ -90,13 +91,6 @@ def current_pods(obs: Observed) -> list[Mapping[str, Any]]:
     if want is None:
         return pods
     return [p for p in pods if (p.get("metadata", {}).get("annotations") or {}).get(ANN_SPEC_HASH) == want]
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
 
 
 def _terminated(pod: str, container: str, term: Mapping[str, Any]) -> Failure:

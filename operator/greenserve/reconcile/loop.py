@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api.constants import LABEL_MODELSERVICE
+from greenserve.api.objects import pod_ready
 from greenserve.api.v1alpha1 import ModelServiceSpec, merge_status, parse_spec
 from greenserve.cluster.client import PODS, KubeClient
 from greenserve.config import OperatorConfig
@@ -50,10 +51,7 @@ def pod_refs(pods: list[dict[str, Any]]) -> list[PodRef]:
                 name=meta["name"],
                 ip=status.get("podIP"),
                 node=(pod.get("spec") or {}).get("nodeName"),
-                ready=any(
-                    x.get("type") == "Ready" and x.get("status") == "True"
-                    for x in status.get("conditions") or []
-                ),
+                ready=pod_ready(pod),
             )
         )
     return refs
@@ -106,14 +104,27 @@ def assess(
     return tele, decision
 
 
+@dataclass(frozen=True)
+class Assessed:
+    """What `assess` found for one version of a ModelService (its metadata.resourceVersion)."""
+
+    resource_version: str | None
+    telemetry: telemetry.Telemetry
+    decision: autoscale.Decision
+
+
 async def step_locked(
     deps: LoopDeps,
     body: Mapping[str, Any],
     reading: ServiceMetrics | None,
     scaler: Mapping[str, Any] | None = None,
+    assessed: Assessed | None = None,
 ) -> Step:
     """One autoscaling step on the live body, under its lock: decide from `reading`, apply, report.
-    `scaler` overrides the stabilisation state kept in status (the metrics tick keeps it in memory)."""
+    `scaler` overrides the stabilisation state kept in status (the metrics tick keeps it in memory).
+    `assessed`: the decision the caller already made for this reading and scaler state; it is used when
+    made on this very version of the object, so a pass decides (and prices the fleet) once, and the
+    live object is assessed afresh only when it changed since."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     try:
@@ -124,7 +135,10 @@ async def step_locked(
     status: Mapping[str, Any] = body.get("status") or {}
     if scaler is not None:
         status = {**status, "scaler": dict(scaler)}
-    tele, decision = assess(deps, spec, status, reading, deps.clock())
+    if assessed is not None and assessed.resource_version == meta.get("resourceVersion"):
+        tele, decision = assessed.telemetry, assessed.decision
+    else:
+        tele, decision = assess(deps, spec, status, reading, deps.clock())
     extra = Extra(
         fields=merge_status(tele.fields, decision.status),
         conditions=(tele.condition,),

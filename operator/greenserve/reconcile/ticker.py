@@ -188,7 +188,8 @@ class Ticker:
                 update = merge_status(tele.fields, ModelServiceStatus(scaler=scaler))
                 await self._refresh(key, body, status_patch(update, status), reading, now)
             return
-        await self._act(key, body, reading, now, why)
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        await self._act(key, body, reading, now, why, loop.Assessed(rv, tele, decision))
 
     async def _resync_needs_api(
         self,
@@ -215,7 +216,13 @@ class Ticker:
         return None
 
     async def _act(
-        self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float, why: str
+        self,
+        key: SvcKey,
+        body: Mapping[str, Any],
+        reading: ServiceMetrics | None,
+        now: float,
+        why: str,
+        assessed: loop.Assessed | None = None,
     ) -> None:
         """The whole step under the lock from a fresh read: apply what changed, write what changed."""
         state = self.state
@@ -223,7 +230,7 @@ class Ticker:
         log.debug("tick acts on %s/%s: %s", *key, why)
 
         async def act(live: Mapping[str, Any]) -> rec.Outcome:
-            step = await loop.step_locked(self.deps, live, reading, state.scaler[key])
+            step = await loop.step_locked(self.deps, live, reading, state.scaler[key], assessed)
             if step.scaler is not None:
                 state.scaler[key] = dict(step.scaler)
             return step.outcome

@@ -1,4 +1,4 @@
-"""Connection limits for the agent's listeners, so that no client can starve a replica (issue 15).
+"""Connection limits for the agent's listeners, so that no client can starve a replica.
 
 aiohttp has no connection cap and, by default, keeps an idle connection for an hour; 1,100 idle clients
 exhausted the agent's 1,024 file descriptors and readiness, metrics and predictions all timed out. Here

@@ -300,7 +300,7 @@ async def test_load_up_and_down_grows_then_frees_gpu_nodes(
         body = await eventually(frozen, 60, interval=1, what="MetricsAvailable=False after the twin stopped")
         scaling = cond.get_condition(body["status"]["conditions"], cond.SCALING)
         assert scaling is not None and scaling["reason"].startswith("Hold")
-        await asyncio.sleep(10)
+        await op.wait_passes("resync", 3)  # the operator looked again three times without a reading
         dep = await kube.get(DEPLOYMENTS, "svc", namespace)
         assert dep["spec"]["replicas"] == 1
         assert rbac_denials(op.logs()) == []

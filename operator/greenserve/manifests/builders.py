@@ -170,7 +170,7 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
         {"name": "metrics", "containerPort": c.AGENT_METRICS_PORT, "protocol": "TCP"},
     ]
     # TF Serving always listens on its gRPC port; it is declared (and put on the Service) only on request,
-    # since its API includes model management (issue 17).
+    # since its API includes model management.
     if runtime.grpc:
         ports.insert(0, {"name": "grpc", "containerPort": c.TFS_GRPC_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from greenserve.api import conditions as cond
 from greenserve.api import constants as c
 from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_ready, pod_service, pod_terminating
-from greenserve.api.v1alpha1 import ConsolidationPolicy
+from greenserve.api.v1alpha1 import ConsolidationPolicy, parse_spec
 from greenserve.cluster import events
 from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient
 from greenserve.cluster.informer import ClusterView, ListedView
@@ -200,15 +202,14 @@ def movable_services(msvcs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[
             live[key] = live.get(key, 0) + 1
     out = set()
     for m in msvcs:
-        energy = (m.get("spec") or {}).get("energy") or {}
+        try:
+            energy = parse_spec(dict(m.get("spec") or {})).energy
+        except ValidationError:
+            continue  # an invalid spec is reported by the reconcile; its replicas stay where they are
         key = f"{m['metadata']['namespace']}/{m['metadata']['name']}"
         desired = (m.get("status") or {}).get("desiredReplicas")
         shrinking = isinstance(desired, int) and live.get(key, 0) > desired
-        if (
-            energy.get("consolidation", True)
-            and energy.get("policy") != ConsolidationPolicy.PERFORMANCE.value
-            and not shrinking
-        ):
+        if energy.consolidation and energy.policy != ConsolidationPolicy.PERFORMANCE and not shrinking:
             out.add(key)
     return out
 

@@ -73,7 +73,8 @@ def test_do_not_disrupt_duration_ends_after_pod_start() -> None:
 def test_only_steady_consolidating_services_are_movable() -> None:
     def msvc(name: str, desired: int | None, **energy: Any) -> dict[str, Any]:
         status = {"desiredReplicas": desired} if desired is not None else {}
-        return {"metadata": {"name": name, "namespace": "ns"}, "spec": {"energy": energy}, "status": status}
+        spec = {"model": {"name": "m", "storageUri": "pvc://models/m"}, "energy": energy}
+        return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec, "status": status}
 
     pods = [
         pod(f"{svc}-{i}", "a", 1, svc=svc)
@@ -90,3 +91,7 @@ def test_only_steady_consolidating_services_are_movable() -> None:
         msvc("new", None),  # no decision yet: nothing says it is shrinking
     ]
     assert movable_services(msvcs, [*pods, dying]) == {"ns/s", "ns/new"}
+    # A spec the operator cannot parse (stored before a validation rule existed) moves nothing.
+    broken = msvc("broken", None)
+    broken["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 1}
+    assert movable_services([broken], []) == set()

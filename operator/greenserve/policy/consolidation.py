@@ -70,6 +70,17 @@ class ConsolidationLimits:
     headroom_gpus: int = 0
 
 
+# The operator starts one move per pass, and plans none while one is in flight (reconcile/consolidator.py).
+MOVES_PER_PASS = 1
+
+
+def limits(
+    min_interval_s: float, last_move_at: float | None = None, headroom_gpus: int = 0
+) -> ConsolidationLimits:
+    """The limits a plan runs under, in the operator and the simulator alike."""
+    return ConsolidationLimits(MOVES_PER_PASS, min_interval_s, last_move_at, headroom_gpus)
+
+
 @dataclass(frozen=True)
 class Move:
     service: str

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -226,9 +226,7 @@ class Consolidator:
         self.kube = kube
         self.metrics = metrics
         self.config = config
-        self.limits = limits or pc.ConsolidationLimits(
-            max_moves=1, min_interval_s=config.consolidation_interval_s
-        )
+        self.limits = limits or pc.limits(config.consolidation_interval_s)
         self.state = ConsolidatorState()
         # What a pass plans from: the operator passes the watch-fed view (cluster/informer.py), so a pass
         # that acts on nothing lists nothing; the LIST-based one is for tools and tests.
@@ -419,13 +417,7 @@ class Consolidator:
             return None
         movable = movable_services(msvcs, pods)
         snapshot = build_snapshot(nodes, pods, movable, now)
-        limits = pc.ConsolidationLimits(
-            max_moves=1,
-            min_interval_s=self.limits.min_interval_s,
-            last_move_at=self.state.last_move_at,
-            headroom_gpus=self.limits.headroom_gpus,
-        )
-        plan = pc.plan(snapshot, now, limits)
+        plan = pc.plan(snapshot, now, replace(self.limits, last_move_at=self.state.last_move_at))
         ours = [p for p in pods if pod_service(p) and self._watched(p) and not pod_terminating(p)]
         await self._set_deletion_costs(ours, plan.deletion_costs)
         # 2. Taints follow the plan: nodes to empty are closed to new replicas, others reopened. A closed

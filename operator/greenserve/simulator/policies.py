@@ -228,8 +228,8 @@ class Greenserve:
     min_replicas: int = 1
     max_replicas: int = 200
     consolidate: bool = True
-    max_moves: int = 2
-    move_interval_s: float = 60.0
+    # Seconds between moves, as the operator's default (GREENSERVE_CONSOLIDATION_INTERVAL); one at a time.
+    move_interval_s: float = OperatorConfig().consolidation_interval_s
     # Size by the M/M/c queueing model for this share of requests within the SLO; 0.995 is Balanced's,
     # 0.99 PowerSaving's. None: an ablation, sized by `target_utilization` instead, all else as PowerSaving.
     slo_attainment: float | None = 0.995
@@ -393,11 +393,7 @@ class Greenserve:
         plan = consolidation.plan(
             snap,
             sim.now,
-            consolidation.ConsolidationLimits(
-                max_moves=self.max_moves,
-                min_interval_s=self.move_interval_s,
-                last_move_at=self._last_move_at,
-            ),
+            consolidation.limits(self.move_interval_s, self._last_move_at),
         )
         costs = plan.deletion_costs
         now = sim.now
@@ -415,7 +411,9 @@ class Greenserve:
             self._states[m] = decision.state
             if decision.desired_replicas != current:
                 sim.scale_to(m, decision.desired_replicas, victim)
-        if self.consolidate and plan.moves:
+        # As the operator: one move at a time, cluster-wide; none starts while a replacement is warming up.
+        in_flight = any(r.replaces is not None for r in sim.cluster.replicas.values())
+        if self.consolidate and plan.moves and not in_flight:
             moved = False
             for mv in plan.moves:
                 if int(mv.pod) in sim.cluster.replicas:

@@ -39,10 +39,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from greenserve import contract as k
 from greenserve.api import constants as c
+from greenserve.api.v1alpha1 import parse_spec
 from greenserve.cluster.client import MODELSERVICES, NODES, PODS, KubeClient
+from greenserve.manifests.profile import service_profile
 from greenserve.policy.energy import NodePowerModel, gpu_model_for
 
 log = logging.getLogger("greenserve.twin")
@@ -263,15 +266,16 @@ class TwinCollector(Collector):
 
 
 async def _capacities(kube: KubeClient) -> dict[str, float]:
-    """Per-replica capacity (req/s at 100% utilization) from each ModelService's request-rate target."""
+    """Per-replica capacity (req/s at 100% utilization): the service rate the operator's adapter takes
+    from each ModelService's request-rate target (manifests/profile.py); 100 req/s for other metrics."""
     out: dict[str, float] = {}
     for msvc in await kube.list_objects(MODELSERVICES):
-        scaling = (msvc.get("spec") or {}).get("scaling") or {}
-        target = float(scaling.get("target") or 50)
         key = f"{msvc['metadata']['namespace']}/{msvc['metadata']['name']}"
-        out[key] = (
-            target / 0.8 if scaling.get("metric", "requestsPerSecond") == "requestsPerSecond" else 100.0
-        )
+        try:
+            rate = service_profile(parse_spec(dict(msvc.get("spec") or {}))).service_rate_rps
+        except ValidationError:
+            rate = None  # the operator reports it and scales nothing
+        out[key] = rate or 100.0
     return out
 
 

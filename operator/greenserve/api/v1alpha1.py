@@ -551,6 +551,18 @@ class FailureInfo(_Model):
     ] = None
 
 
+class MoveStatus(_Model):
+    """A consolidation move in flight (reconcile/consolidator.py): a surge replica runs until it is Ready,
+    then `pod` is retired. All the move's state is here, so an operator restarted mid-move finishes it."""
+
+    pod: Annotated[str, Field(min_length=1, max_length=253, description="The replica being moved.")]
+    from_node: Annotated[str, Field(max_length=253, description="The node it leaves.")]
+    to_node: Annotated[str, Field(max_length=253, description="The node planned for its replacement.")]
+    started_at: Annotated[
+        float, Field(ge=0, description="Unix time the move started; its timeout counts from here.")
+    ]
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     url: Annotated[
@@ -587,7 +599,7 @@ class ModelServiceStatus(_Model):
     last_scale_time: str | None = None
     last_failure_info: FailureInfo | None = None
     move: Annotated[
-        dict[str, Any] | None,
+        MoveStatus | None,
         Field(
             default=None, description="Consolidation move in flight: its replacement is running as a surge."
         ),

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from greenserve.api import conditions as cond
 from greenserve.api import constants as c
 from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_ready, pod_service, pod_terminating
-from greenserve.api.v1alpha1 import ConsolidationPolicy, parse_spec
+from greenserve.api.v1alpha1 import ConsolidationPolicy, MoveStatus, parse_spec
 from greenserve.cluster import events
 from greenserve.cluster.client import MODELSERVICES, NODES, PODS, ApiError, KubeClient
 from greenserve.cluster.informer import ClusterView, ListedView
@@ -95,12 +95,11 @@ class MoveRecord:
         )
 
     def to_status(self) -> dict[str, Any]:
-        return {
-            "pod": self.pod,
-            "fromNode": self.from_node,
-            "toNode": self.to_node,
-            "startedAt": self.started_at,
-        }
+        """`status.move` as the CRD types it (api/v1alpha1.py MoveStatus)."""
+        typed = MoveStatus(
+            pod=self.pod, from_node=self.from_node, to_node=self.to_node, started_at=self.started_at
+        )
+        return typed.model_dump(mode="json", by_alias=True)
 
 
 def next_step(
@@ -354,7 +353,14 @@ class Consolidator:
                 f"replacement for {record.pod} not ready after {MOVE_TIMEOUT_S:.0f}s",
             )
             return False
-        return True  # MoveStep.WAIT: reconcile keeps the surge applied while status.move is set
+        # MoveStep.WAIT. The surge is applied by the reconcile that follows writing status.move; if that
+        # reconcile never ran (the pass failed in between), nothing else would apply it, since kopf does not
+        # react to status changes: so re-run it whenever fewer pods than desired + the surge exist. The
+        # apply is idempotent, and a surge already applied is not applied twice.
+        live_pods = sum(1 for p in pods if not pod_terminating(p))
+        if live_pods < desired + 1:
+            await rec.reconcile(self.kube, live, self.config)
+        return True
 
     async def _still_valid(self, move: pc.Move) -> bool:
         """Re-check a planned move against a fresh read before acting on it (the plan came from lists

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from greenserve.api import constants as c
-from greenserve.cluster.client import EVENTS, MODELSERVICES, NODES, PODS
+from greenserve.cluster.client import DEPLOYMENTS, EVENTS, MODELSERVICES, NODES, PODS
 from greenserve.config import OperatorConfig
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.policy import consolidation as pc
@@ -166,6 +166,21 @@ async def test_a_move_times_out_and_the_source_stays() -> None:
     assert status(kube).get("move") is None
     assert cost(kube, "src") is None  # never retired without a Ready replacement
     assert ("Warning", "MoveTimedOut") in events(kube)
+
+
+async def test_a_move_whose_surge_was_never_applied_applies_it() -> None:
+    """The pass that wrote status.move failed before its reconcile applied the surge (kopf does not react
+    to status changes): the next pass applies it, rather than wait for the move to time out."""
+    kube = cluster(replacement_ready=None)
+    assert kube.peek(DEPLOYMENTS, NAME, NS) is None
+    assert await progress(kube, T0 + 5) is True
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None and dep["spec"]["replicas"] == 2  # desired 1 + the surge
+    assert status(kube)["move"] == MOVE.to_status()
+    kube.calls.clear()
+    kube.put(PODS, pod("new", "b", ready=False))  # the surge runs: waiting costs no write
+    assert await progress(kube, T0 + 10) is True
+    assert [call for call in kube.calls if call[0] not in ("get", "list")] == []
 
 
 @pytest.mark.parametrize("state", ["started", "replacement_ready", "retired_not_closed"])

@@ -85,7 +85,7 @@ def full_status() -> ModelServiceStatus:
             exit_code=1,
             time="2026-01-01T00:00:00Z",
         ),
-        move={"pod": "resnet-abc", "fromNode": "gpu-node-1", "startedAt": 1.0},
+        move={"pod": "resnet-abc", "fromNode": "gpu-node-1", "toNode": "gpu-node-2", "startedAt": 1.0},
         scaler={"recommendations": [[1.0, 3]], "lastNonZero": 2.0},
         conditions=cond.set_condition(
             [], cond.ConditionUpdate(cond.READY, True, "ReplicasAvailable", "2/3"), 1

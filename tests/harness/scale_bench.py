@@ -91,6 +91,52 @@ def modelservice(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
+PODS_PER_NODE = 110  # the kubelet's default max-pods
+
+
+def cpu_nodes(n: int) -> list[dict[str, Any]]:
+    """Enough kwok CPU nodes for `n` one-replica ModelServices (the harness has one, for 110 pods), with
+    room for a scale-up of the busy ones."""
+    count = -(-(n + n // 2) // PODS_PER_NODE)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"scale-bench-{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": f"scale-bench-{i}",
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    "greenserve.io/scale-bench": "true",
+                },
+            },
+            "spec": {"providerID": f"kwok://scale-bench-{i}"},
+            "status": {
+                "allocatable": {"cpu": "32", "memory": "128Gi", "pods": str(PODS_PER_NODE)},
+                "capacity": {"cpu": "32", "memory": "128Gi", "pods": str(PODS_PER_NODE)},
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def wait_nodes_ready(admin: Kubectl, count: int, timeout: float = 120.0) -> None:
+    """Poll (kubectl wait fails at once on a node with no conditions yet)."""
+    query = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = admin.run(
+            "get", "node", "-l", "greenserve.io/scale-bench=true", "-o", f"jsonpath={query}", check=False
+        )
+        if got.stdout.split().count("True") >= count:
+            return
+        time.sleep(1.0)
+    raise SystemExit(f"the {count} kwok CPU nodes are not Ready after {timeout:.0f} s")
+
+
 def ready(obj: dict[str, Any]) -> bool:
     conds = (obj.get("status") or {}).get("conditions") or []
     return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
@@ -368,7 +414,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sa = operator_kubeconfig_from_chart(admin, helm, op_ns, out_dir=work)
     # The kubeconfig's user is named after the ServiceAccount (tests/support/chart.py).
     user = str(yaml.safe_load(sa.read_text())["users"][0]["name"])
+    for _ in range(300):  # a previous run's namespace may still be terminating
+        phase = admin.run("get", "namespace", ns, "-o", "jsonpath={.status.phase}", check=False)
+        if phase.returncode != 0 or phase.stdout.strip() != "Terminating":
+            break
+        await asyncio.sleep(2.0)
     admin.run("create", "namespace", ns, check=False)
+    nodes = cpu_nodes(args.n)
+    admin.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    wait_nodes_ready(admin, len(nodes))
+    print(f"==> {len(nodes)} kwok CPU nodes for the pods", flush=True)
     names = [f"m{i:04d}" for i in range(args.n)]
     busy = names[: max(1, round(args.n * args.busy_fraction))]
     schedule = work / "schedule.json"
@@ -457,6 +512,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     h.stop()
             uninstall(admin, helm, op_ns)
+            admin.run("delete", "node", "-l", "greenserve.io/scale-bench=true", "--wait=false", check=False)
             admin.run("delete", "namespace", op_ns, "--wait=false", check=False)
         await kube.close()
 

@@ -57,6 +57,20 @@ def _slim_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in _META_KEPT if k in meta}
 
 
+# kopf's copy of the last handled spec (handlers/startup.py): nobody reads it from the cache.
+_KOPF_DIFFBASE = f"{c.GROUP}/last-handled-configuration"
+
+
+def _msvc_meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A ModelService's metadata as cached: without managedFields and kopf's copy of the spec, which
+    together are most of its size (at 1,000 ModelServices, megabytes the operator's RSS would hold)."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and _KOPF_DIFFBASE in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _KOPF_DIFFBASE}
+    return meta
+
+
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     """What the tick and a cache-only reconcile (cluster/cache_reads.py) read of a serving pod: its
     identity, annotations (the spec hash, warm-up protection), node and status (reconcile/status.py
@@ -129,8 +143,7 @@ class ClusterCache:
             self.msvcs.pop(key, None)
             self.pods.pop(key, None)
         elif _newer(self.msvcs.get(key), body):
-            meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-            self.msvcs[key] = {**dict(body), "metadata": meta}
+            self.msvcs[key] = {**dict(body), "metadata": _msvc_meta(body)}
 
     def observe_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         meta = body["metadata"]

@@ -276,3 +276,15 @@ def test_restart_restamps_held_recommendations_so_no_scale_down_comes_early() ->
     raw = {"recommendations": [[T0 - 290, 6], [T0 - 10, 2]], "idleSince": None}
     out = restamped(raw, T0)
     assert out["recommendations"] == [[T0, 6], [T0, 2]] and out["idleSince"] is None
+
+
+def test_the_cached_modelservice_drops_what_nobody_reads_from_it() -> None:
+    body = msvc()
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    diffbase = f"{c.GROUP}/last-handled-configuration"
+    body["metadata"]["annotations"] = {diffbase: '{"spec": {}}', "team": "search"}
+    CACHE.observe_msvc(body)
+    meta = CACHE.msvcs[KEY]["metadata"]
+    assert "managedFields" not in meta
+    assert meta["annotations"] == {"team": "search"}
+    assert CACHE.msvcs[KEY]["spec"] == body["spec"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -270,6 +271,27 @@ def locks_in_use() -> int:
     return len(_LOCKS)
 
 
+#: At most this many reconciles work at once (each after its ModelService's lock). A bulk create or a
+#: restart of 1,000 ModelServices otherwise starts 1,000 at once: each holds its live body, its built
+#: objects and its pod list while its requests queue behind all the others' (the operator's peak
+#: memory), and the API server, executing all of them at once, answers each slower: at 1,000 on the
+#: 2-core harness it executed 80 of the operator's requests at a time and 40 applies timed out after 30 s.
+#: Its throughput does not grow with the number in flight; the operator's memory does.
+MAX_CONCURRENT = 16
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots() -> asyncio.Semaphore:
+    # One per event loop: a semaphore binds to the loop it first waits in (tests run several loops).
+    loop = asyncio.get_running_loop()
+    slots = _SLOTS.get(loop)
+    if slots is None:
+        slots = _SLOTS[loop] = asyncio.Semaphore(MAX_CONCURRENT)
+    return slots
+
+
 async def live_body(kube: KubeClient, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The ModelService as the API server has it now (kopf's cached body may predate our own status
     writes); None once it is gone or being deleted."""
@@ -301,7 +323,8 @@ async def under_lock(
 ) -> Outcome:
     """Run `step` on the live ModelService while holding its lock; nothing to do once it is gone."""
     meta = body["metadata"]
-    async with locked(meta["namespace"], meta["name"]):
+    # The lock first, then a slot: a task holding a slot never waits for another's lock.
+    async with locked(meta["namespace"], meta["name"]), _slots():
         live = await live_body(kube, body)
         if live is None:
             return Outcome(False, "Deleted", "the ModelService is gone or being deleted")

@@ -71,6 +71,11 @@ def _msvc_meta(body: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
+
+
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     """What the tick and a cache-only reconcile (cluster/cache_reads.py) read of a serving pod: its
     identity, annotations (the spec hash, warm-up protection), node and status (reconcile/status.py
@@ -173,6 +178,23 @@ class ClusterCache:
 
     def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return list(self.pods.get((namespace, name), {}).values())
+
+    def pods_agreeing(
+        self, namespace: str, name: str, deployment: Mapping[str, Any] | None
+    ) -> list[dict[str, Any]] | None:
+        """The cached serving pods when they agree with `deployment`'s status (as many live pods as its
+        `replicas`, as many Ready as its `readyReplicas`), else None: then the watch has not caught up
+        with one of the two, and the caller lists the pods instead. Spares a LIST per reconcile, which
+        the API server answers by filtering every pod of the namespace."""
+        if not self.enabled or deployment is None:
+            return None
+        status = deployment.get("status") or {}
+        pods = self.pods_of(namespace, name)
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        ready = sum(1 for p in live if _pod_ready(p))
+        if len(live) != int(status.get("replicas") or 0) or ready != int(status.get("readyReplicas") or 0):
+            return None
+        return pods
 
     def forget(self, namespace: str, name: str) -> None:
         """A deleted ModelService: drop what belongs to it (its owned objects go with the GC)."""

@@ -30,7 +30,7 @@ from greenserve.api.v1alpha1 import (
     status_patch,
 )
 from greenserve.cluster import events
-from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed, ensure_ours
+from greenserve.cluster.cache import CACHE, ConflictingObjectError, apply_if_changed, ensure_ours
 from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
@@ -385,9 +385,11 @@ async def _reconcile_valid(
             result = await apply_if_changed(kube, obj)
             if obj["kind"] == "Deployment":
                 applied = result
-        pods = await kube.list_objects(
-            PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
-        )
+        pods = CACHE.pods_agreeing(owner.namespace, owner.name, applied)
+        if pods is None:
+            pods = await kube.list_objects(
+                PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
+            )
     except ConflictingObjectError as err:
         # Touch nothing of theirs; the change handler retries, so removing the conflict recovers.
         message = f"{err}; rename the ModelService or remove that object"

@@ -288,3 +288,17 @@ def test_the_cached_modelservice_drops_what_nobody_reads_from_it() -> None:
     assert "managedFields" not in meta
     assert meta["annotations"] == {"team": "search"}
     assert CACHE.msvcs[KEY]["spec"] == body["spec"]
+
+
+async def test_a_reconcile_reads_pods_from_the_cache_when_it_agrees_with_the_deployment(world: World) -> None:
+    kube, source, ticker = world
+    await settled(kube, source, ticker)
+    kube.calls.clear()
+    await rec.refresh_status(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]
+    assert ("get", "modelservices", NAME) in kube.calls  # the ModelService itself is read fresh
+    assert not any(verb == "list" for verb, _, _ in kube.calls)
+    # The pod watch lags behind the Deployment (its Ready pod not seen yet): the pods are listed.
+    CACHE.pods.clear()
+    kube.calls.clear()
+    await rec.refresh_status(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]
+    assert ("list", "pods", NS) in kube.calls

@@ -7,6 +7,9 @@ import sys
 
 
 def _run_operator(args: argparse.Namespace) -> int:
+    from greenserve.cluster import lean_client
+
+    lean_client.install()  # before kopf and the credentials import the Kubernetes client
     import kopf  # imported here so `greenserve simulate` does not need kopf's event loop setup
 
     import greenserve.handlers  # noqa: F401  (registers the handlers)

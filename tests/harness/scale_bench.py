@@ -235,9 +235,9 @@ BACKLOG_VERBS = ("apply", "create", "update", "delete")
 
 
 def wait_quiet(audit: Path, user: str, quiet_s: float, timeout: float) -> tuple[float, bool]:
-    """Wait until the operator has sent no apply/create/update/delete (its Lease aside) for `quiet_s`
-    (the creation and patch backlog has cleared), so that the idle window measures rest, not catching
-    up. Returns the seconds waited and whether it went quiet before `timeout`."""
+    """Wait until the operator has sent no apply/create/update/delete (its Lease aside) and no status
+    write for `quiet_s` (the creation and patch backlog has cleared), so that the idle window measures
+    rest, not catching up. Returns the seconds waited and whether it went quiet before `timeout`."""
     t0 = time.monotonic()
     offset, quiet_since = api_requests.end_offset(audit), t0
     while time.monotonic() - t0 < timeout:
@@ -245,11 +245,13 @@ def wait_quiet(audit: Path, user: str, quiet_s: float, timeout: float) -> tuple[
         end = api_requests.end_offset(audit)
         w = api_requests.count(audit, offset, end, user, 5.0)
         offset = end
-        # The consolidation loop's Lease is renewed at rest: not backlog.
+        # The leader Lease is renewed at rest: not backlog. Status writes are: a fleet at rest with
+        # unchanged figures writes none (the metrics tick's first look at every ModelService does).
         busy = {
             f"{v} {res}": n
             for (v, res), n in w.by_resource.items()
-            if v in BACKLOG_VERBS and not res.startswith("leases.")
+            if (v in BACKLOG_VERBS and not res.startswith("leases."))
+            or res.startswith("modelservices/status")
         }
         if busy:
             quiet_since = time.monotonic()
@@ -468,7 +470,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["patch_observed_s"] = observed and round(observed, 1)
         print(f"    sent in {result['patch_send_s']} s, observed after {result['patch_observed_s']} s")
 
-        print("==> wait until the backlog has cleared (no apply/create/update/delete for 30 s)", flush=True)
+        print("==> wait until the backlog has cleared (no write for 30 s)", flush=True)
         waited, quiet = await asyncio.to_thread(wait_quiet, audit, user, 30.0, args.timeout)
         result["quiet_after_s"] = round(waited, 1)
         result["went_quiet"] = quiet

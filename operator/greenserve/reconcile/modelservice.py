@@ -283,7 +283,7 @@ _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 )
 
 
-def _slots() -> asyncio.Semaphore:
+def slot() -> asyncio.Semaphore:
     # One per event loop: a semaphore binds to the loop it first waits in (tests run several loops).
     loop = asyncio.get_running_loop()
     slots = _SLOTS.get(loop)
@@ -324,7 +324,7 @@ async def under_lock(
     """Run `step` on the live ModelService while holding its lock; nothing to do once it is gone."""
     meta = body["metadata"]
     # The lock first, then a slot: a task holding a slot never waits for another's lock.
-    async with locked(meta["namespace"], meta["name"]), _slots():
+    async with locked(meta["namespace"], meta["name"]), slot():
         live = await live_body(kube, body)
         if live is None:
             return Outcome(False, "Deleted", "the ModelService is gone or being deleted")

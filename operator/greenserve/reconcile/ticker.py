@@ -24,6 +24,7 @@ last written to status, so deferring a write loses no energy.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -143,14 +144,20 @@ class Ticker:
             for gone in [k for k in book if k not in known]:
                 del book[gone]
         readings = await self._readings(keys)
-        for key in keys:
+
+        async def one(key: SvcKey) -> None:
             body = self.cache.msvcs.get(key)
             if body is None:
-                continue
+                return
             try:
                 await self._one(key, body, readings.get(key), now)
             except Exception:  # one ModelService must not stop the others; the next tick retries
                 log.exception("metrics tick for %s/%s failed", *key)
+
+        # Side by side: what acts waits for one of the reconcile slots (reconcile/modelservice.py
+        # MAX_CONCURRENT), not for every ModelService before it (1,000 acting in one tick, one after
+        # the other, took three minutes on the 2-core harness).
+        await asyncio.gather(*(one(key) for key in keys))
         if self.deps.metrics is not None:
             self.deps.metrics.record_pass("resync")
 
@@ -252,7 +259,7 @@ class Ticker:
         resourceVersion (a stale cache gets 409 and falls back to the full step from a fresh read)."""
         meta = body["metadata"]
         patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": fields}
-        async with rec.locked(*key):
+        async with rec.locked(*key), rec.slot():
             try:
                 written = await self.deps.kube.patch(
                     MODELSERVICES, meta["name"], patch, meta["namespace"], "status"

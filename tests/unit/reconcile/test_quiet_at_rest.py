@@ -3,6 +3,7 @@ and still act at once when something does (in-memory API: tests/support/fake_kub
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -302,3 +303,26 @@ async def test_a_reconcile_reads_pods_from_the_cache_when_it_agrees_with_the_dep
     kube.calls.clear()
     await rec.refresh_status(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]
     assert ("list", "pods", NS) in kube.calls
+
+
+async def test_a_tick_acts_on_many_modelservices_side_by_side(world: World) -> None:
+    kube, _, ticker = world
+    for i in range(5):
+        other = msvc()
+        other["metadata"].update(name=f"svc{i}", uid=f"u{i}")
+        kube.put(MODELSERVICES, other)
+    watch(kube)
+    working = peak = acted = 0
+
+    async def act(*_: object) -> None:  # each first look acts; its requests take a while
+        nonlocal working, peak, acted
+        working += 1
+        peak = max(peak, working)
+        await asyncio.sleep(0.05)
+        working -= 1
+        acted += 1
+
+    ticker._act = act  # type: ignore[method-assign]
+    await ticker.tick(T0)
+    assert acted == 6
+    assert peak == 6  # not one after the other

@@ -498,25 +498,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
         return result
     finally:
+        _write(result, args.n)  # what was measured survives a failing clean-up
         if not args.keep:
             print("==> clean up", flush=True)
-            # While the operator still runs: kopf's finalizers go with it.
-            admin.run("delete", "msvc", "--all", "-n", ns, "--wait=false", check=False)
-            for _ in range(150):
-                if not await kube.list_objects(MODELSERVICES, ns):
-                    break
-                await asyncio.sleep(2)
-            admin.run("delete", "namespace", ns, "--wait=false", check=False)
+            # The processes first (nothing of theirs holds a finalizer), then the namespace with all
+            # its objects in one request: a `kubectl delete msvc --all` of 1,000 timed out.
             for h in reversed(started):
+                _quietly(h.terminate if isinstance(h, subprocess.Popen) else h.stop)
                 if isinstance(h, subprocess.Popen):
-                    h.terminate()
-                    h.wait(timeout=30)
-                else:
-                    h.stop()
-            uninstall(admin, helm, op_ns)
-            admin.run("delete", "node", "-l", "greenserve.io/scale-bench=true", "--wait=false", check=False)
-            admin.run("delete", "namespace", op_ns, "--wait=false", check=False)
+                    _quietly(lambda h=h: h.wait(timeout=30))
+            for cmd in (
+                ("delete", "namespace", ns, "--wait=false"),
+                ("delete", "node", "-l", "greenserve.io/scale-bench=true", "--wait=false"),
+            ):
+                _quietly(lambda cmd=cmd: admin.run(*cmd, check=False))
+            _quietly(lambda: uninstall(admin, helm, op_ns))
+            _quietly(lambda: admin.run("delete", "namespace", op_ns, "--wait=false", check=False))
         await kube.close()
+
+
+def _quietly(step: Callable[[], object]) -> None:
+    try:
+        step()
+    except Exception as err:  # one failing clean-up step must not skip the others
+        print(f"    clean-up step failed: {err}", flush=True)
+
+
+def _write(result: dict[str, Any], n: int) -> Path:
+    out = STATE / f"scale-bench-{n}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return out
 
 
 def _loadavg() -> str:
@@ -584,10 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.reconcile_interval:g} s tick, "
             f"operator CPU {r.get('operator_cpu_percent_of_a_core')}% of a core"
         )
-    out = STATE / f"scale-bench-{args.n}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"    written to {out}")
+    print(f"    written to {_write(result, args.n)}")
     return 0
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greenserve.api import constants as c
+from greenserve.api.objects import pod_ready, pod_terminating
 from greenserve.cluster.client import KubeClient, resource_for
 
 ObjKey = tuple[str, str, str]  # (kind, namespace, name)
@@ -69,11 +70,6 @@ def _msvc_meta(body: Mapping[str, Any]) -> dict[str, Any]:
     if annotations and _KOPF_DIFFBASE in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != _KOPF_DIFFBASE}
     return meta
-
-
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,8 +186,8 @@ class ClusterCache:
             return None
         status = deployment.get("status") or {}
         pods = self.pods_of(namespace, name)
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        ready = sum(1 for p in live if _pod_ready(p))
+        live = [p for p in pods if not pod_terminating(p)]
+        ready = sum(1 for p in live if pod_ready(p))
         if len(live) != int(status.get("replicas") or 0) or ready != int(status.get("readyReplicas") or 0):
             return None
         return pods

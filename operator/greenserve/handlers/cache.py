@@ -42,7 +42,7 @@ async def _owned(body: kopf.Body, type: str | None, memo: kopf.Memo) -> None:
     drifted = CACHE.observe_owned(body, deleted=type == "DELETED")
     owner = rec.deployment_owner(body)
     if drifted and owner is not None:
-        await rec.refresh_status(memo["kube"], body["metadata"]["namespace"], owner, memo["config"])
+        rec.refresh_soon(memo["kube"], body["metadata"]["namespace"], owner, memo["config"])
 
 
 @kopf.on.event("", "v1", "services", labels=OWNED)

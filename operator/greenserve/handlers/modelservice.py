@@ -62,4 +62,4 @@ async def owned_deployment_changed(
     if owner is None:
         return
     kube, config = _deps(memo)
-    await rec.refresh_status(kube, body["metadata"]["namespace"], owner, config)
+    rec.refresh_soon(kube, body["metadata"]["namespace"], owner, config)

@@ -326,3 +326,20 @@ async def test_a_tick_acts_on_many_modelservices_side_by_side(world: World) -> N
     await ticker.tick(T0)
     assert acted == 6
     assert peak == 6  # not one after the other
+
+
+async def test_a_burst_of_owned_object_events_refreshes_its_modelservice_once(world: World) -> None:
+    kube, source, ticker = world
+    await settled(kube, source, ticker)
+    kube.calls.clear()
+    # A rollout's Deployment status events, one after the other, while the first refresh waits its turn.
+    scheduled = [rec.refresh_soon(kube, NS, NAME, CONFIG) for _ in range(5)]  # type: ignore[arg-type]
+    assert scheduled == [True, False, False, False, False]
+    while rec._TASKS:
+        await asyncio.gather(*rec._TASKS)
+    assert kube.calls.count(("get", "modelservices", NAME)) == 1
+    # Once that refresh has started, the next event schedules another: nothing is missed.
+    assert rec.refresh_soon(kube, NS, NAME, CONFIG) is True  # type: ignore[arg-type]
+    while rec._TASKS:
+        await asyncio.gather(*rec._TASKS)
+    assert kube.calls.count(("get", "modelservices", NAME)) == 2

@@ -178,6 +178,7 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
             print(f"wrote {path}")
         md = args.out / "matrix.md"
         md.write_text(matrix.markdown(result) + "\n")
-        print(f"wrote {md}")
+        matrix.save(result, args.out / "matrix.json")
+        print(f"wrote {md} and {args.out / 'matrix.json'}")
     print(f"({result.wall_s:.1f} s, {len(result.points)} runs)")
     return 0

@@ -27,6 +27,8 @@ policy that keeps a replica per model can use (`min_replicas=1`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -489,6 +491,35 @@ def summary(result: MatrixResult) -> str:
             + (f"{min(vs):.2f}-{max(vs):.2f}x, within 1.25x on {near} of {len(vs)}" if vs else "-")
         )
     return "\n".join(lines)
+
+
+def save(result: MatrixResult, path: Path) -> None:
+    """Every run and bound as JSON, so that the table can be rebuilt (`load`) without re-running."""
+    path.write_text(
+        json.dumps(
+            {
+                "points": [dataclasses.asdict(p) for p in result.points],
+                "bounds": result.bounds,
+                "floored": result.floored,
+                "startup": result.startup,
+                "keys": [k.name for k in result.keys],
+                "wall_s": result.wall_s,
+            },
+            indent=1,
+        )
+    )
+
+
+def load(path: Path) -> MatrixResult:
+    raw = json.loads(path.read_text())
+    return MatrixResult(
+        [Point(**p) for p in raw["points"]],
+        raw["bounds"],
+        [ScenarioKey.parse(k) for k in raw["keys"]],
+        raw["wall_s"],
+        raw["floored"],
+        raw["startup"],
+    )
 
 
 def plot(result: MatrixResult, out: Path) -> list[Path]:

@@ -81,6 +81,9 @@ def test_quick_bench_runs_well_under_a_minute(tmp_path: Path, capsys: pytest.Cap
     assert (tmp_path / "matrix-frontiers.png").stat().st_size > 1000
     md = (tmp_path / "matrix.md").read_text().splitlines()
     assert md[0].startswith("| scenario |") and len(md) == 2 + len(mx.scenarios(quick=True))
+    # The runs are saved: the same table comes back from them.
+    again = mx.load(tmp_path / "matrix.json")
+    assert mx.markdown(again).splitlines() == md
     assert (tmp_path / "matrix-ratios.png").stat().st_size > 1000
 
 

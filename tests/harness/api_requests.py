@@ -70,9 +70,21 @@ def _verb(event: dict[str, object]) -> str:
 def count(path: Path, start: int, end: int, user: str, seconds: float) -> Window:
     """Requests by `user` in the audit log between byte offsets `start` and `end`."""
     out = Window(seconds)
-    with path.open("rb") as f:
-        f.seek(start)
-        data = f.read(max(0, end - start))
+    if end < start:
+        # kube-apiserver rotated the log (at 100 MB) during the window: the rest of the newest rotated
+        # file, then the new one from its start.
+        rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"), key=lambda q: q.stat().st_mtime)
+        data = b""
+        if rotated:
+            with rotated[-1].open("rb") as f:
+                f.seek(start)
+                data = f.read()
+        with path.open("rb") as f:
+            data += f.read(end)
+    else:
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read(max(0, end - start))
     for raw in data.splitlines():
         try:
             event = json.loads(raw)

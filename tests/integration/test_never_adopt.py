@@ -75,6 +75,16 @@ async def test_a_modelservice_never_adopts_objects_that_are_not_its_own(
 ) -> None:
     for obj in unrelated(namespace):
         kubectl.apply(obj)
+
+    async def settled() -> bool:
+        # The deployment controller stamps its revision annotation after the create; a snapshot taken
+        # before that would blame the operator for kube-controller-manager's own write.
+        dep = await kube.get(DEPLOYMENTS, NAME, namespace)
+        observed = (dep.get("status") or {}).get("observedGeneration")
+        annotations = dep["metadata"].get("annotations") or {}
+        return observed == dep["metadata"]["generation"] and "deployment.kubernetes.io/revision" in annotations
+
+    await eventually(settled, 30, what="the deployment controller to observe their Deployment")
     before = await snapshot(kube, namespace)
     service_rv = (await kube.get(SERVICES, NAME, namespace))["metadata"]["resourceVersion"]
     kubectl.apply(modelservice(NAME, namespace, runtime={"batching": {"enabled": True}}))

@@ -82,7 +82,8 @@ async def test_a_modelservice_never_adopts_objects_that_are_not_its_own(
         dep = await kube.get(DEPLOYMENTS, NAME, namespace)
         observed = (dep.get("status") or {}).get("observedGeneration")
         annotations = dep["metadata"].get("annotations") or {}
-        return observed == dep["metadata"]["generation"] and "deployment.kubernetes.io/revision" in annotations
+        stamped = "deployment.kubernetes.io/revision" in annotations
+        return observed == dep["metadata"]["generation"] and stamped
 
     await eventually(settled, 30, what="the deployment controller to observe their Deployment")
     before = await snapshot(kube, namespace)

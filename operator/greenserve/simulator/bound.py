@@ -28,6 +28,7 @@ and let its few requests be late, which no policy with `minReplicas: 1` can do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,31 @@ class EnergyBound:
     @property
     def kwh(self) -> float:
         return self.total_j / JOULES_PER_KWH
+
+
+def maximise_dual(dual: Callable[[float], float], scale: float, iterations: int) -> float:
+    """The largest value found of a concave dual function of the multiplier y >= 0.
+
+    Golden-section search on a bracket [0, hi] grown from `scale` (doubling) until the dual decreases;
+    every value it returns is the dual at some y >= 0, so it is a lower bound by weak duality whether or
+    not the search converged (more `iterations` only tighten it). y = 0 is always tried."""
+    lo, hi = 0.0, scale
+    while dual(2 * hi) > dual(hi):
+        hi *= 2
+    hi *= 2
+    g = (5**0.5 - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = dual(a), dual(b)
+    for _ in range(iterations):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = dual(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = dual(a)
+    return max(fa, fb, dual(0.0))
 
 
 def _tables(scenario: Scenario, min_replicas: int = 0) -> tuple[np.ndarray, np.ndarray, float, float, float]:
@@ -91,24 +117,7 @@ def energy_lower_bound(scenario: Scenario, attainment: float, min_replicas: int 
         best = (cs[None, :] - y * table).min(axis=1)
         return float(counts @ best) + y * need
 
-    # The dual is concave in y: golden-section search on a bracket grown until it decreases.
-    lo, hi = 0.0, cost
-    while dual(2 * hi) > dual(hi):
-        hi *= 2
-    hi *= 2
-    g = (5**0.5 - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = dual(a), dual(b)
-    for _ in range(100):
-        if fa < fb:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = dual(b)
-        else:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = dual(a)
-    return EnergyBound(attainment, max(fa, fb, dual(0.0)) + busy, busy)
+    return EnergyBound(attainment, maximise_dual(dual, cost, 100) + busy, busy)
 
 
 def _step_tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
@@ -178,20 +187,4 @@ def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
             value = np.minimum(up, down) + cs[None, :] - y * table[:, t, :]
         return float(value.min(axis=1).sum()) + y * need
 
-    lo, hi = 0.0, cost
-    while dual(2 * hi) > dual(hi):
-        hi *= 2
-    hi *= 2
-    g = (5**0.5 - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = dual(a), dual(b)
-    for _ in range(60):
-        if fa < fb:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = dual(b)
-        else:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = dual(a)
-    return EnergyBound(attainment, max(fa, fb, dual(0.0)) + busy, busy)
+    return EnergyBound(attainment, maximise_dual(dual, cost, 60) + busy, busy)

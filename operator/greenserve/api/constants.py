@@ -24,6 +24,11 @@ LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 MANAGED_BY: Final = "greenserve"
+# Shared GPU pools (manifests/pools.py): the pool a pool object belongs to, and the per-model routing label
+# `model.greenserve.io/<ModelService name>: available` a pod carries while that model is AVAILABLE on it.
+LABEL_POOL: Final = f"{GROUP}/pool"
+ROUTE_LABEL_PREFIX: Final = f"model.{GROUP}/"
+ROUTE_AVAILABLE: Final = "available"
 
 # Annotations written on pods and nodes to steer the node autoscalers (README, "How it scales and
 # consolidates").

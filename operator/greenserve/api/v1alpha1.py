@@ -289,8 +289,30 @@ class RuntimeSpec(_Model):
     ] = None
 
 
+class GpuSharing(enum.StrEnum):
+    """Whether a model may share a GPU of a serving pool with other models (README, "Shared GPU pools")."""
+
+    AUTO = "Auto"  # the placement rule may put it in a shared pool while its load fits a fraction of a GPU
+    EXCLUSIVE = "Exclusive"  # always its own replicas, each with whole GPUs
+
+
+SHARING_COUNT_MESSAGE = "gpu.sharing Auto needs gpu.count 1: a shared model uses a fraction of one GPU"
+
+
 class GpuSpec(_Model):
     """GPUs per replica and where they may come from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": "!has(self.sharing) || self.sharing != 'Auto' || self.count == 1",
+                    "message": SHARING_COUNT_MESSAGE,
+                    "fieldPath": ".sharing",
+                }
+            ]
+        }
+    )
 
     count: Annotated[int, Field(ge=0, le=16, description="nvidia.com/gpu per replica; 0 serves on CPU.")] = 1
     product: Annotated[
@@ -312,6 +334,30 @@ class GpuSpec(_Model):
             "nvidia.com/gpu:NoSchedule toleration when count > 0.",
         ),
     ] = None
+    sharing: Annotated[
+        GpuSharing | None,
+        Field(
+            default=None,
+            description="Auto: the model may be served from a shared GPU pool (one model server, several "
+            "models per GPU) while its load fits a fraction of a GPU, and moves to its own replicas when it "
+            "outgrows it. Exclusive: always its own replicas. Unset: Auto for the Balanced and PowerSaving "
+            "energy policies, Exclusive for Performance. Sharing also needs gpu.memory.",
+        ),
+    ] = None
+    memory: Annotated[
+        Quantity | None,
+        Field(
+            default=None,
+            description="GPU memory the model needs (a quantity, such as 2Gi), used to pack shared GPUs; a "
+            "model without it is never shared.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _sharing(self) -> GpuSpec:
+        if self.sharing == GpuSharing.AUTO and self.count != 1:
+            raise ValueError(SHARING_COUNT_MESSAGE)
+        return self
 
 
 class PodOptions(_Model):
@@ -563,6 +609,17 @@ class MoveStatus(_Model):
     ]
 
 
+class PlacementStatus(_Model):
+    """Where the model is served: a shared GPU pool or its own replicas (README, "Shared GPU pools")."""
+
+    shared: Annotated[bool, Field(description="True while the placement puts it in a shared pool.")]
+    pool: Annotated[
+        str | None, Field(default=None, max_length=253, description="The pool Deployment, when shared.")
+    ] = None
+    reason: Annotated[str, Field(max_length=128, description="Why it is placed so.")] = ""
+    message: Annotated[str, Field(max_length=1024)] = ""
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     url: Annotated[
@@ -604,6 +661,10 @@ class ModelServiceStatus(_Model):
             default=None, description="Consolidation move in flight: its replacement is running as a surge."
         ),
     ] = None
+    placement: Annotated[
+        PlacementStatus | None,
+        Field(default=None, description="Shared pool or own replicas, and why (gpu.sharing)."),
+    ] = None
     scaler: Annotated[
         dict[str, Any] | None,
         Field(default=None, description="Autoscaler stabilisation state (opaque, owned by the operator)."),
@@ -629,6 +690,15 @@ def merge_status(*parts: ModelServiceStatus) -> ModelServiceStatus:
     for part in parts:
         fields.update({name: getattr(part, name) for name in part.model_fields_set})
     return ModelServiceStatus(**fields)
+
+
+def effective_sharing(spec: ModelServiceSpec) -> GpuSharing:
+    """spec.gpu.sharing, or its default: Exclusive under the Performance energy policy, else Auto."""
+    if spec.gpu.sharing is not None:
+        return spec.gpu.sharing
+    if spec.energy.policy == ConsolidationPolicy.PERFORMANCE:
+        return GpuSharing.EXCLUSIVE
+    return GpuSharing.AUTO
 
 
 def parse_spec(raw: dict[str, Any]) -> ModelServiceSpec:

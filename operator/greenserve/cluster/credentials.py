@@ -94,9 +94,7 @@ class KubeAuth:
 
     def _kubeconfig_path(self) -> str:
         # Read at call time (the library's default is fixed at import); a KUBECONFIG list is merged.
-        return str(
-            self.kubeconfig or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config"
-        )
+        return str(self.kubeconfig or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
 
     async def credentials(self, *, fresh: bool = False) -> Credentials:
         async with self._lock:

@@ -49,9 +49,7 @@ async def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
-async def owned_deployment_changed(
-    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
-) -> None:
+async def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Rollout progress on an owned Deployment updates the owner's status without waiting for a tick.
 
     A deleted or hand-edited Deployment is re-applied by the same reconcile (the watch-fed cache sees the

@@ -312,7 +312,19 @@ def lift_warmup_protection(pod: dict[str, Any]) -> dict[str, Any] | None:
     return {"metadata": {"annotations": lift}} if lift else None
 
 
-def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
+def route_label(service: str) -> str:
+    """The per-model routing label of a ModelService (its name is a DNS-1035 label: a valid label name)."""
+    return f"{c.ROUTE_LABEL_PREFIX}{service}"
+
+
+def service_selector(owner: Owner, routed: bool = False) -> dict[str, str]:
+    """The Service's selector: its own replicas, or, while the model is (or is becoming, or has just
+    stopped being) served from a shared pool, every pod labelled as serving it: pool pods where the model
+    is AVAILABLE and its own Ready replicas (reconcile/pools.py sets the label on both)."""
+    return {route_label(owner.name): c.ROUTE_AVAILABLE} if routed else selector_labels(owner)
+
+
+def service(owner: Owner, spec: ModelServiceSpec, routed: bool = False) -> dict[str, Any]:
     ports = [{"name": "http", "port": c.TFS_REST_PORT, "targetPort": "http", "protocol": "TCP"}]
     if spec.runtime.grpc:
         ports.insert(0, {"name": "grpc", "port": c.TFS_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"})
@@ -320,7 +332,7 @@ def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(owner),
-        "spec": {"type": "ClusterIP", "selector": selector_labels(owner), "ports": ports},
+        "spec": {"type": "ClusterIP", "selector": service_selector(owner, routed), "ports": ports},
     }
 
 
@@ -363,12 +375,12 @@ def initial_replicas(spec: ModelServiceSpec) -> int:
 
 
 def objects(
-    owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions
+    owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions, routed: bool = False
 ) -> list[dict[str, Any]]:
     """Everything one ModelService owns, in apply order (config before the pods that mount it)."""
     return [
         config_map(owner, spec),
         deployment(owner, spec, replicas, options),
-        service(owner, spec),
+        service(owner, spec, routed),
         pod_disruption_budget(owner),
     ]

@@ -317,9 +317,7 @@ class PrometheusSource:
             if key != "latency_p95"
         }
         buckets = selector(k.TFS_REQUEST_LATENCY + "_bucket", **has_svc)
-        per_svc["latency_p95"] = (
-            f"histogram_quantile(0.95, sum by ({svc_labels}, le) (rate({buckets}[{w}])))"
-        )
+        per_svc["latency_p95"] = f"histogram_quantile(0.95, sum by ({svc_labels}, le) (rate({buckets}[{w}])))"
         r = await self._gather({**per_pod, **per_svc})
 
         def svc_of(s: Sample) -> tuple[str, str]:

@@ -281,4 +281,3 @@ class ScrapeSource:
             missing=tuple(missing),
             source="scrape",
         )
-

@@ -278,9 +278,7 @@ def locks_in_use() -> int:
 #: 2-core harness it executed 80 of the operator's requests at a time and 40 applies timed out after 30 s.
 #: Its throughput does not grow with the number in flight; the operator's memory does.
 MAX_CONCURRENT = 16
-_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def slot() -> asyncio.Semaphore:

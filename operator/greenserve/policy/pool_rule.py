@@ -1,0 +1,121 @@
+"""Which models share a GPU pool and which get their own replicas: a simple placement rule, pure.
+
+This is the stand-in behind `Placer`, until the sharing policy (which models share, which go dedicated)
+replaces it: the operator (reconcile/pools.py) calls whatever `Placer` it is given with the same
+`Candidate`s and `PoolLimits`.
+
+The rule, for the models that may share (sharing Auto, one GPU, a GPU memory need, no per-model pod
+settings; `Candidate.blocked` says why not otherwise):
+
+* a model's load is its busy fraction of one dedicated replica (`load_fraction`); unknown when no fresh
+  metric says it;
+* a model not in the pool joins when its load is at most `share_below` (a quarter of a GPU by default),
+  or when it is new (never placed) and its load is not known yet: starting shared costs no GPU;
+* a model in the pool leaves only when its load is known and above `leave_above` (half a GPU): the gap
+  keeps a model near the threshold from moving back and forth, and a missing metric never moves one;
+* members are packed into the pool's GPU in a fixed order (those already in it first, by name, then the
+  joiners by GPU memory need, largest first): a model is admitted while the members' GPU memory needs
+  sum to at most the GPU's memory and their loads to at most `pool_load_cap`, and no member serves the
+  same model name (one model server answers one /v1/models/<name>). One not admitted gets its own
+  replicas, and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# Reasons of a placement (the Placement condition's reason in status).
+SHARED = "Shared"
+JOINS = "LowTraffic"
+STARTS_SHARED = "NewModel"
+EXCLUSIVE = "Exclusive"
+NOT_SHAREABLE = "NotShareable"
+BUSY = "HighTraffic"
+POOL_FULL = "PoolFull"
+NAME_TAKEN = "ModelNameInPool"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    service: str  # the ModelService's name (unique in the pool's namespace)
+    model_name: str  # its TF Serving model name
+    memory_bytes: int  # GPU memory need (0 when unknown: then it is blocked)
+    load: float | None  # busy fraction of one dedicated replica; None: no fresh metric
+    shared: bool  # in the pool now
+    new: bool  # never placed before
+    blocked: str | None = None  # why it may not share at all (Exclusive, not shareable); None: it may
+
+
+@dataclass(frozen=True)
+class Placement:
+    shared: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    gpu_memory_bytes: int  # of one pool GPU
+    share_below: float = 0.25
+    leave_above: float = 0.5
+    pool_load_cap: float = 0.8
+
+
+class Placer(Protocol):
+    def __call__(self, candidates: Sequence[Candidate], limits: PoolLimits) -> Mapping[str, Placement]: ...
+
+
+def load_fraction(
+    requests_per_second: float | None,
+    inflight: float | None,
+    service_rate_rps: float | None,
+    target_concurrency: float | None,
+    utilisation_at_target: float,
+) -> float | None:
+    """Busy fraction of one replica: the request rate over a replica's service rate (requestsPerSecond),
+    or the requests in flight over those a replica carries at its target, scaled to the target's
+    utilisation (concurrency). None when the metric is missing or the scaling metric gives no rate."""
+    if service_rate_rps and requests_per_second is not None:
+        return max(0.0, requests_per_second / service_rate_rps)
+    if target_concurrency and inflight is not None:
+        return max(0.0, inflight / target_concurrency * utilisation_at_target)
+    return None
+
+
+def _wants_pool(c: Candidate, limits: PoolLimits) -> Placement:
+    if c.blocked is not None:
+        return Placement(False, EXCLUSIVE if c.blocked == EXCLUSIVE else NOT_SHAREABLE, c.blocked)
+    if c.shared:
+        if c.load is not None and c.load > limits.leave_above:
+            return Placement(False, BUSY, f"load {c.load:.2f} of a GPU is above {limits.leave_above}")
+        return Placement(True, SHARED, "in the shared pool")
+    if c.load is None:
+        if c.new:
+            return Placement(True, STARTS_SHARED, "a new model starts in the shared pool")
+        return Placement(False, BUSY, "no fresh load metric: stays on its own replicas")
+    if c.load <= limits.share_below:
+        return Placement(True, JOINS, f"load {c.load:.2f} of a GPU is at most {limits.share_below}")
+    return Placement(False, BUSY, f"load {c.load:.2f} of a GPU is above {limits.share_below}")
+
+
+def place(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Placement]:
+    """The placement of every candidate of one pool (see the module docstring)."""
+    out = {c.service: _wants_pool(c, limits) for c in candidates}
+    wanting = [c for c in candidates if out[c.service].shared]
+    order = sorted(wanting, key=lambda c: (not c.shared, -c.memory_bytes if not c.shared else 0, c.service))
+    memory, load, names = 0, 0.0, set[str]()
+    for c in order:
+        if c.model_name in names:
+            out[c.service] = Placement(
+                False, NAME_TAKEN, f"another shared model already serves /v1/models/{c.model_name}"
+            )
+            continue
+        if memory + c.memory_bytes > limits.gpu_memory_bytes or load + (c.load or 0.0) > limits.pool_load_cap:
+            out[c.service] = Placement(False, POOL_FULL, "the pool's GPU has no room for it")
+            continue
+        memory += c.memory_bytes
+        load += c.load or 0.0
+        names.add(c.model_name)
+    return out

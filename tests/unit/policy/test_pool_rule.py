@@ -1,0 +1,90 @@
+"""The stand-in placement rule (policy/pool_rule.py): who shares, who gets its own replicas."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from greenserve.policy import pool_rule as r
+
+GI = 2**30
+LIMITS = r.PoolLimits(gpu_memory_bytes=16 * GI)
+
+
+def cand(name: str, load: float | None = 0.05, memory: int = GI, **kw: object) -> r.Candidate:
+    base = r.Candidate(service=name, model_name=name, memory_bytes=memory, load=load, shared=False, new=False)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_low_traffic_models_share_and_busy_ones_do_not() -> None:
+    out = r.place([cand("a", 0.1), cand("b", 0.3), cand("c", None, new=True), cand("d", None)], LIMITS)
+    assert {k: v.shared for k, v in out.items()} == {"a": True, "b": False, "c": True, "d": False}
+    assert out["a"].reason == r.JOINS and out["b"].reason == r.BUSY and out["c"].reason == r.STARTS_SHARED
+
+
+def test_hysteresis_and_missing_metrics_never_move_a_member() -> None:
+    assert r.place([cand("a", 0.4, shared=True)], LIMITS)["a"].shared  # between the two thresholds
+    assert r.place([cand("a", None, shared=True)], LIMITS)["a"].shared  # no metric: stays
+    out = r.place([cand("a", 0.6, shared=True)], LIMITS)["a"]
+    assert not out.shared and out.reason == r.BUSY
+
+
+def test_blocked_models_never_share() -> None:
+    out = r.place(
+        [cand("a", 0.0, blocked=r.EXCLUSIVE), cand("b", 0.0, blocked="gpu.memory is not set")], LIMITS
+    )
+    assert (out["a"].shared, out["a"].reason) == (False, r.EXCLUSIVE)
+    assert (out["b"].shared, out["b"].reason, out["b"].message) == (
+        False,
+        r.NOT_SHAREABLE,
+        "gpu.memory is not set",
+    )
+
+
+def test_packing_respects_gpu_memory_and_keeps_members_first() -> None:
+    # Members first: a newcomer never displaces a model already in the pool.
+    cands = [
+        cand("z-member", memory=10 * GI, shared=True),
+        cand("a-big", memory=8 * GI),
+        cand("b", memory=6 * GI),
+    ]
+    out = r.place(cands, LIMITS)
+    assert out["z-member"].shared and out["b"].shared
+    assert (out["a-big"].shared, out["a-big"].reason) == (False, r.POOL_FULL)
+
+
+def test_eight_small_models_fit_one_gpu() -> None:
+    out = r.place([cand(f"m{i}", 0.02, memory=GI, new=True) for i in range(8)], r.PoolLimits(8 * GI))
+    assert all(p.shared for p in out.values())
+    out = r.place([cand(f"m{i}", 0.02, memory=GI, new=True) for i in range(9)], r.PoolLimits(8 * GI))
+    assert sum(p.shared for p in out.values()) == 8
+
+
+def test_load_cap_and_one_model_name_per_pool() -> None:
+    out = r.place([cand(f"m{i}", 0.2) for i in range(5)], LIMITS)
+    assert sum(p.shared for p in out.values()) == 4  # 4 x 0.2 = 0.8, the cap
+    out = r.place([cand("a"), replace(cand("b"), model_name="a")], LIMITS)
+    assert out["a"].shared and (out["b"].shared, out["b"].reason) == (False, r.NAME_TAKEN)
+
+
+def test_no_placement_exceeds_the_gpu_memory() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        cands = []
+        for i in range(rng.randint(1, 12)):
+            load = rng.choice([None, rng.random()])
+            shared, new = rng.random() < 0.3, rng.random() < 0.3
+            cands.append(cand(f"m{i}", load, rng.randint(1, 12) * GI, shared=shared, new=new))
+        out = r.place(cands, LIMITS)
+        chosen = [c for c in cands if out[c.service].shared]
+        assert sum(c.memory_bytes for c in chosen) <= LIMITS.gpu_memory_bytes
+        assert sum(c.load or 0.0 for c in chosen) <= LIMITS.pool_load_cap + 1e-9
+        assert len({c.model_name for c in chosen}) == len(chosen)
+
+
+def test_load_fraction() -> None:
+    assert r.load_fraction(5.0, None, 50.0, None, 0.8) == 0.1
+    assert r.load_fraction(None, 2.0, None, 8.0, 0.8) == 0.2
+    assert r.load_fraction(None, None, 50.0, None, 0.8) is None
+    assert r.load_fraction(3.0, 1.0, None, None, 0.8) is None  # gpuUtilization: no rate to compare

@@ -16,6 +16,10 @@
   `ScalingInputs`, for the operator and the simulator alike.
 * `fleet`: the fleet objective: one price per late request sizes every model so that the fleet meets its
   attainment target (`fleet_price`, `replicas_at_price`, `member_target`).
+* `sharing.plan(demands, gpus, limits) -> SharingPlan`: which models share pool GPUs (bin-packing by
+  memory and by a saturation cap from the queueing model, with hysteresis), which get dedicated replicas,
+  which are unloaded (scale to zero after the reload break-even); `profile.sharing_demand` is the one
+  mapping of a ServiceProfile to its input.
 * `estimate`: request-rate estimates that hold at low rates (`estimate_rate`), a trend that needs a
   significant rise (`significant_trend`), and headroom for a model's own past rises within the lead time
   (`rise_factor`).

@@ -7,8 +7,8 @@ The operator (reconcile/autoscale.py, from a ModelService and a metrics reading)
 `greenserve.manifests.profile.service_profile` turns a ModelServiceSpec into a profile.
 
 The parts of a decision that need more than one service (the fleet objective's price, a model's own
-history of rises) stay with the caller; their per-service pieces are here: `fleet_member` and
-`rise_lead_s`.
+history of rises, the GPU placement) stay with the caller; their per-service pieces are here:
+`fleet_member`, `rise_lead_s` and `sharing_demand`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from dataclasses import dataclass
 
 from greenserve.policy import estimate
 from greenserve.policy.autoscaling import ScalingInputs, queued_from_inflight
-from greenserve.policy.energy import DEFAULT_GPU_PRODUCT, GpuPowerModel, NodePowerModel, gpu_model_for
+from greenserve.policy.energy import (
+    DEFAULT_GPU_PRODUCT,
+    GpuPowerModel,
+    NodePowerModel,
+    break_even_idle_s,
+    gpu_model_for,
+)
 from greenserve.policy.fleet import FleetMember
+from greenserve.policy.sharing import ModelDemand, Sharing
 
 # A requestsPerSecond or concurrency `scaling.target` is what one replica carries at this utilisation:
 # the target is met at 80% busy, so a replica's service rate (requests/s at 100%) is target / 0.8, and
@@ -193,3 +200,41 @@ def fleet_member(profile: ServiceProfile, rate: float) -> FleetMember:
 def rise_lead_s(profile: ServiceProfile, window_s: float) -> float:
     """How far ahead a replica started now must see: one metrics window, a node, the model load."""
     return window_s + NODE_PROVISION_S + profile.cold_start_s
+
+
+def sharing_demand(
+    profile: ServiceProfile,
+    name: str,
+    rate: float | None,
+    *,
+    memory_gib: float,
+    gpu_memory_gib: float,
+    sharing: Sharing = Sharing.AUTO,
+    idle_s: float = 0.0,
+    has_dedicated: bool = False,
+    reload_s: float | None = None,
+) -> ModelDemand:
+    """This service in the GPU placement (policy/sharing.py): the one mapping of a profile to its input.
+
+    `rate` is the sized rate (`sizing_rate`, rise headroom included; None: no reading). Its load is rate x
+    service time. It is unloaded after `unload_after_s`: the break-even (energy.break_even_idle_s) of a
+    reload (`reload_s`, the profile's cold start unless given: the GPU held at resident-model power
+    while the model loads) against what the model costs loaded and idle (its memory's share of a GPU's
+    resident-model power and node share, `replica_power_w`), never shorter than the reload itself."""
+    service_s = profile.service_time_ms / 1000.0
+    load_s = profile.cold_start_s if reload_s is None else reload_s
+    idle_w = profile.replica_power_w * min(1.0, memory_gib / gpu_memory_gib) if gpu_memory_gib > 0 else 0.0
+    unload_after = break_even_idle_s(idle_w, profile.gpu.loaded_idle_w * load_s, load_s)
+    return ModelDemand(
+        name=name,
+        load=None if rate is None else max(0.0, rate) * service_s,
+        memory_gib=memory_gib,
+        service_time_s=service_s,
+        slo_s=profile.slo_p95_ms / 1000.0 if profile.sized_by_slo and profile.slo_p95_ms else None,
+        attainment=profile.slo_attainment or 0.99,
+        sharing=sharing,
+        min_replicas=profile.min_replicas,
+        idle_s=idle_s,
+        unload_after_s=unload_after,
+        has_dedicated=has_dedicated,
+    )

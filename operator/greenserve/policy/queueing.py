@@ -80,3 +80,37 @@ def replicas_for_attainment(
         if attainment(rate_rps, service_rate_rps, c, slo_s) >= target:
             return c
     return limit
+
+
+def shared_attainment(total_load: float, mean_service_s: float, service_time_s: float, slo_s: float) -> float:
+    """Share of a model's requests within `slo_s` on a GPU it shares: one server whose utilisation is the
+    summed busy fraction of its models (`total_load`, sum of rate x service time), M/M/1 waiting with the
+    mean service time of the requests it serves (`mean_service_s`), plus the model's own service time.
+
+    P(wait > t) = rho * exp(-(1 - rho) * t / s_mean): the mean response grows as s / (1 - rho), the
+    service slows as the GPU saturates, and at rho >= 1 no request is counted within the SLO. For one
+    model alone it is `attainment(rate, 1 / s, 1, slo)`. Non-increasing in `total_load`."""
+    budget = slo_s - service_time_s
+    if budget < 0:
+        return 0.0
+    if total_load <= 0:
+        return 1.0
+    if total_load >= 1.0 or mean_service_s <= 0:
+        return 0.0
+    return max(0.0, 1.0 - total_load * math.exp(-(1.0 - total_load) * budget / mean_service_s))
+
+
+def shared_load_cap(service_time_s: float, slo_s: float, target: float) -> float:
+    """The largest summed load (0..1) of a GPU at which a model of this service time still gets `target`
+    of its requests within `slo_s` (`shared_attainment` with its own service time as the mean): the
+    saturation cap of a shared GPU. 0 when even an idle GPU cannot meet the SLO."""
+    if shared_attainment(1e-12, service_time_s, service_time_s, slo_s) < target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection: the attainment is decreasing in the load
+        mid = (lo + hi) / 2
+        if shared_attainment(mid, service_time_s, service_time_s, slo_s) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -4,6 +4,10 @@ It loads a real SavedModel with TensorFlow (the newest numeric version under ``-
 Serving's default version policy does) and answers the subset of TF Serving's REST API the operator and the
 tests use:
 
+* one model (``--model_name``, ``--model_base_path``) or several from TF Serving's model config file
+  (``--model_config_file``, re-read every ``--model_config_file_poll_wait_seconds``: models added are
+  loaded, models removed are unloaded), as the shared GPU pools run it
+  (operator/greenserve/manifests/pools.py);
 * ``GET  /v1/models/<name>`` and ``/v1/models/<name>/versions/<v>``: model status, TF Serving's JSON shape
   (``model_version_status[].state`` is ``LOADING`` until the SavedModel is loaded, then ``AVAILABLE``);
 * ``POST /v1/models/<name>[/versions/<v>]:predict``: the row (``instances`` -> ``predictions``) and columnar
@@ -198,49 +202,132 @@ def monitoring_path(config_text: str) -> str | None:
     return path.group(1) if path else k.TFS_MONITORING_PATH
 
 
+_CONFIG_ENTRY = re.compile(r"\bconfig\s*\{([^{}]*)\}")
+_FIELD = r'\b{}\s*:\s*"((?:[^"\\]|\\.)*)"'
+
+
+def parse_model_config(text: str) -> dict[str, str]:
+    """Model name -> base path from TF Serving's ModelServerConfig text format (``model_config_list {
+    config { name: "..." base_path: "..." } ... }``); the fields this backend uses, nothing else."""
+    models: dict[str, str] = {}
+    for block in _CONFIG_ENTRY.finditer(text):
+        name = re.search(_FIELD.format("name"), block.group(1))
+        base = re.search(_FIELD.format("base_path"), block.group(1))
+        if not name or not base:
+            raise ValueError(f"model config entry without name or base_path: {block.group(0)!r}")
+        models[_unquote(name.group(1))] = _unquote(base.group(1))
+    if not models and "model_config_list" not in text:
+        raise ValueError("not a model config: no model_config_list")
+    return models
+
+
+def _unquote(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+@dataclass
+class _Servable:
+    """One model of the backend: where it loads from, and what loading gave."""
+
+    base_path: str
+    model: LoadedModel | None = None
+    error: str | None = None
+
+
 class LocalBackend:
-    def __init__(self, model_name: str, model_base_path: str, metrics_path: str | None = None) -> None:
-        self.model_name = model_name
-        self.model_base_path = model_base_path
+    """One model (``--model_name``/``--model_base_path``) or several from a model config file
+    (``--model_config_file``), re-read every ``poll_seconds`` as TF Serving's
+    ``--model_config_file_poll_wait_seconds`` does: a model added to the file is loaded, one removed is
+    unloaded (its status then answers 404 and its requests fail), one whose base path changed reloads."""
+
+    def __init__(
+        self,
+        model_name: str | None,
+        model_base_path: str | None,
+        metrics_path: str | None = None,
+        model_config_file: str | None = None,
+        poll_seconds: float = 0.0,
+    ) -> None:
         self.metrics_path = metrics_path
-        self.model: LoadedModel | None = None
-        self.load_error: str | None = None
+        self.model_config_file = model_config_file
+        self.poll_seconds = poll_seconds
+        self.models: dict[str, _Servable] = {}
+        self._lock = threading.Lock()
+        if model_name and model_base_path:
+            self.models[model_name] = _Servable(model_base_path)
         self.metrics = TfsMetrics()
 
     def load(self) -> None:
+        """Load what is configured and not loaded yet (the config file first, when there is one)."""
+        if self.model_config_file:
+            self.read_config()
+        for name, servable in list(self.models.items()):
+            if servable.model is None and servable.error is None:
+                self._load_one(name, servable)
+
+    def _load_one(self, name: str, servable: _Servable) -> None:
         try:
-            version, path = latest_version(self.model_base_path)
-            self.model = LoadedModel(self.model_name, version, path)
-            log.info("loaded %s version %d from %s", self.model_name, version, path)
+            version, path = latest_version(servable.base_path)
+            model = LoadedModel(name, version, path)
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("cannot load %s from %s: %s", self.model_name, self.model_base_path, self.load_error)
+            servable.error = f"{type(exc).__name__}: {exc}"
+            log.error("cannot load %s from %s: %s", name, servable.base_path, servable.error)
+            return
+        with self._lock:
+            if self.models.get(name) is servable:  # not removed or replaced while it loaded
+                servable.model = model
+                log.info("loaded %s version %d from %s", name, version, path)
+
+    def read_config(self) -> None:
+        """Apply the model config file: new models are added (loaded by `load`), removed ones unloaded.
+        An unreadable or malformed file changes nothing, as TF Serving keeps its last good config."""
+        assert self.model_config_file is not None
+        try:
+            with open(self.model_config_file) as f:
+                wanted = parse_model_config(f.read())
+        except (OSError, ValueError) as exc:
+            log.error("model config %s not applied: %s", self.model_config_file, exc)
+            return
+        with self._lock:
+            for name in [n for n in self.models if n not in wanted]:
+                del self.models[name]
+                log.info("unloaded %s (no longer in the model config)", name)
+            for name, base in wanted.items():
+                current = self.models.get(name)
+                if current is None or current.base_path != base:
+                    self.models[name] = _Servable(base)
+
+    def _servable(self, name: str) -> _Servable | None:
+        with self._lock:
+            return self.models.get(name)
 
     def _check_model(self, request: web.Request) -> LoadedModel:
         name = request.match_info["name"]
         version = request.match_info.get("version")
-        if name != self.model_name:
+        servable = self._servable(name)
+        if servable is None:
             raise _error(404, f"Servable not found for request: Latest({name})")
-        if self.model is None:
-            raise _error(404 if self.load_error else 503, self.load_error or f"{name} is still loading")
-        if version is not None and int(version) != self.model.version:
+        if servable.model is None:
+            raise _error(404 if servable.error else 503, servable.error or f"{name} is still loading")
+        if version is not None and int(version) != servable.model.version:
             raise _error(404, f"Servable not found for request: Specific({name}, {version})")
-        return self.model
+        return servable.model
 
     async def status(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name != self.model_name:
+        servable = self._servable(name)
+        if servable is None:
             raise _error(404, f"Could not find any versions of model {name}")
-        if self.model is None:
-            if self.load_error:
-                raise _error(404, f"Could not find any versions of model {name}: {self.load_error}")
+        if servable.model is None:
+            if servable.error:
+                raise _error(404, f"Could not find any versions of model {name}: {servable.error}")
             entry = {"version": "0", "state": "LOADING", "status": {"error_code": "OK", "error_message": ""}}
         else:
             version = request.match_info.get("version")
-            if version is not None and int(version) != self.model.version:
+            if version is not None and int(version) != servable.model.version:
                 raise _error(404, f"Could not find version {version} of model {name}")
             entry = {
-                "version": str(self.model.version),
+                "version": str(servable.model.version),
                 "state": "AVAILABLE",
                 "status": {"error_code": "OK", "error_message": ""},
             }
@@ -249,8 +336,10 @@ class LocalBackend:
     async def predict(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
         status = "OK"
+        known = False
         try:
             model = self._check_model(request)
+            known = True
             try:
                 body = await request.json()
             except ValueError as exc:
@@ -267,7 +356,7 @@ class LocalBackend:
             status = "NOT_FOUND" if exc.status == 404 else "UNAVAILABLE"
             raise
         finally:
-            if self.model is not None:
+            if known:
                 elapsed_us = (time.perf_counter() - start) * 1e6
                 self.metrics.record(request.match_info["name"], status, "predict", elapsed_us)
 
@@ -303,10 +392,20 @@ async def serve(backend: LocalBackend, host: str, port: int, stop: asyncio.Event
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("local backend listening on %s:%d for model %s", host, port, backend.model_name)
+    log.info(
+        "local backend listening on %s:%d for %s", host, port, ", ".join(backend.models) or "no model yet"
+    )
     # Load after listening, like TF Serving: the status endpoint reports LOADING meanwhile.
     await asyncio.to_thread(backend.load)
     try:
+        # TF Serving re-reads the model config file every poll interval (0: never).
+        while backend.model_config_file and backend.poll_seconds > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=backend.poll_seconds)
+            except TimeoutError:
+                await asyncio.to_thread(backend.load)
+            else:
+                break
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -316,10 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="greenserve_agent.local_backend", description=__doc__)
     parser.add_argument("--rest_api_port", type=int, default=8501)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--model_name", required=True)
-    parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--model_name", default=None)
+    parser.add_argument("--model_base_path", default=None)
+    parser.add_argument("--model_config_file", default=None)
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--monitoring_config_file", default=None)
     args, ignored = parser.parse_known_args(argv)
+    if not args.model_config_file and not (args.model_name and args.model_base_path):
+        parser.error("--model_config_file, or --model_name and --model_base_path, are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ignored:
         log.info("ignoring TF Serving flags the local backend does not implement: %s", " ".join(ignored))
@@ -331,7 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "monitoring off: no Prometheus endpoint (--monitoring_config_file enables it, as in TF Serving)"
         )
-    backend = LocalBackend(args.model_name, args.model_base_path, metrics_path)
+    backend = LocalBackend(
+        None if args.model_config_file else args.model_name,
+        args.model_base_path,
+        metrics_path,
+        args.model_config_file,
+        args.model_config_file_poll_wait_seconds,
+    )
 
     async def run() -> None:
         import signal

@@ -90,8 +90,8 @@ _SKIP_HEADERS = frozenset(
 
 @dataclass
 class AgentConfig:
-    model_name: str
-    model_base_path: str
+    model_name: str | None  # None: several models from model_config_file (a shared pool pod)
+    model_base_path: str | None
     rest_port: int = 8501
     grpc_port: int = 8500
     metrics_port: int = k.AGENT_METRICS_PORT
@@ -99,6 +99,9 @@ class AgentConfig:
     backend: BackendKind = "auto"
     backend_rest_port: int = 0  # 0: a free port on 127.0.0.1
     monitoring_config_file: str | None = None
+    # TF Serving's model config file (several models) and how often the model server re-reads it.
+    model_config_file: str | None = None
+    model_config_poll_s: float = 0.0
     extra_args: list[str] = field(default_factory=list)
     drain_timeout_s: float = 45.0
     drain_quiet_s: float = 1.0
@@ -212,6 +215,18 @@ def filter_tfs_exposition(text: str) -> str:
     return "\n".join(keep) + ("\n" if keep else "")
 
 
+# A model name no model config uses: its status request tells whether a multi-model server answers.
+_PROBE_MODEL = "greenserve-agent-probe"
+
+
+def model_of(path: str) -> str | None:
+    """The model a REST path addresses (/v1/models/<name>[/versions/<v>][:verb]), or None."""
+    if not path.startswith("/v1/models/"):
+        return None
+    rest = path[len("/v1/models/") :]
+    return rest.split("/", 1)[0].split(":", 1)[0] or None
+
+
 class Supervisor:
     def __init__(self, cfg: AgentConfig, nvml: NvmlPort | None = None) -> None:
         self.cfg = cfg
@@ -250,9 +265,16 @@ class Supervisor:
     def ready(self) -> bool:
         return self.model_available and not self.draining
 
+    @property
+    def multi_model(self) -> bool:
+        """Serving the models of a model config file: readiness is the model server answering, and
+        whether a given model is loaded is its own status endpoint (which the operator reads)."""
+        return self.cfg.model_name is None
+
     def _set_available(self, available: bool) -> None:
         if available != self.model_available:
-            log.info("model %s %s", self.cfg.model_name, "AVAILABLE" if available else "not available")
+            what = f"model {self.cfg.model_name}" if self.cfg.model_name else "model server"
+            log.info("%s %s", what, "AVAILABLE" if available else "not available")
         self.model_available = available
         if self.sim_state is not None:
             self.sim_state.resident = available
@@ -273,13 +295,19 @@ class Supervisor:
         self.backend_kind = kind
         # TF Serving exports its request metrics only with a monitoring config; the local backend too.
         monitoring = cfg.monitoring_config_file or self._write_monitoring_config()
+        if cfg.model_config_file:
+            models = [
+                f"--model_config_file={cfg.model_config_file}",
+                f"--model_config_file_poll_wait_seconds={cfg.model_config_poll_s:g}",
+            ]
+        else:
+            models = [f"--model_name={cfg.model_name}", f"--model_base_path={cfg.model_base_path}"]
         if kind == "tfserving":
             return [
                 TFS_BINARY,
                 f"--port={cfg.grpc_port}",
                 f"--rest_api_port={self.backend_port}",
-                f"--model_name={cfg.model_name}",
-                f"--model_base_path={cfg.model_base_path}",
+                *models,
                 f"--monitoring_config_file={monitoring}",
                 *cfg.extra_args,
             ]
@@ -287,8 +315,7 @@ class Supervisor:
         return [
             sys.executable, "-m", "greenserve_agent.local_backend",
             f"--rest_api_port={self.backend_port}", f"--host={'127.0.0.1' if cfg.front else cfg.host}",
-            f"--model_name={cfg.model_name}", f"--model_base_path={cfg.model_base_path}",
-            f"--monitoring_config_file={monitoring}", *cfg.extra_args,
+            *models, f"--monitoring_config_file={monitoring}", *cfg.extra_args,
         ]  # fmt: skip
 
     def _write_monitoring_config(self) -> str:
@@ -302,13 +329,16 @@ class Supervisor:
         return path
 
     async def _poll_backend(self) -> None:
-        url = f"{self.backend_url}/v1/models/{self.cfg.model_name}"
+        url = f"{self.backend_url}/v1/models/{self.cfg.model_name or _PROBE_MODEL}"
         timeout = aiohttp.ClientTimeout(total=2)
         while True:
             available = False
             try:
                 async with self.session.get(url, timeout=timeout) as resp:
-                    if resp.status == 200:
+                    if self.multi_model:
+                        # The model server answers (404 for the probe's unknown model): it is up.
+                        available = resp.status < 500
+                    elif resp.status == 200:
                         body = await resp.json(content_type=None)
                         states = [v.get("state") for v in body.get("model_version_status", [])]
                         available = "AVAILABLE" in states
@@ -343,9 +373,12 @@ class Supervisor:
     # --- REST front ------------------------------------------------------------------------------------
 
     async def _front(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "GET" and request.path == f"/v1/models/{self.cfg.model_name}" and not self.ready:
+        model = self.cfg.model_name or model_of(request.path) or ""
+        status_get = request.method == "GET" and request.path == f"/v1/models/{model}"
+        if status_get and not self.ready:
+            # A draining pod reports every model unavailable (also in a pool: the operator reads it).
             reason = "draining" if self.draining else "model not available yet"
-            return web.json_response({"error": f"{self.cfg.model_name}: {reason}"}, status=503)
+            return web.json_response({"error": f"{model}: {reason}"}, status=503)
         self.tracker.start()
         self.metrics.inflight.inc()
         start = time.perf_counter()
@@ -368,8 +401,12 @@ class Supervisor:
                 code = 503
                 return web.json_response({"error": f"model server unreachable: {exc}"}, status=503)
         finally:
-            self.metrics.duration.labels(self.cfg.model_name).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(self.cfg.model_name, str(code)).inc()
+            # Per model also in a pool: a model's share of the busy time splits the pod's energy. A
+            # pool's model comes from the path: one the server does not know is "" (bounded label values).
+            if self.multi_model and code == 404:
+                model = ""
+            self.metrics.duration.labels(model).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(model, str(code)).inc()
             self.metrics.inflight.dec()
             self.tracker.finish()
 
@@ -440,7 +477,7 @@ class Supervisor:
             {
                 k.LABEL_VERSION: __version__,
                 k.LABEL_BACKEND: self.backend_kind,
-                k.LABEL_MODEL: cfg.model_name,
+                k.LABEL_MODEL: cfg.model_name or "",
                 k.LABEL_SIMULATED: "true" if self.nvml.simulated else "false",
             }
         )
@@ -572,9 +609,11 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
     )
     p.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving)")
     p.add_argument("--rest_api_port", type=int, default=8501, help="REST port, fronted by the agent")
-    p.add_argument("--model_name", default=os.environ.get("MODEL_NAME"))
+    p.add_argument("--model_name", default=None)
     p.add_argument("--model_base_path", default=None)
     p.add_argument("--monitoring_config_file", default=None)
+    p.add_argument("--model_config_file", default=None, help="several models (TF Serving's format)")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     p.add_argument("--agent-metrics-port", type=int, default=k.AGENT_METRICS_PORT)
     p.add_argument("--agent-host", default="0.0.0.0")
     p.add_argument(
@@ -615,10 +654,15 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
         "--agent-simulated-gpu-count", type=int, default=int(os.environ.get(k.ENV_SIMULATED_COUNT, "1"))
     )
     args, extra = p.parse_known_args(list(argv))
-    if not args.model_name:
-        p.error("--model_name (or MODEL_NAME) is required")
+    if not args.model_config_file and not args.model_name:
+        args.model_name = os.environ.get("MODEL_NAME")  # TF Serving image's convention, one model only
+    if args.model_config_file:
+        if args.model_name or args.model_base_path:
+            p.error("--model_config_file excludes --model_name and --model_base_path (as in TF Serving)")
+    elif not args.model_name:
+        p.error("--model_name (or MODEL_NAME), or --model_config_file, is required")
     base = args.model_base_path
-    if base is None:
+    if base is None and args.model_name:
         # TF Serving's image convention: MODEL_BASE_PATH/MODEL_NAME.
         base = os.path.join(os.environ.get("MODEL_BASE_PATH", "/models"), args.model_name)
     return AgentConfig(
@@ -631,6 +675,8 @@ def parse_args(argv: Sequence[str]) -> AgentConfig:
         backend=args.agent_backend,
         backend_rest_port=args.agent_backend_port,
         monitoring_config_file=args.monitoring_config_file,
+        model_config_file=args.model_config_file,
+        model_config_poll_s=args.model_config_file_poll_wait_seconds,
         extra_args=extra,
         drain_timeout_s=args.agent_drain_timeout,
         drain_quiet_s=args.agent_drain_quiet,

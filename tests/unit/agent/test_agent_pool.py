@@ -1,0 +1,163 @@
+"""The agent serving several models from a model config file, as a shared pool pod runs it: models added
+to the file are loaded, models removed are unloaded, with TF Serving's REST API and per-model metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_proc import AgentProcess, free_port, make_saved_model
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenserve import contract as k
+from greenserve.manifests import pools
+from greenserve_agent.local_backend import parse_model_config
+from greenserve_agent.supervisor import model_of, parse_args
+
+pytestmark = [pytest.mark.tensorflow, pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def write_config(path: Path, models: dict[str, Path]) -> None:
+    members = [pools.PoolMember(f"svc-{n}", "uid", n, str(p)) for n, p in models.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(pools.model_config(members))
+    tmp.replace(path)  # atomically, as the kubelet swaps a ConfigMap volume's files
+
+
+def call(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+    except (urllib.error.URLError, ConnectionError):
+        return 0, None  # not listening yet
+
+
+def state(agent: AgentProcess, name: str) -> str | None:
+    code, body = call(f"{agent.rest}/v1/models/{name}")
+    if code != 200:
+        return None
+    return str(body["model_version_status"][0]["state"])
+
+
+def until(probe: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    first = make_saved_model(root, "a")
+    for name in ("b", "c"):  # the same SavedModel under other names: loading is what is tested
+        shutil.copytree(first, root / name)
+    return {n: root / n for n in ("a", "b", "c")}
+
+
+@pytest.fixture
+def pool_agent(tmp_path: Path, store: dict[str, Path]) -> Iterator[tuple[AgentProcess, Path]]:
+    config = tmp_path / "models.config"
+    write_config(config, {"a": store["a"], "b": store["b"]})
+    rest, metrics = free_port(), free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "MODEL_NAME": "ignored"}
+    cmd = [
+        sys.executable, "-m", "greenserve_agent",
+        "--port=0", f"--rest_api_port={rest}", f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=0.5",
+        f"--agent-metrics-port={metrics}", "--agent-host=127.0.0.1", "--agent-backend=local",
+        "--agent-simulate=true",
+    ]  # fmt: skip
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    agent = AgentProcess(proc, rest, metrics, log)
+    try:
+        yield agent, config
+    finally:
+        assert agent.stop() == 0, agent.log()
+
+
+def test_models_follow_the_config_file(pool_agent: tuple[AgentProcess, Path], store: dict[str, Path]) -> None:
+    agent, config = pool_agent
+    until(lambda: state(agent, "a") == "AVAILABLE" and state(agent, "b") == "AVAILABLE", 120)
+    assert call(f"{agent.metrics}/ready")[0] == 200
+    for name in ("a", "b"):
+        code, out = call(f"{agent.rest}/v1/models/{name}:predict", {"instances": [[1.0], [2.5]]})
+        assert (code, out) == (200, {"predictions": [[3.0], [6.0]]})
+    assert call(f"{agent.rest}/v1/models/c")[0] == 404
+
+    # c added, b removed: c loads, b is unloaded (its status and its requests answer 404), a stays.
+    write_config(config, {"a": store["a"], "c": store["c"]})
+    until(lambda: state(agent, "c") == "AVAILABLE" and state(agent, "b") is None, 60)
+    assert call(f"{agent.rest}/v1/models/b:predict", {"instances": [[1.0]]})[0] == 404
+    assert call(f"{agent.rest}/v1/models/a:predict", {"instances": [[0.0]]}) == (
+        200,
+        {"predictions": [[1.0]]},
+    )
+    assert call(f"{agent.rest}/v1/models/c:predict", {"instances": [[0.0]]}) == (
+        200,
+        {"predictions": [[1.0]]},
+    )
+
+    # An empty pool is a valid config: everything is unloaded, the server stays up and Ready.
+    write_config(config, {})
+    until(lambda: state(agent, "a") is None and state(agent, "c") is None, 60)
+    assert call(f"{agent.metrics}/ready")[0] == 200
+
+    # Per-model request series (the energy split's busy time), and no series for unknown paths.
+    with urllib.request.urlopen(f"{agent.metrics}/metrics", timeout=10) as resp:
+        fams = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    counted = {s.labels[k.LABEL_MODEL] for s in fams[k.REQUESTS.family].samples}
+    assert {"a", "c"} <= counted and "b" in counted
+    durations = {
+        s.labels[k.LABEL_MODEL]: s.value
+        for s in fams[k.REQUEST_DURATION.family].samples
+        if s.name.endswith("_sum")
+    }
+    assert durations["a"] > 0 and durations["c"] > 0
+
+
+def test_a_malformed_config_changes_nothing(pool_agent: tuple[AgentProcess, Path]) -> None:
+    agent, config = pool_agent
+    until(lambda: state(agent, "a") == "AVAILABLE", 120)
+    config.write_text("model_config_list { config { name: 'x' } }")
+    time.sleep(1.5)  # three poll intervals: nothing may change, so there is no event to wait for
+    assert state(agent, "a") == "AVAILABLE" and state(agent, "b") == "AVAILABLE"
+
+
+def test_parse_model_config_and_flags() -> None:
+    assert parse_model_config('model_config_list {\n config { name: "m" base_path: "/p" }\n}') == {"m": "/p"}
+    assert parse_model_config("model_config_list {\n}\n") == {}
+    with pytest.raises(ValueError, match="without name or base_path"):
+        parse_model_config('model_config_list { config { name: "m" } }')
+    with pytest.raises(ValueError, match="not a model config"):
+        parse_model_config("")
+    cfg = parse_args(["--model_config_file=/etc/x", "--model_config_file_poll_wait_seconds=2"])
+    assert (cfg.model_name, cfg.model_base_path, cfg.model_config_file, cfg.model_config_poll_s) == (
+        None,
+        None,
+        "/etc/x",
+        2.0,
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--model_config_file=/etc/x", "--model_name=m"])
+    assert model_of("/v1/models/m:predict") == "m"
+    assert model_of("/v1/models/m/versions/3:predict") == "m"
+    assert model_of("/v1/models/m") == "m" and model_of("/metrics") is None

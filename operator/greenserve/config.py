@@ -39,6 +39,17 @@ def _env_headers(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(value.items())
 
 
+def _env_ref(name: str) -> tuple[str, str] | None:
+    """A "namespace/name" reference, None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    namespace, sep, obj = raw.partition("/")
+    if not sep or not namespace or not obj or "/" in obj:
+        raise ValueError(f"{name}={raw!r}: expected namespace/name")
+    return namespace, obj
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     #: Prometheus HTTP API base URL; unset means metrics are scraped from pods directly.
@@ -87,6 +98,9 @@ class OperatorConfig:
     max_gpus_per_modelservice: int = 0
     #: Cluster DNS domain in status.url (http://<name>.<namespace>.svc.<domain>:8501).
     cluster_domain: str = "cluster.local"
+    #: The activator's Service ("namespace/name", the chart's): Services of minReplicas 0 ModelServices
+    #: route to its pods while no replica is ready. None: scale to zero without holding requests.
+    activator_service: tuple[str, str] | None = None
     #: Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
@@ -120,4 +134,5 @@ class OperatorConfig:
             max_gpus_per_modelservice=int(_env_float("GREENSERVE_MAX_GPUS_PER_MODELSERVICE", 0)),
             cluster_domain=os.environ.get("GREENSERVE_CLUSTER_DOMAIN") or "cluster.local",
             namespaces=namespaces,
+            activator_service=_env_ref("GREENSERVE_ACTIVATOR_SERVICE"),
         )

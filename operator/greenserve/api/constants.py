@@ -38,6 +38,16 @@ ANN_CA_SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 ANN_CA_SCALE_DOWN_DISABLED: Final = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
 ANN_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 
+# Scale to zero and back (README, "Scale to zero and back"): the activator marks demand for a ModelService
+# with no ready replica (Unix time, the operator's watch wakes it); the operator's EndpointSlices that
+# route a Service to the activator carry the managed-by label with greenserve's own value.
+ANN_ACTIVATION_DEMAND: Final = f"{GROUP}/activation-demand"
+LABEL_SERVICE_NAME: Final = "kubernetes.io/service-name"
+LABEL_ENDPOINTSLICE_MANAGED_BY: Final = "endpointslice.kubernetes.io/managed-by"
+ENDPOINTSLICE_MANAGER: Final = f"endpointslice.{GROUP}"
+# The Service that always selects the serving pods (the activator forwards to its endpoints).
+PRIVATE_SERVICE_SUFFIX: Final = "-private"
+
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Consolidation's own taint on a node it empties (NoSchedule).
 TAINT_CONSOLIDATING: Final = f"{GROUP}/consolidating"

@@ -3,7 +3,7 @@ Ready, terminating or a pod's GPUs mean, for the builders, the status, the tick 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from greenserve.api import constants as c
@@ -47,3 +47,24 @@ def node_gpus(node: Mapping[str, Any]) -> int:
 
 def node_taints(node: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list((node.get("spec") or {}).get("taints") or [])
+
+
+def activation_demand(body: Mapping[str, Any]) -> float | None:
+    """When the activator last held a request for this ModelService (Unix time), None without a readable
+    mark (the annotation is written by the activator; anything else in it is ignored, not an error)."""
+    raw = ((body.get("metadata") or {}).get("annotations") or {}).get(c.ANN_ACTIVATION_DEMAND)
+    try:
+        value = float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and value == value and value > 0 else None  # NaN never counts
+
+
+def endpoints_ready(slices: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Addresses of the ready endpoints of EndpointSlices (a missing `ready` means ready, as in the API)."""
+    out: list[str] = []
+    for s in slices:
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready", True) is not False:
+                out.extend(ep.get("addresses") or [])
+    return out

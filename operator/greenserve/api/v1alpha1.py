@@ -447,6 +447,11 @@ class ScalingSpec(_Model):
                     "fieldPath": ".minReplicas",
                 },
                 {
+                    "rule": "!has(self.scaleToZeroAfterSeconds) || self.minReplicas == 0",
+                    "message": "scaleToZeroAfterSeconds applies only with minReplicas 0",
+                    "fieldPath": ".scaleToZeroAfterSeconds",
+                },
+                {
                     "rule": "self.metric != 'gpuUtilization' || self.target <= 100.0",
                     "message": "target is a percentage (at most 100) when metric is gpuUtilization",
                     "fieldPath": ".target",
@@ -472,12 +477,25 @@ class ScalingSpec(_Model):
     scale_down_delay_seconds: Annotated[
         int, Field(ge=0, le=86_400, description="Stabilisation window before replicas are removed.")
     ] = 300
+    scale_to_zero_after_seconds: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=10,
+            le=86_400,
+            description="minReplicas 0 only: seconds without a request, on fresh metrics, before the last "
+            "replica is removed. Default: the energy break-even of a warm idle replica against a cold "
+            "start, never shorter than the cold start.",
+        ),
+    ] = None
 
     # The same rules as the CEL above, for objects that reach the operator without them (stored earlier).
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError("minReplicas must be less than or equal to maxReplicas")
+        if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
+            raise ValueError("scaleToZeroAfterSeconds applies only with minReplicas 0")
         if self.metric == ScalingMetric.GPU_UTILIZATION and self.target > 100:
             raise ValueError("target is a percentage (at most 100) when metric is gpuUtilization")
         return self
@@ -620,6 +638,13 @@ class PlacementStatus(_Model):
     message: Annotated[str, Field(max_length=1024)] = ""
 
 
+class Routing(enum.StrEnum):
+    """Where the ModelService's Service sends requests."""
+
+    REPLICAS = "Replicas"  # its selector: the serving pods
+    ACTIVATOR = "Activator"  # no ready replica: the activator holds requests and wakes the model
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     url: Annotated[
@@ -664,6 +689,14 @@ class ModelServiceStatus(_Model):
     placement: Annotated[
         PlacementStatus | None,
         Field(default=None, description="Shared pool or own replicas, and why (gpu.sharing)."),
+    ] = None
+    routing: Annotated[
+        Routing | None,
+        Field(
+            default=None,
+            description="Where the Service sends requests: Replicas, or Activator while a minReplicas 0 "
+            "service has no ready replica (requests wait there for one).",
+        ),
     ] = None
     scaler: Annotated[
         dict[str, Any] | None,

@@ -84,6 +84,7 @@ EVENTS = Resource("", "v1", "events")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 MODELSERVICES = Resource(constants.GROUP, constants.VERSION, constants.PLURAL)
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 
 _BY_KIND = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -93,6 +94,7 @@ _BY_KIND = {
     ("v1", "Node"): NODES,
     ("policy/v1", "PodDisruptionBudget"): PDBS,
     ("coordination.k8s.io/v1", "Lease"): LEASES,
+    ("discovery.k8s.io/v1", "EndpointSlice"): ENDPOINTSLICES,
     (constants.API_VERSION, constants.KIND): MODELSERVICES,
 }
 

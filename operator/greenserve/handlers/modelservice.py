@@ -17,6 +17,7 @@ from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
+from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 
 RESOURCE = (c.GROUP, c.VERSION, c.PLURAL)
@@ -29,7 +30,12 @@ def _deps(memo: kopf.Memo) -> tuple[KubeClient, OperatorConfig]:
 
 async def _run(body: kopf.Body, memo: kopf.Memo) -> None:
     kube, config = _deps(memo)
-    outcome = await rec.reconcile(kube, body, config)
+    deps = memo.get("loop")
+    if isinstance(deps, loop.LoopDeps) and loop.wants_wake(body):
+        # The activator holds requests for it (its demand mark changed the ModelService): scale up now.
+        outcome = await loop.wake(deps, body)
+    else:
+        outcome = await rec.reconcile(kube, body, config)
     if outcome.retry_after is not None:
         # kopf retries with this delay; the ModelService already shows Ready=False with the reason.
         raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)

@@ -324,15 +324,67 @@ def service_selector(owner: Owner, routed: bool = False) -> dict[str, str]:
     return {route_label(owner.name): c.ROUTE_AVAILABLE} if routed else selector_labels(owner)
 
 
-def service(owner: Owner, spec: ModelServiceSpec, routed: bool = False) -> dict[str, Any]:
+def _service_ports(spec: ModelServiceSpec) -> list[dict[str, Any]]:
     ports = [{"name": "http", "port": c.TFS_REST_PORT, "targetPort": "http", "protocol": "TCP"}]
     if spec.runtime.grpc:
         ports.insert(0, {"name": "grpc", "port": c.TFS_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"})
+    return ports
+
+
+def service(
+    owner: Owner, spec: ModelServiceSpec, routed: bool = False, selector: bool = True
+) -> dict[str, Any]:
+    """The ModelService's Service (`routed`: see `service_selector`). Without `selector` it routes by the
+    EndpointSlice the operator writes (`activator_slice`): the activator's pods, while a minReplicas 0
+    service has no ready replica. Server-side apply removes a selector it no longer declares and puts it
+    back when it does."""
+    body: dict[str, Any] = {"type": "ClusterIP", "ports": _service_ports(spec)}
+    if selector:
+        body["selector"] = service_selector(owner, routed)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(owner), "spec": body}
+
+
+def private_service_name(owner_name: str) -> str:
+    """`<name>-private`, shortened with a digest where that would pass the 63 characters of a Service name."""
+    name = f"{owner_name}{c.PRIVATE_SERVICE_SUFFIX}"
+    if len(name) <= 63:
+        return name
+    tag = hashlib.sha256(owner_name.encode()).hexdigest()[:8]
+    head = owner_name[: 63 - len(c.PRIVATE_SERVICE_SUFFIX) - 9].rstrip("-")
+    return f"{head}-{tag}{c.PRIVATE_SERVICE_SUFFIX}"
+
+
+def private_service(owner: Owner, spec: ModelServiceSpec, routed: bool = False) -> dict[str, Any]:
+    """Always selects the pods that serve the model (as the public Service's selector does), like
+    Knative's private service: its EndpointSlices tell the activator when a replica is ready and where to
+    forward the requests it holds. Headless: only its endpoints are used, no virtual IP is needed."""
+    body = {"clusterIP": "None", "selector": service_selector(owner, routed), "ports": _service_ports(spec)}
+    meta = _meta(owner, private_service_name(owner.name))
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": body}
+
+
+def activator_slice_name(owner: Owner) -> str:
+    return f"{owner.name}-activator"
+
+
+def activator_slice(owner: Owner, addresses: list[str], port: int) -> dict[str, Any]:
+    """The EndpointSlice that routes the selectorless Service to the activator's pods (`addresses`);
+    with none it routes nowhere and the Service's own selector serves. Labelled with the Service's name,
+    which is how kube-proxy joins it to the Service, and with greenserve as its manager, so the
+    EndpointSlice controller leaves it alone."""
+    ipv6 = any(":" in a for a in addresses)
+    labels = {
+        **common_labels(owner),
+        c.LABEL_SERVICE_NAME: owner.name,
+        c.LABEL_ENDPOINTSLICE_MANAGED_BY: c.ENDPOINTSLICE_MANAGER,
+    }
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(owner),
-        "spec": {"type": "ClusterIP", "selector": service_selector(owner, routed), "ports": ports},
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {**_meta(owner, activator_slice_name(owner)), "labels": labels},
+        "addressType": "IPv6" if ipv6 else "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in sorted(addresses)],
     }
 
 
@@ -375,12 +427,17 @@ def initial_replicas(spec: ModelServiceSpec) -> int:
 
 
 def objects(
-    owner: Owner, spec: ModelServiceSpec, replicas: int, options: BuildOptions, routed: bool = False
+    owner: Owner,
+    spec: ModelServiceSpec,
+    replicas: int,
+    options: BuildOptions,
+    routed: bool = False,
+    zero_capable: bool = False,
 ) -> list[dict[str, Any]]:
-    """Everything one ModelService owns, in apply order (config before the pods that mount it)."""
-    return [
-        config_map(owner, spec),
-        deployment(owner, spec, replicas, options),
-        service(owner, spec, routed),
-        pod_disruption_budget(owner),
-    ]
+    """Everything one ModelService owns, in apply order (config before the pods that mount it). With
+    `zero_capable` (scale to zero through the activator) the public Service is left out: the routing step
+    (reconcile/routing.py) applies it with or without its selector, and the private Service is added."""
+    out = [config_map(owner, spec), deployment(owner, spec, replicas, options)]
+    out.append(private_service(owner, spec, routed) if zero_capable else service(owner, spec, routed))
+    out.append(pod_disruption_budget(owner))
+    return out

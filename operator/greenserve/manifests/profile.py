@@ -34,4 +34,5 @@ def service_profile(spec: ModelServiceSpec) -> ServiceProfile:
         gpu=gpu_model_for(spec.gpu.product or DEFAULT_GPU_PRODUCT),
         gpus=max(spec.gpu.count, 1),
         scale_down_delay_s=float(s.scale_down_delay_seconds),
+        idle_to_zero_s=float(s.scale_to_zero_after_seconds) if s.scale_to_zero_after_seconds else None,
     )

@@ -30,8 +30,13 @@
   30 up to 0.96), which a fixed target cannot express.
 * **Scale up at once; scale down stabilised**: the applied count is the highest recommendation of the last
   `scale_down_delay_s` seconds (HPA's stabilisation window), so a dip does not remove replicas.
-* **Idle to zero** (minReplicas 0): after no request for the break-even time — idle power of the warm
-  replicas against the energy of a cold start (energy.break_even_idle_s).
+* **Idle to zero** (minReplicas 0): after no request for the idle period (`idle_to_zero_s`, else the
+  break-even time: idle power of the warm replicas against the energy of a cold start,
+  energy.break_even_idle_s), on fresh readings only: missing or stale metrics hold the count.
+* **Back from zero**: demand the activator saw (`demand_at`, the time it last held a request for the
+  model) wakes a service at zero to one replica, metrics or not (a scale-up, never a scale-down), and
+  counts as traffic: the idle period restarts from it, so a model is never parked while its requests
+  wait at the activator.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ STEADY = "Steady"
 SLO_GUARD = "SLOGuard"
 IDLE_TO_ZERO = "IdleToZero"
 IDLE_WAITING = "IdleBreakEven"
+WAKE_ON_DEMAND = "ActivatorDemand"
+AT_ZERO = "ScaledToZero"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,10 @@ class ScalingInputs:
     # Length of the rate window behind request_rate/gpu_utilization: after a gap, a reading counts as
     # fresh data only once its whole window lies after the gap.
     metrics_window_s: float = 0.0
+    # Idle seconds before a minReplicas 0 service goes to zero (None: the energy break-even).
+    idle_to_zero_s: float | None = None
+    # Unix time the activator last held a request for this service (None: never, or not recorded).
+    demand_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,10 +260,34 @@ def _after_gap(inputs: ScalingInputs, state: ScalerState, now: float) -> tuple[S
     return replace(state, resumed_at=None, refill_from=None), False, False
 
 
+def idle_period_s(inputs: ScalingInputs) -> float:
+    """How long a minReplicas 0 service must see no request before it goes to zero."""
+    if inputs.idle_to_zero_s is not None:
+        return max(0.0, inputs.idle_to_zero_s)
+    return break_even_idle_s(inputs.idle_power_w, inputs.cold_start_energy_j, inputs.cold_start_s)
+
+
+def fresh_demand(inputs: ScalingInputs, now: float) -> float | None:
+    """The activator's demand time when it is recent enough to count: within one idle period. A model
+    that went to zero has been idle longer than that since its last demand, so an old mark never wakes
+    it again; a time ahead of this clock (skew between the activator's and the operator's) counts as now."""
+    if inputs.demand_at is None or inputs.min_replicas > 0:
+        return None
+    at = min(inputs.demand_at, now)
+    return at if now - at < idle_period_s(inputs) else None
+
+
 def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecision:
     current = inputs.current_replicas
+    demand = fresh_demand(inputs, now)
+    if demand is not None and current == 0 and inputs.max_replicas > 0:
+        # Requests wait at the activator: one replica now, whatever the metrics (at zero there are none).
+        woken = replace(state, idle_since=None, recommendations=((now, 1),))
+        return ScaleDecision(1, WAKE_ON_DEMAND, woken, 1)
     if inputs.sampled_at is None or _signal_missing(inputs):
-        return ScaleDecision(current, HOLD_MISSING, _in_gap(state, now))
+        # At zero nothing reports: that is the parked state itself, not a fault of the metrics.
+        reason = AT_ZERO if current == 0 and inputs.min_replicas == 0 else HOLD_MISSING
+        return ScaleDecision(current, reason, _in_gap(state, now))
     if now - inputs.sampled_at > inputs.stale_after_s:
         return ScaleDecision(current, HOLD_STALE, _in_gap(state, now))
     state, overlapping, holding = _after_gap(inputs, state, now)
@@ -287,11 +322,13 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
     if overlapping and state.idle_since is None:
         idle_since = None  # a window overlapping the gap may read idle only because data is missing
+    if idle_since is not None and demand is not None:
+        idle_since = max(idle_since, demand)  # a request held at the activator is traffic too
     floor = max(inputs.min_replicas, 1)
     if idle and inputs.min_replicas == 0 and holding:
         floor = min(floor, current)  # after a gap an idle service neither parks nor wakes: hold
     elif idle and inputs.min_replicas == 0:
-        wait = break_even_idle_s(inputs.idle_power_w, inputs.cold_start_energy_j, inputs.cold_start_s)
+        wait = idle_period_s(inputs)
         assert idle_since is not None
         if now - idle_since >= wait:
             floor, reason = 0, IDLE_TO_ZERO

@@ -72,6 +72,8 @@ class ServiceProfile:
     scale_down_delay_s: float = 300.0
     trend_max_boost: float = TREND_MAX_BOOST
     queue_drain_s: float = 60.0
+    # Idle seconds before a minReplicas 0 service goes to zero (None: the energy break-even).
+    idle_to_zero_s: float | None = None
 
     @property
     def service_time_ms(self) -> float:
@@ -136,12 +138,13 @@ def scaling_inputs(
     default_window_s: float,
     rise_factor: float = 1.0,
     slo_attainment: float | None = None,
+    demand_at: float | None = None,
 ) -> ScalingInputs:
     """The policy's inputs for one service. `reading` None: no metrics (the policy holds).
 
     `rise_factor` scales the sized rate (headroom for the model's own past rises, estimate.rise_factor).
     `slo_attainment`, when given, replaces the profile's (the fleet objective's share of the target,
-    fleet.member_target)."""
+    fleet.member_target). `demand_at`: when the activator last held a request for the service."""
     by_rate = profile.service_rate_rps is not None and profile.target_concurrency is None
     rate: float | None = None
     window = default_window_s
@@ -182,6 +185,8 @@ def scaling_inputs(
         target_concurrency=profile.target_concurrency,
         concurrency=reading.inflight if reading is not None and profile.target_concurrency else None,
         metrics_window_s=window,
+        idle_to_zero_s=profile.idle_to_zero_s,
+        demand_at=demand_at,
     )
 
 

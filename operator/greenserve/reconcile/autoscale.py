@@ -108,8 +108,10 @@ def scaling_inputs(
     config: OperatorConfig,
     rise_factor: float = 1.0,
     slo_attainment: float | None = None,
+    demand_at: float | None = None,
 ) -> pa.ScalingInputs:
-    """The policy's inputs from the spec, the replica counts in status and the reading (policy/profile.py)."""
+    """The policy's inputs from the spec, the replica counts in status and the reading (policy/profile.py);
+    `demand_at`: the activator's last demand mark (api/objects.py activation_demand)."""
     current = status.get("desiredReplicas")
     replicas = int(current) if isinstance(current, int) else initial_replicas(spec)
     return profile.scaling_inputs(
@@ -121,6 +123,7 @@ def scaling_inputs(
         default_window_s=config.metrics_window_s,
         rise_factor=rise_factor,
         slo_attainment=slo_attainment,
+        demand_at=demand_at,
     )
 
 
@@ -132,12 +135,13 @@ def policy_inputs(
     config: OperatorConfig,
     fleet_book: FleetBook | None = None,
     history: RateHistory | None = None,
+    demand_at: float | None = None,
 ) -> pa.ScalingInputs:
     """What one autoscaling step decides on: `scaling_inputs` with the rise headroom learned from this
     ModelService's history and its share of the fleet objective. Records the reading in `history` and
     the service in `fleet_book`, so call it once per decision."""
     svc = service_profile(spec)
-    inputs = scaling_inputs(spec, status, reading, config)
+    inputs = scaling_inputs(spec, status, reading, config, demand_at=demand_at)
     target = inputs.slo_attainment
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
         # Headroom for the rises this model has shown within the lead time, at the target's quantile.
@@ -149,7 +153,7 @@ def policy_inputs(
         )
         lead = profile.rise_lead_s(svc, reading.window_s)
         factor = estimate.rise_factor(past, reading.window_s, lead, target)
-        inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor)
+        inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor, demand_at=demand_at)
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
         # The fleet objective: this model's share of the fleet's target at the fleet's price.
         member = profile.fleet_member(svc, inputs.request_rate)
@@ -168,9 +172,11 @@ def decide(
     config: OperatorConfig,
     fleet_book: FleetBook | None = None,
     history: RateHistory | None = None,
+    demand_at: float | None = None,
 ) -> Decision:
-    """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds."""
-    inputs = policy_inputs(spec, status, reading, now, config, fleet_book, history)
+    """One autoscaling step. `reading` is None when metrics are missing or stale: the policy holds (but
+    fresh activator demand wakes a service at zero)."""
+    inputs = policy_inputs(spec, status, reading, now, config, fleet_book, history, demand_at)
     raw_state = status.get("scaler")
     state = pa.ScalerState.from_dict(raw_state) if isinstance(raw_state, dict) else pa.ScalerState()
     result = pa.decide(inputs, state, now)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api.constants import LABEL_MODELSERVICE
-from greenserve.api.objects import pod_ready
+from greenserve.api.objects import activation_demand, pod_ready
 from greenserve.api.v1alpha1 import ModelServiceSpec, merge_status, parse_spec
 from greenserve.cluster.client import PODS, KubeClient
 from greenserve.config import OperatorConfig
@@ -95,12 +95,15 @@ def assess(
     status: Mapping[str, Any],
     reading: ServiceMetrics | None,
     now: float,
+    demand_at: float | None = None,
 ) -> tuple[telemetry.Telemetry, autoscale.Decision]:
-    """What a step would write for this reading: telemetry fields and the autoscaling decision (pure)."""
+    """What a step would write for this reading: telemetry fields and the autoscaling decision (pure).
+    `demand_at`: the activator's demand mark on the ModelService (api/objects.py activation_demand)."""
     intensity = spec.energy.carbon_intensity_grams_per_kwh
     carbon = float(intensity) if intensity is not None else deps.config.carbon_intensity_g_per_kwh
     tele = telemetry.telemetry_fields(status, reading, carbon)
-    decision = autoscale.decide(spec, status, reading if tele.fresh else None, now, deps.config)
+    fresh = reading if tele.fresh else None
+    decision = autoscale.decide(spec, status, fresh, now, deps.config, demand_at=demand_at)
     return tele, decision
 
 
@@ -138,7 +141,7 @@ async def step_locked(
     if assessed is not None and assessed.resource_version == meta.get("resourceVersion"):
         tele, decision = assessed.telemetry, assessed.decision
     else:
-        tele, decision = assess(deps, spec, status, reading, deps.clock())
+        tele, decision = assess(deps, spec, status, reading, deps.clock(), activation_demand(body))
     extra = Extra(
         fields=merge_status(tele.fields, decision.status),
         conditions=(tele.condition,),
@@ -156,3 +159,22 @@ async def step_locked(
     if deps.metrics is not None and decision.previous is not None and outcome.desired is not None:
         deps.metrics.record_scale(ns, name, decision.previous, outcome.desired)
     return Step(outcome, decision.status.scaler)
+
+
+def wants_wake(body: Mapping[str, Any]) -> bool:
+    """The ModelService is at zero and the activator has marked demand: decide now (the policy wakes it
+    when the mark is fresh) instead of waiting for the next metrics tick."""
+    return (body.get("status") or {}).get("desiredReplicas") == 0 and activation_demand(body) is not None
+
+
+async def wake(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
+    """One autoscaling step on the live ModelService without a reading: at zero there is none, and the
+    policy scales up on the activator's demand alone (never down without fresh metrics)."""
+    step = await rec.under_lock(deps.kube, body, lambda live: _wake_locked(deps, live))
+    return step
+
+
+async def _wake_locked(deps: LoopDeps, live: Mapping[str, Any]) -> Outcome:
+    if not wants_wake(live):  # woken meanwhile (the tick, or an earlier event)
+        return await rec.reconcile_locked(deps.kube, live, deps.config)
+    return (await step_locked(deps, live, None)).outcome

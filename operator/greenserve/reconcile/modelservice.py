@@ -35,6 +35,7 @@ from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
 from greenserve.manifests.storage import UnsupportedStorageError, resolve
+from greenserve.reconcile import routing
 from greenserve.reconcile.bounds import bounded, replica_cap
 from greenserve.reconcile.status import (
     Failure,
@@ -375,9 +376,10 @@ async def _reconcile_valid(
     if extra is not None:
         fields = merge_status(extra.fields, fields)
     warnings = spec_warnings(spec, limit.capped_from, replica_cap(spec, config))
+    zero_capable = routing.routed(spec, status, config)
     try:
         applied: dict[str, Any] | None = None
-        objs = builders.objects(owner, spec, replicas + surge, options)
+        objs = builders.objects(owner, spec, replicas + surge, options, zero_capable=zero_capable)
         await ensure_ours(kube, objs)
         for obj in objs:
             result = await apply_if_changed(kube, obj)
@@ -388,6 +390,11 @@ async def _reconcile_valid(
             pods = await kube.list_objects(
                 PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
             )
+        if zero_capable:
+            route = await routing.apply_route(kube, owner, spec, status, pods, config)
+            fields = merge_status(fields, ModelServiceStatus(routing=route.routing))
+            if not route.settled:
+                refresh_later(kube, owner.namespace, owner.name, config, ROUTE_RETRY_S)
     except ConflictingObjectError as err:
         # Touch nothing of theirs; the change handler retries, so removing the conflict recovers.
         message = f"{err}; rename the ModelService or remove that object"
@@ -505,6 +512,25 @@ def refresh_soon(kube: KubeClient, namespace: str, name: str, config: OperatorCo
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
     return True
+
+
+#: A routing switch waiting for the EndpointSlice controller is looked at again after this long.
+ROUTE_RETRY_S = 2.0
+
+
+def refresh_later(
+    kube: KubeClient, namespace: str, name: str, config: OperatorConfig, delay_s: float
+) -> None:
+    """`refresh_soon` after `delay_s` (a routing switch waits for the EndpointSlice controller, whose
+    slices greenserve does not watch)."""
+
+    async def run() -> None:
+        await asyncio.sleep(delay_s)
+        refresh_soon(kube, namespace, name, config)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
 
 
 def deployment_owner(dep: Mapping[str, Any]) -> str | None:

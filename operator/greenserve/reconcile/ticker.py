@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
+from greenserve.api.objects import activation_demand
 from greenserve.api.v1alpha1 import ModelServiceStatus, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
 from greenserve.cluster.cache_reads import CacheReads, NeedsApiError
@@ -179,7 +180,7 @@ class Ticker:
         if not pods_complete(self.cache, key):
             state.held += 1
             return
-        tele, decision = loop.assess(self.deps, spec, status, reading, now)
+        tele, decision = loop.assess(self.deps, spec, status, reading, now, activation_demand(body))
         scaler = dict(decision.status.scaler or {})
         why = needs_action(status, tele, decision)
         if why is None and now >= state.next_resync[key]:

@@ -38,6 +38,8 @@ class ClusterConfig:
     max_nodes: int = 200
     # cluster-autoscaler --scale-down-utilization-threshold for draining under-used nodes; 0 = empty only.
     drain_below_utilization: float = 0.0
+    # Memory of one GPU (L4: 24 GB); a shared GPU's models may use it less the server's own context.
+    gpu_memory_gib: float = 24.0
 
 
 @dataclass

@@ -10,6 +10,17 @@ Serving, per model and step of `dt` seconds with `c` ready replicas of `mu` requ
   model the policy's SLO guard uses (policy/queueing.py);
 * under overload (lambda >= c*mu) the backlog grows and arrivals are late once it exceeds the budget.
 
+Shared GPUs (pool replicas, `Simulation.add_pool_gpu`): one replica of a model-server pod holding one
+GPU and one CUDA context (its idle power counted once, for the GPU), into which models are loaded
+(`load_shared`: ready `ModelSpec.reload_s` after the pod is) and unloaded (`unload_shared`). A model with a
+ready dedicated replica is served there; else by its first ready shared copy; else its requests are held
+by the activator (they join the backlog, miss the SLO, and past `Scenario.activator_timeout_s` of waiting
+they fail: `Result.failed`). A shared GPU serves its models as one server (`serve_shared`): its
+utilisation is the sum of their loads and each model's requests wait as in M/M/1 with the GPU's mean
+service time (policy/queueing.py `shared_attainment`): the mean response is s / (1 - rho), and a
+saturated GPU (rho >= 1) answers nothing within the SLO; a backlog is drained first, as above. Its busy
+power is (busy - loaded-idle) x the work it served.
+
 Energy per step, from policy/energy.py's state model: node base power for every node that exists
 (provisioning included); per GPU, bare power when no replica is resident, loaded-idle power when one is
 (loading included), plus (busy - loaded-idle) * utilization while serving. "Busy GPU" energy is that
@@ -27,12 +38,16 @@ from typing import Protocol
 import numpy as np
 
 from greenserve.policy.energy import GpuPowerModel, gpu_model_for
-from greenserve.policy.queueing import erlang_c, replicas_for_attainment
+from greenserve.policy.queueing import erlang_c, replicas_for_attainment, shared_attainment
 from greenserve.simulator.cluster import Cluster, ClusterConfig, Placement, Replica
 from greenserve.simulator.traces import FloatArray, Trace
 
 # The acceptance target of the benchmark: the share of requests within the SLO latency.
 ATTAINMENT_TARGET = 0.995
+# The model index of a pool replica (a model server that holds shared models, not one model's replica).
+POOL = -1
+# A pool pod's start without models (image pulled, server up): the models load after it.
+POOL_START_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +57,18 @@ class ModelSpec:
     cold_start_s: float
     slo_ms: float  # p95 latency objective
     gpus: int = 1
+    memory_gib: float = 2.0  # GPU memory the model needs (for packing shared GPUs)
+    # Loading the model into a running server (a shared pool pod): only its weights, not the pod, the
+    # image and the server that the cold start includes. A third of the cold start unless given.
+    load_s: float | None = None
 
     @property
     def service_time_s(self) -> float:
         return 1.0 / self.capacity_rps
+
+    @property
+    def reload_s(self) -> float:
+        return self.cold_start_s / 3.0 if self.load_s is None else self.load_s
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,9 @@ class Scenario:
     # gone): nothing is recorded then, so a rate window that overlaps one under-reads, as Prometheus'
     # increase() does, and a scaler that checks `metrics_down` sees no reading at all.
     metrics_gaps: tuple[tuple[float, float], ...] = ()
+    # Requests held by the activator for a model without a ready home fail after waiting this long
+    # (None: they wait until one is ready).
+    activator_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_steps < self.trace.n_steps:
@@ -82,6 +108,8 @@ class Result:
     within_slo: float = 0.0
     cold_starts: int = 0
     moves: int = 0
+    failed: float = 0.0  # requests the activator gave up on (Scenario.activator_timeout_s)
+    shared_gpu_hours: float = 0.0  # of gpu_hours: pool GPUs
     wall_s: float = 0.0
     t: FloatArray = field(default_factory=lambda: np.zeros(0))
     replicas: FloatArray = field(default_factory=lambda: np.zeros(0))
@@ -122,6 +150,48 @@ def serve_step(
     return cap * dt, arrivals * on_time_s / dt, new_backlog
 
 
+def serve_shared(
+    lams: Sequence[float],
+    service_s: Sequence[float],
+    backlogs: Sequence[float],
+    dt: float,
+    slos_s: Sequence[float],
+) -> tuple[list[float], list[float], list[float], float]:
+    """One step of a shared GPU serving several models (the module docstring): (served requests,
+    arrivals within the SLO, new backlog) per model, and the GPU's busy seconds. With one model it is
+    `serve_step` with one replica below saturation; past it, nothing is within the SLO."""
+    n = len(lams)
+    rho = sum(lam * s for lam, s in zip(lams, service_s, strict=True))
+    rate = sum(lams)
+    mean_s = rho / rate if rate > 0 else 0.0
+    work = sum(b * s for b, s in zip(backlogs, service_s, strict=True))  # GPU seconds queued
+    slack = 1.0 - rho
+    # The backlog drains in proportion (FIFO across models): the share of it left after the step.
+    left = 1.0
+    if slack > 0 and work > 0:
+        left = max(0.0, work - slack * dt) / work
+    served, within, new = [], [], []
+    for i in range(n):
+        arrivals = lams[i] * dt
+        budget = slos_s[i] - service_s[i]
+        if slack > 0:
+            b = backlogs[i] * left
+            late_s = min(dt, max(0.0, (work - budget) / slack)) if budget >= 0 else dt
+            p_ok = shared_attainment(rho, mean_s, service_s[i], slos_s[i])
+            within.append(arrivals * (1.0 - late_s / dt) * p_ok)
+            served.append(arrivals + backlogs[i] - b)
+        else:
+            # Saturated: the GPU serves dt seconds of work, shared in proportion to what arrives.
+            share = lams[i] * service_s[i] / rho if rho > 0 else 0.0
+            done = min(backlogs[i] + arrivals, share * dt / service_s[i]) if service_s[i] > 0 else 0.0
+            b = backlogs[i] + arrivals - done
+            within.append(0.0)
+            served.append(done)
+        new.append(b)
+    busy = sum(x * s for x, s in zip(served, service_s, strict=True))
+    return served, within, new, min(dt, busy)
+
+
 class Policy(Protocol):
     name: str
     placement: Placement
@@ -148,6 +218,10 @@ class Simulation:
         self.concurrency = np.zeros((n, self.trace.n_steps))
         self.last_arrival = np.full(n, -math.inf)
         self.moves = 0
+        # Shared GPUs: pool replica id -> model -> (load started at, or None while the pod is not ready).
+        self.pool: dict[int, dict[int, float | None]] = {}
+        # Arrivals per model up to each step (the activator's held requests are the newest of them).
+        self._arrived = np.concatenate([np.zeros((n, 1)), np.cumsum(self.trace.rates, axis=1)], axis=1)
         t = np.arange(self.trace.n_steps) * self.dt
         self.recorded = np.ones(self.trace.n_steps, dtype=bool)  # steps the metrics source saw
         for start, end in scenario.metrics_gaps:
@@ -194,6 +268,50 @@ class Simulation:
     def ready_count(self, m: int) -> int:
         return sum(1 for r in self.cluster.of_model(m) if r.is_ready(self.now))
 
+    # --- shared GPUs -----------------------------------------------------------------------------
+    def add_pool_gpu(self, pool_start_s: float = POOL_START_S) -> Replica:
+        """A pool pod of one GPU (pending until scheduled, ready `pool_start_s` after), with no model."""
+        r = self.cluster.add_replica(POOL, 1, pool_start_s, self.now)
+        self.pool[r.rid] = {}
+        return r
+
+    def remove_pool_gpu(self, rid: int) -> None:
+        self.pool.pop(rid, None)
+        if rid in self.cluster.replicas:
+            self.cluster.remove_replica(rid, self.now)
+
+    def load_shared(self, m: int, rid: int) -> None:
+        """Load model m into pool replica `rid` (ready `reload_s` after the pod is ready)."""
+        models = self.pool[rid]
+        if m not in models:
+            pod = self.cluster.replicas[rid]
+            models[m] = self.now if pod.is_ready(self.now) else None
+
+    def unload_shared(self, m: int, rid: int) -> None:
+        self.pool.get(rid, {}).pop(m, None)
+
+    def shared_ready_at(self, m: int, rid: int) -> float | None:
+        start = self.pool.get(rid, {}).get(m)
+        return None if start is None else start + self.models[m].reload_s
+
+    def shared_homes(self, m: int, ready: bool = True) -> list[int]:
+        """Pool replicas that hold model m (ready there, or loaded or loading when `ready` is False)."""
+        out = []
+        for rid, models in self.pool.items():
+            if m in models:
+                at = self.shared_ready_at(m, rid)
+                if not ready or (at is not None and self.now >= at):
+                    out.append(rid)
+        return sorted(out)
+
+    def _start_loads(self) -> None:
+        for rid, models in self.pool.items():
+            pod = self.cluster.replicas.get(rid)
+            if pod is not None and pod.is_ready(self.now):
+                for m, start in models.items():
+                    if start is None:
+                        models[m] = self.now
+
     # --- actions ---------------------------------------------------------------------------------
     def scale_to(self, m: int, n: int, victim_key: Callable[[Replica], tuple[float, ...]]) -> None:
         """Add or remove replicas of model m; victims are the lowest by `victim_key`."""
@@ -228,9 +346,12 @@ class Simulation:
                     self.cluster.remove_replica(r.replaces, self.now)
                 r.replaces = None
 
-    def bootstrap(self, counts: Sequence[int], placement: Placement) -> None:
-        """Start warm: the policy's initial replicas already loaded on ready nodes (same for all)."""
-        gpus = sum(c * self.models[m].gpus for m, c in enumerate(counts))
+    def bootstrap(
+        self, counts: Sequence[int], placement: Placement, pools: Sequence[Sequence[int]] = ()
+    ) -> None:
+        """Start warm: the policy's initial replicas already loaded on ready nodes (same for all), and
+        `pools` (the models of each shared GPU) loaded on theirs."""
+        gpus = sum(c * self.models[m].gpus for m, c in enumerate(counts)) + len(pools)
         per = self.cluster.config.gpus_per_node
         for _ in range(math.ceil(gpus / per)):
             self.cluster.add_node(0.0, ready=True)
@@ -244,6 +365,12 @@ class Simulation:
                     node = self.cluster.pick_node(r.gpus, placement, 0.0)
                     if node is not None:
                         self.cluster.bind(r, node, 0.0)
+        for members in pools:
+            r = self.cluster.add_replica(POOL, 1, 0.0, 0.0, warm=True)
+            self.pool[r.rid] = {m: -self.models[m].reload_s for m in members}
+            node = self.cluster.pick_node(1, placement, 0.0)
+            if node is not None:
+                self.cluster.bind(r, node, 0.0)
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self, policy: Policy) -> Result:
@@ -251,7 +378,9 @@ class Simulation:
         trace, dt, cluster = self.trace, self.dt, self.cluster
         n_steps = trace.n_steps
         res = _new_result(policy.name, self.scenario)
-        self.bootstrap(policy.initial(self), policy.placement)
+        counts = policy.initial(self)
+        initial_pools = getattr(policy, "initial_pools", None)
+        self.bootstrap(counts, policy.placement, initial_pools(self) if initial_pools else ())
         next_tick = 0.0
         cold0 = moves0 = 0
         for k in range(n_steps):
@@ -265,6 +394,7 @@ class Simulation:
             cluster.schedule(policy.placement, self.now)
             cluster.autoscale_nodes(policy.placement, self.now)
             self._complete_moves()
+            self._start_loads()
             if k == self.scenario.warmup_steps:
                 cold0, moves0 = cluster.cold_starts, self.moves
             self._account(k, lam, res)
@@ -278,17 +408,32 @@ class Simulation:
         measured = k >= self.scenario.warmup_steps
         n_models = len(self.models)
         ready = [0] * n_models
-        resident_gpus = 0
+        resident_gpus = pool_gpus = 0
         for r in self.cluster.replicas.values():
             if r.node is not None:
                 resident_gpus += r.gpus
-                if r.is_ready(now):
+                if r.model == POOL:
+                    pool_gpus += r.gpus
+                elif r.is_ready(now):
                     ready[r.model] += 1
         busy_w = 0.0
+        # Each model's shared GPU when it has no ready dedicated replica: its first ready shared copy.
+        on_pool: dict[int, list[int]] = {}
+        if self.pool:
+            for m in range(n_models):
+                if not ready[m]:
+                    homes = self.shared_homes(m)
+                    if homes and self.cluster.replicas[homes[0]].is_ready(now):
+                        on_pool.setdefault(homes[0], []).append(m)
+        shared = {m for ms in on_pool.values() for m in ms}
         for m, spec in enumerate(self.models):
+            if m in shared:
+                continue
             served, within, self.backlog[m] = serve_step(
                 float(lam[m]), ready[m], spec.capacity_rps, float(self.backlog[m]), dt, spec.slo_ms / 1000.0
             )
+            if not ready[m]:
+                self._activator(m, k, res, measured)
             if measured:
                 res.requests += float(lam[m]) * dt
                 res.within_slo += within
@@ -296,6 +441,22 @@ class Simulation:
             if ready[m]:
                 util = served / (ready[m] * spec.capacity_rps * dt)
                 busy_w += (gpu.busy_w - gpu.loaded_idle_w) * util * ready[m] * spec.gpus
+        for ms in on_pool.values():
+            specs = [self.models[m] for m in ms]
+            served_l, within_l, backlog_l, busy_s = serve_shared(
+                [float(lam[m]) for m in ms],
+                [s.service_time_s for s in specs],
+                [float(self.backlog[m]) for m in ms],
+                dt,
+                [s.slo_ms / 1000.0 for s in specs],
+            )
+            for m, spec, served, within, b in zip(ms, specs, served_l, within_l, backlog_l, strict=True):
+                self.backlog[m] = b
+                if measured:
+                    res.requests += float(lam[m]) * dt
+                    res.within_slo += within
+                self.concurrency[m, k] = served / dt / spec.capacity_rps + b
+            busy_w += (gpu.busy_w - gpu.loaded_idle_w) * busy_s / dt
         n_nodes = len(self.cluster.nodes)
         total_gpus = sum(n.gpus for n in self.cluster.nodes.values())
         idle_w = resident_gpus * gpu.loaded_idle_w + (total_gpus - resident_gpus) * gpu.bare_w
@@ -304,6 +465,20 @@ class Simulation:
             return
         reps = sum(1 for r in self.cluster.replicas.values() if r.replaces is None)
         _record(res, k - self.scenario.warmup_steps, dt, busy_w, idle_w, base_w, resident_gpus, n_nodes, reps)
+        res.shared_gpu_hours += pool_gpus * dt / 3600.0
+
+    def _activator(self, m: int, k: int, res: Result, measured: bool) -> None:
+        """Requests held for a model without a ready home fail once they have waited the timeout: what
+        is held is at most the arrivals of the last `activator_timeout_s` (FIFO: the oldest go first)."""
+        timeout = self.scenario.activator_timeout_s
+        if timeout is None:
+            return
+        lo = max(0, k + 1 - max(1, round(timeout / self.dt)))
+        recent = float(self._arrived[m, k + 1] - self._arrived[m, lo]) * self.dt
+        if self.backlog[m] > recent:
+            if measured:
+                res.failed += float(self.backlog[m]) - recent
+            self.backlog[m] = recent
 
 
 def _new_result(policy: str, scenario: Scenario) -> Result:

@@ -1,0 +1,169 @@
+"""greenserve with shared GPUs: the operator's placement policy (policy/sharing.py) on top of its
+autoscaling, in the simulator (SIMULATED energy).
+
+Every control period the policy describes each model through the operator's adapter
+(`profile.sharing_demand`: its sized rate x service time, its GPU memory, its idle time) and plans.
+Models planned shared are loaded into pool GPUs (`Simulation.add_pool_gpu`, one model-server pod per
+GPU); models planned dedicated are sized by `autoscaling.decide` exactly as `Greenserve` does; models
+planned unloaded lose every replica and copy (the activator holds their requests until they are back).
+Every change of home is surge-then-retire: a model's old home (dedicated replicas or a shared copy) goes
+only once the new one is ready, so a model with traffic is never without a ready home because of a move.
+
+The placement's load is the sized rate (the rate's upper estimate over the pooled windows) without the
+rise headroom: the headroom covers a dedicated scale-up's lead time per model, and summing it over a
+GPU's models would count rises that do not coincide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from greenserve.policy import autoscaling, consolidation, profile
+from greenserve.policy import sharing as placement
+from greenserve.simulator.cluster import Replica
+from greenserve.simulator.engine import POOL, Simulation
+from greenserve.simulator.policies import Greenserve
+
+# GPU memory a pool server keeps for itself (CUDA context, runtime): not for models.
+SERVER_RESERVE_GIB = 1.0
+
+
+@dataclass
+class GreenserveShared(Greenserve):
+    """`Greenserve` with GPU sharing and (for models at minReplicas 0) unloading."""
+
+    name: str = "greenserve-shared"
+    sharing: placement.Sharing = placement.Sharing.AUTO
+    enter_fraction: float = 0.5
+    leave_fraction: float = 0.8
+    _home: dict[int, int] = field(default_factory=dict)  # shared model -> its target pool replica
+    _dedicated: set[int] = field(default_factory=set)
+    _plan0: placement.SharingPlan | None = None  # the warm start's placement
+
+    def limits(self, sim: Simulation) -> placement.SharingLimits:
+        return placement.SharingLimits(
+            sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB,
+            enter_fraction=self.enter_fraction,
+            leave_fraction=self.leave_fraction,
+        )
+
+    def demands(self, sim: Simulation) -> list[placement.ModelDemand]:
+        usable = sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB
+        out = []
+        for m, spec in enumerate(sim.models):
+            reading = self.reading(sim, m)
+            rate = None if reading is None else profile.sizing_rate(self._profiles[m], reading)[0]
+            last = float(sim.last_arrival[m])
+            out.append(
+                profile.sharing_demand(
+                    self._profiles[m],
+                    str(m),
+                    rate,
+                    memory_gib=spec.memory_gib,
+                    gpu_memory_gib=usable,
+                    sharing=self.sharing,
+                    idle_s=sim.now - last if math.isfinite(last) else math.inf,
+                    has_dedicated=bool(sim.logical(m)),
+                    reload_s=spec.reload_s,
+                )
+            )
+        return out
+
+    def pool_view(self, sim: Simulation) -> list[placement.PoolGpu]:
+        usable = sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB
+        out = []
+        for rid, resident in sim.pool.items():
+            models = tuple(str(m) for m in sorted(resident) if self._home.get(m) == rid)
+            leaving = sum(sim.models[m].memory_gib for m in resident if self._home.get(m) != rid)
+            out.append(placement.PoolGpu(str(rid), usable, models, leaving))
+        return out
+
+    def initial(self, sim: Simulation) -> list[int]:
+        counts = super().initial(sim)
+        self._home, self._dedicated = {}, set()
+        self._plan0 = placement.plan(self.demands(sim), (), self.limits(sim))
+        for name in self._plan0.home:
+            counts[int(name)] = 0
+        self._dedicated = {m for m, c in enumerate(counts) if c > 0}
+        return counts
+
+    def initial_pools(self, sim: Simulation) -> list[list[int]]:
+        return [[int(m) for m in g.models] for g in self._plan0.gpus] if self._plan0 else []
+
+    def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:
+        # Pool pods are not moved by node consolidation (their models would have to reload).
+        snap = super()._snapshot(sim)
+        pools = {str(rid) for rid in sim.pool}
+        return consolidation.ClusterSnapshot(
+            snap.nodes, tuple(replace(r, protected=True) if r.pod in pools else r for r in snap.replicas)
+        )
+
+    def control(self, sim: Simulation) -> None:
+        if not self._home and sim.pool:  # after the warm start: each model is on one pool GPU
+            self._home = {m: rid for rid, models in sim.pool.items() for m in models}
+        self._observe(sim)
+        now = sim.now
+        the_plan = placement.plan(self.demands(sim), self.pool_view(sim), self.limits(sim))
+        ids: dict[str, int] = {}
+        for g in the_plan.gpus:
+            ids[g.gpu] = sim.add_pool_gpu().rid if g.gpu.startswith(placement.NEW_GPU_PREFIX) else int(g.gpu)
+        self._home = {int(m): ids[g] for m, g in the_plan.home.items()}
+        for m, rid in self._home.items():
+            sim.load_shared(m, rid)
+
+        snap = self._snapshot(sim)
+        cplan = consolidation.plan(snap, now, consolidation.limits(self.move_interval_s, self._last_move_at))
+        costs = cplan.deletion_costs
+
+        def victim(r: Replica) -> tuple[float, ...]:
+            if r.node is None:
+                return (0.0, 0.0, 0.0)
+            ready_at = r.ready_at if r.ready_at is not None else now
+            return (1.0, float(costs.get(str(r.rid), 0)), -ready_at)
+
+        for m in range(len(sim.models)):
+            current = len(sim.logical(m))
+            ready = sim.ready_count(m)
+            homes = sim.shared_homes(m)
+            if m in self._home:
+                target_ready = self._home[m] in homes
+                if target_ready:
+                    if current:
+                        sim.scale_to(m, 0, victim)
+                    self._unload_except(sim, m, self._home[m])
+                self._dedicated.discard(m)
+            elif str(m) in the_plan.dedicated:
+                if m not in self._dedicated:  # back from shared or zero: a fresh scaler
+                    self._states[m] = autoscaling.ScalerState()
+                    self._dedicated.add(m)
+                decision = autoscaling.decide(self._inputs(sim, m, current, ready), self._states[m], now)
+                self._states[m] = decision.state
+                if decision.desired_replicas != current:
+                    sim.scale_to(m, decision.desired_replicas, victim)
+                if ready:
+                    self._unload_except(sim, m, None)
+            else:  # unloaded: scale to zero
+                if current:
+                    sim.scale_to(m, 0, victim)
+                self._unload_except(sim, m, None)
+                self._dedicated.discard(m)
+        targets = set(self._home.values())
+        for rid in [r for r, models in sim.pool.items() if not models and r not in targets]:
+            sim.remove_pool_gpu(rid)
+
+        in_flight = any(r.replaces is not None for r in sim.cluster.replicas.values())
+        if self.consolidate and cplan.moves and not in_flight:
+            moved = False
+            for mv in cplan.moves:
+                rid = int(mv.pod)
+                if rid in sim.cluster.replicas and sim.cluster.replicas[rid].model != POOL:
+                    moved = sim.start_move(rid, int(mv.to_node)) or moved
+            if moved:
+                self._last_move_at = now
+
+    @staticmethod
+    def _unload_except(sim: Simulation, m: int, keep: int | None) -> None:
+        for rid in sim.shared_homes(m, ready=False):
+            if rid != keep:
+                sim.unload_shared(m, rid)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from greenserve.policy.energy import JOULES_PER_KWH, gpu_model_for
-from greenserve.policy.queueing import replicas_for_attainment
+from greenserve.policy.queueing import replicas_for_attainment, shared_attainment
 from greenserve.simulator.engine import Scenario, serve_step
 
 
@@ -188,3 +188,52 @@ def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
         return float(value.min(axis=1).sum()) + y * need
 
     return EnergyBound(attainment, maximise_dual(dual, cost, 60) + busy, busy)
+
+
+# Grid of a shared GPU's load in [0, 1] for the sharing-aware bound's per-load price (kappa below).
+SHARED_GRID = 4000
+
+
+def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
+    """The least energy any simulated policy needs to answer `attainment` of requests within the SLO when
+    models may also share GPUs (engine.serve_shared), for scenarios of one service class (one service
+    time, SLO and one GPU per replica); `energy_lower_bound` is the bound without sharing.
+
+    Why it is a bound. As in `energy_lower_bound`, per step every GPU that serves costs at least
+    `cost` = (P_ctx + base_w / gpus_per_node) x dt, backlogs only make requests later, and the dual of
+    the attainment constraint with multiplier y is relaxed per step. A model is served either by c >= 1
+    dedicated replicas (M/M/c: the table of `energy_lower_bound`) or on a shared GPU, or not at all. A
+    shared GPU with summed load x (all models share the service time s) answers at most
+    W(x) = (dt / s) x a(x) requests within the SLO, a(x) = `shared_attainment(x, s, s, slo)` (zero at
+    x >= 1), so its Lagrangian cost - y W(x) = x (cost / x - y (dt / s) a(x)) >= x kappa(y) with
+    kappa(y) = min(0, inf over x in (0, 1) of cost / x - y (dt / s) a(x)). Summed over the shared GPUs
+    that is kappa(y) times their models' summed load, whatever the grouping: each model may take, per
+    step, the least of its dedicated options and kappa(y) x its load, which is again a per-(model, rate)
+    minimum, and weak duality makes the maximum over y a lower bound. kappa is bounded below on the grid
+    x_j = j / SHARED_GRID: on [x_j, x_j+1], cost / x >= cost / x_j+1 and a(x) <= a(x_j) (a is
+    non-increasing), so the grid value is never above the true infimum.
+
+    The busy energy counts the work of the requests within the SLO only (`attainment` x the measured
+    arrivals: at least those were served), not every arrival. It is at most `energy_lower_bound` (it
+    has every option that bound has, and more)."""
+    specs = {(spec.capacity_rps, spec.slo_ms, spec.gpus) for spec in scenario.models}
+    if len(specs) != 1 or next(iter(specs))[2] != 1:
+        raise ValueError("the sharing-aware bound assumes one service class of one GPU per replica")
+    mu, slo_ms, _ = specs.pop()
+    s, slo, dt = 1.0 / mu, slo_ms / 1000.0, scenario.trace.step_s
+    table, counts, cost, arrivals, busy_all = _tables(scenario)
+    rates = scenario.trace.rates[:, scenario.warmup_steps :]
+    loads = np.concatenate([np.unique(rates[m]) for m in range(len(scenario.models))]) * s
+    need = attainment * arrivals
+    cs = np.arange(table.shape[1], dtype=np.float64) * cost
+    xs = np.arange(SHARED_GRID + 1, dtype=np.float64) / SHARED_GRID
+    a = np.array([1.0] + [shared_attainment(x, s, s, slo) for x in xs[1:-1]])  # a(x_j), j < grid
+    per_load = cost / xs[1:]  # cost / x_j+1
+
+    def dual(y: float) -> float:
+        kappa = min(0.0, float((per_load - y * dt / s * a).min()))
+        best = np.minimum((cs[None, :] - y * table).min(axis=1), kappa * loads)
+        return float(counts @ best) + y * need
+
+    busy = attainment * busy_all
+    return EnergyBound(attainment, maximise_dual(dual, cost, 100) + busy, busy)

@@ -1,0 +1,189 @@
+"""Shared GPUs in the simulator (engine.serve_shared, pool GPUs, the activator), greenserve with the
+placement policy (simulator/sharing.py) and the sharing-aware bound (bound.sharing_aware_bound)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from greenserve.simulator import traces
+from greenserve.simulator.bound import energy_lower_bound, sharing_aware_bound
+from greenserve.simulator.cluster import ClusterConfig
+from greenserve.simulator.engine import (
+    POOL,
+    ModelSpec,
+    Result,
+    Scenario,
+    Simulation,
+    serve_shared,
+    serve_step,
+)
+from greenserve.simulator.policies import Greenserve, HpaLike
+from greenserve.simulator.sharing import GreenserveShared
+
+DT = 10.0
+
+
+def _scenario(
+    rates: np.ndarray, *, warm: int = 30, timeout: float | None = None, service_s: float = 0.1
+) -> Scenario:
+    models = tuple(
+        ModelSpec(f"m{i}", 1.0 / service_s, 60.0, service_s * 5000.0, memory_gib=2.0)
+        for i in range(rates.shape[0])
+    )
+    return Scenario(
+        traces.Trace("t", DT, rates.astype(np.float64)),
+        models,
+        ClusterConfig(),
+        30.0,
+        warm,
+        activator_timeout_s=timeout,
+    )
+
+
+def test_one_model_on_a_shared_gpu_is_one_replica_below_saturation() -> None:
+    for lam, backlog in ((0.5, 0.0), (3.0, 0.0), (6.0, 20.0)):
+        served, within, new, busy = serve_shared([lam], [0.1], [backlog], DT, [0.5])
+        ref = serve_step(lam, 1, 10.0, backlog, DT, 0.5)
+        assert served[0] == pytest.approx(ref[0]) and within[0] == pytest.approx(ref[1])
+        assert new[0] == pytest.approx(ref[2]) and busy == pytest.approx(served[0] * 0.1)
+
+
+def test_a_shared_gpu_slows_as_it_saturates() -> None:
+    # Five models: the more load the GPU carries, the smaller each one's share within the SLO.
+    shares = []
+    for lam in (0.1, 0.5, 1.0, 1.5, 1.9, 2.5):
+        _, within, _, busy = serve_shared([lam] * 5, [0.1] * 5, [0.0] * 5, DT, [0.5] * 5)
+        shares.append(within[0] / (lam * DT))
+        assert busy <= DT + 1e-9
+    assert shares == sorted(shares, reverse=True) and shares[-1] == 0.0 and shares[0] > 0.99
+
+
+def test_idle_power_of_a_shared_gpu_is_counted_once() -> None:
+    # Eight models of 0.05 req/s each (0.5% of a GPU): greenserve shares one GPU, HPA-like holds eight.
+    rates = np.full((8, 150), 0.05)
+    sc = _scenario(rates)
+    shared = Simulation(sc).run(GreenserveShared(slo_attainment=0.995))
+    whole = Simulation(sc).run(HpaLike())
+    hours = sc.trace.step_s * (sc.trace.n_steps - sc.warmup_steps) / 3600.0
+    assert shared.gpu_hours == pytest.approx(hours) and shared.shared_gpu_hours == pytest.approx(hours)
+    assert whole.gpu_hours == pytest.approx(8 * hours)
+    idle_w = Simulation(sc).gpu.loaded_idle_w
+    # One context, seven GPUs bare on the node (the node exists either way).
+    bare = Simulation(sc).gpu.bare_w
+    assert shared.idle_gpu_j == pytest.approx((idle_w + 7 * bare) * hours * 3600.0)
+    assert shared.busy_gpu_j == pytest.approx(whole.busy_gpu_j, rel=1e-6)  # the same work
+    assert shared.slo_attainment > 0.999 and shared.total_j < whole.total_j
+
+
+def _idle_gap(n_steps: int = 240) -> np.ndarray:
+    rates = np.full((2, n_steps), 0.5)
+    rates[1, 60:150] = 0.0  # model 1 idles for 900 s, then comes back
+    return rates
+
+
+class Watched(Simulation):
+    """Records, per step, the models with traffic that had no ready home (dedicated or shared)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario)
+        self.homeless: list[tuple[int, int]] = []
+        self.unloaded_steps: dict[int, int] = {}
+
+    def _account(self, k: int, lam: np.ndarray, res: Result) -> None:
+        for m in range(len(self.models)):
+            home = self.ready_count(m) > 0 or bool(self.shared_homes(m))
+            if lam[m] > 0 and not home:
+                self.homeless.append((k, m))
+            if not home and not self.logical(m) and not self.shared_homes(m, ready=False):
+                self.unloaded_steps[m] = self.unloaded_steps.get(m, 0) + 1
+        super()._account(k, lam, res)
+
+
+def test_scale_to_zero_and_back_through_the_activator() -> None:
+    sc = _scenario(_idle_gap(), warm=10, timeout=120.0)
+    sim = Watched(sc)
+    res = sim.run(GreenserveShared(slo_attainment=0.995, min_replicas=0))
+    # Model 1 was unloaded while idle (the break-even is a few minutes) and came back when its traffic
+    # did: its first requests waited for the reload (held, late), none failed (reload < timeout).
+    assert sim.unloaded_steps.get(1, 0) > 10 and 0 not in sim.unloaded_steps
+    late = [k for k, m in sim.homeless if m == 1]
+    assert late and min(late) == 150 and max(late) < 150 + 60 / DT
+    assert res.failed == 0.0
+    assert sim.shared_homes(1), "model 1 is back on a shared GPU"
+    # With a timeout shorter than the reload, the held requests fail past it.
+    short = Simulation(_scenario(_idle_gap(), warm=10, timeout=5.0)).run(
+        GreenserveShared(slo_attainment=0.995, min_replicas=0)
+    )
+    assert short.failed > 0 and short.failed < 0.5 * 60 / DT * DT
+
+
+def test_a_model_with_traffic_at_min_one_never_scales_to_zero() -> None:
+    sim = Watched(_scenario(_idle_gap(), warm=10))
+    sim.run(GreenserveShared(slo_attainment=0.995))
+    assert not sim.unloaded_steps and not sim.homeless
+
+
+# Per-model levels (req/s; 10 = one GPU): shared below 0.75, dedicated above 1.2 (with headroom).
+LEVELS = st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.0, 6.0])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(LEVELS, min_size=4, max_size=4),
+    st.lists(LEVELS, min_size=4, max_size=4),  # ... after the change
+    st.integers(40, 120),  # the step of the change
+    st.integers(0, 2**16),
+)
+def test_property_moves_and_reloads_never_leave_a_model_with_traffic_homeless(
+    before: list[float], after: list[float], change: int, seed: int
+) -> None:
+    # Loads that cross the sharing thresholds both ways (a model moves shared <-> dedicated); every model
+    # keeps min 1: after the warm start a model with traffic always has a ready home and nothing fails.
+    rng = np.random.default_rng(seed)
+    n = 180
+    level = np.array([before] * change + [after] * (n - change)).T
+    rates = rng.poisson(level * DT) / DT
+    sim = Watched(_scenario(rates, warm=20, timeout=60.0))
+    res = sim.run(GreenserveShared(slo_attainment=0.995))
+    assert not sim.homeless, sim.homeless[:5]
+    assert res.failed == 0.0
+    # Memory of every pool GPU is respected by what the policy placed there.
+    for models in sim.pool.values():
+        assert sum(sim.models[m].memory_gib for m in models) <= sim.cluster.config.gpu_memory_gib
+
+
+def test_pool_pods_are_not_model_replicas() -> None:
+    sim = Simulation(_scenario(np.full((3, 60), 0.2)))
+    r = sim.add_pool_gpu()
+    assert r.model == POOL and all(not sim.logical(m) for m in range(3))
+
+
+@pytest.mark.parametrize("service_s", [0.1, 2.0])
+def test_no_policy_beats_the_sharing_aware_bound(service_s: float) -> None:
+    rng = np.random.default_rng(3)
+    mean = np.clip(2.0 / service_s * np.arange(1, 13, dtype=np.float64) ** -2.0, 0.01, None)
+    rates = rng.poisson(mean[:, None] * np.ones((12, 240)) * DT) / DT
+    sc = _scenario(rates, warm=40, service_s=service_s)
+    for policy in (HpaLike(), Greenserve(), GreenserveShared(slo_attainment=0.99), GreenserveShared()):
+        r = Simulation(sc).run(policy)
+        b = sharing_aware_bound(sc, r.slo_attainment)
+        assert b.total_j <= r.total_j, (policy.name, b.kwh, r.total_j / 3.6e6)
+        assert b.total_j <= energy_lower_bound(sc, r.slo_attainment).total_j * (1 + 1e-9)
+
+
+def test_sharing_aware_bound_grows_with_the_target_and_refuses_mixed_classes() -> None:
+    rates = np.full((4, 120), 0.3)
+    sc = _scenario(rates)
+    values = [sharing_aware_bound(sc, a).total_j for a in (0.9, 0.99, 0.995, 0.999)]
+    assert values == sorted(values)
+    mixed = Scenario(
+        sc.trace, (*sc.models[:3], ModelSpec("x", 5.0, 60.0, 1000.0)), sc.cluster, 30.0, sc.warmup_steps
+    )
+    with pytest.raises(ValueError, match="one service class"):
+        sharing_aware_bound(mixed, 0.995)
+    assert math.isfinite(values[-1])

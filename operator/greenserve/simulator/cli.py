@@ -164,6 +164,9 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
     print(matrix.table(result))
     print()
     print(matrix.summary(result))
+    print()
+    print(matrix.sharing_table(result))
+    print(matrix.sharing_summary(result))
     print(
         f"\nscenarios: {cfg.hours:g} h measured after {cfg.warmup_h:g} h warm-up, {cfg.step_s:g} s steps, "
         f"seed {cfg.seed}; services "
@@ -178,6 +181,7 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
             print(f"wrote {path}")
         md = args.out / "matrix.md"
         md.write_text(matrix.markdown(result) + "\n")
+        (args.out / "matrix-sharing.md").write_text(matrix.sharing_markdown(result) + "\n")
         matrix.save(result, args.out / "matrix.json")
         print(f"wrote {md} and {args.out / 'matrix.json'}")
     print(f"({result.wall_s:.1f} s, {len(result.points)} runs)")

@@ -43,10 +43,11 @@ import numpy as np
 
 from greenserve.policy.energy import joules_to_kwh
 from greenserve.simulator import traces
-from greenserve.simulator.bound import energy_lower_bound, startup_aware_bound
+from greenserve.simulator.bound import energy_lower_bound, sharing_aware_bound, startup_aware_bound
 from greenserve.simulator.cluster import ClusterConfig
 from greenserve.simulator.engine import ModelSpec, Result, Scenario, Simulation
 from greenserve.simulator.policies import Greenserve, HpaLike, KnativeLike
+from greenserve.simulator.sharing import GreenserveShared
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -79,6 +80,7 @@ SERVICE_CLASSES = {
     )
 }
 MIN_RPS, MAX_RPS = 0.01, 500.0
+MEMORY_GIB = (0.5, 8.0)
 AZURE_STRETCH = 24.0
 # Bursts: 3 an hour per model, x3 the rate, rising over 2 minutes, 5 minutes long on average.
 BURSTS_PER_H, BURST_FACTOR, BURST_RAMP_S, BURST_S = 3.0, 3.0, 120.0, 300.0
@@ -196,8 +198,15 @@ def make_scenario(key: ScenarioKey, cfg: MatrixConfig) -> Scenario:
     lam = mean[:, None] * _shape(key, n_steps, step, rng, cfg)
     rates = rng.poisson(lam * step) / step
     trace = traces.Trace(key.name, step, rates.astype(np.float64))
+    # GPU memory per model (what a shared GPU packs): log-uniform 0.5-8 GiB, from its own generator so
+    # that the traces are those of the scenario without it.
+    mem_rng = np.random.default_rng([cfg.seed, SHAPES.index(key.shape), key.fleet, 7])
+    memory = np.exp(mem_rng.uniform(math.log(MEMORY_GIB[0]), math.log(MEMORY_GIB[1]), key.fleet))
     models = tuple(
-        ModelSpec(f"m{i}", svc.capacity_rps, svc.cold_start_s, svc.slo_s * 1000.0) for i in range(key.fleet)
+        ModelSpec(
+            f"m{i}", svc.capacity_rps, svc.cold_start_s, svc.slo_s * 1000.0, memory_gib=float(memory[i])
+        )
+        for i in range(key.fleet)
     )
     return Scenario(trace, models, ClusterConfig(), 30.0, warm)
 
@@ -217,10 +226,16 @@ QUICK_KNOBS = {
     "hpa": (0.9, 0.7, 0.5, 0.3),
     "knative": (0.7, 0.4),
     "greenserve": (0.9, 0.95, 0.99, 0.999),
+    "greenserve-shared": (0.9, 0.95, 0.99, 0.999),
 }
+# greenserve with shared GPUs (simulator/sharing.py) sweeps the same attainment targets as greenserve:
+# the target also sets a shared GPU's saturation cap.
+POLICIES = ("hpa", "knative", "greenserve", "greenserve-shared")
 
 
 def make_policy(policy: str, knob: float) -> HpaLike | KnativeLike | Greenserve:
+    if policy == "greenserve-shared":
+        return GreenserveShared(slo_attainment=knob)
     if policy == "hpa":
         return HpaLike(knob)
     if policy == "knative":
@@ -251,10 +266,11 @@ def _run(job: tuple[ScenarioKey, MatrixConfig, str, float]) -> Point:
     return Point(key.name, policy, knob, res.slo_attainment, res.total_j, res.gpu_hours, cpu)
 
 
-def _bound(job: tuple[ScenarioKey, MatrixConfig]) -> tuple[str, float, float, float]:
+def _bound(job: tuple[ScenarioKey, MatrixConfig]) -> tuple[str, float, float, float, float]:
     """The scenario's bounds at 99.5%: for any policy; for those that keep a replica per model (every
     compared policy but Knative-like; greenserve keeps one for a model with traffic); and for those,
-    with every start's cold start charged (`bound.startup_aware_bound`)."""
+    with every start's cold start charged (`bound.startup_aware_bound`); and for any policy that may
+    also share GPUs (`bound.sharing_aware_bound`)."""
     key, cfg = job
     sc = make_scenario(key, cfg)
     return (
@@ -262,6 +278,7 @@ def _bound(job: tuple[ScenarioKey, MatrixConfig]) -> tuple[str, float, float, fl
         energy_lower_bound(sc, MATCH_LEVEL).total_j,
         energy_lower_bound(sc, MATCH_LEVEL, min_replicas=1).total_j,
         startup_aware_bound(sc, MATCH_LEVEL, min_replicas=1).total_j,
+        sharing_aware_bound(sc, MATCH_LEVEL).total_j,
     )
 
 
@@ -295,6 +312,7 @@ class MatrixResult:
     wall_s: float
     floored: dict[str, float] = field(default_factory=dict)  # the bound with a replica per model
     startup: dict[str, float] = field(default_factory=dict)  # ... and every start's cold start charged
+    sharing: dict[str, float] = field(default_factory=dict)  # the bound of policies that may share GPUs
 
     def of(self, scenario: str, policy: str) -> list[Point]:
         return [p for p in self.points if p.scenario == scenario and p.policy == policy]
@@ -319,7 +337,12 @@ def run_matrix(
     knobs = (
         QUICK_KNOBS
         if quick
-        else {"hpa": HPA_TARGETS, "knative": KNATIVE_TARGETS, "greenserve": GREENSERVE_TARGETS}
+        else {
+            "hpa": HPA_TARGETS,
+            "knative": KNATIVE_TARGETS,
+            "greenserve": GREENSERVE_TARGETS,
+            "greenserve-shared": GREENSERVE_TARGETS,
+        }
     )
     jobs = [(k, cfg, p, v) for k in keys for p, vs in knobs.items() for v in vs]
     workers = max(1, min(cfg.workers, os.cpu_count() or 1, 2))
@@ -338,10 +361,11 @@ def run_matrix(
         cpu = sum(p.cpu_s for p in points)
         progress(f"{len(jobs) + len(extra)} runs in {time.perf_counter() - start:.0f} s ({cpu:.0f} s CPU)")
     found = _pool_map(_bound, [(k, cfg) for k in keys], workers)
-    bounds = {name: b for name, b, _, _ in found}
-    floored = {name: f for name, _, f, _ in found}
-    startup = {name: u for name, _, _, u in found}
-    return MatrixResult(points, bounds, list(keys), time.perf_counter() - start, floored, startup)
+    bounds = {name: b for name, b, _, _, _ in found}
+    floored = {name: f for name, _, f, _, _ in found}
+    startup = {name: u for name, _, _, u, _ in found}
+    shared = {name: x for name, _, _, _, x in found}
+    return MatrixResult(points, bounds, list(keys), time.perf_counter() - start, floored, startup, shared)
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -363,6 +387,7 @@ class Row:
     bound_j: float | None
     floored_j: float | None = None  # the bound of policies that keep a replica per model
     startup_j: float | None = None  # ... with every start's cold start charged
+    sharing_j: float | None = None  # the bound of policies that may share GPUs
 
     def ratio(self, policy: str, level: float, attr: str = "energy_j", vs: str = "hpa") -> float | None:
         a, b = self.at.get((policy, level)), self.at.get((vs, level))
@@ -372,7 +397,12 @@ class Row:
         """A policy's energy at matched 99.5% over a bound (`bound`, `floored`, `startup`); policy "any"
         is the least of HPA-like's and greenserve's (the compared policies that keep a replica per
         model). None where it did not reach 99.5%."""
-        b = {"bound": self.bound_j, "floored": self.floored_j, "startup": self.startup_j}[which]
+        b = {
+            "bound": self.bound_j,
+            "floored": self.floored_j,
+            "startup": self.startup_j,
+            "sharing": self.sharing_j,
+        }[which]
         found = [
             p
             for name in (("hpa", "greenserve") if policy == "any" else (policy,))
@@ -386,7 +416,7 @@ def rows(result: MatrixResult) -> list[Row]:
     for key in result.keys:
         at: dict[tuple[str, float], Point | None] = {}
         best: dict[str, float] = {}
-        for policy in ("hpa", "knative", "greenserve"):
+        for policy in POLICIES:
             pts = result.of(key.name, policy)
             best[policy] = max((p.attainment for p in pts), default=0.0)
             for level in LEVELS:
@@ -399,6 +429,7 @@ def rows(result: MatrixResult) -> list[Row]:
                 result.bounds.get(key.name),
                 result.floored.get(key.name),
                 result.startup.get(key.name),
+                result.sharing.get(key.name),
             )
         )
     return out
@@ -502,6 +533,7 @@ def save(result: MatrixResult, path: Path) -> None:
                 "bounds": result.bounds,
                 "floored": result.floored,
                 "startup": result.startup,
+                "sharing": result.sharing,
                 "keys": [k.name for k in result.keys],
                 "wall_s": result.wall_s,
             },
@@ -519,6 +551,7 @@ def load(path: Path) -> MatrixResult:
         raw["wall_s"],
         raw["floored"],
         raw["startup"],
+        raw.get("sharing", {}),
     )
 
 
@@ -585,3 +618,77 @@ def plot(result: MatrixResult, out: Path) -> list[Path]:
     fig.savefig(paths[1], dpi=90)
     plt.close(fig)
     return paths
+
+
+# --- GPU sharing -------------------------------------------------------------------------------------
+
+SHARING_HEAD = (
+    "scenario",
+    "best SLO % gs-shared",
+    "E shared/hpa @99.5%",
+    "GPU-h shared/hpa",
+    "E shared/gs",
+    "shared/sharing bound",
+    "hpa/sharing bound",
+)
+SHARING_NOTE = (
+    "greenserve with shared GPUs (simulator/sharing.py) at matched 99.5% (SIMULATED energy): its energy "
+    "and GPU-hours against HPA-like's, its energy against greenserve's (whole GPUs) and against the "
+    "sharing-aware bound (bound.sharing_aware_bound: any policy, shared GPUs allowed, perfect foresight)."
+)
+
+
+def _sharing_cells(r: Row) -> list[str]:
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    at = MATCH_LEVEL
+    return [
+        r.scenario,
+        f"{100 * r.best.get('greenserve-shared', 0.0):.2f}",
+        fmt(r.ratio("greenserve-shared", at)),
+        fmt(r.ratio("greenserve-shared", at, "gpu_hours")),
+        fmt(r.ratio("greenserve-shared", at, vs="greenserve")),
+        fmt(r.vs_bound("sharing", "greenserve-shared")),
+        fmt(r.vs_bound("sharing", "hpa")),
+    ]
+
+
+def sharing_table(result: MatrixResult) -> str:
+    """Per scenario, greenserve with shared GPUs at matched 99.5% against HPA-like, greenserve and the
+    sharing-aware bound."""
+    widths = (24, 22, 21, 18, 13, 22, 19)
+
+    def line(cells: Sequence[str]) -> str:
+        return "".join(
+            f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    lines = [SHARING_NOTE, line(SHARING_HEAD)]
+    lines += [line(_sharing_cells(r)) for r in rows(result)]
+    return "\n".join(lines)
+
+
+def sharing_markdown(result: MatrixResult) -> str:
+    lines = ["| " + " | ".join(SHARING_HEAD) + " |", "|" + "---|" * len(SHARING_HEAD)]
+    lines += ["| " + " | ".join(_sharing_cells(r)) + " |" for r in rows(result)]
+    return "\n".join(lines)
+
+
+def sharing_summary(result: MatrixResult) -> str:
+    rs = rows(result)
+    matched = [(r, v) for r in rs if (v := r.ratio("greenserve-shared", MATCH_LEVEL)) is not None]
+    worse = [r.scenario for r, v in matched if v > 1.0]
+    vs = [v for r in rs if (v := r.vs_bound("sharing", "greenserve-shared")) is not None]
+    near = sum(1 for v in vs if v <= 1.2)
+    return "\n".join(
+        [
+            f"greenserve-shared at matched 99.5%: {len(matched)} of {len(rs)} scenarios comparable; "
+            + "energy against HPA-like "
+            + (f"{min(v for _, v in matched):.2f}-{max(v for _, v in matched):.2f}" if matched else "-")
+            + f"; more energy than HPA-like on {len(worse)}"
+            + (f" ({', '.join(worse)})" if worse else ""),
+            "greenserve-shared against the sharing-aware bound at 99.5%: "
+            + (f"{min(vs):.2f}-{max(vs):.2f}x, within 1.2x on {near} of {len(vs)}" if vs else "-"),
+        ]
+    )

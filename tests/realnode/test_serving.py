@@ -547,6 +547,7 @@ def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_fai
             )
             assert started["pod"] == source["metadata"]["name"], started
             assert (started["fromNode"], started["toNode"]) == (from_node, to_node), started
+
             # Done: the move closed, and every serving pod (one, unless the load estimate asked for
             # another meanwhile) runs on the fuller node: nothing of the ModelService is left on the
             # source node (the retired pod finished its drain and is gone).

@@ -32,4 +32,3 @@ async def test_at_most_max_concurrent_reconciles_work_at_once() -> None:
     await asyncio.gather(*(rec.under_lock(kube, b, step) for b in bodies))  # type: ignore[arg-type]
     assert done == N
     assert peak == rec.MAX_CONCURRENT
-

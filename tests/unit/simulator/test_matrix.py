@@ -84,6 +84,12 @@ def test_quick_bench_runs_well_under_a_minute(tmp_path: Path, capsys: pytest.Cap
     # The runs are saved: the same table comes back from them.
     again = mx.load(tmp_path / "matrix.json")
     assert mx.markdown(again).splitlines() == md
+    # greenserve with shared GPUs is compared too, against HPA-like and the sharing-aware bound.
+    assert "greenserve with shared GPUs" in out and "greenserve-shared at matched 99.5%" in out
+    shared_md = (tmp_path / "matrix-sharing.md").read_text().splitlines()
+    assert len(shared_md) == 2 + len(mx.scenarios(quick=True))
+    assert mx.sharing_markdown(again).splitlines() == shared_md
+    assert all(again.sharing[k.name] <= again.bounds[k.name] * (1 + 1e-9) for k in mx.scenarios(quick=True))
     assert (tmp_path / "matrix-ratios.png").stat().st_size > 1000
 
 

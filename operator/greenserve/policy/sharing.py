@@ -178,7 +178,7 @@ def plan(demands: Iterable[ModelDemand], gpus: Sequence[PoolGpu], limits: Sharin
         order.append(g.gpu)
         memory[g.gpu] = g.memory_gib - g.leaving_gib
         keep = sorted((by_name[m] for m in g.models if m in shared and current.get(m) == g.gpu), key=_size)
-        while keep and (not fits(keep, limits) or sum(m.memory_gib for m in keep) > g.memory_gib):
+        while keep and (not fits(keep, limits) or sum(m.memory_gib for m in keep) > memory[g.gpu] + 1e-9):
             evict = next((m for m in reversed(keep) if m.load is not None), None)
             if evict is None:
                 break  # only held models left: they stay

@@ -35,7 +35,7 @@ import numpy as np
 
 from greenserve.policy.energy import JOULES_PER_KWH, gpu_model_for
 from greenserve.policy.queueing import replicas_for_attainment, shared_attainment
-from greenserve.simulator.engine import Scenario, serve_step
+from greenserve.simulator.engine import POOL_RESERVED_GIB, Scenario, serve_step
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,10 @@ def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
     return EnergyBound(attainment, maximise_dual(dual, cost, 60) + busy, busy)
 
 
-# Grid of a shared GPU's load in [0, 1] for the sharing-aware bound's per-load price (kappa below).
+# Grid of a shared GPU's load in [0, 1] for the sharing-aware bound's per-load price (kappa below), and
+# of the split theta of a GPU's cost between its load and its memory.
 SHARED_GRID = 4000
+THETAS = tuple(i / 20 for i in range(21))
 
 
 def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
@@ -213,10 +215,19 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     x_j = j / SHARED_GRID: on [x_j, x_j+1], cost / x >= cost / x_j+1 and a(x) <= a(x_j) (a is
     non-increasing), so the grid value is never above the true infimum.
 
+    Memory. The engine loads models into a shared GPU only up to its memory M (`Simulation.load_shared`),
+    so a shared GPU holding models of memory q <= M also costs at least cost x q / M. For any theta in
+    [0, 1], cost - y W(x) = (theta cost - y W(x)) + (1 - theta) cost >= x kappa_theta(y) +
+    (1 - theta) cost q / M, with kappa_theta the kappa of the cost theta x cost: per model, its load x
+    kappa_theta(y) plus (1 - theta) cost x its memory / M. Each theta gives a lower bound; the bound is
+    the largest over `THETAS` (theta = 1 is the bound without memory). A model larger than M cannot
+    share.
+
     The busy energy counts the work of the requests within the SLO only (`attainment` x the measured
     arrivals: at least those were served), not every arrival. It is at most `energy_lower_bound` (it
     has every option that bound has, and more)."""
     specs = {(spec.capacity_rps, spec.slo_ms, spec.gpus) for spec in scenario.models}
+    memory = scenario.cluster.gpu_memory_gib - POOL_RESERVED_GIB
     if len(specs) != 1 or next(iter(specs))[2] != 1:
         raise ValueError("the sharing-aware bound assumes one service class of one GPU per replica")
     mu, slo_ms, _ = specs.pop()
@@ -224,16 +235,30 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     table, counts, cost, arrivals, busy_all = _tables(scenario)
     rates = scenario.trace.rates[:, scenario.warmup_steps :]
     loads = np.concatenate([np.unique(rates[m]) for m in range(len(scenario.models))]) * s
+    # Each row's share of a shared GPU's memory (inf: it cannot share), as `_tables` orders the rows.
+    mem = np.concatenate(
+        [
+            np.full(
+                np.unique(rates[m]).size, spec.memory_gib / memory if spec.memory_gib <= memory else np.inf
+            )
+            for m, spec in enumerate(scenario.models)
+        ]
+    )
     need = attainment * arrivals
     cs = np.arange(table.shape[1], dtype=np.float64) * cost
     xs = np.arange(SHARED_GRID + 1, dtype=np.float64) / SHARED_GRID
     a = np.array([1.0] + [shared_attainment(x, s, s, slo) for x in xs[1:-1]])  # a(x_j), j < grid
     per_load = cost / xs[1:]  # cost / x_j+1
 
-    def dual(y: float) -> float:
-        kappa = min(0.0, float((per_load - y * dt / s * a).min()))
-        best = np.minimum((cs[None, :] - y * table).min(axis=1), kappa * loads)
-        return float(counts @ best) + y * need
+    def dual_at(theta: float) -> Callable[[float], float]:
+        def dual(y: float) -> float:
+            kappa = min(0.0, float((theta * per_load - y * dt / s * a).min()))
+            shared = kappa * loads + (1.0 - theta) * cost * mem
+            best = np.minimum((cs[None, :] - y * table).min(axis=1), shared)
+            return float(counts @ best) + y * need
+
+        return dual
 
     busy = attainment * busy_all
-    return EnergyBound(attainment, maximise_dual(dual, cost, 100) + busy, busy)
+    value = max(maximise_dual(dual_at(theta), cost, 60) for theta in THETAS)
+    return EnergyBound(attainment, value + busy, busy)

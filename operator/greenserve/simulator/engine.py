@@ -12,14 +12,15 @@ Serving, per model and step of `dt` seconds with `c` ready replicas of `mu` requ
 
 Shared GPUs (pool replicas, `Simulation.add_pool_gpu`): one replica of a model-server pod holding one
 GPU and one CUDA context (its idle power counted once, for the GPU), into which models are loaded
-(`load_shared`: ready `ModelSpec.reload_s` after the pod is) and unloaded (`unload_shared`). A model with a
-ready dedicated replica is served there; else by its first ready shared copy; else its requests are held
-by the activator (they join the backlog, miss the SLO, and past `Scenario.activator_timeout_s` of waiting
-they fail: `Result.failed`). A shared GPU serves its models as one server (`serve_shared`): its
-utilisation is the sum of their loads and each model's requests wait as in M/M/1 with the GPU's mean
-service time (policy/queueing.py `shared_attainment`): the mean response is s / (1 - rho), and a
-saturated GPU (rho >= 1) answers nothing within the SLO; a backlog is drained first, as above. Its busy
-power is (busy - loaded-idle) x the work it served.
+(`load_shared`: ready `ModelSpec.reload_s` after the pod is; refused past the GPU's memory less
+`POOL_RESERVED_GIB`, counting every model loaded or loading there) and unloaded (`unload_shared`). A
+model with a ready dedicated replica is served there; else by its first ready shared copy; else its
+requests are held by the activator (they join the backlog, miss the SLO, and past
+`Scenario.activator_timeout_s` of waiting they fail: `Result.failed`). A shared GPU serves its models as
+one server (`serve_shared`): its utilisation is the sum of their loads and each model's requests wait
+as in M/M/1 with the GPU's mean service time (policy/queueing.py `shared_attainment`): the mean response
+is s / (1 - rho), and a saturated GPU (rho >= 1) answers nothing within the SLO; a backlog is drained
+first, as above. Its busy power is (busy - loaded-idle) x the work it served.
 
 Energy per step, from policy/energy.py's state model: node base power for every node that exists
 (provisioning included); per GPU, bare power when no replica is resident, loaded-idle power when one is
@@ -48,6 +49,8 @@ ATTAINMENT_TARGET = 0.995
 POOL = -1
 # A pool pod's start without models (image pulled, server up): the models load after it.
 POOL_START_S = 30.0
+# GPU memory a pool server keeps for itself (CUDA context, runtime): not for models.
+POOL_RESERVED_GIB = 1.0
 
 
 @dataclass(frozen=True)
@@ -280,12 +283,23 @@ class Simulation:
         if rid in self.cluster.replicas:
             self.cluster.remove_replica(rid, self.now)
 
-    def load_shared(self, m: int, rid: int) -> None:
-        """Load model m into pool replica `rid` (ready `reload_s` after the pod is ready)."""
+    @property
+    def pool_memory_gib(self) -> float:
+        """GPU memory the models of one pool GPU may use."""
+        return self.cluster.config.gpu_memory_gib - POOL_RESERVED_GIB
+
+    def load_shared(self, m: int, rid: int) -> bool:
+        """Load model m into pool replica `rid` (ready `reload_s` after the pod is ready). False, and
+        nothing loads, when it does not fit the GPU's memory beside the models already there."""
         models = self.pool[rid]
-        if m not in models:
-            pod = self.cluster.replicas[rid]
-            models[m] = self.now if pod.is_ready(self.now) else None
+        if m in models:
+            return True
+        used = sum(self.models[o].memory_gib for o in models)
+        if used + self.models[m].memory_gib > self.pool_memory_gib + 1e-9:
+            return False
+        pod = self.cluster.replicas[rid]
+        models[m] = self.now if pod.is_ready(self.now) else None
+        return True
 
     def unload_shared(self, m: int, rid: int) -> None:
         self.pool.get(rid, {}).pop(m, None)
@@ -366,6 +380,8 @@ class Simulation:
                     if node is not None:
                         self.cluster.bind(r, node, 0.0)
         for members in pools:
+            if sum(self.models[m].memory_gib for m in members) > self.pool_memory_gib + 1e-9:
+                raise ValueError("a warm pool GPU's models exceed its memory")
             r = self.cluster.add_replica(POOL, 1, 0.0, 0.0, warm=True)
             self.pool[r.rid] = {m: -self.models[m].reload_s for m in members}
             node = self.cluster.pick_node(1, placement, 0.0)

@@ -25,9 +25,6 @@ from greenserve.simulator.cluster import Replica
 from greenserve.simulator.engine import POOL, Simulation
 from greenserve.simulator.policies import Greenserve
 
-# GPU memory a pool server keeps for itself (CUDA context, runtime): not for models.
-SERVER_RESERVE_GIB = 1.0
-
 
 @dataclass
 class GreenserveShared(Greenserve):
@@ -43,13 +40,13 @@ class GreenserveShared(Greenserve):
 
     def limits(self, sim: Simulation) -> placement.SharingLimits:
         return placement.SharingLimits(
-            sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB,
+            sim.pool_memory_gib,
             enter_fraction=self.enter_fraction,
             leave_fraction=self.leave_fraction,
         )
 
     def demands(self, sim: Simulation) -> list[placement.ModelDemand]:
-        usable = sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB
+        usable = sim.pool_memory_gib
         out = []
         for m, spec in enumerate(sim.models):
             reading = self.reading(sim, m)
@@ -71,7 +68,7 @@ class GreenserveShared(Greenserve):
         return out
 
     def pool_view(self, sim: Simulation) -> list[placement.PoolGpu]:
-        usable = sim.cluster.config.gpu_memory_gib - SERVER_RESERVE_GIB
+        usable = sim.pool_memory_gib
         out = []
         for rid, resident in sim.pool.items():
             models = tuple(str(m) for m in sorted(resident) if self._home.get(m) == rid)

@@ -3,6 +3,7 @@ placement policy (simulator/sharing.py) and the sharing-aware bound (bound.shari
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -154,13 +155,31 @@ def test_property_moves_and_reloads_never_leave_a_model_with_traffic_homeless(
     assert res.failed == 0.0
     # Memory of every pool GPU is respected by what the policy placed there.
     for models in sim.pool.values():
-        assert sum(sim.models[m].memory_gib for m in models) <= sim.cluster.config.gpu_memory_gib
+        assert sum(sim.models[m].memory_gib for m in models) <= sim.pool_memory_gib
 
 
-def test_pool_pods_are_not_model_replicas() -> None:
-    sim = Simulation(_scenario(np.full((3, 60), 0.2)))
+def test_pool_pods_are_not_model_replicas_and_hold_no_more_than_their_memory() -> None:
+    sc = _scenario(np.full((3, 60), 0.2))
+    big = tuple(dataclasses.replace(spec, memory_gib=10.0) for spec in sc.models)
+    sim = Simulation(dataclasses.replace(sc, models=big))
     r = sim.add_pool_gpu()
     assert r.model == POOL and all(not sim.logical(m) for m in range(3))
+    assert sim.load_shared(0, r.rid) and sim.load_shared(1, r.rid)  # 20 of 23 GiB
+    assert not sim.load_shared(2, r.rid) and set(sim.pool[r.rid]) == {0, 1}
+    sim.unload_shared(0, r.rid)
+    assert sim.load_shared(2, r.rid)
+
+
+def test_the_sharing_aware_bound_counts_memory() -> None:
+    # Forty tiny models: by load they fit one GPU, by memory (6 GiB each, 23 GiB a GPU) ten GPUs.
+    rates = np.full((40, 120), 0.02)
+    sc = _scenario(rates)
+    small = sharing_aware_bound(sc, 0.995).total_j
+    big = dataclasses.replace(sc, models=tuple(dataclasses.replace(m, memory_gib=6.0) for m in sc.models))
+    large = sharing_aware_bound(big, 0.995).total_j
+    assert large > small * 1.5
+    r = Simulation(big).run(GreenserveShared(slo_attainment=0.995))
+    assert large <= r.total_j
 
 
 @pytest.mark.parametrize("service_s", [0.1, 2.0])

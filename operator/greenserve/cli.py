@@ -42,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         "crd", help="render the CRD from the API types (see greenserve.api.crdgen)", add_help=False
     )
     sub.add_parser("simulate", help="run the simulator", add_help=False)
+    sub.add_parser(
+        "activator", help="run the scale-to-zero activator (see greenserve.activator)", add_help=False
+    )
     sub.add_parser("bench", help="benchmark greenserve's policy against the baselines", add_help=False)
+    if argv and argv[0] == "activator":
+        from greenserve.activator import kube as activator
+
+        return activator.main(argv[1:])
     if argv and argv[0] in {"crd", "simulate", "bench"}:
         if argv[0] == "crd":
             from greenserve.api import crdgen

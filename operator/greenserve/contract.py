@@ -329,3 +329,30 @@ OPERATOR_METRICS: Final = (
     OP_MOVES,
     OP_PASSES,
 )
+
+# --- the activator (greenserve/activator/): requests for a ModelService with no ready replica -------------
+ACTIVATOR_HELD: Final = MetricSpec(
+    PREFIX + "activator_requests_held",
+    "gauge",
+    "",
+    _MSVC_LABELS,
+    "Requests the activator holds now, waiting for a ready replica of the ModelService.",
+)
+ACTIVATOR_REQUESTS: Final = MetricSpec(
+    PREFIX + "activator_requests_total",
+    "counter",
+    "",
+    (*_MSVC_LABELS, "outcome"),
+    "Requests through the activator by outcome: forwarded, timeout (503 past the bounded wait), "
+    "unknown (no such ModelService or model), error (the replica failed to answer).",
+)
+ACTIVATOR_WAIT: Final = MetricSpec(
+    PREFIX + "activator_wait_seconds",
+    "histogram",
+    "seconds",
+    _MSVC_LABELS,
+    "How long a request waited at the activator for a ready replica (forwarded or timed out).",
+)
+ACTIVATOR_METRICS: Final = (ACTIVATOR_HELD, ACTIVATOR_REQUESTS, ACTIVATOR_WAIT)
+#: A client may ask the activator to wait less than its bound (seconds), never more.
+ACTIVATOR_MAX_WAIT_HEADER: Final = "X-Greenserve-Max-Wait"

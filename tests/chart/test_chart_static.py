@@ -26,8 +26,19 @@ def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
 
 
+def activator_part(obj: dict[str, Any]) -> bool:
+    return (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "activator" or obj[
+        "metadata"
+    ]["name"].endswith("-activator-writes")
+
+
 def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in by_kind(objs, kind) if name is None or o["metadata"]["name"] == name]
+    """The one object of `kind` (named `name`); without a name, the operator's (not the activator's)."""
+    found = [
+        o
+        for o in by_kind(objs, kind)
+        if (o["metadata"]["name"] == name if name is not None else not activator_part(o))
+    ]
     assert len(found) == 1, (
         f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
     )
@@ -378,7 +389,7 @@ def test_without_prometheus_the_operator_scrapes_pods(helm_bin: Path) -> None:
 
 def test_operator_disabled_keeps_service_account_and_rbac(helm_bin: Path) -> None:
     objs = render(helm_bin, values={"operator.enabled": False})
-    kinds = {o["kind"] for o in objs}
+    kinds = {o["kind"] for o in objs if not activator_part(o)}
     assert "Deployment" not in kinds and "Service" not in kinds
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} <= kinds
 
@@ -504,7 +515,7 @@ def test_namespaced_operator_gets_roles_in_watched_namespaces(helm_bin: Path) ->
     roles = {
         r["metadata"]["namespace"]: r
         for r in by_kind(objs, "Role")
-        if not r["metadata"]["name"].endswith("-leader")
+        if not r["metadata"]["name"].endswith("-leader") and not activator_part(r)
     }
     assert set(roles) == {"team-a", "team-b"}
     for ns, role in roles.items():
@@ -518,7 +529,8 @@ def test_namespaced_operator_gets_roles_in_watched_namespaces(helm_bin: Path) ->
         } <= granted
         # Moves retire replicas through the ReplicaSet (pod-deletion-cost), never by eviction.
         assert "pods/eviction" not in granted
-        (binding,) = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["namespace"] == ns]
+        bindings = [b for b in by_kind(objs, "RoleBinding") if not activator_part(b)]
+        (binding,) = [b for b in bindings if b["metadata"]["namespace"] == ns]
         assert binding["subjects"][0]["namespace"] == "greenserve"
     assert {p["metadata"]["namespace"] for p in by_kind(objs, "KopfPeering")} == {"team-a", "team-b"}
     assert not by_kind(objs, "ClusterKopfPeering")
@@ -534,7 +546,7 @@ def test_rbac_create_false_renders_no_rbac(helm_bin: Path) -> None:
 
 def test_existing_service_account(helm_bin: Path) -> None:
     objs = render(helm_bin, values={"serviceAccount.create": False, "serviceAccount.name": "ops"})
-    assert not by_kind(objs, "ServiceAccount")
+    assert [sa["metadata"]["name"] for sa in by_kind(objs, "ServiceAccount")] == ["greenserve-activator"]
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     assert one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
 
@@ -779,3 +791,40 @@ def test_agent_front_setting_reaches_the_serving_pods(
     options = builders.BuildOptions(agent_front=config.agent_front)
     args = builders.deployment(owner, spec, 1, options)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert ("--agent-front=off" in args) is not front
+
+
+# --- the scale-to-zero activator
+
+
+def test_activator_runs_the_operator_image_with_least_privilege(helm_bin: Path) -> None:
+    objs = render(helm_bin)
+    dep = one(objs, "Deployment", "greenserve-activator")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == operator_container(objs)["image"]
+    assert container["command"] == ["python", "-m", "greenserve", "activator"]
+    assert "--max-wait-seconds=180" in container["args"]
+    assert pod["serviceAccountName"] == "greenserve-activator"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    role = one(objs, "ClusterRole", "greenserve-activator")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}  # fmt: skip
+    assert granted == {
+        ("", "services", "list"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("greenserve.io", "modelservices", "patch"),
+    }
+    svc = one(objs, "Service", "greenserve-activator")
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"http", "metrics"}
+    env = env_of(operator_container(objs))
+    assert env["GREENSERVE_ACTIVATOR_SERVICE"] == "greenserve/greenserve-activator"
+    policy = one(objs, "ValidatingAdmissionPolicy", "greenserve-activator-writes")
+    assert "system:serviceaccount:greenserve:greenserve-activator" in policy["spec"]["matchConditions"][0][
+        "expression"
+    ]
+
+
+def test_activator_can_be_switched_off(helm_bin: Path) -> None:
+    objs = render(helm_bin, values={"activator.enabled": False})
+    assert not [o for o in objs if activator_part(o)]
+    assert "GREENSERVE_ACTIVATOR_SERVICE" not in env_of(operator_container(objs))

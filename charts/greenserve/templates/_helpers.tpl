@@ -128,6 +128,12 @@ seccompProfile:
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Scale to zero: the EndpointSlice that routes a Service to the activator while its ModelService has no
+# ready replica (its own, labelled endpointslice.kubernetes.io/managed-by=endpointslice.greenserve.io), and
+# reads of the EndpointSlice controller's slices of the same Service (make-before-break switches).
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Serving pods: read for readiness and metrics scraping; patched with pod-deletion-cost and the node
 # autoscalers' do-not-disrupt / safe-to-evict annotations (the admission policy: annotations only).
 - apiGroups: [""]
@@ -140,4 +146,14 @@ seccompProfile:
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The scale-to-zero activator: names and labels. */}}
+{{- define "greenserve.activator.fullname" -}}
+{{- printf "%s-activator" (include "greenserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "greenserve.activator.selectorLabels" -}}
+{{ include "greenserve.selectorLabels" . }}
+app.kubernetes.io/component: activator
 {{- end }}

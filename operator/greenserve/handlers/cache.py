@@ -58,3 +58,9 @@ async def owned_configmap_seen(body: kopf.Body, type: str | None, memo: kopf.Mem
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
 async def owned_pdb_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     await _owned(body, type, memo)
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=OWNED)
+async def owned_endpointslice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """The EndpointSlices that route a scaled-to-zero ModelService's Service to the activator."""
+    await _owned(body, type, memo)

@@ -37,12 +37,12 @@ from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
 from greenserve.api.objects import activation_demand
-from greenserve.api.v1alpha1 import ModelServiceStatus, merge_status, parse_spec, status_patch
+from greenserve.api.v1alpha1 import ModelServiceStatus, Routing, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
 from greenserve.cluster.cache_reads import CacheReads, NeedsApiError
 from greenserve.cluster.client import MODELSERVICES, ApiError
 from greenserve.metrics.types import PodRef, ServiceMetrics
-from greenserve.reconcile import autoscale, loop, telemetry
+from greenserve.reconcile import autoscale, loop, routing, telemetry
 from greenserve.reconcile import modelservice as rec
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class Ticker:
             for gone in [k for k in book if k not in known]:
                 del book[gone]
         readings = await self._readings(keys)
+        await self._follow_activator(keys)
 
         async def one(key: SvcKey) -> None:
             body = self.cache.msvcs.get(key)
@@ -161,6 +162,30 @@ class Ticker:
         await asyncio.gather(*(one(key) for key in keys))
         if self.deps.metrics is not None:
             self.deps.metrics.record_pass("resync")
+
+    async def _follow_activator(self, keys: list[SvcKey]) -> None:
+        """While some Service routes (or is about to route) to the activator, read the activator's
+        addresses every tick, and re-route those Services when they changed (a restarted activator pod
+        has a new address). Nothing is read while no ModelService is at zero."""
+        cfg = self.deps.config
+        if cfg.activator_service is None:
+            return
+        waiting = [
+            k
+            for k in keys
+            if (st := self.cache.msvcs[k].get("status") or {}).get("routing") == Routing.ACTIVATOR.value
+            or st.get("desiredReplicas") == 0
+        ]
+        if not waiting:
+            return
+        try:
+            changed = await routing.ACTIVATOR.refresh(self.deps.kube, cfg)
+        except Exception as err:  # the next tick reads again
+            log.warning("reading the activator's endpoints failed: %s", err)
+            return
+        if changed:
+            for namespace, name in waiting:
+                rec.refresh_soon(self.deps.kube, namespace, name, cfg)
 
     async def _one(
         self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float

@@ -177,7 +177,8 @@ def operator_kubeconfig_from_chart(
         if doc
         and doc.get("kind") == "ServiceAccount"
         and doc["metadata"].get("namespace") == namespace
-        and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "scheduler"
+        and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        not in ("scheduler", "activator")
     ]
     assert len(accounts) == 1, f"expected the operator's ServiceAccount in the release, found {accounts}"
     directory = out_dir or Path(tempfile.mkdtemp(prefix="greenserve-sa-"))

@@ -10,10 +10,14 @@ In order (one module, one operator, one ModelService; each test builds on the pr
 4. a bounded client load scales it up, a lower one scales it in, and no client request fails (the real
    preStop sleep and the agent's SIGTERM drain);
 5. with two real nodes (``GREENSERVE_REAL_NODES=2``), the consolidator moves the replica make-before-break
-   off the less-used node under a bounded client load, and no client request fails.
+   off the less-used node under a bounded client load, and no client request fails;
+6. a second ModelService with ``minReplicas: 0`` goes to zero when idle (its Service routed to the chart's
+   activator), and a client load started at zero is answered once its replica is back, with no failed
+   request; a request that asks for a shorter wait than the cold start gets 503 with Retry-After.
 
 Figures (seconds from ``helm install`` to the operator Ready, from ``kubectl apply`` to the first correct
-prediction, the scale-up reaction, requests sent and failed during scale-in and during the move) are printed
+prediction, the scale-up reaction, requests sent and failed during scale-in and during the move, idle to
+zero, the first request at zero to its answer, requests sent and failed from zero) are printed
 and written to .harness/realnode-figures.json.
 """
 
@@ -26,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -88,6 +93,10 @@ def operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNodes) ->
         "image.pullPolicy": "Never",
         "operator.nodeSelector": {"kubernetes.io/hostname": real_nodes.names[0]},
         "operator.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        # The scale-to-zero activator runs on a real node too: a kwok node's pod has an address nobody
+        # answers on.
+        "activator.nodeSelector": {"kubernetes.io/hostname": real_nodes.names[0]},
+        "activator.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "operator.config.reconcileInterval": 5,
         "operator.config.consolidationInterval": 10,
     }
@@ -97,10 +106,11 @@ def operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNodes) ->
         args += ["--set-json", f"{key}={json.dumps(value)}"]
     t0 = time.monotonic()
     helm(helm_bin, *args, kubeconfig=kubectl.kubeconfig)
-    kubectl.run(
-        "wait", "-n", OPERATOR_NS, "--for=condition=Ready", "pod",
-        "-l", "app.kubernetes.io/component=operator", "--timeout=180s",
-    )  # fmt: skip
+    for component in ("operator", "activator"):
+        kubectl.run(
+            "wait", "-n", OPERATOR_NS, "--for=condition=Ready", "pod",
+            "-l", f"app.kubernetes.io/component={component}", "--timeout=180s",
+        )  # fmt: skip
     _record("helm_install_to_operator_ready_s", time.monotonic() - t0)
     yield OPERATOR_NS
     logs = kubectl.run(
@@ -592,3 +602,111 @@ def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_fai
         kubectl.run("delete", "pod", "gpu-tenant", "-n", models_ns, "--wait=false", check=False)
         # Reopen the emptied node for whatever runs on this node next (the autoscaler would delete it).
         kubectl.run("taint", "node", from_node, f"{CONSOLIDATING_TAINT}-", check=False)
+
+
+ZERO = "zero"
+
+
+def _zero_status(kubectl: Kubectl, ns: str) -> dict[str, Any]:
+    status: dict[str, Any] = _get_json(kubectl, "modelservice", ZERO, "-n", ns).get("status", {})
+    return status
+
+
+def _post(url: str, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"instances": [[1.0], [2.5]]}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_scale_to_zero_and_back_through_the_activator(
+    kubectl: Kubectl,
+    operator: str,
+    models_ns: str,
+    model_store: str,
+    images: dict[str, str],
+    real_nodes: RealNodes,
+) -> None:
+    """Idle to zero on fresh metrics (the operator scrapes the real agents), the Service routed to the
+    activator pod, then requests at zero: held, the model woken by the activator's demand mark, each
+    answered correctly once its replica is Ready (0 failed); one that asks to wait less gets a clear 503."""
+    spec = _msvc(models_ns, model_store, images["GREENSERVE_SERVING_IMAGE"], real_nodes.gpu_product, target=5)
+    spec["metadata"]["name"] = ZERO
+    spec["spec"]["scaling"] = {
+        "minReplicas": 0,
+        "maxReplicas": 1,
+        "target": 5,
+        "scaleDownDelaySeconds": 0,
+        "scaleToZeroAfterSeconds": 20,
+    }
+    kubectl.apply(spec)
+    ip = wait_for(
+        lambda: kubectl.run(
+            "get", "svc", ZERO, "-n", models_ns, "-o", "jsonpath={.spec.clusterIP}", check=False
+        ).stdout.strip(),
+        timeout=60,
+        what="the ModelService's Service",
+    )
+    url = f"http://{ip}:8501/v1/models/{MODEL}:predict"
+    wait_for(lambda: _correct(url), timeout=300, what="a first correct prediction", interval=0.5)
+    t_idle = time.monotonic()
+    parked = wait_for(
+        lambda: (st := _zero_status(kubectl, models_ns)).get("routing") == "Activator"
+        and st.get("desiredReplicas") == 0
+        and not [p for p in _get_json(kubectl, "pods", "-n", models_ns, "-l",
+                                      f"greenserve.io/modelservice={ZERO}")["items"]]
+        and st,
+        timeout=420,
+        what="the idle model at zero, its pods gone, its Service routed to the activator",
+        interval=2,
+    )  # fmt: skip
+    _record("idle_to_zero_s", time.monotonic() - t_idle)
+    ready = {c["type"]: c for c in parked.get("conditions", [])}["Ready"]
+    assert ready["reason"] == "ScaledToZero", ready
+    svc = _get_json(kubectl, "svc", ZERO, "-n", models_ns)
+    assert "selector" not in svc["spec"], svc["spec"]
+
+    # At zero: one request that will not wait for a cold start, and a client load that will.
+    answered: list[float] = []
+
+    def held_request() -> bool:
+        sent = time.monotonic()
+        status, _, body = _post(url, {}, timeout=200)
+        ok = status == 200 and [float(p[0]) for p in json.loads(body)["predictions"]] == [3.0, 6.0]
+        if ok:
+            answered.append(time.monotonic() - sent)
+        return ok
+
+    t_zero = time.monotonic()
+    with Load(held_request, rate=2, workers=512, timeout_s=200) as load:
+        status, headers, body = _post(url, {k.ACTIVATOR_MAX_WAIT_HEADER: "2"}, timeout=30)
+        short_wait_s = time.monotonic() - t_zero
+        wait_for(lambda: answered, timeout=240, what="the first request at zero answered", interval=0.2)
+        t_back = time.monotonic()
+        time_to_back = t_back - t_zero
+        # Keep the load on through the switch back from the activator to the replica.
+        wait_for(
+            lambda: _zero_status(kubectl, models_ns).get("routing") == "Replicas",
+            timeout=120,
+            what="the Service back on the replica",
+            interval=1,
+        )
+        t_done = time.monotonic()
+    sent, failed = load.between(t_zero, t_done)
+    _record("zero_first_request_to_answer_s", time_to_back)
+    _record("zero_first_answer_latency_s", max(answered))
+    _record("zero_requests_sent", sent)
+    _record("zero_requests_failed", len(failed))
+    _record("zero_short_wait_503_s", short_wait_s)
+    assert status == 503, (status, body[:300])
+    assert int(headers["Retry-After"]) >= 1
+    assert "no ready replica" in json.loads(body)["error"]
+    assert short_wait_s < 15
+    assert sent >= 5, "too few requests at zero to show anything"
+    assert failed == [], f"{len(failed)} of {sent} requests from zero failed: {failed[:5]}"
+    svc = _get_json(kubectl, "svc", ZERO, "-n", models_ns)
+    assert svc["spec"]["selector"] == {"greenserve.io/modelservice": ZERO}
+    kubectl.run("delete", "modelservice", ZERO, "-n", models_ns, "--wait=false", check=False)

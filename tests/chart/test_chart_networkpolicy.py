@@ -57,7 +57,11 @@ def test_serving_ports_only_from_the_chosen_namespaces(helm_bin: Path) -> None:
             frozenset({c.TFS_REST_PORT, c.TFS_GRPC_PORT}): ["gateway"],
             # The operator's namespace scrapes the agents directly when no Prometheus is set.
             frozenset({contract.AGENT_METRICS_PORT}): ["gs", "monitoring"],
+            # The scale-to-zero activator (release namespace, its pods only) forwards held requests.
+            frozenset({c.TFS_REST_PORT}): ["gs"],
         }
+        (activator,) = [r for r in spec["ingress"] if [p["port"] for p in r["ports"]] == [c.TFS_REST_PORT]]
+        assert activator["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "activator"
 
 
 def test_without_allowed_namespaces_the_model_ports_are_closed(helm_bin: Path) -> None:
@@ -67,7 +71,21 @@ def test_without_allowed_namespaces_the_model_ports_are_closed(helm_bin: Path) -
     )
     found = policies(objs)
     assert list(found) == ["team-a"]  # the watched namespaces by default
-    assert rules(found["team-a"]) == {frozenset({contract.AGENT_METRICS_PORT}): ["greenserve"]}
+    assert rules(found["team-a"]) == {
+        frozenset({contract.AGENT_METRICS_PORT}): ["greenserve"],
+        frozenset({c.TFS_REST_PORT}): ["greenserve"],  # the activator's pods only
+    }
+    without = policies(
+        render(
+            helm_bin,
+            values={
+                "servingNetworkPolicy.enabled": True,
+                "operator.watchNamespaces": ["team-a"],
+                "activator.enabled": False,
+            },
+        )
+    )
+    assert rules(without["team-a"]) == {frozenset({contract.AGENT_METRICS_PORT}): ["greenserve"]}
 
 
 def test_a_cluster_wide_operator_must_name_the_namespaces(helm_bin: Path) -> None:

@@ -61,7 +61,8 @@ def test_serving_ports_only_from_the_chosen_namespaces(helm_bin: Path) -> None:
             frozenset({c.TFS_REST_PORT}): ["gs"],
         }
         (activator,) = [r for r in spec["ingress"] if [p["port"] for p in r["ports"]] == [c.TFS_REST_PORT]]
-        assert activator["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "activator"
+        labels = activator["from"][0]["podSelector"]["matchLabels"]
+        assert labels["app.kubernetes.io/component"] == "activator"
 
 
 def test_without_allowed_namespaces_the_model_ports_are_closed(helm_bin: Path) -> None:

@@ -37,8 +37,9 @@ estimate a rate within 10%.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from greenserve.policy.autoscaling import sustained_trend
@@ -145,20 +146,22 @@ def significant_trend(rates: Sequence[float], window_s: float, *, z: float = TRE
 RISE_MIN_EVENTS = 100.0
 # Windows pooled at most into the base of a rise: 10 windows of 30 s, the estimate's 300 s horizon.
 RISE_MAX_POOL = 10
+# The fleet's pooled rises are kept as this many quantiles.
+RISE_PRIOR_POINTS = 1024
 
 
-def rise_factor(
+def rise_ratios(
     rates: Sequence[float],
     window_s: float,
     lead_s: float,
-    quantile: float,
     *,
     min_events: float = RISE_MIN_EVENTS,
     max_pool: int = RISE_MAX_POOL,
-) -> float:
-    """Headroom factor (>= 1) from adjacent windows' rates, newest first (see the module docstring)."""
+) -> list[float]:
+    """A model's own rises, sorted: per past window with `min_events` requests (pooled), the highest
+    window within the lead time after it over its rate (see the module docstring)."""
     if window_s <= 0 or len(rates) < 2:
-        return 1.0
+        return []
     lead = max(1, math.ceil(lead_s / window_s))
     ratios: list[float] = []
     for i in range(1, len(rates)):
@@ -174,11 +177,64 @@ def rise_factor(
             continue
         ahead = rates[max(0, i - lead) : i]  # the windows after window i, up to the lead time
         ratios.append(max(ahead) * window_s * used / events)
-    if not ratios:
-        return 1.0
     ratios.sort()
-    pos = min(1.0, max(0.0, quantile)) * (len(ratios) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ratios) - 1)
-    value = ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo)
-    return max(1.0, value)
+    return ratios
+
+
+def pool_rises(ratios: Iterable[Sequence[float]], points: int = RISE_PRIOR_POINTS) -> tuple[float, ...]:
+    """The fleet's rises (every model's `rise_ratios` together), sorted, thinned to `points` evenly
+    spaced quantiles (the least and the greatest kept) so that a large fleet's prior stays small."""
+    pooled = sorted(r for rs in ratios for r in rs)
+    if len(pooled) <= points:
+        return tuple(pooled)
+    last = len(pooled) - 1
+    return tuple(pooled[round(i * last / (points - 1))] for i in range(points))
+
+
+def rise_quantile(
+    own: Sequence[float], quantile: float, prior: Sequence[float] = (), prior_weight: float = 0.0
+) -> float:
+    """The headroom factor (>= 1): the `quantile` of the model's own rises (sorted) mixed with the
+    fleet's (`prior`, sorted), which count as `prior_weight` observations of the model's own."""
+    q = min(1.0, max(0.0, quantile))
+    n_own, n_prior = len(own), len(prior) if prior_weight > 0 else 0
+    if n_own + n_prior == 0:
+        return 1.0
+    w_own = n_own / (n_own + prior_weight) if n_prior else 1.0
+
+    def cdf(x: float) -> float:
+        mine = bisect.bisect_right(own, x) / n_own if n_own else 0.0
+        theirs = bisect.bisect_right(prior, x) / n_prior if n_prior else 0.0
+        return w_own * mine + (1.0 - w_own) * theirs
+
+    if not n_prior:
+        # The model's own rises alone: the interpolated quantile, as an empirical quantile of few values.
+        pos = q * (n_own - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, n_own - 1)
+        return max(1.0, own[lo] + (own[hi] - own[lo]) * (pos - lo))
+    values = sorted({*own, *prior})
+    lo, hi = 0, len(values) - 1
+    while lo < hi:  # the least value whose mixed distribution reaches the quantile
+        mid = (lo + hi) // 2
+        if cdf(values[mid]) >= q - 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(1.0, values[lo])
+
+
+def rise_factor(
+    rates: Sequence[float],
+    window_s: float,
+    lead_s: float,
+    quantile: float,
+    *,
+    prior: Sequence[float] = (),
+    prior_weight: float = 0.0,
+    min_events: float = RISE_MIN_EVENTS,
+    max_pool: int = RISE_MAX_POOL,
+) -> float:
+    """Headroom factor (>= 1) from adjacent windows' rates, newest first (see the module docstring)."""
+    own = rise_ratios(rates, window_s, lead_s, min_events=min_events, max_pool=max_pool)
+    return rise_quantile(own, quantile, prior, prior_weight)

@@ -61,21 +61,45 @@ RISE_HISTORY_S = 3600.0
 class RateHistory:
     """Per ModelService, the newest window's request rate each time a new window is read, over the last
     RISE_HISTORY_S (in memory: after a restart the factor is 1 until the history refills). Readings closer
-    than one window apart are not recorded twice, so entries are about one window apart."""
+    than one window apart are not recorded twice, so entries are about one window apart.
+
+    It also keeps each ModelService's rises (`estimate.rise_ratios`, recomputed when a window is added)
+    and pools them into the fleet's (`prior`), the prior every model's own rises are mixed with: a model
+    whose last hour held no burst still gets headroom for the bursts its fleet has shown."""
 
     def __init__(self) -> None:
         self._rates: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+        self._rises: dict[tuple[str, str], list[float]] = {}
+        self._prior: tuple[float, ...] | None = None
 
     def record(self, key: tuple[str, str], at: float, rate: float, window_s: float) -> list[float]:
         """Add a reading; the recorded rates, newest first."""
         q = self._rates.setdefault(key, deque())
         if not q or at - q[-1][0] >= window_s:
             q.append((at, rate))
+            self._rises.pop(key, None)
         while q and at - q[0][0] > RISE_HISTORY_S:
             q.popleft()
         for k in [k for k, other in self._rates.items() if other and at - other[-1][0] > RISE_HISTORY_S]:
             del self._rates[k]  # a deleted or long-silent ModelService
+            self._rises.pop(k, None)
+            self._prior = None
         return [r for _, r in reversed(q)]
+
+    def rises(self, key: tuple[str, str], window_s: float, lead_s: float) -> list[float]:
+        """`key`'s own rises over its recorded history (cached until its next window)."""
+        found = self._rises.get(key)
+        if found is None:
+            past = [r for _, r in reversed(self._rates.get(key, ()))]
+            found = self._rises[key] = estimate.rise_ratios(past, window_s, lead_s)
+            self._prior = None
+        return found
+
+    def prior(self) -> tuple[float, ...]:
+        """Every ModelService's rises pooled (`estimate.pool_rises`), rebuilt after any of them changed."""
+        if self._prior is None:
+            self._prior = estimate.pool_rises(self._rises.values())
+        return self._prior
 
 
 HISTORY = RateHistory()
@@ -144,15 +168,13 @@ def policy_inputs(
     inputs = scaling_inputs(spec, status, reading, config, demand_at=demand_at)
     target = inputs.slo_attainment
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
-        # Headroom for the rises this model has shown within the lead time, at the target's quantile.
-        past = (HISTORY if history is None else history).record(
-            (reading.namespace, reading.name),
-            reading.sampled_at or now,
-            reading.requests_per_s or 0.0,
-            reading.window_s,
-        )
-        lead = profile.rise_lead_s(svc, reading.window_s)
-        factor = estimate.rise_factor(past, reading.window_s, lead, target)
+        # Headroom for the rises this model has shown within the lead time, at the target's quantile,
+        # with the fleet's rises as its prior (worth one full history of its own).
+        hist = HISTORY if history is None else history
+        key = (reading.namespace, reading.name)
+        hist.record(key, reading.sampled_at or now, reading.requests_per_s or 0.0, reading.window_s)
+        own = hist.rises(key, reading.window_s, profile.rise_lead_s(svc, reading.window_s))
+        factor = estimate.rise_quantile(own, target, hist.prior(), RISE_HISTORY_S / reading.window_s)
         inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor, demand_at=demand_at)
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
         # The fleet objective: this model's share of the fleet's target at the fleet's price.

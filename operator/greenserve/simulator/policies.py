@@ -247,6 +247,8 @@ class Greenserve:
     # attainment target.
     rise_history_s: float = 3600.0
     rise_refresh_s: float = 300.0
+    # The fleet's rises as every model's prior (off: each model from its own history alone).
+    rise_prior: bool = True
     name: str = "greenserve"
     placement: Placement = Placement.MOST_ALLOCATED
     control_interval_s: float = 15.0
@@ -325,9 +327,15 @@ class Greenserve:
             past = np.stack(
                 [sim.observed_rates(w, lag_s=i * w) for i in range(round(self.rise_history_s / w))], axis=1
             ).tolist()
-            self._rise = [
-                estimate.rise_factor(hist, w, profile.rise_lead_s(p, w), p.slo_attainment or 0.99)
+            ratios = [
+                estimate.rise_ratios(hist, w, profile.rise_lead_s(p, w))
                 for p, hist in zip(self._profiles, past, strict=True)
+            ]
+            # As the operator: the fleet's rises are the prior of every model's own, worth one history.
+            prior = estimate.pool_rises(ratios) if self.rise_prior else ()
+            self._rise = [
+                estimate.rise_quantile(rs, p.slo_attainment or 0.99, prior, self.rise_history_s / w)
+                for p, rs in zip(self._profiles, ratios, strict=True)
             ]
         self._targets = []
         if self.fleet_objective and self.slo_attainment:

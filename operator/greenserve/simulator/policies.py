@@ -249,6 +249,9 @@ class Greenserve:
     rise_refresh_s: float = 300.0
     # The fleet's rises as every model's prior (off: each model from its own history alone).
     rise_prior: bool = True
+    # The quantile of the rises the headroom covers (None: the attainment target, as the operator runs;
+    # another value is a bench setting, not expressible in a spec).
+    rise_quantile: float | None = None
     name: str = "greenserve"
     placement: Placement = Placement.MOST_ALLOCATED
     control_interval_s: float = 15.0
@@ -334,7 +337,9 @@ class Greenserve:
             # As the operator: the fleet's rises are the prior of every model's own, worth one history.
             prior = estimate.pool_rises(ratios) if self.rise_prior else ()
             self._rise = [
-                estimate.rise_quantile(rs, p.slo_attainment or 0.99, prior, self.rise_history_s / w)
+                estimate.rise_quantile(
+                    rs, self.rise_quantile or p.slo_attainment or 0.99, prior, self.rise_history_s / w
+                )
                 for p, rs in zip(self._profiles, ratios, strict=True)
             ]
         self._targets = []

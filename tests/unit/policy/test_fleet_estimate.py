@@ -169,3 +169,26 @@ def test_the_rise_factor_learns_the_bursts_of_a_model_of_a_few_requests_a_second
     assert estimate.rise_factor((rng.poisson(1.5 * window, 240) / window).tolist(), window, lead, 0.9) < 1.6
     sparse = (rng.poisson(level / 30 * window) / window).tolist()
     assert estimate.rise_factor(sparse, window, lead, 0.99) == 1.0
+
+
+def test_a_model_that_has_not_burst_yet_takes_its_fleets_bursts_as_prior() -> None:
+    # One model of a fleet has burst to x3 within the lead time; another has not in the hour it has been
+    # watched. With the fleet's rises as its prior (worth one history of its own), the quiet model keeps
+    # headroom for a burst like its neighbour's at a high quantile, and still none at the median.
+    rng = np.random.default_rng(11)
+    window, lead = 30.0, 90.0
+    quiet = estimate.rise_ratios((rng.poisson(10.0 * window, 120) / window).tolist(), window, lead)
+    level = np.where((np.arange(120) % 20) < 3, 30.0, 10.0)
+    loud = estimate.rise_ratios((rng.poisson(level * window) / window).tolist(), window, lead)
+    prior = estimate.pool_rises([quiet, loud])
+    weight = len(quiet)
+    assert estimate.rise_quantile(quiet, 0.99) < 1.4
+    assert 2.5 < estimate.rise_quantile(quiet, 0.99, prior, weight) < 3.5
+    assert estimate.rise_quantile(quiet, 0.5, prior, weight) < 1.4
+    # A fleet whose models all stay flat lends no headroom; a model of its own bursts keeps them.
+    flat_prior = estimate.pool_rises([quiet, quiet, quiet])
+    assert estimate.rise_quantile(quiet, 0.99, flat_prior, weight) < 1.4
+    assert estimate.rise_quantile(loud, 0.99, flat_prior, weight) > 2.5
+    # The pooled prior of a large fleet is thinned to a bounded size and keeps its extremes.
+    big = estimate.pool_rises([loud] * 50)
+    assert len(big) == estimate.RISE_PRIOR_POINTS and big[0] == loud[0] and big[-1] == loud[-1]

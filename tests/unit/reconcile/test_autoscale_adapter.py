@@ -103,6 +103,29 @@ def test_the_energy_policies_keep_headroom_for_the_rises_a_model_has_shown() -> 
     assert run([500.0], autoscale.RateHistory()) == flat
 
 
+def test_a_model_that_has_not_burst_yet_gets_headroom_for_its_fleets_bursts() -> None:
+    from dataclasses import replace
+
+    def step(name: str, rps: float, i: int, hist: autoscale.RateHistory) -> int:
+        r = replace(reading(rps), name=name, sampled_at=NOW - 3600 + 60 * i + 1, window_s=60.0)
+        return autoscale.decide(
+            spec("Balanced"), {"desiredReplicas": 1, "readyReplicas": 1}, r, NOW - 3600 + 60 * i + 5,
+            OperatorConfig(), fleet_book=autoscale.FleetBook(), history=hist,
+        ).desired  # fmt: skip
+
+    # Two ModelServices read by one operator: "loud" has jumped x3 within the lead time every 12 minutes,
+    # "quiet" has stayed at 500 req/s for the hour. The fleet's rises are quiet's prior, so it gets
+    # headroom for a burst like loud's; alone (its own history) it gets none.
+    shared, alone = autoscale.RateHistory(), autoscale.RateHistory()
+    quiet_shared = quiet_alone = 0
+    for i in range(60):
+        step("loud", 1500.0 if i % 12 < 2 else 500.0, i, shared)
+        quiet_shared = step("quiet", 500.0, i, shared)
+        quiet_alone = step("quiet", 500.0, i, alone)
+    assert quiet_alone == desired(spec("Balanced"), reading(500)).desired
+    assert quiet_shared > 2 * quiet_alone
+
+
 def test_the_gpu_cap_clamps_the_decision_and_says_from_what() -> None:
     capped = autoscale.decide(
         spec("Performance"),

@@ -22,5 +22,5 @@
   mapping of a ServiceProfile to its input.
 * `estimate`: request-rate estimates that hold at low rates (`estimate_rate`), a trend that needs a
   significant rise (`significant_trend`), and headroom for a model's own past rises within the lead time
-  (`rise_factor`).
+  with its fleet's as prior (`rise_ratios`, `pool_rises`, `rise_quantile`).
 """

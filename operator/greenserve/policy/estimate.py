@@ -30,6 +30,14 @@ gets none (its noise is what the confidence bound covers). The window ahead is o
 its Poisson noise is load the replicas meet. A model whose traffic never jumped gets about 1; one that
 bursts gets the size of its bursts. Learned per model from its history, not fitted to a trace.
 
+An hour of a model's own history may hold none of the bursts its traffic has: a model whose bursts come
+three an hour goes an hour without one one time in twenty, and then meets the next with no headroom. So
+the fleet's rises (every model's `rise_ratios`, `pool_rises`) are each model's prior: `rise_quantile`
+takes the quantile of the mixture of its own rises and the fleet's, the fleet's counting as one full
+history of the model's own (half the weight of a model with an hour of history, all of it for a model
+without rises of its own). A fleet whose models never jump lends nothing; a model that bursts keeps its
+own bursts whatever the fleet does.
+
 Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3, `min_events` 100) are
 statistical: at z = 3.5 a single window flags a false step about once in 4,000 windows; 100 requests
 estimate a rate within 10%.

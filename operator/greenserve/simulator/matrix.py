@@ -19,8 +19,10 @@ Azure LLM inference traces' aggregate arrival curve:
   long-tail (steep Zipf: most models well under 1 req/s); Poisson counts per step on top of every shape.
 
 Knobs: HPA-like's target utilization (0.9 down to 0.3, in steps of 0.05 over 0.7-0.4, then 0.2 and 0.1
-while it has not reached the top level), Knative-like's target utilization (0.7 to 0.3), greenserve's
-attainment target (0.5 to 0.999: the fleet objective's target and the quantile of its rise headroom).
+while it has not reached the top level), Knative-like's target utilization (0.7 to 0.3), and greenserve's
+two-part knob: its fleet attainment target with the quantile of its rise headroom equal to it (0.8 to
+0.999, as Balanced and PowerSaving run), and the quantile on its own (0.5 to 0.999) with the fleet target
+at 0.5, where the p95 guard sizes each model for the rate it sees (`GREENSERVE_SETTINGS`).
 The bound (`simulator/bound.py`) gives the least energy any policy can use at 99.5%, and the least any
 policy that keeps a replica per model can use (`min_replicas=1`).
 """

@@ -220,7 +220,8 @@ class Greenserve:
     `slo_attainment` of requests within the SLO, a sustained rise is projected over the cold start,
     scale-up is immediate and scale-down stabilised for 300 s like the HPA-like baseline. The other knobs
     are ablations: an attainment other than a policy's is not expressible in a spec, and
-    `fleet_objective`, `rise_history_s` and `queue_drain_s` switch off what the operator does."""
+    `fleet_objective`, `rise_history_s`, `rise_prior` and `queue_drain_s` switch off what the operator
+    does, and `rise_quantile` sets the headroom's quantile apart from the attainment target."""
 
     # The basis of maxReplicas as an operator would set it (max_replicas_for); the policy sizes by the SLO.
     target_utilization: float = 0.7
@@ -242,9 +243,9 @@ class Greenserve:
     # Size the whole fleet for `slo_attainment` at one price per late request (policy/fleet.py) instead
     # of every model for it on its own.
     fleet_objective: bool = True
-    # Headroom for rises within the lead time (policy/estimate.py rise_factor), learned from this much
-    # of each model's history and refreshed every `rise_refresh_s`; 0 = off. The quantile is the
-    # attainment target.
+    # Headroom for rises within the lead time (policy/estimate.py rise_quantile), learned from this much
+    # of each model's history, with the fleet's rises as prior, and refreshed every `rise_refresh_s`;
+    # 0 = off. The quantile is the attainment target unless `rise_quantile` says otherwise.
     rise_history_s: float = 3600.0
     rise_refresh_s: float = 300.0
     # The fleet's rises as every model's prior (off: each model from its own history alone).

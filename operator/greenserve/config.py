@@ -103,6 +103,20 @@ class OperatorConfig:
     activator_service: tuple[str, str] | None = None
     #: Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Shared GPU pools (README, "Shared GPU pools"): GPU memory of one pool GPU, to pack models by
+    #: spec.gpu.memory (a quantity).
+    pool_gpu_memory: str = "16Gi"
+    #: The pool pods' container requests and memory limit (quantities).
+    pool_cpu_request: str = "1"
+    pool_memory_request: str = "2Gi"
+    pool_memory_limit: str = "16Gi"
+    #: Seconds between the pool model server's reads of its model list.
+    pool_poll_seconds: int = 2
+    #: Seconds between removing a model's routing label from the pool pods and unloading it: endpoint
+    #: removal reaches every proxy first.
+    pool_unload_grace_s: float = 10.0
+    #: Where the operator reads a model's status on a pool pod ({ip}, {port}, {model}, {namespace}, {pod}).
+    model_status_url: str = "http://{ip}:{port}/v1/models/{model}"
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -135,4 +149,12 @@ class OperatorConfig:
             cluster_domain=os.environ.get("GREENSERVE_CLUSTER_DOMAIN") or "cluster.local",
             namespaces=namespaces,
             activator_service=_env_ref("GREENSERVE_ACTIVATOR_SERVICE"),
+            pool_gpu_memory=os.environ.get("GREENSERVE_POOL_GPU_MEMORY") or "16Gi",
+            pool_cpu_request=os.environ.get("GREENSERVE_POOL_CPU_REQUEST") or "1",
+            pool_memory_request=os.environ.get("GREENSERVE_POOL_MEMORY_REQUEST") or "2Gi",
+            pool_memory_limit=os.environ.get("GREENSERVE_POOL_MEMORY_LIMIT") or "16Gi",
+            pool_poll_seconds=int(_env_float("GREENSERVE_POOL_POLL_SECONDS", 2)),
+            pool_unload_grace_s=_env_float("GREENSERVE_POOL_UNLOAD_GRACE", 10.0),
+            model_status_url=os.environ.get("GREENSERVE_MODEL_STATUS_URL")
+            or "http://{ip}:{port}/v1/models/{model}",
         )

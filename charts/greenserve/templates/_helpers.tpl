@@ -135,10 +135,15 @@ seccompProfile:
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch", "create", "patch"]
 # Serving pods: read for readiness and metrics scraping; patched with pod-deletion-cost and the node
-# autoscalers' do-not-disrupt / safe-to-evict annotations (the admission policy: annotations only).
+# autoscalers' do-not-disrupt / safe-to-evict annotations, and with the shared pools' per-model routing
+# labels model.greenserve.io/<ModelService> (the admission policy: annotations and those labels only).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
+# A model moves into or out of a shared pool only once its new home is a ready endpoint of its Service.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list"]
 # Events on ModelServices (greenserve's own core/v1 Events and kopf's handler events).
 - apiGroups: [""]
   resources: ["events"]

@@ -62,8 +62,12 @@ async def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf
     drift), unless its owner is being deleted.
     """
     CACHE.observe_owned(body, deleted=type == "DELETED")
+    kube, config = _deps(memo)
+    namespace = body["metadata"]["namespace"]
+    # A shared pool's Deployment belongs to every member: each one's reconcile syncs the pool.
+    for member in rec.pool_members(body):
+        rec.refresh_soon(kube, namespace, member, config)
     owner = rec.deployment_owner(body)
     if owner is None:
         return
-    kube, config = _deps(memo)
-    rec.refresh_soon(kube, body["metadata"]["namespace"], owner, config)
+    rec.refresh_soon(kube, namespace, owner, config)

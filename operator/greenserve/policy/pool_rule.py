@@ -1,8 +1,11 @@
-"""Which models share a GPU pool and which get their own replicas: a simple placement rule, pure.
+"""Which models share a GPU pool and which get their own replicas: the `Placer` interface, pure.
 
-This is the stand-in behind `Placer`, until the sharing policy (which models share, which go dedicated)
-replaces it: the operator (reconcile/pools.py) calls whatever `Placer` it is given with the same
-`Candidate`s and `PoolLimits`.
+Two placers: `sharing_placer`, the sharing policy (policy/sharing.py: an SLO-derived saturation cap,
+hysteresis, best-fit packing) over a pool of one GPU, which the operator uses (reconcile/pools.py); and
+`place`, the simple stand-in rule it replaced, kept as the fallback for a candidate without a
+`ModelDemand`. Both take the same `Candidate`s and `PoolLimits`.
+
+The simple rule (`place`):
 
 The rule, for the models that may share (sharing Auto, one GPU, a GPU memory need, no per-model pod
 settings; `Candidate.blocked` says why not otherwise):
@@ -23,8 +26,10 @@ settings; `Candidate.blocked` says why not otherwise):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+from greenserve.policy import sharing
 
 # Reasons of a placement (the Placement condition's reason in status).
 SHARED = "Shared"
@@ -46,6 +51,7 @@ class Candidate:
     shared: bool  # in the pool now
     new: bool  # never placed before
     blocked: str | None = None  # why it may not share at all (Exclusive, not shareable); None: it may
+    demand: sharing.ModelDemand | None = None  # the sharing policy's view of it (profile.sharing_demand)
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,44 @@ def _wants_pool(c: Candidate, limits: PoolLimits) -> Placement:
 
 def place(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Placement]:
     """The placement of every candidate of one pool (see the module docstring)."""
-    out = {c.service: _wants_pool(c, limits) for c in candidates}
+    return _pack(candidates, {c.service: _wants_pool(c, limits) for c in candidates}, limits, True)
+
+
+POOL_GPU = "pool"
+
+
+def sharing_placer(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Placement]:
+    """The sharing policy's placement, over the pool's one GPU: a model it puts on that GPU shares; one it
+    puts on a further GPU does not fit this pool (PoolFull: one GPU per pool for now); one it sends to
+    dedicated replicas goes there. A model it would unload (scale to zero) or hold without a reading
+    stays where it is, and a new one starts shared. Candidates without a demand follow `place`'s rule.
+    Then the members are packed as `place` packs them (GPU memory, one model per name)."""
+    with_demand = [c for c in candidates if c.blocked is None and c.demand is not None]
+    gib = limits.gpu_memory_bytes / 2**30
+    pool = sharing.PoolGpu(POOL_GPU, gib, tuple(sorted(c.service for c in with_demand if c.shared)))
+    policy_limits = sharing.SharingLimits(gpu_memory_gib=gib)
+    planned = sharing.plan([c.demand for c in with_demand if c.demand is not None], [pool], policy_limits)
+    out: dict[str, Placement] = {}
+    for c in candidates:
+        if c.blocked is not None or c.demand is None:
+            out[c.service] = _wants_pool(c, limits)
+        elif planned.home.get(c.service) == POOL_GPU:
+            out[c.service] = Placement(True, SHARED if c.shared else JOINS, "the sharing policy shares it")
+        elif c.service in planned.home:
+            out[c.service] = Placement(False, POOL_FULL, "the pool's GPU has no room for it")
+        elif c.service in planned.dedicated:
+            out[c.service] = Placement(False, BUSY, "the sharing policy gives it its own replicas")
+        else:  # unloaded or held: where it is (scale to zero is not this placement's to do)
+            stays = c.shared or c.new
+            why = STARTS_SHARED if c.new and not c.shared else (SHARED if stays else BUSY)
+            out[c.service] = Placement(stays, why, "no reading moves it: it stays where it is")
+    # The policy already capped the load; the packing below checks memory and model names only.
+    return _pack([replace(c, load=None) for c in candidates], out, limits, False)
+
+
+def _pack(
+    candidates: Sequence[Candidate], out: dict[str, Placement], limits: PoolLimits, check_load: bool
+) -> dict[str, Placement]:
     wanting = [c for c in candidates if out[c.service].shared]
     order = sorted(wanting, key=lambda c: (not c.shared, -c.memory_bytes if not c.shared else 0, c.service))
     memory, load, names = 0, 0.0, set[str]()
@@ -112,7 +155,8 @@ def place(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Plac
                 False, NAME_TAKEN, f"another shared model already serves /v1/models/{c.model_name}"
             )
             continue
-        if memory + c.memory_bytes > limits.gpu_memory_bytes or load + (c.load or 0.0) > limits.pool_load_cap:
+        over_load = check_load and load + (c.load or 0.0) > limits.pool_load_cap
+        if memory + c.memory_bytes > limits.gpu_memory_bytes or over_load:
             out[c.service] = Placement(False, POOL_FULL, "the pool's GPU has no room for it")
             continue
         memory += c.memory_bytes

@@ -19,12 +19,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
-from greenserve.api.constants import LABEL_MODELSERVICE, TFS_REST_PORT
+from greenserve.api.constants import LABEL_MODELSERVICE, LABEL_POOL, TFS_REST_PORT
+from greenserve.api.objects import pod_ready, pod_terminating
 from greenserve.api.v1alpha1 import (
     Addressable,
     FailureInfo,
     ModelServiceSpec,
     ModelServiceStatus,
+    PlacementStatus,
     merge_status,
     parse_spec,
     status_patch,
@@ -34,8 +36,10 @@ from greenserve.cluster.cache import CACHE, ConflictingObjectError, apply_if_cha
 from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
+from greenserve.manifests.pools import pool_key
 from greenserve.manifests.storage import UnsupportedStorageError, resolve
-from greenserve.reconcile import routing
+from greenserve.policy import pool_rule
+from greenserve.reconcile import pools, routing
 from greenserve.reconcile.bounds import bounded, replica_cap
 from greenserve.reconcile.status import (
     Failure,
@@ -377,9 +381,27 @@ async def _reconcile_valid(
         fields = merge_status(extra.fields, fields)
     warnings = spec_warnings(spec, limit.capped_from, replica_cap(spec, config))
     zero_capable = routing.routed(spec, status, config)
+    view: pools.MemberView | None = None
     try:
+        if pools.participates(spec, status):
+            view, replicas = await _pool_placement(kube, owner, spec, config, replicas)
+            surge = surge if replicas > 0 else 0
+            fields = merge_status(fields, ModelServiceStatus(placement=_placement_status(view)))
+        elif status.get("placement") is not None:
+            # Out of its pool for good (or it may no longer share): on its own replicas, and why.
+            why = pools.blocked(spec) or "stays on its own replicas"
+            reason = pool_rule.EXCLUSIVE if why == pool_rule.EXCLUSIVE else pool_rule.NOT_SHAREABLE
+            placed = PlacementStatus(shared=False, reason=reason, message=why)
+            fields = merge_status(fields, ModelServiceStatus(placement=placed))
         applied: dict[str, Any] | None = None
-        objs = builders.objects(owner, spec, replicas + surge, options, zero_capable=zero_capable)
+        objs = builders.objects(
+            owner,
+            spec,
+            replicas + surge,
+            options,
+            routed=view is not None and view.routed,
+            zero_capable=zero_capable,
+        )
         await ensure_ours(kube, objs)
         for obj in objs:
             result = await apply_if_changed(kube, obj)
@@ -434,6 +456,11 @@ async def _reconcile_valid(
         conditions = [*fault_conditions(cond.REASON_GPU_CAP, message)]
         fault = Failure(cond.REASON_GPU_CAP, message)
     scale = extra.scale if extra is not None else None
+    if view is not None and view.placement.shared:
+        # Served from the pool: the autoscaler's count does not apply to the pool's pods.
+        scale = None
+        if replicas == 0:
+            conditions[0] = _pool_ready(view)
     stored = status.get("desiredReplicas")
     if scale is None and isinstance(stored, int) and stored != replicas:
         # A spec edit moved the bounds (or the cap) across the stored count: a rescale like any other.
@@ -454,6 +481,56 @@ async def _reconcile_valid(
     )
     ready = conditions[0]
     return Outcome(ready.status is True, ready.reason, ready.message, replicas, st)
+
+
+def _placement_status(view: pools.MemberView) -> PlacementStatus:
+    p = view.placement
+    # `pool` stays set while the pool still holds the model (a move out in progress): the next pass then
+    # still consults the pool, whatever the spec now says.
+    pool = view.pool if p.shared or view.in_pool or view.serving_pods else None
+    return PlacementStatus(shared=p.shared, pool=pool, reason=p.reason, message=p.message)
+
+
+def _pool_ready(view: pools.MemberView) -> cond.ConditionUpdate:
+    if view.serving_pods:
+        n = len(view.serving_pods)
+        message = f"served from the shared pool {view.pool} ({n} pod{'s' if n > 1 else ''})"
+        return cond.ConditionUpdate(cond.READY, True, cond.REASON_SHARED_POOL, message)
+    message = f"loading in the shared pool {view.pool}"
+    return cond.ConditionUpdate(cond.READY, False, cond.REASON_LOADING_IN_POOL, message)
+
+
+async def _pool_placement(
+    kube: KubeClient, owner: builders.Owner, spec: ModelServiceSpec, config: OperatorConfig, replicas: int
+) -> tuple[pools.MemberView, int]:
+    """Sync the ModelService's pool and decide its own replica count (see reconcile/pools.py): zero
+    while the pool serves it, once a pool pod is a ready endpoint of its Service (or it has no ready
+    replica of its own to hand over from); at least one while it leaves the pool. Its own replicas carry
+    the routing label while the Service selects by it."""
+
+    def changed(name: str) -> None:
+        if name != owner.name:
+            refresh_soon(kube, owner.namespace, name, config)
+
+    views = await pools.sync_pool(kube, pool_key(owner.namespace, spec), config, changed)
+    view = views[owner.name]
+    own = [
+        p
+        for p in await kube.list_objects(
+            PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
+        )
+        if not pod_terminating(p)
+    ]
+    if view.placement.shared:
+        own_ready = [p for p in own if pod_ready(p)]
+        selected = await pools.selected_pods(kube, owner.namespace, owner.name) if own_ready else set()
+        if not own_ready or selected & set(view.serving_pods):
+            replicas = 0
+    elif view.in_pool or view.serving_pods:
+        replicas = max(1, replicas)
+    if view.routed:
+        await pools.label_own_replicas(kube, own, owner.name)
+    return view, replicas
 
 
 async def _lift_warmup_protection(kube: KubeClient, pods: list[dict[str, Any]]) -> None:
@@ -538,3 +615,11 @@ def deployment_owner(dep: Mapping[str, Any]) -> str | None:
         if ref.get("kind") == "ModelService" and ref.get("controller"):
             return str(ref["name"])
     return None
+
+
+def pool_members(dep: Mapping[str, Any]) -> list[str]:
+    """The member ModelServices of a shared pool's Deployment (none for any other Deployment)."""
+    meta = dep.get("metadata") or {}
+    if LABEL_POOL not in (meta.get("labels") or {}):
+        return []
+    return [str(r["name"]) for r in meta.get("ownerReferences") or [] if r.get("kind") == "ModelService"]

@@ -88,3 +88,47 @@ def test_load_fraction() -> None:
     assert r.load_fraction(None, 2.0, None, 8.0, 0.8) == 0.2
     assert r.load_fraction(None, None, 50.0, None, 0.8) is None
     assert r.load_fraction(3.0, 1.0, None, None, 0.8) is None  # gpuUtilization: no rate to compare
+
+
+def demand(name: str, load: float | None, memory_gib: float = 1.0, **kw: object) -> r.sharing.ModelDemand:
+    return r.sharing.ModelDemand(
+        name=name, load=load, memory_gib=memory_gib, service_time_s=0.02, slo_s=None, attainment=0.99, **kw
+    )  # type: ignore[arg-type]
+
+
+def with_demand(name: str, load: float | None, memory_gib: float = 1.0, **kw: object) -> r.Candidate:
+    c = cand(name, load, int(memory_gib * GI), **kw)
+    return replace(c, demand=demand(name, load, memory_gib))
+
+
+def test_sharing_placer_runs_the_sharing_policy_over_the_pools_gpu() -> None:
+    cands = [
+        with_demand("idle", 0.01),
+        with_demand("busy", 0.9),  # above the policy's entry threshold: its own replicas
+        with_demand("new", None, new=True),  # no reading yet: a new model starts shared
+        with_demand("held", None),  # no reading, placed before on its own replicas: stays there
+        with_demand("member", None, shared=True),  # no reading, in the pool: stays
+        cand("nodemand", 0.01),  # no demand: the simple rule
+        replace(with_demand("excl", 0.0), blocked=r.EXCLUSIVE),
+    ]
+    out = r.sharing_placer(cands, LIMITS)
+    assert {k: v.shared for k, v in out.items()} == {
+        "idle": True,
+        "busy": False,
+        "new": True,
+        "held": False,
+        "member": True,
+        "nodemand": True,
+        "excl": False,
+    }
+    assert out["busy"].reason == r.BUSY and out["excl"].reason == r.EXCLUSIVE
+
+
+def test_sharing_placer_packs_one_gpu_by_memory_and_one_model_per_name() -> None:
+    cands = [with_demand(f"m{i}", 0.01, memory_gib=3.0) for i in range(7)]  # 21 GiB wanted, 16 GiB GPU
+    out = r.sharing_placer(cands, LIMITS)
+    assert sum(p.shared for p in out.values()) == 5
+    assert {p.reason for p in out.values() if not p.shared} == {r.POOL_FULL}
+    twins = [with_demand("a", 0.01), replace(with_demand("b", 0.01), model_name="a")]
+    out = r.sharing_placer(twins, LIMITS)
+    assert out["a"].shared and (out["b"].shared, out["b"].reason) == (False, r.NAME_TAKEN)

@@ -1,0 +1,20 @@
+"""Kepler-style split of a shared GPU's active energy by each model's busy time (policy/shared_energy.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from greenserve.policy.shared_energy import split_active_energy
+
+
+def test_active_energy_is_split_by_busy_time_and_idle_stays_unattributed() -> None:
+    # 60 s at 100 W idle = 6 kJ idle; 9 kJ measured: 3 kJ active, busy 3:1.
+    out = split_active_energy(9000.0, 100.0, 60.0, {"a": 3.0, "b": 1.0, "c": 0.0})
+    assert out == pytest.approx({"a": 2250.0, "b": 750.0, "c": 0.0})
+    assert sum(out.values()) == pytest.approx(3000.0)
+
+
+def test_nothing_is_invented() -> None:
+    assert split_active_energy(5000.0, 100.0, 60.0, {"a": 2.0}) == {"a": 0.0}  # below idle
+    assert split_active_energy(9000.0, 100.0, 60.0, {"a": 0.0, "b": 0.0}) == {"a": 0.0, "b": 0.0}
+    assert split_active_energy(9000.0, 100.0, 60.0, {}) == {}

@@ -1,0 +1,247 @@
+"""Shared pools against an in-memory API (tests/support/fake_kube.py) and a model-status server standing
+in for the pool pods' agents: who joins, routing labels only where a model is AVAILABLE, and both moves
+surge-then-retire (the new home is a ready endpoint of the Service before the old one goes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from greenserve.api import constants as c
+from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES, PODS, SERVICES
+from greenserve.config import OperatorConfig
+from greenserve.manifests import pools as pm
+from greenserve.reconcile import modelservice as rec
+from greenserve.reconcile import pools
+from support.fake_kube import FakeKube
+
+NS = "ml"
+ROUTE = {"model.greenserve.io/a": "available"}
+
+
+def msvc(name: str, model: str | None = None, sharing: str | None = None, **gpu: Any) -> dict[str, Any]:
+    g: dict[str, Any] = {"count": 1, "memory": "1Gi", **gpu}
+    if sharing:
+        g["sharing"] = sharing
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+        "spec": {"model": {"name": model or name, "storageUri": f"pvc://models/{name}"}, "gpu": g},
+    }
+
+
+def pod(name: str, labels: dict[str, str], ip: str = "10.0.0.1", ready: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": dict(labels)},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def endpoints(service: str, *ready_pods: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-x",
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "endpoints": [
+            {"targetRef": {"kind": "Pod", "name": p}, "conditions": {"ready": True}} for p in ready_pods
+        ],
+    }
+
+
+class Agents:
+    """GET /<namespace>/<pod>/v1/models/<model>: AVAILABLE when the test says so."""
+
+    def __init__(self) -> None:
+        self.available: dict[str, set[str]] = {}
+
+    async def status(self, request: web.Request) -> web.Response:
+        if request.match_info["model"] not in self.available.get(request.match_info["pod"], set()):
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]})
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[tuple[Agents, str]]:
+    a = Agents()
+    app = web.Application()
+    app.router.add_get("/{namespace}/{pod}/v1/models/{model}", a.status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield a, f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/v1/models/{{model}}"
+    await runner.cleanup()
+
+
+def config(url: str) -> OperatorConfig:
+    return OperatorConfig(model_status_url=url, pool_unload_grace_s=0.0, pool_gpu_memory="16Gi")
+
+
+async def reconcile(kube: FakeKube, cfg: OperatorConfig, name: str) -> rec.Outcome:
+    return await rec.reconcile(kube, {"metadata": {"name": name, "namespace": NS}}, cfg)
+
+
+def members(kube: FakeKube, key: pm.PoolKey) -> str:
+    cm = kube.peek(CONFIGMAPS, pm.config_map_name(key), NS)
+    assert cm is not None
+    return str(cm["data"][pm.MODEL_CONFIG_KEY])
+
+
+def replicas(kube: FakeKube, name: str) -> int:
+    dep = kube.peek(DEPLOYMENTS, name, NS)
+    assert dep is not None
+    return int(dep["spec"]["replicas"])
+
+
+def selector(kube: FakeKube, name: str) -> dict[str, str]:
+    svc = kube.peek(SERVICES, name, NS)
+    assert svc is not None
+    return dict(svc["spec"]["selector"])
+
+
+def labels(kube: FakeKube, name: str) -> dict[str, str]:
+    p = kube.peek(PODS, name, NS)
+    assert p is not None
+    return dict(p["metadata"].get("labels") or {})
+
+
+KEY = pm.PoolKey(NS, None, c.DEFAULT_SERVING_IMAGE)
+POOL_POD = pod("pool-0", {c.LABEL_POOL: KEY.name})
+
+
+async def test_new_models_start_shared_and_are_routed_only_where_available(
+    agents: tuple[Agents, str],
+) -> None:
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    for name in ("a", "b"):
+        kube.put(MODELSERVICES, msvc(name))
+    kube.put(MODELSERVICES, msvc("big", sharing="Exclusive"))
+    kube.put(MODELSERVICES, msvc("nomem", memory=None))
+    for name in ("a", "b", "big", "nomem"):
+        await reconcile(kube, cfg, name)
+    assert 'name: "a"' in members(kube, KEY) and 'name: "b"' in members(kube, KEY)
+    assert "big" not in members(kube, KEY) and "nomem" not in members(kube, KEY)
+    assert replicas(kube, KEY.name) == 1
+    # Shared: no replica of its own, the Service selects the routing label; the others as before.
+    assert (replicas(kube, "a"), selector(kube, "a")) == (0, ROUTE)
+    assert (replicas(kube, "big"), selector(kube, "big")) == (1, {c.LABEL_MODELSERVICE: "big"})
+    # Models that may not share never consult a pool: no placement in their status.
+    for name in ("big", "nomem"):
+        assert "placement" not in (kube.peek(MODELSERVICES, name, NS) or {}).get("status", {})
+    placed = (kube.peek(MODELSERVICES, "a", NS) or {})["status"]["placement"]
+    assert placed == {"shared": True, "pool": KEY.name, "reason": "NewModel", "message": placed["message"]}
+
+    # A pool pod appears; only "a" is loaded on it yet: only a's label is set, and a is Ready.
+    kube.put(PODS, POOL_POD)
+    fake_agents.available["pool-0"] = {"a"}
+    out = await reconcile(kube, cfg, "a")
+    assert labels(kube, "pool-0") == {c.LABEL_POOL: KEY.name, **ROUTE}
+    assert out.ready and out.reason == "ServedFromSharedPool"
+    assert not (await reconcile(kube, cfg, "b")).ready
+
+    # The model server stops answering for a (unloaded, draining): its label goes.
+    fake_agents.available["pool-0"] = {"b"}
+    await reconcile(kube, cfg, "b")
+    assert labels(kube, "pool-0") == {c.LABEL_POOL: KEY.name, "model.greenserve.io/b": "available"}
+
+
+async def test_move_out_of_the_pool_waits_for_its_own_replica_to_be_selected(
+    agents: tuple[Agents, str],
+) -> None:
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    kube.put(MODELSERVICES, msvc("a"))
+    kube.put(PODS, POOL_POD)
+    fake_agents.available["pool-0"] = {"a"}
+    await reconcile(kube, cfg, "a")
+    await reconcile(kube, cfg, "a")
+    assert labels(kube, "pool-0").get("model.greenserve.io/a") == "available"
+
+    # Made Exclusive: its own replica comes up first; the pool keeps serving it meanwhile.
+    body = kube.peek(MODELSERVICES, "a", NS)
+    assert body is not None
+    body["spec"]["gpu"]["sharing"] = "Exclusive"
+    await reconcile(kube, cfg, "a")
+    assert replicas(kube, "a") == 1 and selector(kube, "a") == ROUTE
+    assert 'name: "a"' in members(kube, KEY) and labels(kube, "pool-0").get("model.greenserve.io/a")
+
+    # Its replica is Ready and labelled, but not yet an endpoint of the Service: the pool still serves.
+    kube.put(PODS, pod("a-own", {c.LABEL_MODELSERVICE: "a"}, ip="10.0.0.2"))
+    kube.put(ENDPOINTSLICES, endpoints("a", "pool-0"))
+    await reconcile(kube, cfg, "a")
+    assert labels(kube, "a-own").get("model.greenserve.io/a") == "available"
+    assert labels(kube, "pool-0").get("model.greenserve.io/a") == "available"
+    assert 'name: "a"' in members(kube, KEY)
+
+    # Selected: the pool pod's label goes first; the model is unloaded on a later pass (after the grace).
+    kube.put(ENDPOINTSLICES, endpoints("a", "pool-0", "a-own"))
+    await reconcile(kube, cfg, "a")
+    assert "model.greenserve.io/a" not in labels(kube, "pool-0")
+    assert 'name: "a"' in members(kube, KEY)
+    await reconcile(kube, cfg, "a")
+    assert 'name: "a"' not in members(kube, KEY)
+    assert replicas(kube, KEY.name) == 0  # an empty pool holds no GPU
+    await reconcile(kube, cfg, "a")
+    assert selector(kube, "a") == {c.LABEL_MODELSERVICE: "a"} and replicas(kube, "a") == 1
+
+
+async def test_move_into_the_pool_keeps_its_replicas_until_a_pool_pod_is_selected(
+    agents: tuple[Agents, str],
+) -> None:
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    body = msvc("a")
+    # Placed before, on its own replicas, with a load that now fits a quarter of a GPU.
+    body["status"] = {
+        "placement": {"shared": False, "reason": "HighTraffic", "message": ""},
+        "requestsPerSecond": 1.0,
+        "desiredReplicas": 1,
+    }
+    kube.put(MODELSERVICES, body)
+    kube.put(PODS, pod("a-own", {c.LABEL_MODELSERVICE: "a"}, ip="10.0.0.2"))
+    kube.put(PODS, POOL_POD)
+    kube.put(ENDPOINTSLICES, endpoints("a", "a-own"))
+    fake_agents.available["pool-0"] = set()
+    await reconcile(kube, cfg, "a")
+    # Joins the pool list; keeps its replica, labelled, and the Service selects by the label.
+    assert 'name: "a"' in members(kube, KEY)
+    assert replicas(kube, "a") == 1 and selector(kube, "a") == ROUTE
+    assert labels(kube, "a-own").get("model.greenserve.io/a") == "available"
+
+    # Loaded on the pool pod and labelled, not yet selected: the replica stays.
+    fake_agents.available["pool-0"] = {"a"}
+    await reconcile(kube, cfg, "a")
+    assert labels(kube, "pool-0").get("model.greenserve.io/a") == "available"
+    assert replicas(kube, "a") == 1
+    # Selected: the replica is retired.
+    kube.put(ENDPOINTSLICES, endpoints("a", "a-own", "pool-0"))
+    out = await reconcile(kube, cfg, "a")
+    assert replicas(kube, "a") == 0 and out.ready
+
+
+async def test_a_busy_member_without_a_fresh_metric_is_never_moved(agents: tuple[Agents, str]) -> None:
+    _, url = agents
+    kube, cfg = FakeKube(), config(url)
+    body = msvc("a")
+    body["status"] = {"placement": {"shared": True, "pool": KEY.name, "reason": "Shared", "message": ""}}
+    kube.put(MODELSERVICES, body)
+    views = await pools.sync_pool(kube, KEY, cfg)
+    assert views["a"].placement.shared
+    body = kube.peek(MODELSERVICES, "a", NS)
+    assert body is not None
+    body["status"]["requestsPerSecond"] = 100.0  # far above half of target/0.8 = 62.5 req/s
+    views = await pools.sync_pool(kube, KEY, replace(cfg))
+    assert not views["a"].placement.shared and views["a"].placement.reason == "HighTraffic"

@@ -13,8 +13,14 @@ from greenserve.api import constants as c
 from support.chart import CHART, helm, kube_version, render
 
 
-def policies(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["namespace"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+def policies(objs: list[dict[str, Any]], suffix: str = "-serving") -> dict[str, dict[str, Any]]:
+    """The NetworkPolicies of one kind (-serving: ModelServices' own pods, -pools: shared pool pods), by
+    namespace."""
+    return {
+        o["metadata"]["namespace"]: o
+        for o in objs
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith(suffix)
+    }
 
 
 def rules(policy: dict[str, Any]) -> dict[frozenset[int], list[str]]:
@@ -63,6 +69,19 @@ def test_serving_ports_only_from_the_chosen_namespaces(helm_bin: Path) -> None:
         (activator,) = [r for r in spec["ingress"] if [p["port"] for p in r["ports"]] == [c.TFS_REST_PORT]]
         labels = activator["from"][0]["podSelector"]["matchLabels"]
         assert labels["app.kubernetes.io/component"] == "activator"
+    pools = policies(objs, "-pools")
+    assert sorted(pools) == ["models-a", "models-b"]
+    for policy in pools.values():
+        # Shared pool pods carry no ModelService label: their own policy, the same ports, and REST from
+        # the release namespace (the operator reads each model's status there; the activator forwards).
+        assert policy["spec"]["podSelector"] == {
+            "matchExpressions": [{"key": c.LABEL_POOL, "operator": "Exists"}]
+        }
+        assert rules(policy) == {
+            frozenset({c.TFS_REST_PORT, c.TFS_GRPC_PORT}): ["gateway"],
+            frozenset({contract.AGENT_METRICS_PORT}): ["gs", "monitoring"],
+            frozenset({c.TFS_REST_PORT}): ["gs"],
+        }
 
 
 def test_without_allowed_namespaces_the_model_ports_are_closed(helm_bin: Path) -> None:

@@ -1,0 +1,246 @@
+"""Shared GPU pools with real pods: at least 8 low-traffic ModelServices served from at most 2 GPUs, a
+real prediction from each through its own Service, and a move out of the pool onto the model's own
+replica under a client load, with no failed request.
+
+The operator is the chart's, as a pod (its own release, after tests/realnode/test_serving.py's); the pool
+pod is the serving image's CPU test variant, whose agent runs the local SavedModel backend with TF
+Serving's model config file. The real node advertises simulated GPUs (`nvidia.com/gpu` as an extended
+resource, tests/harness/real_node.sh): a GPU here is the scheduler's count, which is what "served from at
+most 2 GPUs" counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from realnode_support import Load, RealNodes, restricted_namespace, wait_for
+from test_serving import _record, images, predict  # noqa: F401  (images: a fixture)
+
+from support.chart import CHART, helm
+from support.kube import Kubectl, harness_bin
+from support.paths import REPO
+
+pytestmark = pytest.mark.realnode
+
+OPERATOR_NS = "greenserve-rn-pools"
+RELEASE = "gs-pools"
+N_MODELS = 8
+MOVING = "m0"
+
+
+@pytest.fixture(scope="module")
+def pool_operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNodes) -> Iterator[str]:  # noqa: F811
+    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl.wait_established("modelservices.greenserve.io")
+    kubectl.run("create", "namespace", OPERATOR_NS, check=False)
+    repo, _, tag = images["GREENSERVE_OPERATOR_IMAGE"].rpartition(":")
+    values = {
+        "image.repository": repo,
+        "image.tag": tag,
+        "image.pullPolicy": "Never",
+        "operator.nodeSelector": {"kubernetes.io/hostname": real_nodes.names[0]},
+        "operator.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "operator.config.reconcileInterval": 5,
+        "operator.config.pools.cpuRequest": "100m",
+        "operator.config.pools.memoryRequest": "512Mi",
+        "operator.config.pools.memoryLimit": "6Gi",
+        "operator.config.pools.unloadGraceSeconds": 5,
+    }
+    args = ["install", RELEASE, str(CHART), "--namespace", OPERATOR_NS]
+    for key, value in values.items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    helm(harness_bin() / "helm", *args, kubeconfig=kubectl.kubeconfig)
+    kubectl.run(
+        "wait", "-n", OPERATOR_NS, "--for=condition=Ready", "pod",
+        "-l", "app.kubernetes.io/component=operator", "--timeout=180s",
+    )  # fmt: skip
+    yield OPERATOR_NS
+    logs = kubectl.run(
+        "logs", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator", "--tail=300", check=False
+    )
+    print(logs.stdout[-8000:])
+    helm(harness_bin() / "helm", "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait",
+         kubeconfig=kubectl.kubeconfig)  # fmt: skip
+    kubectl.run("delete", "namespace", OPERATOR_NS, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def ns(kubectl: Kubectl) -> Iterator[str]:
+    yield from restricted_namespace(kubectl, "rn-pools")
+
+
+@pytest.fixture(scope="module")
+def store(kubectl: Kubectl, ns: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """N_MODELS real SavedModels (y = 2x + 1, tests/unit/agent/make_savedmodel.py) m0..m7 on one PVC."""
+    root = tmp_path_factory.mktemp("pool-models")
+    root.chmod(0o755)
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/unit/agent/make_savedmodel.py"), str(root / "m0")],
+        check=True,
+        timeout=300,
+    )
+    for i in range(1, N_MODELS):
+        shutil.copytree(root / "m0", root / f"m{i}")
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    pv = f"{ns}-models"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(root), "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": "models"},
+            },
+        }
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
+    return root
+
+
+def _msvc(ns: str, name: str, image: str, product: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "greenserve.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "model": {"name": name, "storageUri": f"pvc://models/{name}"},
+            "runtime": {
+                "image": image,
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+            },
+            "gpu": {"count": 1, "product": product, "memory": "1Gi"},
+            "scaling": {"minReplicas": 1, "maxReplicas": 2},
+            "energy": {"consolidation": False},
+        },
+    }
+
+
+def _json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(kubectl.run("get", *args, "-o", "json").stdout)
+    return out
+
+
+def _ready_reason(kubectl: Kubectl, ns: str, name: str) -> str | None:
+    conds = {
+        c["type"]: c
+        for c in _json(kubectl, "modelservice", name, "-n", ns).get("status", {}).get("conditions", [])
+    }
+    ready = conds.get("Ready", {})
+    return str(ready.get("reason")) if ready.get("status") == "True" else None
+
+
+def _url(kubectl: Kubectl, ns: str, name: str) -> str:
+    ip = kubectl.run("get", "svc", name, "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+    return f"http://{ip}:8501/v1/models/{name}:predict"
+
+
+def _correct(url: str) -> bool:
+    try:
+        return predict(url, [1.0, 2.5]) == [3.0, 6.0]
+    except OSError:
+        return False
+
+
+def _gpus_held(kubectl: Kubectl, ns: str) -> int:
+    """nvidia.com/gpu limits of the namespace's pods that hold a node's GPU (scheduled, not finished)."""
+    held = 0
+    for pod in _json(kubectl, "pods", "-n", ns)["items"]:
+        if not pod["spec"].get("nodeName") or pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        for ctr in pod["spec"]["containers"]:
+            held += int(ctr.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+    return held
+
+
+def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_requests(
+    kubectl: Kubectl,
+    pool_operator: str,
+    ns: str,
+    store: Path,
+    images: dict[str, str],  # noqa: F811
+    real_nodes: RealNodes,
+) -> None:
+    names = [f"m{i}" for i in range(N_MODELS)]
+    t0 = time.monotonic()
+    for name in names:
+        kubectl.apply(_msvc(ns, name, images["GREENSERVE_SERVING_IMAGE"], real_nodes.gpu_product))
+    urls = {
+        n: wait_for(
+            lambda n=n: (
+                _url(kubectl, ns, n)
+                if kubectl.run("get", "svc", n, "-n", ns, check=False).returncode == 0
+                else None
+            ),
+            60,
+            f"{n}'s Service",
+        )
+        for n in names
+    }
+    for name in names:
+        wait_for(
+            lambda name=name: _correct(urls[name]), 420, f"a correct prediction from {name}", interval=0.5
+        )
+    _record("pools_apply_to_all_8_correct_s", time.monotonic() - t0)
+    for name in names:
+        assert _ready_reason(kubectl, ns, name) == "ServedFromSharedPool"
+        xs = [-1.0, 0.0, 0.5, 10.0]
+        assert predict(urls[name], xs) == [2 * x + 1 for x in xs]
+    held = _gpus_held(kubectl, ns)
+    _record("pools_gpus_held_for_8_models", held)
+    assert 1 <= held <= 2
+
+    # m0 made Exclusive under a client load: its own replica first, then the pool lets go of it.
+    with Load(lambda: _correct(urls[MOVING]), rate=5) as load:
+        t_move = time.monotonic()
+        kubectl.run(
+            "patch", "modelservice", MOVING, "-n", ns, "--type=merge",
+            "-p", json.dumps({"spec": {"gpu": {"sharing": "Exclusive"}}}),
+        )  # fmt: skip
+
+        def moved() -> bool:
+            pool_cms = [
+                cm for cm in _json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+            ]
+            listed = any(f'name: "{MOVING}"' in cm["data"]["models.config"] for cm in pool_cms)
+            svc = _json(kubectl, "svc", MOVING, "-n", ns)
+            return not listed and svc["spec"]["selector"] == {"greenserve.io/modelservice": MOVING}
+
+        wait_for(moved, 300, f"{MOVING} on its own replica and unloaded from the pool", interval=1)
+        t_moved = time.monotonic()
+        time.sleep(5)  # requests keep flowing after the switch; they count too
+        t_end = time.monotonic()
+    sent, failed = load.between(t_move, t_end)
+    _record("pools_move_out_s", t_moved - t_move)
+    _record("pools_move_requests_sent", sent)
+    _record("pools_move_requests_failed", len(failed))
+    assert sent > 50, "the move carried too little load to show anything"
+    assert failed == [], failed[:5]
+    assert _ready_reason(kubectl, ns, MOVING) == "ReplicasAvailable"
+    for name in names[1:]:
+        assert _correct(urls[name]), f"{name} stopped answering from the pool"

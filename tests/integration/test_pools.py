@@ -42,7 +42,7 @@ def msvc(name: str, namespace: str, **gpu: Any) -> dict[str, Any]:
         "kind": c.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "model": {"name": name, "storageUri": f"pvc://models/{name}"},
+            "model": {"name": name, "storageUri": f"/models/{name}"},
             "gpu": {"count": 1, "memory": "2Gi", **gpu},
             "scaling": {"minReplicas": 1, "maxReplicas": 2},
         },

@@ -131,6 +131,8 @@ seccompProfile:
 # Scale to zero: the EndpointSlice that routes a Service to the activator while its ModelService has no
 # ready replica (its own, labelled endpointslice.kubernetes.io/managed-by=endpointslice.greenserve.io), and
 # reads of the EndpointSlice controller's slices of the same Service (make-before-break switches).
+# A model also moves into or out of a shared pool only once its new home is a ready endpoint of its
+# Service in these slices.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -140,10 +142,6 @@ seccompProfile:
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
-# A model moves into or out of a shared pool only once its new home is a ready endpoint of its Service.
-- apiGroups: ["discovery.k8s.io"]
-  resources: ["endpointslices"]
-  verbs: ["get", "list"]
 # Events on ModelServices (greenserve's own core/v1 Events and kopf's handler events).
 - apiGroups: [""]
   resources: ["events"]

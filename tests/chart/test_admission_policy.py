@@ -250,6 +250,20 @@ def test_the_operators_own_work_passes_the_policy(
             )
 
         wait_for(lifted, 60, "the warm-up annotations lifted from the ready pods")
+        # Shared pools' routing label on a serving pod: set and removed; any other label, or another
+        # value, is refused (server-side dry runs as the operator's ServiceAccount).
+        pods = get_json(admin_kubectl, "pods", "-n", victims.team, "-l", f"{c.LABEL_MODELSERVICE}=resnet")
+        pod = pods["items"][0]["metadata"]["name"]
+        label = "model.greenserve.io/resnet"
+        for args, allowed in (
+            ([f"{label}=available"], True),
+            ([f"{label}=yes"], False),
+            (["team=escape"], False),
+        ):
+            out = sa_kubectl.run(
+                "label", "pod", pod, "-n", victims.team, *args, "--dry-run=server", check=False
+            )
+            assert (out.returncode == 0) == allowed, (args, out.stderr)
         asyncio.run(_taint_on_and_off(sa_kubectl.kubeconfig, victims.node, chart_namespace))
         assert operator.alive
     finally:

@@ -40,7 +40,7 @@ from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, M
 from greenserve.cluster.model_status import model_available, status_url
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
-from greenserve.manifests.builders import BuildOptions, route_label
+from greenserve.manifests.builders import BuildOptions, lift_warmup_protection, route_label
 from greenserve.manifests.profile import service_profile
 from greenserve.policy import pool_rule, sharing
 from greenserve.policy.profile import UTILISATION_AT_TARGET, sharing_demand
@@ -368,8 +368,13 @@ async def _label_pods(
                     and label[len(c.ROUTE_LABEL_PREFIX) :] not in available
                 ):
                     patch[label] = None
-            if patch:
-                await kube.patch(PODS, meta["name"], {"metadata": {"labels": patch}}, meta["namespace"])
+            body: dict[str, Any] = {"metadata": {"labels": patch}} if patch else {}
+            # A Ready pool pod is no longer warming up: node autoscalers may move it again.
+            lift = lift_warmup_protection(dict(pod))
+            if lift is not None:
+                body.setdefault("metadata", {})["annotations"] = lift["metadata"]["annotations"]
+            if body:
+                await kube.patch(PODS, meta["name"], body, meta["namespace"])
             for name in available:
                 serving.setdefault(name, set()).add(meta["name"])
     return serving, pending

@@ -36,10 +36,11 @@ def msvc(name: str, model: str | None = None, sharing: str | None = None, **gpu:
 
 
 def pod(name: str, labels: dict[str, str], ip: str = "10.0.0.1", ready: bool = True) -> dict[str, Any]:
+    warmup = {c.ANN_KARPENTER_DO_NOT_DISRUPT: "15m", c.ANN_CA_SAFE_TO_EVICT: "false"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": dict(labels)},
+        "metadata": {"name": name, "namespace": NS, "labels": dict(labels), "annotations": warmup},
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 
@@ -150,6 +151,8 @@ async def test_new_models_start_shared_and_are_routed_only_where_available(
     out = await reconcile(kube, cfg, "a")
     assert labels(kube, "pool-0") == {c.LABEL_POOL: KEY.name, **ROUTE}
     assert out.ready and out.reason == "ServedFromSharedPool"
+    # Ready: its warm-up protection from node autoscalers is lifted, as for any serving pod.
+    assert (kube.peek(PODS, "pool-0", NS) or {})["metadata"]["annotations"] == {}
     assert not (await reconcile(kube, cfg, "b")).ready
 
     # The model server stops answering for a (unloaded, draining): its label goes.

@@ -413,7 +413,16 @@ async def _reconcile_valid(
                 PODS, owner.namespace, label_selector=f"{LABEL_MODELSERVICE}={owner.name}"
             )
         if zero_capable:
-            route = await routing.apply_route(kube, owner, spec, status, pods, config)
+            route = await routing.apply_route(
+                kube,
+                owner,
+                spec,
+                status,
+                pods,
+                config,
+                pool_routed=view is not None and view.routed,
+                serving_elsewhere=view is not None and bool(view.serving_pods),
+            )
             fields = merge_status(fields, ModelServiceStatus(routing=route.routing))
             if not route.settled:
                 refresh_later(kube, owner.namespace, owner.name, config, ROUTE_RETRY_S)

@@ -124,11 +124,13 @@ async def apply_route(
     config: OperatorConfig,
     book: ActivatorBook = ACTIVATOR,
     pool_routed: bool = False,
+    serving_elsewhere: bool = False,
 ) -> Route:
     """Apply the public Service (and the activator's EndpointSlice) for where requests should go now.
-    `pool_routed`: the Service selects by the per-model pool label (builders.service_selector); `pods`
-    are those it selects."""
-    serving = any(pod_ready(p) and not pod_terminating(p) for p in pods)
+    `pods`: the ModelService's own replicas. `pool_routed`: the Service selects by the per-model pool
+    label (builders.service_selector); `serving_elsewhere`: pool pods are labelled as serving the model
+    (reconcile/pools.py), which counts as a ready replica."""
+    serving = serving_elsewhere or any(pod_ready(p) and not pod_terminating(p) for p in pods)
     was_activator = status.get("routing") == Routing.ACTIVATOR.value
     if not serving:
         target = await book.get(kube, config)

@@ -121,3 +121,25 @@ def test_private_service_selects_the_pods_and_fits_a_service_name() -> None:
     assert len(name) <= 63 and name.endswith("-private") and name != builders.private_service_name("a" * 62)
     objs = builders.objects(OWNER, SPEC, 0, builders.BuildOptions(), zero_capable=True)
     assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == ["m-private"]
+
+
+async def test_a_pooled_model_keeps_its_pool_selector_and_counts_pool_pods_as_ready(kube: FakeKube) -> None:
+    book = routing.ActivatorBook()
+    # Served from a shared pool: no own replica, but pool pods labelled as serving it.
+    route = await routing.apply_route(
+        kube, OWNER, SPEC, {}, [], CONFIG, book, pool_routed=True, serving_elsewhere=True
+    )
+    assert route == routing.Route(Routing.REPLICAS, True)
+    svc = kube.peek(SERVICES, "m", NS)
+    assert svc is not None and svc["spec"]["selector"] == builders.service_selector(OWNER, routed=True)
+    # Unloaded from the pool and no replica: to the activator; back with the pool selector.
+    route = await routing.apply_route(kube, OWNER, SPEC, {}, [], CONFIG, book, pool_routed=True)
+    assert route.routing == Routing.ACTIVATOR
+    kube.put(ENDPOINTSLICES, slice_of("m", NS, ["10.1.0.9"], routing.CONTROLLER_MANAGER))
+    at_zero = {"routing": "Activator"}
+    route = await routing.apply_route(
+        kube, OWNER, SPEC, at_zero, [], CONFIG, book, pool_routed=True, serving_elsewhere=True
+    )
+    assert route == routing.Route(Routing.REPLICAS, True)
+    svc = kube.peek(SERVICES, "m", NS)
+    assert svc is not None and svc["spec"]["selector"] == builders.service_selector(OWNER, routed=True)

@@ -87,6 +87,20 @@ INVALID: list[tuple[str, str, dict[str, Any], str, str]] = [
         "spec.runtime.resources",
         "spec.gpu.count",
     ),
+    (
+        "idle-period-needs-min-zero",
+        "z0",
+        with_(scaling={"minReplicas": 1, "scaleToZeroAfterSeconds": 60}),
+        "spec.scaling.scaleToZeroAfterSeconds",
+        "only with minReplicas 0",
+    ),
+    (
+        "idle-period-too-short",
+        "z1",
+        with_(scaling={"minReplicas": 0, "scaleToZeroAfterSeconds": 1}),
+        "spec.scaling.scaleToZeroAfterSeconds",
+        "greater than or equal to 10",
+    ),
     ("target-zero", "t0", with_(scaling={"target": 0}), "spec.scaling.target", "greater than 0"),
     ("target-negative", "t1", with_(scaling={"target": -0.5}), "spec.scaling.target", "greater than 0"),
     (
@@ -257,6 +271,7 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("digest-image", "digest", with_(runtime={"image": "tensorflow/serving@sha256:" + "0123abcd" * 8})),
     ("mirrored-image", "mirror", with_(runtime={"image": "registry.internal:5000/ml/serving:2.18.0"})),
     ("integer-cpu", "cpu-int", resources(cpu=1, memory="2Gi")),
+    ("scale-to-zero", "zero", with_(scaling={"minReplicas": 0, "scaleToZeroAfterSeconds": 120})),
     (
         "ephemeral-storage",
         "ephemeral",

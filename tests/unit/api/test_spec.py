@@ -31,6 +31,7 @@ def test_defaults() -> None:
     ("raw", "message"),
     [
         (spec(scaling={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must be less than or equal"),
+        (spec(scaling={"minReplicas": 1, "scaleToZeroAfterSeconds": 60}), "only with minReplicas 0"),
         (spec(scaling={"metric": "gpuUtilization", "target": 150}), "percentage"),
         (spec(model={"name": "m", "storageUri": "pvc://c/m", "credentialsSecret": "s"}), "credentialsSecret"),
         (spec(model={"name": "bad name", "storageUri": "/models/m"}), "pattern"),

@@ -117,6 +117,17 @@ def set_condition(
     return sorted(result, key=lambda c: str(c["type"]))
 
 
+def restamped(
+    conditions: Sequence[Mapping[str, Any]] | None, observed_generation: int | None
+) -> list[dict[str, Any]]:
+    """Copies of `conditions`, each carrying `observed_generation` (unchanged when it is None)."""
+    out = [dict(c) for c in conditions or ()]
+    if observed_generation is not None:
+        for c in out:
+            c["observedGeneration"] = observed_generation
+    return out
+
+
 def same_condition(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     """True when two conditions say the same thing (ignoring the transition time)."""
     if a is None or b is None:

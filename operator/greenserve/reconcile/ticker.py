@@ -268,7 +268,11 @@ class Ticker:
                 state.scaler[key] = dict(step.scaler)
             return step.outcome
 
-        await rec.under_lock(self.deps.kube, body, act)
+        # A new replica count is a change like a spec edit; the rest is the tick's bookkeeping (Slots).
+        priority = rec.CHANGE if why == "replicas" else rec.BOOKKEEPING
+        outcome = await rec.under_lock(self.deps.kube, body, act, priority, skip_busy=True)
+        if outcome.reason == rec.BUSY:
+            return  # another reconcile of it is under way; the next tick decides again
         state.last_write[key] = now
         if why == "resync" or now >= state.next_resync[key]:
             state.next_resync[key] = now + random.uniform(0.9, 1.1) * self.deps.config.full_resync_s
@@ -285,17 +289,21 @@ class Ticker:
         resourceVersion (a stale cache gets 409 and falls back to the full step from a fresh read)."""
         meta = body["metadata"]
         patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": fields}
-        async with rec.locked(*key), rec.slot():
-            try:
-                written = await self.deps.kube.patch(
-                    MODELSERVICES, meta["name"], patch, meta["namespace"], "status"
-                )
-            except ApiError as err:
-                if err.not_found:
-                    return
-                if not err.conflict:
-                    raise
-                written = None
+        # The slot first, then the lock only if it is free (see rec.under_lock for why).
+        async with rec.slot(rec.BOOKKEEPING):
+            if rec.busy(*key):
+                return  # another reconcile of it is under way; the next tick decides again
+            async with rec.locked(*key):
+                try:
+                    written = await self.deps.kube.patch(
+                        MODELSERVICES, meta["name"], patch, meta["namespace"], "status"
+                    )
+                except ApiError as err:
+                    if err.not_found:
+                        return
+                    if not err.conflict:
+                        raise
+                    written = None
         if written is None:
             await self._act(key, body, reading, now, "conflict")
             return

@@ -328,18 +328,107 @@ async def test_a_tick_acts_on_many_modelservices_side_by_side(world: World) -> N
     assert peak == 6  # not one after the other
 
 
-async def test_a_burst_of_owned_object_events_refreshes_its_modelservice_once(world: World) -> None:
+async def test_a_burst_of_owned_object_events_refreshes_its_modelservice_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kube, source, ticker = world
     await settled(kube, source, ticker)
-    kube.calls.clear()
+    runs = 0
+    real = rec.refresh_from_cache
+
+    async def counted(*args: Any) -> bool:
+        nonlocal runs
+        runs += 1
+        return await real(*args)
+
+    monkeypatch.setattr(rec, "refresh_from_cache", counted)
     # A rollout's Deployment status events, one after the other, while the first refresh waits its turn.
     scheduled = [rec.refresh_soon(kube, NS, NAME, CONFIG) for _ in range(5)]  # type: ignore[arg-type]
     assert scheduled == [True, False, False, False, False]
-    while rec._TASKS:
-        await asyncio.gather(*rec._TASKS)
-    assert kube.calls.count(("get", "modelservices", NAME)) == 1
+    await refreshed()
+    assert runs == 1
     # Once that refresh has started, the next event schedules another: nothing is missed.
     assert rec.refresh_soon(kube, NS, NAME, CONFIG) is True  # type: ignore[arg-type]
+    await refreshed()
+    assert runs == 2
+
+
+async def refreshed() -> None:
     while rec._TASKS:
         await asyncio.gather(*rec._TASKS)
-    assert kube.calls.count(("get", "modelservices", NAME)) == 2
+
+
+async def test_a_replica_becoming_ready_is_written_from_the_cache(world: World) -> None:
+    """An owned Deployment's event is reconciled from the watch-fed cache: status first (guarded by the
+    cached resourceVersion), then the pod's warm-up protection and the Event, and no GET."""
+    kube, source, ticker = world
+    await tick(kube, source, ticker, T0)  # the Deployment exists, no replica yet
+    serving_pod(kube)
+    watch(kube)
+    kube.calls.clear()
+    assert rec.refresh_soon(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]  # the Deployment's event
+    await refreshed()
+    assert [(verb, plural) for verb, plural, _ in kube.calls] == [
+        ("patch/status", "modelservices"),
+        ("patch", "pods"),
+        ("create", "events"),  # Normal: Ready
+    ]
+    stored = kube.peek(MODELSERVICES, NAME, NS)
+    assert stored is not None
+    ready = next(x for x in stored["status"]["conditions"] if x["type"] == "Ready")
+    assert ready["status"] == "True" and stored["status"]["readyReplicas"] == 1
+    pod = kube.peek(PODS, f"{NAME}-0", NS)
+    assert pod is not None and c.ANN_KARPENTER_DO_NOT_DISRUPT not in pod["metadata"]["annotations"]
+    # Our own write is in the cache before its watch event: the next event starts from it.
+    assert CACHE.msvcs[KEY]["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+
+async def test_a_stale_cache_falls_back_to_a_fresh_read(world: World) -> None:
+    kube, source, ticker = world
+    await tick(kube, source, ticker, T0)
+    serving_pod(kube)
+    watch(kube)  # the pod's and the Deployment's events
+    # Someone changes the ModelService; the watch has not delivered it yet.
+    stored = kube.peek(MODELSERVICES, NAME, NS)
+    assert stored is not None
+    stored["metadata"]["labels"] = {"team": "search"}
+    kube.put(MODELSERVICES, stored)
+    kube.calls.clear()
+    assert rec.refresh_soon(kube, NS, NAME, CONFIG)  # type: ignore[arg-type]
+    await refreshed()
+    assert kube.calls[:3] == [
+        ("patch/status", "modelservices", NAME),  # refused: 409
+        ("get", "modelservices", NAME),
+        ("patch/status", "modelservices", NAME),
+    ]
+    again = kube.peek(MODELSERVICES, NAME, NS)
+    assert again is not None and again["metadata"]["labels"] == {"team": "search"}
+    assert next(x for x in again["status"]["conditions"] if x["type"] == "Ready")["status"] == "True"
+
+
+async def test_a_spec_change_writes_status_once_with_every_condition_restamped(resyncing: World) -> None:
+    """A spec change is observed by one status write that carries the new generation on every condition,
+    those the change reconcile does not recompute (MetricsAvailable, Scaling) included: one left behind
+    made every later resync find a stale condition and write it, at 1,000 ModelServices about 2
+    requests per second (a GET and a status PATCH each) long after the change."""
+    kube, source, ticker = resyncing
+    t = await settled(kube, source, ticker)
+    stored = kube.peek(MODELSERVICES, NAME, NS)
+    assert stored is not None
+    stored["spec"]["scaling"]["maxReplicas"] = 9
+    stored["metadata"]["generation"] = 2
+    kube.put(MODELSERVICES, stored)
+    watch(kube)
+    kube.calls.clear()
+    await rec.reconcile(kube, stored, CONFIG)  # type: ignore[arg-type]  # kopf's update handler
+    assert kube.calls.count(("patch/status", "modelservices", NAME)) == 1
+    watch(kube)
+    status = (kube.peek(MODELSERVICES, NAME, NS) or {})["status"]
+    assert status["observedGeneration"] == 2
+    stamps = {x["type"]: x.get("observedGeneration") for x in status["conditions"]}
+    assert {"MetricsAvailable", "Scaling", "Ready"} <= set(stamps)
+    assert set(stamps.values()) == {2}, stamps
+    for _ in range(4 * int(RESYNC.full_resync_s / 15)):  # four resync periods after the change
+        t += 15
+        assert await tick(kube, source, ticker, t) == [], f"tick at +{t - T0:.0f} s talked to the API server"
+    assert ticker.state.resynced == 0

@@ -70,6 +70,15 @@ async def test_the_cluster_holds_a_thousand_modelservices_with_their_services(
         ips.add(ip)
     assert len(ips) == N
 
+    # Leave nothing behind: a thousand ModelServices still draining from a terminating namespace would
+    # flood the next test's operator with events, and its own object would wait behind them.
+    await kube.request("DELETE", MODELSERVICES.path(namespace))  # deletecollection
+
+    async def drained() -> bool:
+        return not await kube.list_objects(MODELSERVICES, namespace)
+
+    await eventually(drained, 120, interval=1.0, what="the thousand ModelServices deleted")
+
 
 def _cluster_dir(kubeconfig: Path) -> Path:
     # kwokctl names the context kwok-<cluster> and keeps the cluster's pids under its workdir.

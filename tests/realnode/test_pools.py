@@ -216,7 +216,8 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
     assert 1 <= held <= 2
 
     # m0 made Exclusive under a client load: its own replica first, then the pool lets go of it.
-    with Load(lambda: _correct(urls[MOVING]), rate=5) as load:
+    # The call raises on a transport error, so a failed request records why.
+    with Load(lambda: predict(urls[MOVING], [1.0, 2.5]) == [3.0, 6.0], rate=5) as load:
         t_move = time.monotonic()
         kubectl.run(
             "patch", "modelservice", MOVING, "-n", ns, "--type=merge",

@@ -228,9 +228,11 @@ def pool_deployment(
             "periodSeconds": 5,
             "failureThreshold": 120,
         },
+        # A restart reloads every model of the pod: a slow answer on a starved CPU is not a dead server.
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 6,
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},

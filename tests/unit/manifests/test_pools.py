@@ -149,6 +149,7 @@ def test_pool_deployment_one_gpu_per_pod_each_claim_once_polled_config() -> None
     }
     assert pod["nodeSelector"] == {c.GPU_PRODUCT_LABEL: "H100"} and pod["schedulerName"] == "packer"
     assert ctr["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    assert ctr["livenessProbe"]["timeoutSeconds"] == 5  # a restart reloads every model of the pod
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     # The pool's pods carry no ModelService's label: no ModelService counts them as its own replicas.

@@ -5,7 +5,7 @@ the ModelService, with the chart's RBAC and admission policies for both the oper
 kwok runs the chart's activator pod (a Ready pod with an address, no process), which is all the routing
 needs; the activator's own requests are sent from here as its ServiceAccount (activator/kube.py
 KubeCluster), so its RBAC and admission policy are the chart's. The policy's decision to park an idle
-model is unit-tested (tests/unit/policy/test_scale_to_zero.py); here the count goes to zero the way the
+model is unit-tested (tests/unit/policy/test_scale_to_zero_policy.py); here the count goes to zero the way the
 autoscaler writes it, in status.
 """
 

@@ -620,8 +620,10 @@ async def _pool_placement(
     the routing label while the Service selects by it."""
 
     def changed(name: str) -> None:
-        if name != owner.name:
-            refresh_soon(kube, owner.namespace, name, config)
+        # This ModelService too: the pool's background resync (which keeps this callback) may be the
+        # one that finishes its handover, long after this reconcile (seen on the real node: the model
+        # left the pool, and its Service kept the routing selector until the next full resync).
+        refresh_soon(kube, owner.namespace, name, config)
 
     views = await pools.sync_pool(kube, pool_key(owner.namespace, spec), config, changed)
     view = views[owner.name]

@@ -248,3 +248,18 @@ async def test_a_busy_member_without_a_fresh_metric_is_never_moved(agents: tuple
     body["status"]["requestsPerSecond"] = 100.0  # far above half of target/0.8 = 62.5 req/s
     views = await pools.sync_pool(kube, KEY, replace(cfg))
     assert not views["a"].placement.shared and views["a"].placement.reason == "HighTraffic"
+
+
+async def test_a_pool_change_refreshes_every_member_it_concerns_the_reconciling_one_too(
+    agents: tuple[Agents, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's background resync keeps the callback of the reconcile that started it; the step that
+    finishes a handover may come from it, so the ModelService that started it must be refreshed too."""
+    _, url = agents
+    kube, cfg = FakeKube(), config(url)
+    refreshed: list[str] = []
+    monkeypatch.setattr(rec, "refresh_soon", lambda _k, _ns, name, _c: refreshed.append(name) or True)
+    for name in ("a", "b"):
+        kube.put(MODELSERVICES, msvc(name))
+    await reconcile(kube, cfg, "a")
+    assert sorted(refreshed) == ["a", "b"]

@@ -121,8 +121,10 @@ def fits(members: Sequence[ModelDemand], limits: SharingLimits, scale: float = 1
     total = sum(loads)
     if total <= 0:
         return True
-    rate = sum(x / m.service_time_s for x, m in zip(loads, members, strict=True) if m.service_time_s > 0)
-    mean_s = total / rate if rate > 0 else 0.0
+    # The served requests' mean service time, from load shares (x / total) so that a tiny load's
+    # rate does not underflow to 0 and read as "no service at all".
+    rate = sum(x / total / m.service_time_s for x, m in zip(loads, members, strict=True) if m.service_time_s)
+    mean_s = 1.0 / rate if rate > 0 else 0.0
     for m in members:
         if m.slo_s is None:
             if total > limits.utilisation_cap:

@@ -33,6 +33,14 @@ def test_shared_gpu_is_mm1_for_one_model_and_slows_as_it_saturates() -> None:
     assert shared_load_cap(0.1, 0.5, 0.95) > cap and shared_load_cap(0.1, 1.0, 0.995) > cap
 
 
+def test_a_vanishing_load_fits_where_its_slo_can_be_met() -> None:
+    # Hypothesis found it: a load of 5e-324 made the request rate underflow to 0, which read as an
+    # unservable GPU, so the planner placed a model that `fits` then refused.
+    tiny = demand("tiny", 5e-324, service_time_s=2.0, slo_s=10.0)
+    assert fits([tiny], LIMITS)
+    assert fits([tiny, demand("other", 0.01)], LIMITS)
+
+
 def test_small_models_share_and_a_large_one_is_dedicated() -> None:
     ds = [demand(f"m{i}", 0.01) for i in range(10)] + [demand("big", 0.6)]
     p = plan(ds, (), LIMITS)

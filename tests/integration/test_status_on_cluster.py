@@ -19,6 +19,8 @@ from greenserve.api.v1alpha1 import (
     Addressable,
     FailureInfo,
     ModelServiceStatus,
+    PlacementStatus,
+    Routing,
     status_patch,
 )
 from greenserve.cluster.client import DEPLOYMENTS, EVENTS, MODELSERVICES, PODS, KubeClient
@@ -86,6 +88,8 @@ def full_status() -> ModelServiceStatus:
             time="2026-01-01T00:00:00Z",
         ),
         move={"pod": "resnet-abc", "fromNode": "gpu-node-1", "toNode": "gpu-node-2", "startedAt": 1.0},
+        placement=PlacementStatus(shared=True, pool="pool-h100", reason="FitsShared", message="0.02 GPU"),
+        routing=Routing.ACTIVATOR,
         scaler={"recommendations": [[1.0, 3]], "lastNonZero": 2.0},
         conditions=cond.set_condition(
             [], cond.ConditionUpdate(cond.READY, True, "ReplicasAvailable", "2/3"), 1

@@ -25,6 +25,7 @@ from greenserve.policy.energy import (
     gpu_model_for,
 )
 from greenserve.policy.fleet import FleetMember
+from greenserve.policy.queueing import GUARD_ATTAINMENT
 from greenserve.policy.sharing import ModelDemand, Sharing
 
 # A requestsPerSecond or concurrency `scaling.target` is what one replica carries at this utilisation:
@@ -225,7 +226,11 @@ def sharing_demand(
     service time. It is unloaded after `unload_after_s`: the break-even (energy.break_even_idle_s) of a
     reload (`reload_s`, the profile's cold start unless given: the GPU held at resident-model power
     while the model loads) against what the model costs loaded and idle (its memory's share of a GPU's
-    resident-model power and node share, `replica_power_w`), never shorter than the reload itself."""
+    resident-model power and node share, `replica_power_w`), never shorter than the reload itself.
+
+    A shared GPU keeps each member's attainment target, and never less than the p95 guard's share
+    (`queueing.GUARD_ATTAINMENT`): the SLO is a p95, and a model on its own replicas is never sized below
+    it either (autoscaling.demand_replicas)."""
     service_s = profile.service_time_ms / 1000.0
     load_s = profile.cold_start_s if reload_s is None else reload_s
     idle_w = profile.replica_power_w * min(1.0, memory_gib / gpu_memory_gib) if gpu_memory_gib > 0 else 0.0
@@ -236,7 +241,7 @@ def sharing_demand(
         memory_gib=memory_gib,
         service_time_s=service_s,
         slo_s=profile.slo_p95_ms / 1000.0 if profile.sized_by_slo and profile.slo_p95_ms else None,
-        attainment=profile.slo_attainment or 0.99,
+        attainment=max(GUARD_ATTAINMENT, profile.slo_attainment or 0.99),
         sharing=sharing,
         min_replicas=profile.min_replicas,
         idle_s=idle_s,

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import math
 
+# The SLO is a p95 latency: the share of requests every sizing keeps within it, at least (the guard).
+GUARD_TAIL = 0.05
+GUARD_ATTAINMENT = 1.0 - GUARD_TAIL
+
 
 def erlang_c(servers: int, offered_load: float) -> float:
     """Probability that an arrival waits, for `servers` servers and offered load a = lambda/mu (Erlangs)."""
@@ -37,7 +41,7 @@ def p95_response_s(rate_rps: float, service_rate_rps: float, replicas: int) -> f
     if rate_rps >= capacity:
         return math.inf
     wait_prob = erlang_c(replicas, rate_rps / service_rate_rps)
-    wait_p95 = 0.0 if wait_prob <= 0.05 else math.log(wait_prob / 0.05) / (capacity - rate_rps)
+    wait_p95 = 0.0 if wait_prob <= GUARD_TAIL else math.log(wait_prob / GUARD_TAIL) / (capacity - rate_rps)
     return wait_p95 + 1.0 / service_rate_rps
 
 

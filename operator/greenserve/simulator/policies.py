@@ -339,7 +339,10 @@ class Greenserve:
             prior = estimate.pool_rises(ratios) if self.rise_prior else ()
             self._rise = [
                 estimate.rise_quantile(
-                    rs, self.rise_quantile or p.slo_attainment or 0.99, prior, self.rise_history_s / w
+                    rs,
+                    self.rise_quantile if self.rise_quantile is not None else p.slo_attainment or 0.99,
+                    prior,
+                    self.rise_history_s / w,
                 )
                 for p, rs in zip(self._profiles, ratios, strict=True)
             ]

@@ -52,9 +52,14 @@ class GreenserveShared(Greenserve):
             reading = self.reading(sim, m)
             rate = None if reading is None else profile.sizing_rate(self._profiles[m], reading)[0]
             last = float(sim.last_arrival[m])
+            # A shared GPU keeps the attainment the rise headroom aims at (the attainment target unless
+            # the bench sets the quantile apart), never less than the p95 guard (profile.sharing_demand).
+            aim = self._profiles[m]
+            if self.rise_quantile is not None:
+                aim = replace(aim, slo_attainment=self.rise_quantile)
             out.append(
                 profile.sharing_demand(
-                    self._profiles[m],
+                    aim,
                     str(m),
                     rate,
                     memory_gib=spec.memory_gib,

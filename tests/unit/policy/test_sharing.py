@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greenserve.policy import profile, sharing
-from greenserve.policy.queueing import shared_attainment, shared_load_cap
-from greenserve.policy.sharing import ModelDemand, PoolGpu, Sharing, SharingLimits, fits, plan
+from greenserve.policy.queueing import GUARD_ATTAINMENT, shared_attainment, shared_load_cap
+from greenserve.policy.sharing import ModelDemand, PoolGpu, Sharing, SharingLimits, fits, plan, solo_cap
 
 LIMITS = SharingLimits(gpu_memory_gib=23.0)
 
@@ -118,6 +118,19 @@ def test_the_profile_mapping_sets_load_and_unload_time() -> None:
     expected = prof.gpu.loaded_idle_w * 20.0 / (prof.replica_power_w * 4.0 / 24.0)
     assert math.isclose(d.unload_after_s, max(20.0, expected))
     assert profile.sharing_demand(prof, "m", None, memory_gib=4.0, gpu_memory_gib=24.0).load is None
+
+
+def test_a_shared_gpu_keeps_at_least_the_p95_guard_for_its_models() -> None:
+    # A model on its own replicas is never sized below the p95 guard (the SLO is a p95); an attainment
+    # target under it does not let a shared GPU run its members hotter than that either.
+    low = profile.ServiceProfile(10.0, 0.7, 1, 4, slo_p95_ms=10_000.0, slo_attainment=0.5)
+    d = profile.sharing_demand(low, "m", 0.01, memory_gib=2.0, gpu_memory_gib=23.0)
+    assert d.attainment == GUARD_ATTAINMENT == 0.95
+    assert solo_cap(d, LIMITS) == shared_load_cap(0.1, 10.0, 0.95) < shared_load_cap(0.1, 10.0, 0.5)
+    high = profile.sharing_demand(
+        replace(low, slo_attainment=0.999), "m", 0.01, memory_gib=2.0, gpu_memory_gib=23.0
+    )
+    assert high.attainment == 0.999
 
 
 loads = st.one_of(st.none(), st.floats(0.0, 0.6), st.sampled_from([0.0, 0.001, 0.01, 0.04]))

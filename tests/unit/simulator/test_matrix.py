@@ -17,6 +17,7 @@ from greenserve.simulator import traces
 from greenserve.simulator.cli import main
 from greenserve.simulator.engine import ModelSpec, Scenario, Simulation
 from greenserve.simulator.policies import Greenserve
+from greenserve.simulator.sharing import GreenserveShared
 
 points_st = st.lists(
     st.builds(
@@ -159,3 +160,13 @@ def test_one_scenario_runs_on_its_own_and_bad_names_are_refused(capsys: pytest.C
     assert main(["bench", "--quick", "--workers", "1", "--scenario", "long-tail/2s/4"]) == 0
     out = capsys.readouterr().out
     assert "long-tail/2s/4" in out and "diurnal/100ms/8" not in out
+
+
+def test_greenserve_shared_is_swept_over_greenserves_settings() -> None:
+    # Sharing is greenserve with a placement on top: read off a narrower sweep, its frontier would
+    # compare a setting greenserve does not have (the quantile path) against one it has.
+    knobs = mx.sweep()
+    assert knobs["greenserve-shared"] == knobs["greenserve"] == mx.GREENSERVE_SETTINGS
+    assert any(q is not None for _, q in knobs["greenserve-shared"])
+    pol = mx.make_policy("greenserve-shared", 0.5, 0.9)
+    assert isinstance(pol, GreenserveShared) and (pol.slo_attainment, pol.rise_quantile) == (0.5, 0.9)

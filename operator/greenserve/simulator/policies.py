@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -406,14 +407,24 @@ class Greenserve:
 
     def control(self, sim: Simulation) -> None:
         self._observe(sim)
-        snap = self._snapshot(sim)
-        plan = consolidation.plan(
-            snap,
-            sim.now,
-            consolidation.limits(self.move_interval_s, self._last_move_at),
-        )
-        costs = plan.deletion_costs
-        now = sim.now
+        moves = self._plan_moves(sim)
+        victim = self._victim_key(sim, moves)
+        for m in range(len(sim.models)):
+            self._scale(sim, m, victim)
+        self._start_moves(sim, moves)
+
+    # The steps of a control tick, shared with the sharing policy (simulator/sharing.py).
+    def _plan_moves(self, sim: Simulation) -> consolidation.ConsolidationPlan:
+        """This tick's consolidation plan (its moves and the deletion costs of scale-in)."""
+        limits = consolidation.limits(self.move_interval_s, self._last_move_at)
+        return consolidation.plan(self._snapshot(sim), sim.now, limits)
+
+    @staticmethod
+    def _victim_key(
+        sim: Simulation, moves: consolidation.ConsolidationPlan
+    ) -> Callable[[Replica], tuple[float, ...]]:
+        """Scale-in order: unscheduled first, then the lowest deletion cost, then the newest."""
+        costs, now = moves.deletion_costs, sim.now
 
         def victim(r: Replica) -> tuple[float, ...]:
             if r.node is None:
@@ -421,22 +432,32 @@ class Greenserve:
             ready_at = r.ready_at if r.ready_at is not None else now
             return (1.0, float(costs.get(str(r.rid), 0)), -ready_at)
 
-        for m in range(len(sim.models)):
-            current = len(sim.logical(m))
-            ready = sim.ready_count(m)
-            decision = autoscaling.decide(self._inputs(sim, m, current, ready), self._states[m], now)
-            self._states[m] = decision.state
-            if decision.desired_replicas != current:
-                sim.scale_to(m, decision.desired_replicas, victim)
-        # As the operator: one move at a time, cluster-wide; none starts while a replacement is warming up.
+        return victim
+
+    def _scale(self, sim: Simulation, m: int, victim: Callable[[Replica], tuple[float, ...]]) -> None:
+        """Model m's dedicated replicas: autoscaling.decide, as the operator."""
+        current = len(sim.logical(m))
+        decision = autoscaling.decide(
+            self._inputs(sim, m, current, sim.ready_count(m)), self._states[m], sim.now
+        )
+        self._states[m] = decision.state
+        if decision.desired_replicas != current:
+            sim.scale_to(m, decision.desired_replicas, victim)
+
+    def _movable(self, sim: Simulation, rid: int) -> bool:
+        return rid in sim.cluster.replicas
+
+    def _start_moves(self, sim: Simulation, moves: consolidation.ConsolidationPlan) -> None:
+        """As the operator: one move at a time, cluster-wide; none starts while a replacement warms up."""
         in_flight = any(r.replaces is not None for r in sim.cluster.replicas.values())
-        if self.consolidate and plan.moves and not in_flight:
-            moved = False
-            for mv in plan.moves:
-                if int(mv.pod) in sim.cluster.replicas:
-                    moved = sim.start_move(int(mv.pod), int(mv.to_node)) or moved
-            if moved:
-                self._last_move_at = now
+        if not self.consolidate or not moves.moves or in_flight:
+            return
+        moved = False
+        for mv in moves.moves:
+            if self._movable(sim, int(mv.pod)):
+                moved = sim.start_move(int(mv.pod), int(mv.to_node)) or moved
+        if moved:
+            self._last_move_at = sim.now
 
 
 def all_policies(target_utilization: float = 0.7) -> list[StaticPeak | HpaLike | KnativeLike | Greenserve]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 
 from greenserve.policy import autoscaling, consolidation, profile
 from greenserve.policy import sharing as placement
-from greenserve.simulator.cluster import Replica
 from greenserve.simulator.engine import POOL, Simulation
 from greenserve.simulator.policies import Greenserve
 
@@ -105,7 +104,6 @@ class GreenserveShared(Greenserve):
         if not self._home and sim.pool:  # after the warm start: each model is on one pool GPU
             self._home = {m: rid for rid, models in sim.pool.items() for m in models}
         self._observe(sim)
-        now = sim.now
         the_plan = placement.plan(self.demands(sim), self.pool_view(sim), self.limits(sim))
         ids: dict[str, int] = {}
         for g in the_plan.gpus:
@@ -114,23 +112,12 @@ class GreenserveShared(Greenserve):
         for m, rid in self._home.items():
             sim.load_shared(m, rid)
 
-        snap = self._snapshot(sim)
-        cplan = consolidation.plan(snap, now, consolidation.limits(self.move_interval_s, self._last_move_at))
-        costs = cplan.deletion_costs
-
-        def victim(r: Replica) -> tuple[float, ...]:
-            if r.node is None:
-                return (0.0, 0.0, 0.0)
-            ready_at = r.ready_at if r.ready_at is not None else now
-            return (1.0, float(costs.get(str(r.rid), 0)), -ready_at)
-
+        moves = self._plan_moves(sim)
+        victim = self._victim_key(sim, moves)
         for m in range(len(sim.models)):
-            current = len(sim.logical(m))
-            ready = sim.ready_count(m)
-            homes = sim.shared_homes(m)
+            current, ready = len(sim.logical(m)), sim.ready_count(m)
             if m in self._home:
-                target_ready = self._home[m] in homes
-                if target_ready:
+                if self._home[m] in sim.shared_homes(m):
                     if current:
                         sim.scale_to(m, 0, victim)
                     self._unload_except(sim, m, self._home[m])
@@ -139,10 +126,7 @@ class GreenserveShared(Greenserve):
                 if m not in self._dedicated:  # back from shared or zero: a fresh scaler
                     self._states[m] = autoscaling.ScalerState()
                     self._dedicated.add(m)
-                decision = autoscaling.decide(self._inputs(sim, m, current, ready), self._states[m], now)
-                self._states[m] = decision.state
-                if decision.desired_replicas != current:
-                    sim.scale_to(m, decision.desired_replicas, victim)
+                self._scale(sim, m, victim)
                 if ready:
                     self._unload_except(sim, m, None)
             else:  # unloaded: scale to zero
@@ -153,16 +137,11 @@ class GreenserveShared(Greenserve):
         targets = set(self._home.values())
         for rid in [r for r, models in sim.pool.items() if not models and r not in targets]:
             sim.remove_pool_gpu(rid)
+        self._start_moves(sim, moves)
 
-        in_flight = any(r.replaces is not None for r in sim.cluster.replicas.values())
-        if self.consolidate and cplan.moves and not in_flight:
-            moved = False
-            for mv in cplan.moves:
-                rid = int(mv.pod)
-                if rid in sim.cluster.replicas and sim.cluster.replicas[rid].model != POOL:
-                    moved = sim.start_move(rid, int(mv.to_node)) or moved
-            if moved:
-                self._last_move_at = now
+    def _movable(self, sim: Simulation, rid: int) -> bool:
+        # Pool pods are not moved by node consolidation (their models would have to reload).
+        return super()._movable(sim, rid) and sim.cluster.replicas[rid].model != POOL
 
     @staticmethod
     def _unload_except(sim: Simulation, m: int, keep: int | None) -> None:

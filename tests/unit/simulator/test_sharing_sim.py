@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from greenserve.policy.sharing import Sharing
 from greenserve.simulator import traces
 from greenserve.simulator.bound import energy_lower_bound, sharing_aware_bound
 from greenserve.simulator.cluster import ClusterConfig
@@ -218,3 +219,16 @@ def test_the_shared_gpus_aim_is_the_headroom_quantile_never_below_the_p95_guard(
         sim = Simulation(sc)
         pol.initial(sim)
         assert {d.attainment for d in pol.demands(sim)} == {aim}
+
+
+def test_with_every_model_exclusive_the_sharing_policy_is_greenserve() -> None:
+    # Both run one control step (simulator/policies.py Greenserve._scale and its moves): with nothing
+    # to share, the sharing policy sizes, scales in and consolidates exactly as greenserve does.
+    rng = np.random.default_rng(3)
+    rates = rng.poisson(np.array([[40.0], [8.0], [2.0], [0.3]]) * DT * (1 + (np.arange(240) > 120)), (4, 240))
+    sc = _scenario(rates / DT, warm=30)
+    whole = Simulation(sc).run(Greenserve())
+    shared = Simulation(sc).run(GreenserveShared(sharing=Sharing.EXCLUSIVE))
+    assert shared.shared_gpu_hours == 0.0
+    for field_ in ("total_j", "gpu_hours", "within_slo", "cold_starts", "moves"):
+        assert getattr(shared, field_) == getattr(whole, field_), field_

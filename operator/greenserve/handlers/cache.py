@@ -13,6 +13,7 @@ import kopf
 
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
+from greenserve.handlers.diffbase import DIFFBASE
 from greenserve.reconcile import modelservice as rec
 from greenserve.reconcile.loop import LoopDeps
 
@@ -26,6 +27,7 @@ def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
         # No finalizer: the deletion is already done; forget the cache entries and the metric series.
         meta = body["metadata"]
         CACHE.forget(meta["namespace"], meta["name"])
+        DIFFBASE.forget(meta.get("uid"))
         deps = memo.get("loop")
         if isinstance(deps, LoopDeps) and deps.metrics is not None:
             deps.metrics.forget(meta["namespace"], meta["name"])

@@ -35,7 +35,7 @@ async def _run(body: kopf.Body, memo: kopf.Memo) -> None:
         # The activator holds requests for it (its demand mark changed the ModelService): scale up now.
         outcome = await loop.wake(deps, body)
     else:
-        outcome = await rec.reconcile(kube, body, config)
+        outcome = await rec.reconcile_change(kube, body, config)
     if outcome.retry_after is not None:
         # kopf retries with this delay; the ModelService already shows Ready=False with the reason.
         raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)

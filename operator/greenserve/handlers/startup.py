@@ -13,6 +13,7 @@ from greenserve.cluster.client import KubeClient
 from greenserve.cluster.credentials import KubeAuth, KubeAuthError
 from greenserve.config import OperatorConfig
 from greenserve.handlers import consolidation, leader, ticker
+from greenserve.handlers.diffbase import DIFFBASE
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.prometheus import PrometheusAuth, PrometheusSource
@@ -94,9 +95,9 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Keep kopf's bookkeeping under our own API group, in annotations (status is ours to write).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.GROUP, key="last-handled-configuration"
-    )
+    # The last handled spec in memory, not on the object: no PATCH of the ModelService per handled
+    # creation or spec change (handlers/diffbase.py).
+    settings.persistence.diffbase_storage = DIFFBASE
     # No handler needs a finalizer, so kopf adds none (and removes this one from objects an older
     # version marked): owned objects are garbage-collected through ownerReferences, and the periodic
     # work is one task of its own (handlers/ticker.py), not kopf timers.

@@ -134,6 +134,13 @@ async def test_spec_change_rolls_out_without_losing_replicas(
     assert min_ready >= 2, "the rollout dropped below the desired ready replicas"
     msvc = await wait_ready(kube, namespace, "roll")
     assert msvc["status"]["observedGeneration"] == 2
+    # The creation and the change were handled without a write to the ModelService itself: kopf keeps
+    # the last handled spec in memory (handlers/diffbase.py), not in an annotation (issue 15).
+    annotations = msvc["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if k.startswith(f"{c.GROUP}/")], annotations
+    fields = msvc["metadata"].get("managedFields") or []
+    writers = {str(m.get("manager")) for m in fields if m.get("subresource") != "status"}
+    assert all(w.startswith("kubectl") for w in writers), writers  # the user's applies only
     replicasets = await kube.list_objects(
         REPLICASETS, namespace, label_selector=f"{c.LABEL_MODELSERVICE}=roll"
     )
@@ -278,7 +285,7 @@ async def test_operator_restart_converges_without_duplicates(
         assert len(deployments) == 1
         assert len(await live_pods(kube, namespace, name)) == replicas
         assert await kube.get_or_none(PDBS, name, namespace) is not None
-    # The restarted operator keeps its handler bookkeeping in annotations, not in status.
+    # The restarted operator keeps no handler bookkeeping in status.
     msvc = await kube.get(MODELSERVICES, "first", namespace)
     assert all(not k.startswith("kopf") for k in msvc["status"])
 

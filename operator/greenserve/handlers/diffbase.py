@@ -46,6 +46,27 @@ class MemoryDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return len(self._essences)
 
 
+class UnmarkedProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress of a handler (a retry's attempt count and delay) in annotations under our API
+    group, as kopf stores it, without the `<group>/kopf-managed` marker kopf adds to an object the
+    first time it stores any progress. kopf stores and purges the progress of every handled cause in
+    the same patch, so for a handler that succeeds at once that patch would hold only the marker: one
+    PATCH of each new ModelService. The marker tells kopf to leave the group's annotations out of its
+    diff, which `clear` does anyway for every annotation under the group."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix=c.GROUP)
+
+    def store(
+        self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch
+    ) -> None:
+        marker = f"{self.prefix}/kopf-managed"
+        had = marker in patch.metadata.annotations
+        super().store(key=key, record=record, body=body, patch=patch)
+        if not had and marker in patch.metadata.annotations:
+            del patch.metadata.annotations[marker]
+
+
 #: The process's storage: installed by handlers/startup.py, emptied of deleted ModelServices by
 #: handlers/cache.py.
 DIFFBASE = MemoryDiffBaseStorage()

@@ -13,7 +13,7 @@ from greenserve.cluster.client import KubeClient
 from greenserve.cluster.credentials import KubeAuth, KubeAuthError
 from greenserve.config import OperatorConfig
 from greenserve.handlers import consolidation, leader, ticker
-from greenserve.handlers.diffbase import DIFFBASE
+from greenserve.handlers.diffbase import DIFFBASE, UnmarkedProgressStorage
 from greenserve.metrics.base import MetricsSource
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.prometheus import PrometheusAuth, PrometheusSource
@@ -94,9 +94,9 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Keep kopf's bookkeeping under our own API group, in annotations (status is ours to write).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-    # The last handled spec in memory, not on the object: no PATCH of the ModelService per handled
-    # creation or spec change (handlers/diffbase.py).
+    # Neither writes anything for a handler that succeeds at once: no PATCH of the ModelService per
+    # handled creation or spec change (handlers/diffbase.py). The last handled spec is kept in memory.
+    settings.persistence.progress_storage = UnmarkedProgressStorage()
     settings.persistence.diffbase_storage = DIFFBASE
     # No handler needs a finalizer, so kopf adds none (and removes this one from objects an older
     # version marked): owned objects are garbage-collected through ownerReferences, and the periodic

@@ -87,6 +87,8 @@ async def _resync_locked(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
 class Step:
     outcome: Outcome
     scaler: Mapping[str, Any] | None  # the autoscaler's state after this step (None: spec invalid)
+    telemetry: telemetry.Telemetry | None = None
+    decision: autoscale.Decision | None = None
 
 
 def assess(
@@ -148,7 +150,17 @@ async def step_locked(
         scale=decision.intent,
     )
     outcome = await rec.reconcile_locked(deps.kube, body, deps.config, desired=decision.desired, extra=extra)
-    if deps.metrics is not None and reading is not None:
+    step = Step(outcome, decision.status.scaler, tele, decision)
+    record(deps, ns, name, reading, step)
+    return step
+
+
+def record(deps: LoopDeps, namespace: str, name: str, reading: ServiceMetrics | None, step: Step) -> None:
+    """The operator's own metrics of a step that was carried out (metrics/operator_metrics.py)."""
+    tele, decision, outcome = step.telemetry, step.decision, step.outcome
+    if deps.metrics is None or tele is None or decision is None:
+        return
+    if reading is not None:
         deps.metrics.update(
             reading,
             energy_total_j=tele.fields.energy_joules,
@@ -156,9 +168,8 @@ async def step_locked(
             replicas_desired=outcome.desired,
             replicas_ready=outcome.status.get("readyReplicas"),
         )
-    if deps.metrics is not None and decision.previous is not None and outcome.desired is not None:
-        deps.metrics.record_scale(ns, name, decision.previous, outcome.desired)
-    return Step(outcome, decision.status.scaler)
+    if decision.previous is not None and outcome.desired is not None:
+        deps.metrics.record_scale(namespace, name, decision.previous, outcome.desired)
 
 
 def wants_wake(body: Mapping[str, Any]) -> bool:

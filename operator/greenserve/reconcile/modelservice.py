@@ -434,10 +434,13 @@ async def under_lock(
     step: Callable[[Mapping[str, Any]], Awaitable[Outcome]],
     priority: int = CHANGE,
     skip_busy: bool = False,
+    cached: Callable[[], Awaitable[Outcome | None]] | None = None,
 ) -> Outcome:
     """Run `step` on the live ModelService while holding its lock; nothing to do once it is gone.
     `priority`: see `Slots`. `skip_busy` (the metrics tick): take a slot first and skip a ModelService
-    that another task is reconciling or waiting to (the Outcome's reason is `BUSY`)."""
+    that another task is reconciling or waiting to (the Outcome's reason is `BUSY`). `cached`: tried
+    first under the lock, the step run from the watch-fed cache (see `refresh_from_cache`); its
+    Outcome when it settled the step, else None and `step` runs on a fresh read."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     if skip_busy:
@@ -450,15 +453,21 @@ async def under_lock(
             if busy(*key):
                 return Outcome(False, BUSY, "another reconcile of this ModelService is under way")
             async with locked(*key):
-                return await _on_live(kube, body, step)
+                return await _on_live(kube, body, step, cached)
     # The lock first, then a slot: a task holding a slot never waits for another's lock.
     async with locked(*key), slot(priority):
-        return await _on_live(kube, body, step)
+        return await _on_live(kube, body, step, cached)
 
 
 async def _on_live(
-    kube: KubeClient, body: Mapping[str, Any], step: Callable[[Mapping[str, Any]], Awaitable[Outcome]]
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    step: Callable[[Mapping[str, Any]], Awaitable[Outcome]],
+    cached: Callable[[], Awaitable[Outcome | None]] | None = None,
 ) -> Outcome:
+    settled = await cached() if cached is not None else None
+    if settled is not None:
+        return settled
     live = await live_body(kube, body)
     if live is None:
         return Outcome(False, "Deleted", "the ModelService is gone or being deleted")

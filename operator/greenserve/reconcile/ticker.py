@@ -2,11 +2,14 @@
 
 Every `reconcile_interval_s` the tick reads the metrics of all ModelServices at once (one fleet read,
 see metrics/base.py `fleet_metrics`), then decides for each from the watch-fed cache (cluster/cache.py),
-without a request to the API server. It acts (lock, fresh read, apply what changed, write status) only
-when the step would change something that matters now:
+without a request to the API server. It acts (lock, apply what changed, write status) only when the step
+would change something that matters now:
 
-* the replica count, or the state or reason of the Scaling or MetricsAvailable condition;
-* a live figure appearing or disappearing (fresh vs stale metrics);
+* the replica count (from a fresh read: it applies the Deployment);
+* the state or reason of the Scaling or MetricsAvailable condition, or a live figure appearing or
+  disappearing (fresh vs stale metrics): the step runs from the cache and sends its status write alone,
+  guarded by the cached resourceVersion (a refused one, or a step that would apply something, runs
+  again from a fresh read);
 * the slowly moving figures (power, energy, CO2e, request rate) once `status_refresh_s` has passed since
   this ModelService's last status write, so noise never forces a write every tick; that write is one
   status patch guarded by the cached resourceVersion, nothing else;
@@ -39,7 +42,7 @@ from greenserve.api import conditions as cond
 from greenserve.api.objects import activation_demand
 from greenserve.api.v1alpha1 import ModelServiceStatus, Routing, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
-from greenserve.cluster.cache_reads import CacheReads, NeedsApiError
+from greenserve.cluster.cache_reads import CachedWrites, CacheReads, NeedsApiError
 from greenserve.cluster.client import MODELSERVICES, ApiError
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import autoscale, loop, routing, telemetry
@@ -268,9 +271,35 @@ class Ticker:
                 state.scaler[key] = dict(step.scaler)
             return step.outcome
 
+        async def from_cache() -> rec.Outcome | None:
+            """The step from the watch-fed cache, its status write guarded by the cached
+            resourceVersion (reconcile/modelservice.py `refresh_from_cache`): a condition or a live
+            figure that changed costs that one write, no GET before it. None when the cache cannot
+            settle it (an apply, a read it cannot answer, a refused write)."""
+            cached = self.cache.msvcs.get(key)
+            if cached is None or cached["metadata"].get("deletionTimestamp"):
+                return None
+            dry = CachedWrites(self.cache)
+            deps = dataclasses.replace(self.deps, kube=dry, metrics=None)
+            try:
+                step = await loop.step_locked(
+                    deps, copy.deepcopy(cached), reading, state.scaler[key], assessed
+                )
+            except NeedsApiError:
+                return None
+            if not await dry.replay(self.deps.kube, cached["metadata"]):
+                return None
+            loop.record(self.deps, *key, reading, step)
+            if step.scaler is not None:
+                state.scaler[key] = dict(step.scaler)
+            return step.outcome
+
         # A new replica count is a change like a spec edit; the rest is the tick's bookkeeping (Slots).
+        # A new count applies the Deployment, and a resync (or a refused refresh) is the safety net:
+        # those read fresh; a condition or a live figure is written from the cache.
         priority = rec.CHANGE if why == "replicas" else rec.BOOKKEEPING
-        outcome = await rec.under_lock(self.deps.kube, body, act, priority, skip_busy=True)
+        first = None if why in ("replicas", "resync", "conflict") else from_cache
+        outcome = await rec.under_lock(self.deps.kube, body, act, priority, skip_busy=True, cached=first)
         if outcome.reason == rec.BUSY:
             return  # another reconcile of it is under way; the next tick decides again
         state.last_write[key] = now

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from greenserve.api import constants as c
 from greenserve.handlers import startup
-from greenserve.handlers.diffbase import DIFFBASE, MemoryDiffBaseStorage
+from greenserve.handlers.diffbase import DIFFBASE, MemoryDiffBaseStorage, UnmarkedProgressStorage
 from greenserve.metrics.operator_metrics import OperatorMetrics
 
 
@@ -34,6 +34,7 @@ async def test_the_operator_keeps_kopfs_diff_base_in_memory(monkeypatch: pytest.
     await startup.configure(settings=settings, memo=memo)
     await memo["kube"].close()
     assert settings.persistence.diffbase_storage is DIFFBASE
+    assert isinstance(settings.persistence.progress_storage, UnmarkedProgressStorage)
 
 
 def test_storing_the_handled_essence_patches_nothing() -> None:
@@ -57,3 +58,16 @@ def test_an_older_versions_diff_base_annotation_is_not_a_change() -> None:
     legacy = {f"{c.GROUP}/last-handled-configuration": json.dumps({"spec": {}})}
     b = body(**legacy)
     assert storage.build(body=b) == storage.build(body=body())
+
+
+def test_a_handler_that_succeeds_at_once_leaves_no_progress_to_write() -> None:
+    """kopf stores a handler's progress and purges it in the same patch: nothing is left, not even
+    kopf's marker of our annotation prefix."""
+    storage = UnmarkedProgressStorage()
+    b = body()
+    patch = kopf.Patch()
+    handler = kopf.HandlerId("reconcile_modelservice")
+    storage.store(key=handler, record={"started": "2026-12-02T00:00:00", "retries": 1}, body=b, patch=patch)
+    assert patch  # the progress itself is stored as kopf stores it (a retry keeps it)
+    storage.purge(key=handler, body=b, patch=patch)
+    assert not patch

@@ -496,3 +496,24 @@ async def test_a_spec_change_the_cache_cannot_settle_is_reconciled_from_a_fresh_
     kube.calls.clear()
     await rec.reconcile_change(kube, newer, CONFIG)  # type: ignore[arg-type]
     assert kube.calls[0] == ("get", "modelservices", NAME)
+
+
+async def test_a_tick_writes_a_changed_condition_from_the_cache(world: World) -> None:
+    """A condition the tick changes (here the metrics going missing) costs one status write guarded by
+    the cached resourceVersion, without a GET first: at a bulk create of 1,000 ModelServices every
+    one's first look with fresh metrics is such a write, and they overlapped the fleet's spec change."""
+    kube, source, ticker = world
+    t = await settled(kube, source, ticker)
+
+    async def nothing(services: Mapping[tuple[str, str], Sequence[PodRef]]) -> dict[Any, Any]:
+        return {}
+
+    source.fleet_metrics = nothing  # type: ignore[method-assign]
+    calls = await tick(kube, source, ticker, t + 15)
+    assert calls == [("patch/status", "modelservices", NAME)]
+    status = (kube.peek(MODELSERVICES, NAME, NS) or {})["status"]
+    metrics = next(x for x in status["conditions"] if x["type"] == "MetricsAvailable")
+    assert metrics["status"] == "False"
+    assert ticker.state.acted >= 1
+    # The next tick finds it written: nothing to send.
+    assert await tick(kube, source, ticker, t + 30) == []

@@ -143,35 +143,39 @@ def _step_tables(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     return table, np.array([spec.cold_start_s for spec in scenario.models])
 
 
-def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int = 1) -> EnergyBound:
-    """`energy_lower_bound` with `min_replicas` per model, tightened by what every start costs.
-
-    In the engine a replica is ready only after loading for its cold start on a GPU of an existing
-    node, so every rise of a model's ready count by one has cost at least one cold start of a replica's
-    context power and node share (`cold start x per-replica power`); a fall costs nothing. Per multiplier
-    y the dual is then a shortest path over each model's ready counts through the measured steps (a
-    dynamic programme, the start cost charged on every rise), and weak duality still makes it a lower
-    bound for every policy that keeps `min_replicas` ready. Rises in the first cold start of the measured
-    window are not charged (their loading may have begun before it), and the count entering the window
-    is free. Foresight is still perfect: this bounds what any policy, causal or not, can reach."""
-    table, cold = _step_tables(scenario)
-    _, n_steps, width = table.shape
-    gpu = gpu_model_for(scenario.cluster.gpu_product)
-    cfg, dt = scenario.cluster, scenario.trace.step_s
+def replica_power_w(scenario: Scenario) -> float:
+    """A ready replica's least power (W): its GPUs' context power and their share of a node's base
+    power (perfect fractional packing). The bounds assume one GPU count for all models."""
     gpus = {spec.gpus for spec in scenario.models}
     if len(gpus) != 1:
         raise ValueError("the bound assumes one GPU count for all models")
-    power = gpus.pop() * (gpu.loaded_idle_w + cfg.base_w / cfg.gpus_per_node)
-    cost = power * dt
-    start = power * cold  # J per start, per model
-    free_until = np.ceil(cold / dt)  # steps of the window in which a start is not charged
-    rates = scenario.trace.rates[:, scenario.warmup_steps :]
-    arrivals = float(rates.sum() * dt)
-    busy = sum(
+    gpu = gpu_model_for(scenario.cluster.gpu_product)
+    return gpus.pop() * (gpu.loaded_idle_w + scenario.cluster.base_w / scenario.cluster.gpus_per_node)
+
+
+def busy_joules(scenario: Scenario, rates: np.ndarray) -> float:
+    """The utilization-proportional energy (J) of serving every request of `rates` (models x measured
+    steps, req/s): the same for every policy that serves them all."""
+    gpu = gpu_model_for(scenario.cluster.gpu_product)
+    dt = scenario.trace.step_s
+    return sum(
         float((gpu.busy_w - gpu.loaded_idle_w) * spec.gpus * rates[m].sum() * dt / spec.capacity_rps)
         for m, spec in enumerate(scenario.models)
     )
-    need = attainment * arrivals
+
+
+def path_dual(scenario: Scenario, table: np.ndarray, min_replicas: int) -> Callable[[float], float]:
+    """The start-charged part of the dual of `startup_aware_bound` for a table of within-SLO requests
+    W[m, t, c] over the measured steps: y -> sum over models of the cheapest path of ready counts of
+    sum_t [cost x c_t - y W[m, t, c_t]] plus a start's energy on every rise (the attainment term
+    y x attainment x arrivals is the caller's)."""
+    _, n_steps, width = table.shape
+    dt = scenario.trace.step_s
+    power = replica_power_w(scenario)
+    cost = power * dt
+    cold = np.array([spec.cold_start_s for spec in scenario.models])
+    start = power * cold  # J per start, per model
+    free_until = np.ceil(cold / dt)  # steps of the window in which a start is not charged
     cs = np.arange(width, dtype=np.float64) * cost
     cs[: min(min_replicas, width)] = np.inf
     counts = np.arange(width, dtype=np.float64)
@@ -185,9 +189,30 @@ def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
             up = np.minimum.accumulate(value - charge * counts[None, :], axis=1) + charge * counts[None, :]
             down = np.minimum.accumulate(value[:, ::-1], axis=1)[:, ::-1]
             value = np.minimum(up, down) + cs[None, :] - y * table[:, t, :]
-        return float(value.min(axis=1).sum()) + y * need
+        return float(value.min(axis=1).sum())
 
-    return EnergyBound(attainment, maximise_dual(dual, cost, 60) + busy, busy)
+    return dual
+
+
+def startup_aware_bound(scenario: Scenario, attainment: float, min_replicas: int = 1) -> EnergyBound:
+    """`energy_lower_bound` with `min_replicas` per model, tightened by what every start costs.
+
+    In the engine a replica is ready only after loading for its cold start on a GPU of an existing
+    node, so every rise of a model's ready count by one has cost at least one cold start of a replica's
+    context power and node share (`cold start x per-replica power`); a fall costs nothing. Per multiplier
+    y the dual is then a shortest path over each model's ready counts through the measured steps (a
+    dynamic programme, the start cost charged on every rise: `path_dual`), and weak duality still makes
+    it a lower bound for every policy that keeps `min_replicas` ready. Rises in the first cold start of
+    the measured window are not charged (their loading may have begun before it), and the count entering
+    the window is free. Foresight is still perfect: this bounds what any policy, causal or not, can
+    reach (simulator/causal_bound.py bounds the policies without foresight)."""
+    table, _ = _step_tables(scenario)
+    rates = scenario.trace.rates[:, scenario.warmup_steps :]
+    need = attainment * float(rates.sum() * scenario.trace.step_s)
+    paths = path_dual(scenario, table, min_replicas)
+    cost = replica_power_w(scenario) * scenario.trace.step_s
+    value = maximise_dual(lambda y: paths(y) + y * need, cost, 60)
+    return EnergyBound(attainment, value + busy_joules(scenario, rates), busy_joules(scenario, rates))
 
 
 # Grid of a shared GPU's load in [0, 1] for the sharing-aware bound's per-load price (kappa below), and
@@ -226,34 +251,23 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     The busy energy counts the work of the requests within the SLO only (`attainment` x the measured
     arrivals: at least those were served), not every arrival. It is at most `energy_lower_bound` (it
     has every option that bound has, and more)."""
-    specs = {(spec.capacity_rps, spec.slo_ms, spec.gpus) for spec in scenario.models}
-    memory = scenario.cluster.gpu_memory_gib - POOL_RESERVED_GIB
-    if len(specs) != 1 or next(iter(specs))[2] != 1:
-        raise ValueError("the sharing-aware bound assumes one service class of one GPU per replica")
-    mu, slo_ms, _ = specs.pop()
-    s, slo, dt = 1.0 / mu, slo_ms / 1000.0, scenario.trace.step_s
+    price = SharedPrice.of(scenario)
     table, counts, cost, arrivals, busy_all = _tables(scenario)
     rates = scenario.trace.rates[:, scenario.warmup_steps :]
-    loads = np.concatenate([np.unique(rates[m]) for m in range(len(scenario.models))]) * s
+    loads = np.concatenate([np.unique(rates[m]) for m in range(len(scenario.models))]) * price.s
     # Each row's share of a shared GPU's memory (inf: it cannot share), as `_tables` orders the rows.
     mem = np.concatenate(
         [
-            np.full(
-                np.unique(rates[m]).size, spec.memory_gib / memory if spec.memory_gib <= memory else np.inf
-            )
+            np.full(np.unique(rates[m]).size, price.memory_share(spec.memory_gib))
             for m, spec in enumerate(scenario.models)
         ]
     )
     need = attainment * arrivals
     cs = np.arange(table.shape[1], dtype=np.float64) * cost
-    xs = np.arange(SHARED_GRID + 1, dtype=np.float64) / SHARED_GRID
-    a = np.array([1.0] + [shared_attainment(x, s, s, slo) for x in xs[1:-1]])  # a(x_j), j < grid
-    per_load = cost / xs[1:]  # cost / x_j+1
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
-            kappa = min(0.0, float((theta * per_load - y * dt / s * a).min()))
-            shared = kappa * loads + (1.0 - theta) * cost * mem
+            shared = price.kappa(theta, y) * loads + (1.0 - theta) * cost * mem
             best = np.minimum((cs[None, :] - y * table).min(axis=1), shared)
             return float(counts @ best) + y * need
 
@@ -262,3 +276,36 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     busy = attainment * busy_all
     value = max(maximise_dual(dual_at(theta), cost, 60) for theta in THETAS)
     return EnergyBound(attainment, value + busy, busy)
+
+
+@dataclass(frozen=True)
+class SharedPrice:
+    """The per-load price of a shared GPU in the sharing-aware bound (its docstring): for a multiplier y
+    and a split theta, kappa_theta(y) = min(0, min over the grid x_j of theta cost / x_j+1 -
+    y (dt / s) a(x_j)), for a scenario of one service class of one GPU per replica."""
+
+    s: float  # service time (s)
+    dt: float
+    cost: float  # a GPU's least energy per step (J)
+    a: np.ndarray  # a(x_j), j < SHARED_GRID
+    per_load: np.ndarray  # cost / x_j+1
+    memory_gib: float  # what the models of one shared GPU may use
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> SharedPrice:
+        specs = {(spec.capacity_rps, spec.slo_ms, spec.gpus) for spec in scenario.models}
+        if len(specs) != 1 or next(iter(specs))[2] != 1:
+            raise ValueError("the sharing-aware bound assumes one service class of one GPU per replica")
+        mu, slo_ms, _ = specs.pop()
+        s, slo, dt = 1.0 / mu, slo_ms / 1000.0, scenario.trace.step_s
+        cost = replica_power_w(scenario) * dt
+        xs = np.arange(SHARED_GRID + 1, dtype=np.float64) / SHARED_GRID
+        a = np.array([1.0] + [shared_attainment(x, s, s, slo) for x in xs[1:-1]])
+        return cls(s, dt, cost, a, cost / xs[1:], scenario.cluster.gpu_memory_gib - POOL_RESERVED_GIB)
+
+    def kappa(self, theta: float, y: float) -> float:
+        return min(0.0, float((theta * self.per_load - y * self.dt / self.s * self.a).min()))
+
+    def memory_share(self, memory_gib: float) -> float:
+        """A model's share of a shared GPU's memory (inf: it does not fit one)."""
+        return memory_gib / self.memory_gib if memory_gib <= self.memory_gib else float("inf")

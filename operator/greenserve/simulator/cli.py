@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--stress", action="store_true", help="also the Azure traces at their native 1 h time scale"
     )
+    b.add_argument(
+        "--reuse-runs",
+        type=Path,
+        default=None,
+        metavar="MATRIX_JSON",
+        help="matrix: take the policies' runs from a saved matrix.json (same seed and --quick) and "
+        "compute only the bounds",
+    )
     _common(b)
     args = parser.parse_args(argv)
     cfg = _config(args)
@@ -157,7 +165,16 @@ def _matrix(args: argparse.Namespace, traces_dir: Path) -> int:
         keys = [k for k in keys if k.shape not in traces.AZURE_FILES]
         print(f"(Azure traces not found in {traces_dir}: their scenarios are left out)")
     try:
-        result = matrix.run_matrix(keys, cfg, quick=args.quick, progress=print)
+        if args.reuse_runs is not None:
+            saved = matrix.load(args.reuse_runs)
+            names = {k.name for k in keys} if args.scenario else {k.name for k in saved.keys}
+            keys = [k for k in saved.keys if k.name in names]
+            points = [p for p in saved.points if p.scenario in names]
+            workers = max(1, min(cfg.workers, 2))
+            result = matrix.with_bounds(points, keys, cfg, time.perf_counter(), workers)
+            print(f"runs from {args.reuse_runs} ({len(points)}); bounds computed at this revision")
+        else:
+            result = matrix.run_matrix(keys, cfg, quick=args.quick, progress=print)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
 The bounds of simulator/bound.py hold for any policy, including one that knows every step's realised
 arrival count before it sizes that step. No policy the engine runs can know it: this module bounds the
-policies that decide on the past only, as every policy of simulator/policies.py and simulator/sharing.py
-does (engine.Simulation.observed_rate reads the steps before the current one).
+policies that decide on the past only, as the policies of simulator/policies.py and simulator/sharing.py
+do (engine.Simulation.observed_rate reads the steps before the current one), but for the reads below.
 
 What a causal policy sees, from simulator/engine.py. The matrix's scenarios (simulator/matrix.py
 `_generate`) draw a rate curve lam (models x steps: a Zipf mean times a shape) and then the counts
@@ -11,17 +11,21 @@ N[m, t] ~ Poisson(lam[m, t] dt), independent given lam. At step w the engine run
 tick, then serves the step with the replicas ready then (`Simulation.run`): the count N[m, w] is not
 yet known to the tick (`observed_rate` covers steps < w). Removing a replica takes effect in the step of
 the tick; a replica created at the tick of step j is ready at the earliest in step j + L, L =
-ceil(cold start / dt) (`Cluster.bind`: ready_at = bind time + cold start). So the ready count c[m, w] is
-a function of the counts before w (and of lam, for a policy told lam), never of N[m, w]. (Knative-like
-also reads whether the current step has a request, `trace.rates[m, k] > 0`, only to start a replica
-from zero, which is not ready before the next step; HPA-like and static-peak size their *initial*
-replicas from the trace's maximum, which their 300 s stabilisation forgets long before the measured
-window, which begins after 30 minutes.)
+ceil(cold start / dt) (`Cluster.bind`: ready_at = bind time + cold start). So the ready count c[m, w] of
+a causal policy is a function of the counts before w (and of lam, for a policy told lam), never of
+N[m, w]. Three reads of the engine go further, and the bound does not cover what they add:
+`Simulation.last_arrival` is set for the current step before the tick, and Knative-like (scale to zero)
+and greenserve-shared (unloading an idle model, simulator/sharing.py) read it, as Knative-like reads
+`trace.rates[m, k] > 0` to wake a model; and `policies.max_replicas_for`, the replica cap of HPA-like,
+Knative-like and greenserve (and the initial count of HPA-like and static-peak), is 1.5x the trace's
+peak count over the target, an operator's setting taken from the whole run. The first lets a policy keep
+a replica in a step because a request arrives in it; the cap is far above any count the policies reach.
 
 The rate oracle (`rate_oracle_bound`). Give a relaxed policy MORE than any causal policy has: the whole
 curve lam, but not the counts. The counts are independent Poisson given lam, so past counts tell it
 nothing more about N[m, w]; whatever it does with them, c[m, w] is independent of N[m, w] given lam. For
-every multiplier y >= 0 and every causal policy (realised energy E, within-SLO requests S, arrivals A):
+every multiplier y >= 0 and every causal policy (realised energy E less the busy energy, which bound.py
+counts apart, the same for every policy; within-SLO requests S):
 
     E >= sum_{m,w} [cost c[m, w] - y W(N[m, w], c[m, w])] + y S,
 
@@ -45,8 +49,10 @@ requests are taken as every arrival: both only raise Wbar, which keeps the bound
 What it guarantees. The bound is on the EXPECTED energy (over the Poisson counts, given lam) of any
 causal policy whose EXPECTED within-SLO requests reach `attainment` of the expected arrivals. A single
 run's energy and attainment are sums over thousands of model-steps whose noise is that of the counts,
-so they are close to their expectations; `foresight_ratio_spread` in the tests measures how far a
-concrete policy's realised energy moves between independent count draws of one rate curve.
+so they are close to their expectations (README.md, "Without foresight", gives how far the foresight
+bounds and a policy's energy move between independent count draws of one rate curve). The arrivals
+and the busy energy are the expected ones too: mixing the run's realised arrivals with expected
+within-SLO tables would move the bound by the counts' noise against a 0.5% slack.
 
 Bursts (`burst_state_bound`). On the bursty shape the rate oracle still knows every burst's onset. The
 generator (`matrix._burst_events`) starts bursts per model and step as a Poisson process (the count over

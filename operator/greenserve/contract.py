@@ -267,7 +267,7 @@ OP_ENERGY: Final = MetricSpec(
     "gauge",
     "joules",
     _MSVC_LABELS,
-    "Cumulative GPU energy of the ModelService as written to its status (survives replica moves).",
+    "Cumulative GPU energy of the ModelService, as its status counts it (survives replica moves).",
 )
 OP_RPS: Final = MetricSpec(
     PREFIX + "modelservice_requests_per_second", "gauge", "", _MSVC_LABELS, "Requests per second."

@@ -160,14 +160,7 @@ def record(deps: LoopDeps, namespace: str, name: str, reading: ServiceMetrics | 
     tele, decision, outcome = step.telemetry, step.decision, step.outcome
     if deps.metrics is None or tele is None or decision is None:
         return
-    if reading is not None:
-        deps.metrics.update(
-            reading,
-            energy_total_j=tele.fields.energy_joules,
-            grams_co2e=tele.fields.grams_co2e,
-            replicas_desired=outcome.desired,
-            replicas_ready=outcome.status.get("readyReplicas"),
-        )
+    export(deps, reading, tele, outcome.desired, outcome.status.get("readyReplicas"))
     if decision.previous is not None and outcome.desired is not None:
         deps.metrics.record_scale(namespace, name, decision.previous, outcome.desired)
 
@@ -189,3 +182,24 @@ async def _wake_locked(deps: LoopDeps, live: Mapping[str, Any]) -> Outcome:
     if not wants_wake(live):  # woken meanwhile (the tick, or an earlier event)
         return await rec.reconcile_locked(deps.kube, live, deps.config)
     return (await step_locked(deps, live, None)).outcome
+
+
+def export(
+    deps: LoopDeps,
+    reading: ServiceMetrics | None,
+    tele: telemetry.Telemetry,
+    desired: int | None,
+    ready: int | None,
+) -> None:
+    """One ModelService's figures on the operator's own metrics endpoint, from a reading: after every
+    step, and on a tick that writes nothing (they cost no request, so they follow every reading while
+    status takes the slow figures every `status_refresh_s`)."""
+    if deps.metrics is None or reading is None:
+        return
+    deps.metrics.update(
+        reading,
+        energy_total_j=tele.fields.energy_joules,
+        grams_co2e=tele.fields.grams_co2e,
+        replicas_desired=desired,
+        replicas_ready=ready,
+    )

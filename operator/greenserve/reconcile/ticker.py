@@ -217,6 +217,7 @@ class Ticker:
                 state.next_resync[key] = now + random.uniform(0.9, 1.1) * cfg.full_resync_s
         if why is None:
             state.scaler[key] = scaler
+            loop.export(self.deps, reading, tele, decision.desired, status.get("readyReplicas"))
             figures = status_patch(tele.fields, status)
             if now - state.last_write[key] >= cfg.status_refresh_s and any(
                 status.get(f) != v for f, v in figures.items()

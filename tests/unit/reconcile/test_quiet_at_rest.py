@@ -9,11 +9,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE, ClusterCache, apply_if_changed, obj_key
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, MODELSERVICES, PDBS, PODS, SERVICES
 from greenserve.config import OperatorConfig
+from greenserve.contract import OP_ENERGY, OP_RPS
+from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import modelservice as rec
 from greenserve.reconcile.loop import LoopDeps
@@ -517,3 +520,20 @@ async def test_a_tick_writes_a_changed_condition_from_the_cache(world: World) ->
     assert ticker.state.acted >= 1
     # The next tick finds it written: nothing to send.
     assert await tick(kube, source, ticker, t + 30) == []
+
+
+async def test_the_operators_gauges_follow_a_tick_that_writes_nothing(world: World) -> None:
+    """The operator's per-ModelService gauges cost no request: they follow every reading, also on the
+    ticks whose figures wait for `status_refresh_s` before status takes them."""
+    kube, source, ticker = world
+    registry = CollectorRegistry()
+    ticker.deps = dataclasses.replace(ticker.deps, metrics=OperatorMetrics(registry))
+    t = await settled(kube, source, ticker)
+    labels = {"namespace": NS, "modelservice": NAME}
+    source.rps, source.energy = 12.0, 1900.0  # the same replica count: nothing to write now
+    assert await tick(kube, source, ticker, t + 15) == []
+    assert registry.get_sample_value(OP_RPS.family, labels) == 12.0
+    assert registry.get_sample_value("greenserve_modelservice_replicas_desired", labels) == 1.0
+    energy = registry.get_sample_value(OP_ENERGY.family, labels)
+    status = (kube.peek(MODELSERVICES, NAME, NS) or {})["status"]
+    assert energy is not None and energy > float(status["energyJoules"])  # ahead of status

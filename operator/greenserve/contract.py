@@ -39,10 +39,13 @@ LABEL_NAMESPACE: Final = "namespace"
 LABEL_POD: Final = "pod"
 LABEL_NODE: Final = "node"
 LABEL_MODELSERVICE: Final = "modelservice"
+LABEL_POOL: Final = "pool"  # a shared pool pod's pool (its `greenserve.io/pool` pod label)
 
 #: The Kubernetes pod label the operator sets on serving pods (``greenserve.io/modelservice``), as
 #: Prometheus' service discovery spells it after sanitising.
 SD_POD_LABEL_MODELSERVICE: Final = "__meta_kubernetes_pod_label_greenserve_io_modelservice"
+#: The pod label of a shared pool's pods (``greenserve.io/pool``), as service discovery spells it.
+SD_POD_LABEL_POOL: Final = "__meta_kubernetes_pod_label_greenserve_io_pool"
 
 MetricType = Literal["gauge", "counter", "histogram", "info"]
 
@@ -229,8 +232,10 @@ def kubernetes_pod_scrape_config(job_name: str = "greenserve-agents", interval: 
     """A Prometheus ``scrape_configs`` entry that scrapes the agents and writes the contract's target labels.
 
     It keeps pods annotated ``prometheus.io/scrape: "true"`` that carry the ``greenserve.io/modelservice``
-    label, scrapes the port named by ``prometheus.io/port`` and maps namespace, pod, node and ModelService
-    to the ``namespace``, ``pod``, ``node`` and ``modelservice`` labels the operator's queries use.
+    label (a ModelService's own replicas) or the ``greenserve.io/pool`` label (a shared pool's pods),
+    scrapes the port named by ``prometheus.io/port`` and maps namespace, pod, node, ModelService and pool
+    to the ``namespace``, ``pod``, ``node``, ``modelservice`` and ``pool`` labels the operator's queries
+    use.
     """
     return {
         "job_name": job_name,
@@ -242,7 +247,11 @@ def kubernetes_pod_scrape_config(job_name: str = "greenserve-agents", interval: 
                 "regex": "true",
                 "action": "keep",
             },
-            {"source_labels": [SD_POD_LABEL_MODELSERVICE], "regex": ".+", "action": "keep"},
+            {
+                "source_labels": [SD_POD_LABEL_MODELSERVICE, SD_POD_LABEL_POOL],
+                "regex": ".+;.*|.*;.+",
+                "action": "keep",
+            },
             {
                 "source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
                 "regex": r"([^:]+)(?::\d+)?;(\d+)",
@@ -253,6 +262,7 @@ def kubernetes_pod_scrape_config(job_name: str = "greenserve-agents", interval: 
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": LABEL_POD},
             {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": LABEL_NODE},
             {"source_labels": [SD_POD_LABEL_MODELSERVICE], "target_label": LABEL_MODELSERVICE},
+            {"source_labels": [SD_POD_LABEL_POOL], "target_label": LABEL_POOL},
         ],
     }
 

@@ -14,7 +14,7 @@ import yaml
 from greenserve import contract
 from greenserve.api.v1alpha1 import parse_spec
 from greenserve.config import OperatorConfig
-from greenserve.manifests import builders
+from greenserve.manifests import builders, pools
 from support.chart import CHART, helm, kube_version, render
 from support.paths import REPO
 
@@ -442,8 +442,13 @@ def test_pod_monitor_scrapes_the_agents_named_port_with_the_operators_labels(
     pod_labels = template["metadata"]["labels"]
     selector = pm["spec"]["selector"]
     assert selector["matchLabels"].items() <= pod_labels.items()
-    for expr in selector["matchExpressions"]:
+    for expr in selector.get("matchExpressions", []):
         assert expr["operator"] == "Exists" and expr["key"] in pod_labels
+    # ... and what the pool builder puts on the shared pools' pods.
+    key = pools.PoolKey("models", None, "img")
+    pool_template = pools.pool_deployment(key, [], 1, builders.BuildOptions())["spec"]["template"]
+    assert selector["matchLabels"].items() <= pool_template["metadata"]["labels"].items()
+    assert not selector.get("matchExpressions")
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
     assert ports[endpoint["port"]] == contract.AGENT_METRICS_PORT
@@ -460,6 +465,7 @@ def test_pod_monitor_scrapes_the_agents_named_port_with_the_operators_labels(
     assert targets == {
         contract.LABEL_MODELSERVICE: job[contract.LABEL_MODELSERVICE],
         contract.LABEL_NODE: job[contract.LABEL_NODE],
+        contract.LABEL_POOL: job[contract.LABEL_POOL],
     }
 
 

@@ -130,6 +130,8 @@ class ClusterCache:
     enabled: bool = False
     msvcs: dict[SvcKey, dict[str, Any]] = field(default_factory=dict)
     pods: dict[SvcKey, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Shared pool pods per (namespace, pool): the tick reads its pooled models' metrics from them.
+    pool_pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     owned: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)
     # What this process last applied: (digest of the desired manifest, marker of the object it produced).
     applied: dict[ObjKey, tuple[str, str]] = field(default_factory=dict)
@@ -157,6 +159,20 @@ class ClusterCache:
         elif _newer(pods.get(meta["name"]), body):
             pods[meta["name"]] = slim_pod(body)
 
+    def observe_pool_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body["metadata"]
+        pool = (meta.get("labels") or {}).get(c.LABEL_POOL)
+        if not pool:
+            return
+        key = (meta["namespace"], pool)
+        pods = self.pool_pods.setdefault(key, {})
+        if deleted:
+            pods.pop(meta["name"], None)
+            if not pods:
+                del self.pool_pods[key]
+        elif _newer(pods.get(meta["name"]), body):
+            pods[meta["name"]] = slim_pod(body)
+
     def observe_owned(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
         """Record an owned object's event; True when it drifted from what this process applied (deleted,
         or changed by someone else), i.e. its owner should be reconciled now."""
@@ -174,6 +190,9 @@ class ClusterCache:
 
     def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return list(self.pods.get((namespace, name), {}).values())
+
+    def pool_pods_of(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        return list(self.pool_pods.get((namespace, pool), {}).values())
 
     def pods_agreeing(
         self, namespace: str, name: str, deployment: Mapping[str, Any] | None

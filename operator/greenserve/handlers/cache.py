@@ -40,6 +40,11 @@ def serving_pod_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
     CACHE.observe_pod(body, deleted=type == "DELETED")
 
 
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_POOL: kopf.PRESENT})
+def pool_pod_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    CACHE.observe_pool_pod(body, deleted=type == "DELETED")
+
+
 async def _owned(body: kopf.Body, type: str | None, memo: kopf.Memo) -> None:
     drifted = CACHE.observe_owned(body, deleted=type == "DELETED")
     owner = rec.deployment_owner(body)

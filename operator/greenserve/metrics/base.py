@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
 
 
 @runtime_checkable
@@ -22,6 +22,13 @@ class MetricsSource(Protocol):
     ) -> dict[tuple[str, str], ServiceMetrics]:
         """`service_metrics` of every (namespace, name) at once, with a number of requests to the
         backend that does not grow with the number of ModelServices where the backend allows it."""
+        ...
+
+    async def pooled_metrics(
+        self, models: Mapping[tuple[str, str], PooledModel]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """The part of its shared pool's pods of every pooled model (metrics/pooled.py), with a number
+        of requests to the backend that does not grow with the number of ModelServices."""
         ...
 
     async def close(self) -> None: ...

@@ -35,7 +35,8 @@ from typing import Any, Literal
 import aiohttp
 
 from greenserve import contract as k
-from greenserve.metrics.types import PodRef, ServiceMetrics, SourceKind
+from greenserve.metrics.pooled import PoolLedger, PoolPodSample
+from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class PrometheusSource:
         self._session = session
         self._own_session = session is None
         self._clock = clock
+        self._pools = PoolLedger(stale_after_s)
 
     @property
     def _window(self) -> str:
@@ -366,6 +368,82 @@ class PrometheusSource:
                 absent_pods=[f"pod:{p.name}" for p in pods or () if p.ready and p.name not in pod_energy],
             )
         return out
+
+    async def pooled_metrics(
+        self, models: Mapping[tuple[str, str], PooledModel]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """Every pooled model's part of its pool pods (metrics/pooled.py) from one fixed set of instant
+        queries over every pool pod, aggregated by (namespace, pod[, model]): flat in the number of
+        ModelServices. The counters' increase is taken between ticks by the ledger."""
+        if not models:
+            return {}
+        pods = f"{k.LABEL_NAMESPACE}, {k.LABEL_POD}"
+        in_pool = {k.LABEL_POOL: "~.+"}
+        power = selector(k.GPU_POWER.name, **in_pool)
+        q = {
+            "energy": f"sum by ({pods}) ({selector(k.GPU_ENERGY.name, **in_pool)})",
+            "power": f"sum by ({pods}) ({power})",
+            "gpus": f"count by ({pods}) ({power})",
+            "stamp": f"min by ({pods}) (timestamp({power}))",
+            "simulated": f"max by ({pods}) ({selector(k.AGENT_SIMULATED.name, **in_pool)})",
+            "tfs": f"sum by ({pods}, {k.TFS_LABEL_MODEL}) ({selector(k.TFS_REQUEST_COUNT, **in_pool)})",
+            "agent": f"sum by ({pods}, {k.LABEL_MODEL}) ({selector(k.REQUESTS.name, **in_pool)})",
+            "busy": (
+                f"sum by ({pods}, {k.LABEL_MODEL}) ({selector(k.REQUEST_DURATION.name + '_sum', **in_pool)})"
+            ),
+            "tfs_busy": (
+                f"sum by ({pods}, {k.TFS_LABEL_MODEL}) "
+                f"({selector(k.TFS_REQUEST_LATENCY + '_sum', **in_pool)}) * {k.TFS_LATENCY_UNIT_S}"
+            ),
+        }
+        try:
+            r = await self._gather(q)
+        except PrometheusError as exc:
+            log.warning("pooled metrics unavailable: %s", exc)
+            r = {key: [] for key in q}
+
+        def pod_of(s: Sample) -> tuple[str, str]:
+            return (s.labels.get(k.LABEL_NAMESPACE, ""), s.labels.get(k.LABEL_POD, ""))
+
+        def per_pod(key: str) -> dict[tuple[str, str], float]:
+            return {pod_of(s): s.value for s in r[key] if math.isfinite(s.value)}
+
+        def per_model(key: str, label: str) -> dict[tuple[str, str], dict[str, float]]:
+            out: dict[tuple[str, str], dict[str, float]] = {}
+            for s in r[key]:
+                if math.isfinite(s.value):
+                    out.setdefault(pod_of(s), {})[s.labels.get(label, "")] = s.value
+            return out
+
+        energy, watts, gpus, stamp, sim = (
+            per_pod(x) for x in ("energy", "power", "gpus", "stamp", "simulated")
+        )
+        tfs, agent = per_model("tfs", k.TFS_LABEL_MODEL), per_model("agent", k.LABEL_MODEL)
+        busy, tfs_busy = per_model("busy", k.LABEL_MODEL), per_model("tfs_busy", k.TFS_LABEL_MODEL)
+        members: dict[tuple[str, str], dict[str, float]] = {}
+        for pm in models.values():
+            for ref in pm.pods:
+                members.setdefault((ref.namespace, ref.name), {})[pm.model] = float(pm.memory_bytes)
+        for key, loaded in members.items():
+            if key not in stamp:
+                self._pools.unreachable(*key)
+                continue
+            sample = PoolPodSample(
+                at=stamp[key],
+                energy_j=energy.get(key),
+                power_w=watts.get(key),
+                gpus=int(gpus.get(key, 0)),
+                simulated=None if key not in sim else sim[key] > 0,
+                requests=tfs.get(key, agent.get(key)),
+                busy_s=busy.get(key, tfs_busy.get(key, {})),
+            )
+            self._pools.observe(key[0], key[1], sample, loaded)
+        self._pools.forget(members)
+        now = self._clock()
+        return {
+            key: self._pools.reading(key[0], key[1], pm, now, "prometheus/agent")
+            for key, pm in models.items()
+        }
 
     def _traffic_queries(self, sel: dict[str, str]) -> dict[str, str]:
         w = self._window

@@ -20,7 +20,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
-from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.metrics.pooled import PoolLedger, PoolPodSample
+from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
 from greenserve.policy.energy import counter_delta
 
 # ModelServices scraped at once by a fleet read (each scrapes its pods concurrently).
@@ -42,6 +43,11 @@ class PodScrape:
     requests: float | None = None  # TF Serving's request_count, else the agent's requests_total
     inflight: float | None = None  # the agent's in-flight gauge
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le (us) -> cumulative count
+    # Per model (a shared pool pod serves several; metrics/pooled.py): requests (TF Serving's counter,
+    # else the agent's; None without either) and busy seconds (the agent's request durations, else TF
+    # Serving's latency sum).
+    model_requests: dict[str, float] | None = None
+    model_busy_s: dict[str, float] = field(default_factory=dict)
 
 
 def parse_exposition(text: str, at: float) -> PodScrape:
@@ -51,12 +57,21 @@ def parse_exposition(text: str, at: float) -> PodScrape:
     util: list[float] = []
     tfs_requests: float | None = None
     agent_requests: float | None = None
+    by_model: dict[str, dict[str, float]] = {"tfs": {}, "agent": {}, "busy": {}, "tfs_busy": {}}
+    declared = {"tfs": False, "agent": False}
+
+    def add(book: str, model: str | None, value: float) -> None:
+        if model is not None:
+            by_model[book][model] = by_model[book].get(model, 0.0) + value
+
     for family in text_string_to_metric_families(text):
         # A declared request counter without series means no request yet: a measured zero.
         if family.name == k.TFS_REQUEST_COUNT and tfs_requests is None:
             tfs_requests = 0.0
+            declared["tfs"] = True
         elif family.name == k.REQUESTS.family and agent_requests is None:
             agent_requests = 0.0
+            declared["agent"] = True
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
             if name == k.GPU_POWER.name:
@@ -74,8 +89,14 @@ def parse_exposition(text: str, at: float) -> PodScrape:
             # exposition (TF Serving's) has no suffix.
             elif family.name == k.TFS_REQUEST_COUNT and name.startswith(k.TFS_REQUEST_COUNT):
                 tfs_requests = (tfs_requests or 0.0) + value
+                add("tfs", labels.get(k.TFS_LABEL_MODEL), value)
             elif name == k.REQUESTS.name:
                 agent_requests = (agent_requests or 0.0) + value
+                add("agent", labels.get(k.LABEL_MODEL), value)
+            elif name == k.REQUEST_DURATION.name + "_sum":
+                add("busy", labels.get(k.LABEL_MODEL), value)
+            elif name == k.TFS_REQUEST_LATENCY + "_sum":
+                add("tfs_busy", labels.get(k.TFS_LABEL_MODEL), value * k.TFS_LATENCY_UNIT_S)
             elif name == k.TFS_REQUEST_LATENCY + "_bucket":
                 le = float(labels["le"])
                 out.latency_buckets[le] = out.latency_buckets.get(le, 0.0) + value
@@ -84,6 +105,11 @@ def parse_exposition(text: str, at: float) -> PodScrape:
     out.utilization = sum(util) / len(util) if util else None
     out.gpus = len(power)
     out.requests = tfs_requests if tfs_requests is not None else agent_requests
+    if declared["tfs"]:
+        out.model_requests = by_model["tfs"]
+    elif declared["agent"]:
+        out.model_requests = by_model["agent"]
+    out.model_busy_s = by_model["busy"] or by_model["tfs_busy"]
     return out
 
 
@@ -130,6 +156,7 @@ class ScrapeSource:
         self._members: dict[tuple[str, str], set[tuple[str, str]]] = {}
         # The last rates per service, newest first: each call's window follows the previous one's.
         self._rates: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._pools = PoolLedger(stale_after_s)
 
     async def close(self) -> None:
         if self._session is not None and self._own_session:
@@ -172,6 +199,36 @@ class ScrapeSource:
         keys = list(services)
         got = await asyncio.gather(*(one(key, services[key]) for key in keys))
         return dict(zip(keys, got, strict=True))
+
+    async def pooled_metrics(
+        self, models: Mapping[tuple[str, str], PooledModel]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        """Every pooled model's part of its pool pods (metrics/pooled.py): one scrape per pool pod."""
+        members: dict[tuple[str, str], dict[str, float]] = {}
+        pods: dict[tuple[str, str], PodRef] = {}
+        for pm in models.values():
+            for ref in pm.pods:
+                pods[(ref.namespace, ref.name)] = ref
+                members.setdefault((ref.namespace, ref.name), {})[pm.model] = float(pm.memory_bytes)
+        keys = list(pods)
+        scrapes = await asyncio.gather(*(self.scrape(pods[key]) for key in keys))
+        for key, sc in zip(keys, scrapes, strict=True):
+            if sc is None:
+                self._pools.unreachable(*key)
+                continue
+            sample = PoolPodSample(
+                at=sc.at,
+                energy_j=sc.energy_j,
+                power_w=sc.power_w,
+                gpus=sc.gpus,
+                simulated=sc.simulated,
+                requests=sc.model_requests,
+                busy_s=sc.model_busy_s,
+            )
+            self._pools.observe(key[0], key[1], sample, members[key])
+        self._pools.forget(keys)
+        now = self._clock()
+        return {key: self._pools.reading(key[0], key[1], pm, now, "scrape") for key, pm in models.items()}
 
     async def service_metrics(
         self, namespace: str, name: str, pods: Sequence[PodRef] | None = None

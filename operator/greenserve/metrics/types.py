@@ -26,6 +26,18 @@ class PodRef:
 
 
 @dataclass(frozen=True)
+class PooledModel:
+    """A ModelService's model in a shared GPU pool (reconcile/pools.py): read from the pool pods'
+    per-model series (metrics/pooled.py). `memory_bytes` is its GPU memory need (spec.gpu.memory), its
+    weight in the split of the pool GPU's idle energy."""
+
+    pool: str
+    model: str  # its TF Serving model name in the pool
+    pods: tuple[PodRef, ...]  # the pool's pods
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class ServiceMetrics:
     """GPU power, energy and traffic of one ModelService, summed over its replicas.
 

@@ -134,6 +134,18 @@ def fits(members: Sequence[ModelDemand], limits: SharingLimits, scale: float = 1
     return True
 
 
+def wants_shared(d: ModelDemand, now_shared: bool, limits: SharingLimits) -> bool | None:
+    """The hysteresis alone: whether a model with a reading belongs on a shared GPU (at most
+    `enter_fraction` of its solo cap to join, past `leave_fraction` to leave); None without a reading.
+    Packing (memory, the cap of the GPU's other models) may still keep it out."""
+    if d.load is None:
+        return None
+    if d.sharing is Sharing.EXCLUSIVE or d.memory_gib > limits.gpu_memory_gib:
+        return False
+    threshold = (limits.leave_fraction if now_shared else limits.enter_fraction) * solo_cap(d, limits)
+    return d.load <= threshold
+
+
 def _wants_home(d: ModelDemand) -> bool:
     return d.load is None or d.load > 0 or d.min_replicas > 0 or d.idle_s < d.unload_after_s
 
@@ -162,12 +174,7 @@ def plan(demands: Iterable[ModelDemand], gpus: Sequence[PoolGpu], limits: Sharin
         if not _wants_home(d):
             unloaded.add(d.name)
             continue
-        if d.sharing is Sharing.EXCLUSIVE or d.memory_gib > limits.gpu_memory_gib:
-            dedicated.add(d.name)
-            continue
-        cap = solo_cap(d, limits)
-        threshold = (limits.leave_fraction if now_shared else limits.enter_fraction) * cap
-        (shared if d.load <= threshold else dedicated).add(d.name)
+        (shared if wants_shared(d, now_shared, limits) else dedicated).add(d.name)
 
     # Keep members on their GPU while it meets every member's target; evict the largest otherwise.
     members: dict[str, list[ModelDemand]] = {}

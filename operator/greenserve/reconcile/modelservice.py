@@ -524,7 +524,9 @@ async def _reconcile_valid(
     view: pools.MemberView | None = None
     try:
         if pools.participates(spec, status):
-            view, replicas = await _pool_placement(kube, owner, spec, config, replicas)
+            # The tick's fresh rate (its write follows this pass): a crossing it saw moves the model now.
+            rates = {owner.name: extra.fields.requests_per_second} if extra is not None else None
+            view, replicas = await _pool_placement(kube, owner, spec, config, replicas, rates)
             surge = surge if replicas > 0 else 0
             fields = merge_status(fields, ModelServiceStatus(placement=_placement_status(view)))
         elif status.get("placement") is not None:
@@ -652,7 +654,12 @@ def _pool_ready(view: pools.MemberView) -> cond.ConditionUpdate:
 
 
 async def _pool_placement(
-    kube: KubeClient, owner: builders.Owner, spec: ModelServiceSpec, config: OperatorConfig, replicas: int
+    kube: KubeClient,
+    owner: builders.Owner,
+    spec: ModelServiceSpec,
+    config: OperatorConfig,
+    replicas: int,
+    rates: Mapping[str, float | None] | None = None,
 ) -> tuple[pools.MemberView, int]:
     """Sync the ModelService's pool and decide its own replica count (see reconcile/pools.py): zero
     while the pool serves it, once a pool pod is a ready endpoint of its Service (or it has no ready
@@ -665,7 +672,7 @@ async def _pool_placement(
         # left the pool, and its Service kept the routing selector until the next full resync).
         refresh_soon(kube, owner.namespace, name, config)
 
-    views = await pools.sync_pool(kube, pool_key(owner.namespace, spec), config, changed)
+    views = await pools.sync_pool(kube, pool_key(owner.namespace, spec), config, changed, rates=rates)
     view = views[owner.name]
     own = [
         p

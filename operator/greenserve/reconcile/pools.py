@@ -161,8 +161,36 @@ def demand_of(
     )
 
 
+# Placements the load alone decides (not PoolFull, ModelNameInPool, Exclusive, NotShareable).
+_LOAD_DRIVEN = frozenset({pool_rule.SHARED, pool_rule.JOINS, pool_rule.STARTS_SHARED, pool_rule.BUSY})
+
+
+def placement_due(
+    name: str, spec: ModelServiceSpec, status: Mapping[str, Any], rps: float | None, config: OperatorConfig
+) -> bool:
+    """The fresh request rate `rps` crosses the model's sharing threshold for its current placement (out
+    of the pool past the leave threshold, into it below the join threshold: policy/sharing.py
+    `wants_shared`), so its pool must be re-planned now rather than at the next status refresh. Never
+    without a reading, and only for a placement the load decides (a full pool is not re-planned on
+    every tick)."""
+    placed = status.get("placement") or {}
+    if rps is None or placed.get("reason") not in _LOAD_DRIVEN or blocked(spec) is not None:
+        return False
+    limit = int(parse_quantity(config.pool_gpu_memory))
+    demand = demand_of(name, spec, {**status, "requestsPerSecond": rps}, limit)
+    if demand is None:
+        return False
+    now_shared = bool(placed.get("shared"))
+    wants = sharing.wants_shared(demand, now_shared, sharing.SharingLimits(gpu_memory_gib=limit / 2**30))
+    return wants is not None and wants != now_shared
+
+
 def _inputs(
-    bodies: Sequence[Mapping[str, Any]], key: pm.PoolKey, listed: Mapping[str, str], gpu_memory_bytes: int
+    bodies: Sequence[Mapping[str, Any]],
+    key: pm.PoolKey,
+    listed: Mapping[str, str],
+    gpu_memory_bytes: int,
+    rates: Mapping[str, float | None] | None = None,
 ) -> _Inputs:
     out = _Inputs()
     for body in bodies:
@@ -175,6 +203,9 @@ def _inputs(
         except ValidationError:
             continue
         status = body.get("status") or {}
+        if rates is not None and name in rates:
+            # The caller's fresh reading (the metrics tick): status has it only after this pass writes it.
+            status = {**status, "requestsPerSecond": rates[name]}
         placed = status.get("placement")
         in_key = pm.pool_key(key.namespace, spec) == key
         if not in_key and name not in listed:
@@ -203,12 +234,14 @@ async def sync_pool(
     config: OperatorConfig,
     on_change: Callable[[str], None] | None = None,
     placer: pool_rule.Placer = pool_rule.sharing_placer,
+    rates: Mapping[str, float | None] | None = None,
 ) -> dict[str, MemberView]:
     """Bring one pool in line (see the module docstring); returns every candidate's view. `on_change` is
-    called with each ModelService whose view changed since the last sync (so its reconcile runs)."""
+    called with each ModelService whose view changed since the last sync (so its reconcile runs).
+    `rates`: fresh request rates of some members, newer than their status."""
     lock = _LOCKS.setdefault(key, asyncio.Lock())
     async with lock:
-        views, converged = await _sync_locked(kube, key, config, placer)
+        views, converged = await _sync_locked(kube, key, config, placer, rates)
     last = _LAST.get(key, {})
     _LAST[key] = views
     if on_change is not None:
@@ -245,7 +278,11 @@ def _resync_later(
 
 
 async def _sync_locked(
-    kube: KubeClient, key: pm.PoolKey, config: OperatorConfig, placer: pool_rule.Placer
+    kube: KubeClient,
+    key: pm.PoolKey,
+    config: OperatorConfig,
+    placer: pool_rule.Placer,
+    rates: Mapping[str, float | None] | None = None,
 ) -> tuple[dict[str, MemberView], bool]:
     ns = key.namespace
     cm_name = pm.config_map_name(key)
@@ -259,7 +296,7 @@ async def _sync_locked(
         str(k): float(v) for k, v in _annotation(cm, ANN_LEAVING).items() if isinstance(v, int | float)
     }
     limits = pool_rule.PoolLimits(gpu_memory_bytes=int(parse_quantity(config.pool_gpu_memory)))
-    inputs = _inputs(await kube.list_objects(MODELSERVICES, ns), key, listed, limits.gpu_memory_bytes)
+    inputs = _inputs(await kube.list_objects(MODELSERVICES, ns), key, listed, limits.gpu_memory_bytes, rates)
     plan = dict(placer(inputs.candidates, limits))
     pods = [
         p for p in await kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_POOL}={key.name}")

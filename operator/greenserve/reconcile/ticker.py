@@ -40,12 +40,14 @@ from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
 from greenserve.api.objects import activation_demand
+from greenserve.api.quantity import parse_quantity
 from greenserve.api.v1alpha1 import ModelServiceStatus, Routing, merge_status, parse_spec, status_patch
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
 from greenserve.cluster.cache_reads import CachedWrites, CacheReads, NeedsApiError
 from greenserve.cluster.client import MODELSERVICES, ApiError
-from greenserve.metrics.types import PodRef, ServiceMetrics
-from greenserve.reconcile import autoscale, loop, routing, telemetry
+from greenserve.metrics.pooled import combine
+from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
+from greenserve.reconcile import autoscale, loop, pools, routing, telemetry
 from greenserve.reconcile import modelservice as rec
 
 log = logging.getLogger(__name__)
@@ -94,12 +96,20 @@ def pods_complete(cache: ClusterCache, key: SvcKey) -> bool:
     return have >= want
 
 
+def served_from_pool(status: Mapping[str, Any]) -> bool:
+    """Placed in a shared pool: the pool's pods serve it, and the autoscaler's count and Scaling
+    condition do not apply to them (reconcile/modelservice.py keeps its own replicas at zero)."""
+    return bool((status.get("placement") or {}).get("shared"))
+
+
 def needs_action(
     status: Mapping[str, Any],
     tele: telemetry.Telemetry,
     decision: autoscale.Decision,
 ) -> str | None:
     """Why the step must be written now, or None when nothing that matters now would change."""
+    if served_from_pool(status):
+        return _figures_changed(status, tele)
     if status.get("desiredReplicas") != decision.desired:
         return "replicas"
     # While Scaling is True (a count the Deployment has not reached yet), the Deployment's own watch
@@ -114,6 +124,10 @@ def needs_action(
     reason = cond.REASON_GPU_CAP if intent.capped_from is not None else intent.reason
     if not moving and _condition_changed(status, cond.SCALING, False, reason):
         return "scaling condition"
+    return _figures_changed(status, tele)
+
+
+def _figures_changed(status: Mapping[str, Any], tele: telemetry.Telemetry) -> str | None:
     if _condition_changed(status, telemetry.METRICS_AVAILABLE, tele.fresh, tele.reason):
         return "metrics condition"
     fields = status_patch(tele.fields, status)
@@ -134,12 +148,38 @@ class Ticker:
         if source is None:
             return dict.fromkeys(keys)
         pods: dict[SvcKey, list[PodRef]] = {k: loop.pod_refs(self.cache.pods_of(*k)) for k in keys}
+        pooled = self._pooled(keys)
         try:
             got = await source.fleet_metrics(pods)
+            in_pool = await source.pooled_metrics(pooled) if pooled else {}
         except Exception as err:  # a broken source must never stop the tick; it reads as "no metrics"
             log.warning("fleet metrics unavailable: %s", err)
             return dict.fromkeys(keys)
-        return {k: got.get(k) for k in keys}
+        out: dict[SvcKey, ServiceMetrics | None] = {k: got.get(k) for k in keys}
+        for k, part in in_pool.items():
+            own = out.get(k)
+            out[k] = part if own is None else combine(own, part)
+        return out
+
+    def _pooled(self, keys: list[SvcKey]) -> dict[SvcKey, PooledModel]:
+        """The ModelServices a shared pool holds (status.placement.pool: served, loading or handing
+        over), each with its pool's pods from the watch-fed cache."""
+        out: dict[SvcKey, PooledModel] = {}
+        for key in keys:
+            body = self.cache.msvcs[key]
+            pool = ((body.get("status") or {}).get("placement") or {}).get("pool")
+            spec = body.get("spec") or {}
+            if not pool:
+                continue
+            memory = (spec.get("gpu") or {}).get("memory")
+            try:
+                memory_bytes = int(parse_quantity(memory)) if memory is not None else 0
+            except ValueError:
+                memory_bytes = 0
+            refs = tuple(loop.pod_refs(self.cache.pool_pods_of(key[0], str(pool))))
+            model = str((spec.get("model") or {}).get("name") or key[1])
+            out[key] = PooledModel(str(pool), model, refs, memory_bytes)
+        return out
 
     async def tick(self, now: float) -> None:
         keys = [k for k in self.cache.msvcs if not self.cache.msvcs[k]["metadata"].get("deletionTimestamp")]
@@ -211,6 +251,13 @@ class Ticker:
         tele, decision = loop.assess(self.deps, spec, status, reading, now, activation_demand(body))
         scaler = dict(decision.status.scaler or {})
         why = needs_action(status, tele, decision)
+        if (
+            why is None
+            and tele.fresh
+            and pools.participates(spec, status)
+            and pools.placement_due(key[1], spec, status, tele.fields.requests_per_second, cfg)
+        ):
+            why = "placement"  # its load crossed its sharing threshold: into or out of its pool now
         if why is None and now >= state.next_resync[key]:
             why = await self._resync_needs_api(key, body, reading, tele, scaler)
             if why is None:
@@ -297,9 +344,10 @@ class Ticker:
 
         # A new replica count is a change like a spec edit; the rest is the tick's bookkeeping (Slots).
         # A new count applies the Deployment, and a resync (or a refused refresh) is the safety net:
-        # those read fresh; a condition or a live figure is written from the cache.
-        priority = rec.CHANGE if why == "replicas" else rec.BOOKKEEPING
-        first = None if why in ("replicas", "resync", "conflict") else from_cache
+        # those read fresh; a condition or a live figure is written from the cache. A placement change
+        # re-plans the pool (its list, the pool's pods, the Services' endpoints): fresh too.
+        priority = rec.CHANGE if why in ("replicas", "placement") else rec.BOOKKEEPING
+        first = None if why in ("replicas", "placement", "resync", "conflict") else from_cache
         outcome = await rec.under_lock(self.deps.kube, body, act, priority, skip_busy=True, cached=first)
         if outcome.reason == rec.BUSY:
             return  # another reconcile of it is under way; the next tick decides again

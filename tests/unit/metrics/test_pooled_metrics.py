@@ -1,0 +1,247 @@
+"""Per-model metrics of the models in a shared pool (metrics/pooled.py): the pool pods' per-model request
+and busy-time counters read by both sources, each model's rate, power and energy counter from its part
+of the pod's GPU energy, and missing or stale pods reported, never read as zero."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from greenserve import contract as k
+from greenserve.metrics.pooled import PoolLedger, PoolPodSample, combine
+from greenserve.metrics.prometheus import PrometheusSource, Sample
+from greenserve.metrics.scrape import ScrapeSource, parse_exposition
+from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
+from greenserve_agent.local_backend import TfsMetrics
+from greenserve_agent.supervisor import AgentMetrics
+
+GIB = 2**30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_two_readings_give_each_model_its_rate_power_and_energy() -> None:
+    ledger = PoolLedger()
+    members = {"a": 2.0 * GIB, "b": 1.0 * GIB, "c": 1.0 * GIB}
+    ledger.observe("ns", "pool-0", PoolPodSample(100.0, 1000.0, 30.0, 1, False, {}, {}), members)
+    # 10 s, 400 J at an idle of 30 W: 300 J idle by memory (150/75/75), 100 J active by busy time 3:1:0.
+    sample = PoolPodSample(110.0, 1400.0, 40.0, 1, False, {"a": 30.0, "b": 10.0}, {"a": 3.0, "b": 1.0})
+    ledger.observe("ns", "pool-0", sample, members)
+    pods = (PodRef("ns", "pool-0"),)
+    a = ledger.reading("ns", "svc-a", PooledModel("p", "a", pods, 2 * GIB), 111.0, "scrape")
+    b = ledger.reading("ns", "svc-b", PooledModel("p", "b", pods, GIB), 111.0, "scrape")
+    c = ledger.reading("ns", "svc-c", PooledModel("p", "c", pods, GIB), 111.0, "scrape")
+    assert (a.requests_per_s, b.requests_per_s, c.requests_per_s) == pytest.approx((3.0, 1.0, 0.0))
+    assert a.pod_energy_j == {"pool-0": pytest.approx(150.0 + 75.0)}
+    assert b.pod_energy_j == {"pool-0": pytest.approx(75.0 + 25.0)}
+    assert c.pod_energy_j == {"pool-0": pytest.approx(75.0)}
+    assert a.power_w == pytest.approx(22.5) and c.power_w == pytest.approx(7.5)
+    # The models' parts add up to what the GPU drew.
+    assert sum(m.energy_window_j or 0.0 for m in (a, b, c)) == pytest.approx(400.0)
+    assert not a.stale and a.missing == () and a.rate_history == (pytest.approx(3.0),)
+    assert a.joules_per_request == pytest.approx(225.0 / 30.0)
+
+
+def test_one_reading_is_missing_not_zero_and_an_unreachable_pod_is_stale() -> None:
+    ledger = PoolLedger()
+    pods = (PodRef("ns", "pool-0"),)
+    pm = PooledModel("p", "a", pods, GIB)
+    ledger.observe("ns", "pool-0", PoolPodSample(100.0, 10.0, 30.0, requests={}), {"a": GIB})
+    first = ledger.reading("ns", "svc", pm, 100.0, "scrape")
+    assert first.stale and first.requests_per_s is None and first.power_w is None
+    assert "pod:pool-0" in first.missing
+    ledger.observe("ns", "pool-0", PoolPodSample(110.0, 310.0, 30.0, requests={}), {"a": GIB})
+    ok = ledger.reading("ns", "svc", pm, 110.0, "scrape")
+    assert not ok.stale and ok.requests_per_s == 0.0  # a declared counter without its series: 0
+    ledger.unreachable("ns", "pool-0")
+    gone = ledger.reading("ns", "svc", pm, 120.0, "scrape")
+    assert gone.stale and gone.requests_per_s is None and "pod:pool-0" in gone.missing
+    # Old samples are stale too, and no request counter at all is missing, not zero.
+    ledger.observe("ns", "pool-0", PoolPodSample(130.0, 610.0, 30.0), {"a": GIB})
+    late = ledger.reading("ns", "svc", pm, 130.0 + 121.0, "scrape")
+    assert late.stale and late.requests_per_s is None and "requests" in late.missing
+
+
+def test_a_model_unloaded_and_loaded_again_counts_from_zero() -> None:
+    ledger = PoolLedger()
+    pods = (PodRef("ns", "pool-0"),)
+    pm = PooledModel("p", "a", pods, GIB)
+    ledger.observe("ns", "pool-0", PoolPodSample(0.0, 0.0, 10.0, requests={}), {"a": GIB})
+    ledger.observe("ns", "pool-0", PoolPodSample(10.0, 100.0, 10.0, requests={}), {"a": GIB})
+    assert ledger.reading("ns", "svc", pm, 10.0, "scrape").pod_energy_j == {"pool-0": pytest.approx(100.0)}
+    ledger.observe("ns", "pool-0", PoolPodSample(20.0, 200.0, 10.0, requests={}), {"b": GIB})
+    ledger.observe("ns", "pool-0", PoolPodSample(30.0, 300.0, 10.0, requests={}), {"a": GIB, "b": GIB})
+    # Back in the pool: its counter restarts, as a new replica's would (its status total kept the rest).
+    assert ledger.reading("ns", "svc", pm, 30.0, "scrape").pod_energy_j == {"pool-0": pytest.approx(50.0)}
+
+
+def test_own_replicas_and_the_pool_add_up_during_a_move() -> None:
+    pooled = ServiceMetrics(
+        "ns", "svc", power_w=5.0, energy_j=50.0, requests_per_s=2.0, rate_history=(2.0, 1.0),
+        replicas_reporting=1, pod_energy_j={"pool-0": 50.0}, sampled_at=10.0, stale=False,
+    )  # fmt: skip
+    own = ServiceMetrics(
+        "ns", "svc", power_w=70.0, energy_j=700.0, requests_per_s=3.0, rate_history=(3.0,),
+        replicas_reporting=1, pod_energy_j={"svc-0": 700.0}, sampled_at=9.0, stale=False,
+    )  # fmt: skip
+    both = combine(own, pooled)
+    assert (both.power_w, both.requests_per_s, both.rate_history) == (75.0, 5.0, (5.0,))
+    assert both.pod_energy_j == {"svc-0": 700.0, "pool-0": 50.0} and both.sampled_at == 9.0
+    # No replica of its own: the pool's reading alone, not a stale sum.
+    assert combine(ServiceMetrics("ns", "svc", missing=("pods",)), pooled) is pooled
+    starting = ServiceMetrics("ns", "svc", missing=("pod:svc-0",), stale=True)
+    assert combine(starting, pooled).stale  # a ready replica of its own not reporting: stale
+
+
+class PoolAgent:
+    """A pool pod's agent: the agent's own per-model request metrics, TF Serving's and a GPU."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.tfs = TfsMetrics()
+        self.energy_j = 0.0
+        self.power_w = 30.0
+
+    def serve(self, model: str, n: int, seconds: float) -> None:
+        for _ in range(n):
+            self.tfs.record(model, "OK", "predict", seconds * 1e6)
+            self.metrics.requests.labels(model, "200").inc()
+            self.metrics.duration.labels(model).observe(seconds)
+
+    def text(self) -> str:
+        gpu = 'gpu="0",uuid="GPU-0",simulated="false"'
+        return (
+            generate_latest(self.registry).decode()
+            + self.tfs.render()
+            + f"# TYPE {k.GPU_POWER.name} gauge\n{k.GPU_POWER.name}{{{gpu}}} {self.power_w}\n"
+            + f"# TYPE {k.GPU_ENERGY.family} counter\n{k.GPU_ENERGY.name}{{{gpu}}} {self.energy_j}\n"
+        )
+
+
+def test_parse_exposition_reads_each_models_requests_and_busy_time() -> None:
+    agent = PoolAgent()
+    agent.serve("a", 3, 0.5)
+    agent.serve("b", 1, 2.0)
+    got = parse_exposition(agent.text(), 0.0)
+    assert got.model_requests == {"a": 3.0, "b": 1.0}  # TF Serving's count, not the agent's
+    assert got.model_busy_s == pytest.approx({"a": 1.5, "b": 2.0})
+    fresh = parse_exposition(PoolAgent().text(), 0.0)
+    assert fresh.model_requests == {} and fresh.model_busy_s == {}  # declared, no request yet: zeros
+
+
+@pytest.fixture
+async def pool_pod() -> AsyncIterator[tuple[PoolAgent, PodRef]]:
+    agent = PoolAgent()
+
+    async def handle(_r: web.Request) -> web.Response:
+        return web.Response(text=agent.text())
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield agent, PodRef("ml", "gs-pool-x-0", ip="127.0.0.1", metrics_port=port)
+    await runner.cleanup()
+
+
+async def test_scrape_source_reads_pooled_models_from_one_scrape_per_pool_pod(
+    pool_pod: tuple[PoolAgent, PodRef],
+) -> None:
+    agent, ref = pool_pod
+    clock = Clock()
+    src = ScrapeSource(clock=clock)
+    models = {
+        ("ml", "svc-a"): PooledModel("gs-pool-x", "a", (ref,), GIB),
+        ("ml", "svc-b"): PooledModel("gs-pool-x", "b", (ref,), GIB),
+    }
+    try:
+        first = await src.pooled_metrics(models)
+        agent.serve("a", 20, 0.25)
+        agent.energy_j += 400.0  # 10 s: 300 J idle at 30 W, 100 J active, all a's
+        clock.t += 10.0
+        got = await src.pooled_metrics(models)
+    finally:
+        await src.close()
+    assert first[("ml", "svc-a")].stale and first[("ml", "svc-a")].requests_per_s is None
+    a, b = got[("ml", "svc-a")], got[("ml", "svc-b")]
+    assert (a.requests_per_s, b.requests_per_s) == pytest.approx((2.0, 0.0))
+    assert a.pod_energy_j == {"gs-pool-x-0": pytest.approx(250.0)}
+    assert b.pod_energy_j == {"gs-pool-x-0": pytest.approx(150.0)}
+    assert not a.stale and a.source == "scrape"
+
+
+class FakeProm(PrometheusSource):
+    """The pool pods' series as Prometheus would return them, by query."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__("http://prometheus.invalid", clock=clock)
+        self.sent: list[str] = []
+        self.requests: dict[str, float] = {}
+        self.busy: dict[str, float] = {}
+        self.energy = 0.0
+
+    async def query(self, promql: str) -> list[Sample]:
+        self.sent.append(promql)
+        pod = {"namespace": "ml", "pod": "gs-pool-x-0"}
+        t = self._clock()
+        if "timestamp(" in promql:
+            return [Sample(pod, t, t)]
+        if k.GPU_ENERGY.name in promql:
+            return [Sample(pod, self.energy, t)]
+        if "count by" in promql or k.GPU_POWER.name in promql:
+            return [Sample(pod, 1.0 if "count by" in promql else 30.0, t)]
+        if k.TFS_REQUEST_COUNT in promql:
+            return [Sample({**pod, k.TFS_LABEL_MODEL: m}, v, t) for m, v in self.requests.items()]
+        if k.REQUEST_DURATION.name in promql:
+            return [Sample({**pod, k.LABEL_MODEL: m}, v, t) for m, v in self.busy.items()]
+        return []
+
+
+async def test_prometheus_reads_pooled_models_with_the_same_queries_for_one_or_many() -> None:
+    clock = Clock()
+    prom = FakeProm(clock)
+    ref = PodRef("ml", "gs-pool-x-0")
+
+    def models(n: int) -> dict[tuple[str, str], PooledModel]:
+        return {("ml", f"svc-{i}"): PooledModel("gs-pool-x", f"m{i}", (ref,), GIB) for i in range(n)}
+
+    await prom.pooled_metrics(models(1))
+    one = len(prom.sent)
+    prom.sent.clear()
+    await prom.pooled_metrics(models(200))
+    assert len(prom.sent) == one  # 200 pooled ModelServices cost what one does
+    assert all('pool=~".+"' in q for q in prom.sent)
+    clock.t += 15.0
+    prom.requests, prom.busy, prom.energy = {"m0": 60.0, "m1": 30.0}, {"m0": 6.0, "m1": 2.0}, 0.0
+    await prom.pooled_metrics(models(2))
+    clock.t += 15.0
+    prom.requests, prom.busy, prom.energy = {"m0": 90.0, "m1": 30.0}, {"m0": 9.0, "m1": 2.0}, 600.0
+    got = await prom.pooled_metrics(models(2))
+    m0, m1 = got[("ml", "svc-0")], got[("ml", "svc-1")]
+    assert (m0.requests_per_s, m1.requests_per_s) == pytest.approx((2.0, 0.0))
+    # 600 J over 15 s at an idle of 30 W: 450 J idle, split 1:1 by memory; 150 J active, all m0's.
+    assert m0.pod_energy_j == {"gs-pool-x-0": pytest.approx(375.0)}
+    assert m1.pod_energy_j == {"gs-pool-x-0": pytest.approx(225.0)}
+    assert not m0.stale and m0.source == "prometheus/agent"
+
+
+async def test_prometheus_down_is_missing_for_pooled_models() -> None:
+    src = PrometheusSource("http://127.0.0.1:9", window_s=60.0)
+    try:
+        got = await src.pooled_metrics({("ml", "svc"): PooledModel("p", "m", (PodRef("ml", "p-0"),), 1)})
+    finally:
+        await src.close()
+    assert got[("ml", "svc")].stale and got[("ml", "svc")].requests_per_s is None

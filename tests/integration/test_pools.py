@@ -10,6 +10,7 @@ ConfigMap lists it, as a real pod's model server would report once it has read t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,190 @@ async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a
 
 async def _has(kube: KubeClient, ns: str, service: str, pod: str) -> bool:
     return pod in await ready_endpoints(kube, ns, service)
+
+
+class FakePrometheus:
+    """Prometheus' query API over what a cluster's agents would export, from the API's pods: each
+    ModelService's requests go to its own Ready replicas while it has any, else to the pool pods
+    labelled as serving it (their per-model counters), at the rate the test sets."""
+
+    def __init__(self, kube: KubeClient, namespace: str) -> None:
+        self.kube, self.ns = kube, namespace
+        self.rps: dict[str, float] = {}
+        self.pool_counts: dict[tuple[str, str], float] = {}  # (pool pod, model) -> requests
+        self.t = time.time()
+        self.t0 = self.t
+
+    async def _advance(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        pods = [
+            p for p in await self.kube.list_objects(PODS, self.ns)
+            if not p["metadata"].get("deletionTimestamp")
+            and any(cd.get("type") == "Ready" and cd.get("status") == "True"
+                    for cd in (p.get("status") or {}).get("conditions") or [])
+        ]  # fmt: skip
+        own = [p for p in pods if c.LABEL_MODELSERVICE in p["metadata"].get("labels", {})]
+        pool = [p for p in pods if c.LABEL_POOL in p["metadata"].get("labels", {})]
+        now = time.time()
+        dt, self.t = now - self.t, now
+        for name, rps in self.rps.items():
+            if any(p["metadata"]["labels"][c.LABEL_MODELSERVICE] == name for p in own):
+                continue
+            serving = [p for p in pool if p["metadata"]["labels"].get(f"model.greenserve.io/{name}")]
+            for p in serving:
+                key = (p["metadata"]["name"], name)
+                self.pool_counts[key] = self.pool_counts.get(key, 0.0) + rps * dt / len(serving)
+        return own, pool
+
+    async def query(self, request: web.Request) -> web.Response:
+        q = str((await request.post()).get("query") or request.query.get("query", ""))
+        own, pool = await self._advance()
+        now = self.t
+        out: list[tuple[dict[str, str], float]] = []
+        if 'pool=~".+"' in q:
+            for p in pool:
+                labels = {"namespace": self.ns, "pod": p["metadata"]["name"]}
+                if "timestamp(" in q:
+                    out.append((labels, now))
+                elif "request_count" in q:
+                    out += [
+                        ({**labels, "model_name": model}, n)
+                        for (pod, model), n in self.pool_counts.items()
+                        if pod == p["metadata"]["name"]
+                    ]
+                elif "gpu_energy_joules_total" in q:
+                    out.append((labels, 40.0 * (now - self.t0)))
+                elif "count by" in q or "gpu_power_watts" in q:
+                    out.append((labels, 1.0 if "count by" in q else 40.0))
+        elif 'modelservice=~".+"' in q:
+            by_svc: dict[str, list[str]] = {}
+            for p in own:
+                by_svc.setdefault(p["metadata"]["labels"][c.LABEL_MODELSERVICE], []).append(
+                    p["metadata"]["name"]
+                )
+            for svc, names in by_svc.items():
+                svc_labels = {"namespace": self.ns, "modelservice": svc}
+                if "request_count" in q and "increase(" in q and "_bucket" not in q:
+                    out.append((svc_labels, self.rps.get(svc, 0.0) * 60.0))
+                elif "inflight" in q:
+                    out.append((svc_labels, 0.0))
+                elif "histogram_quantile" in q or "requests_total" in q:
+                    continue
+                for name in names if "by (namespace, modelservice, pod)" in q else []:
+                    labels = {**svc_labels, "pod": name}
+                    if "timestamp(" in q:
+                        out.append((labels, now))
+                    elif "gpu_energy_joules_total" in q:
+                        out.append((labels, 70.0 * 60.0 if "increase(" in q else 70.0 * (now - self.t0)))
+                    elif "gpu_power_watts" in q:
+                        out.append((labels, 1.0 if "count by" in q else 70.0))
+                    elif "utilization" in q:
+                        out.append((labels, 1.0 if "count by" in q else 0.3))
+                    elif "agent_simulated" in q:
+                        out.append((labels, 1.0))
+        result = [{"metric": m, "value": [now, repr(v)]} for m, v in out]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+
+@pytest.fixture
+async def prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[FakePrometheus, str]]:
+    fake = FakePrometheus(kube, namespace)
+    app = web.Application()
+    app.router.add_route("*", "/api/v1/query", fake.query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield fake, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    operator_kubeconfig: Path,
+    operator_env: dict[str, str],
+    tmp_path: Path,
+    model_status: str,
+    prometheus: tuple[FakePrometheus, str],
+) -> None:
+    """No spec change: the pool's per-model request counter moves it out past its share of the GPU, and
+    its own replicas' rate brings it back once it falls below the join threshold (target 50 req/s per
+    replica, no SLO: it leaves past 35 req/s and joins at most 21.9 req/s). The Service never lacks a
+    ready endpoint."""
+    fake, url = prometheus
+    env = {
+        **operator_env,
+        "GREENSERVE_MODEL_STATUS_URL": model_status,
+        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
+        "GREENSERVE_PROMETHEUS_URL": url,
+        "GREENSERVE_METRICS_WINDOW": "60",
+    }
+    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
+    proc.start()
+    try:
+        name = "busy"
+        body = msvc(name, namespace)
+        body["spec"]["scaling"]["target"] = 50
+        kubectl.apply(msvc("quiet", namespace))
+        kubectl.apply(body)
+        key = pm.PoolKey(namespace, None, KEY_IMAGE)
+        fake.rps = {name: 2.0, "quiet": 1.0}
+
+        async def placement() -> dict[str, Any]:
+            got = await kube.get_or_none(MODELSERVICES, name, namespace)
+            return dict(((got or {}).get("status") or {}).get("placement") or {})
+
+        async def served_from_pool() -> bool:
+            return await ready_reason(kube, namespace, name) == cond.REASON_SHARED_POOL
+
+        await eventually(served_from_pool, 180, 1.0, f"{name} served from the pool")
+
+        async def rate_read() -> bool:
+            got = await kube.get_or_none(MODELSERVICES, name, namespace)
+            return ((got or {}).get("status") or {}).get("requestsPerSecond") == pytest.approx(2.0, rel=0.3)
+
+        await eventually(rate_read, 60, 1.0, "its request rate read from the pool pod")
+        seen: list[set[str]] = []
+        done = asyncio.Event()
+
+        async def watch_endpoints() -> None:
+            while not done.is_set():
+                seen.append(await ready_endpoints(kube, namespace, name))
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch_endpoints())
+        fake.rps[name] = 45.0  # past 35 req/s
+
+        async def moved_out() -> bool:
+            cm = await kube.get(CONFIGMAPS, pm.config_map_name(key), namespace)
+            svc = await kube.get(SERVICES, name, namespace)
+            return f'name: "{name}"' not in cm["data"][pm.MODEL_CONFIG_KEY] and svc["spec"]["selector"] == {
+                c.LABEL_MODELSERVICE: name
+            }
+
+        await eventually(moved_out, 180, 1.0, f"{name} out of the pool on its load")
+        assert (await placement())["reason"] == "HighTraffic"
+        out_seen = len(seen)
+        fake.rps[name] = 30.0  # between the thresholds: it stays on its own replicas
+        await proc.wait_passes("resync", 4)
+        assert not (await placement())["shared"]
+
+        fake.rps[name] = 5.0  # below 21.9 req/s: back into the pool
+
+        async def moved_in() -> bool:
+            dep = await kube.get(DEPLOYMENTS, name, namespace)
+            return bool((await placement()).get("shared")) and dep["spec"]["replicas"] == 0
+
+        await eventually(moved_in, 180, 1.0, f"{name} back in the pool on its load")
+        await eventually(served_from_pool, 60, 1.0, f"{name} served from the pool again")
+        done.set()
+        await watcher
+        assert seen[out_seen:] and all(s for s in seen), "the Service had no ready endpoint during a move"
+        assert await ready_reason(kube, namespace, "quiet") == cond.REASON_SHARED_POOL
+    finally:
+        proc.stop()
+        logs = proc.logs()
+        print(logs[-5000:])
+        assert "Forbidden" not in logs

@@ -20,7 +20,7 @@ from greenserve import contract as k
 pytestmark = pytest.mark.prometheus
 
 
-def _meta(scrape: str, modelservice: str | None, pod: str) -> dict[str, str]:
+def _meta(scrape: str, modelservice: str | None, pod: str, pool: str | None = None) -> dict[str, str]:
     labels = {
         "__meta_kubernetes_pod_annotation_prometheus_io_scrape": scrape,
         "__meta_kubernetes_pod_annotation_prometheus_io_port": str(k.AGENT_METRICS_PORT),
@@ -30,6 +30,8 @@ def _meta(scrape: str, modelservice: str | None, pod: str) -> dict[str, str]:
     }
     if modelservice:
         labels[k.SD_POD_LABEL_MODELSERVICE] = modelservice
+    if pool:
+        labels[k.SD_POD_LABEL_POOL] = pool
     return labels
 
 
@@ -43,6 +45,8 @@ def test_kubernetes_pod_scrape_config_relabels_to_contract_labels(tmp_path: Path
         {"targets": ["10.1.2.3:8501"], "labels": _meta("true", "svc-a", "svc-a-abc")},
         {"targets": ["10.1.2.4:8501"], "labels": _meta("false", "svc-a", "not-annotated")},
         {"targets": ["10.1.2.5:8501"], "labels": _meta("true", None, "not-greenserve")},
+        # A shared pool's pod: no ModelService label, its pool's instead.
+        {"targets": ["10.1.2.6:8501"], "labels": _meta("true", None, "gs-pool-1-x", pool="gs-pool-1")},
     ]
     prom = prom_server.start(binary, tmp_path, [job])
     try:
@@ -55,12 +59,16 @@ def test_kubernetes_pod_scrape_config_relabels_to_contract_labels(tmp_path: Path
             time.sleep(0.2)
     finally:
         prom.stop()
-    active = body["data"]["activeTargets"]
-    assert len(active) == 1, body
+    active = sorted(body["data"]["activeTargets"], key=lambda t: t["scrapeUrl"])
+    assert len(active) == 2, body
+    pool = active[1]["labels"]
+    assert active[1]["scrapeUrl"] == f"http://10.1.2.6:{k.AGENT_METRICS_PORT}/metrics"
+    assert (pool[k.LABEL_POOL], pool[k.LABEL_POD]) == ("gs-pool-1", "gs-pool-1-x")
+    assert k.LABEL_MODELSERVICE not in pool
     labels = active[0]["labels"]
     assert active[0]["scrapeUrl"] == f"http://10.1.2.3:{k.AGENT_METRICS_PORT}/metrics"
     assert labels[k.LABEL_NAMESPACE] == "ml"
     assert labels[k.LABEL_POD] == "svc-a-abc"
     assert labels[k.LABEL_NODE] == "gpu-node-1"
-    assert labels[k.LABEL_MODELSERVICE] == "svc-a"
+    assert labels[k.LABEL_MODELSERVICE] == "svc-a" and k.LABEL_POOL not in labels
     assert len(body["data"]["droppedTargets"]) == 2

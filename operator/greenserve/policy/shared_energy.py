@@ -1,10 +1,11 @@
-"""Per-model energy of a shared GPU: Kepler's split of a time-sliced GPU's active power, pure.
+"""Per-model energy of a shared GPU, pure.
 
-Over one window, a pool pod's GPU energy above its idle power (the active energy) goes to its models in
-proportion to each model's busy time there (the sum of its request durations, the agent's per-model
-`greenserve_request_duration_seconds` sum); the idle energy is not attributed to any model, as Kepler
-keeps it in `kepler_node_gpu_idle_watts`. Without busy time the active energy stays unattributed too:
-nothing is invented (README, "Shared GPU pools").
+`split_energy` (what the operator uses, metrics/pooled.py): all of a pool pod's GPU energy over an
+interval goes to its loaded models, the active part (above the idle power) by each model's busy time
+(the sum of its request durations, the agent's per-model `greenserve_request_duration_seconds` sum) as
+Kepler splits a time-sliced GPU's active power, the idle part by each model's GPU memory share (README,
+"Shared GPU pools", says why). `split_active_energy` is Kepler's split alone: the idle energy, and
+active energy without busy time, stay unattributed.
 """
 
 from __future__ import annotations

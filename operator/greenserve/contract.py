@@ -364,5 +364,25 @@ ACTIVATOR_WAIT: Final = MetricSpec(
     "How long a request waited at the activator for a ready replica (forwarded or timed out).",
 )
 ACTIVATOR_METRICS: Final = (ACTIVATOR_HELD, ACTIVATOR_REQUESTS, ACTIVATOR_WAIT)
+#: Headers a proxy (the agent's REST front, the activator) never copies through, either way, in lower
+#: case: hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes for the body it sends.
+#: aiohttp decodes a gzip or deflate body on both sides (server request payloads, client responses), so
+#: the body passed on is the decoded one and its Content-Encoding must not follow it.
+HOP_BY_HOP_HEADERS: Final = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "Content-Encoding",
+    )
+)
 #: A client may ask the activator to wait less than its bound (seconds), never more.
 ACTIVATOR_MAX_WAIT_HEADER: Final = "X-Greenserve-Max-Wait"

@@ -69,23 +69,7 @@ SimulateMode = Literal["auto", "true", "false"]
 TFS_BINARY = "tensorflow_model_server"
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 MONITORING_CONFIG = k.TFS_MONITORING_CONFIG
-# Hop-by-hop headers (RFC 9110 section 7.6.1) and those aiohttp recomputes.
-_SKIP_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-        "Content-Encoding",
-    )
-)
+_SKIP_HEADERS = k.HOP_BY_HOP_HEADERS
 
 
 @dataclass

@@ -247,3 +247,83 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
     wait_for(lambda: _ready_reason(kubectl, ns, MOVING) == "ReplicasAvailable", 60, f"{MOVING} Ready")
     for name in names[1:]:
         assert _correct(urls[name]), f"{name} stopped answering from the pool"
+
+
+LOADED = "m1"
+
+
+def test_a_pooled_model_moves_out_on_its_load_and_back_into_the_pool_without_failed_requests(
+    kubectl: Kubectl,
+    pool_operator: str,
+    ns: str,
+    store: Path,
+    images: dict[str, str],  # noqa: F811
+    real_nodes: RealNodes,
+) -> None:
+    """No placement in the spec: the pool pod's own per-model request counter (scraped from its agent by
+    the operator) moves m1 out past its share of the GPU, and its own replica's rate brings it back into
+    the pool once it falls below the join threshold, under a client load all along. With `target: 10`
+    (a replica serves 12.5 req/s) and no SLO, it leaves past 0.56 x 12.5 = 7 req/s and joins at most
+    0.35 x 12.5 = 4.4 req/s."""
+    url = _url(kubectl, ns, LOADED)
+    wait_for(lambda: _ready_reason(kubectl, ns, LOADED) == "ServedFromSharedPool", 120, f"{LOADED} pooled")
+    kubectl.run(
+        "patch", "modelservice", LOADED, "-n", ns, "--type=merge",
+        "-p", json.dumps({"spec": {"scaling": {"target": 10}}}),
+    )  # fmt: skip
+
+    def listed() -> bool:
+        cms = _json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+        return any(f'name: "{LOADED}"' in cm["data"]["models.config"] for cm in cms)
+
+    def own_selector() -> bool:
+        return _json(kubectl, "svc", LOADED, "-n", ns)["spec"]["selector"] == {
+            "greenserve.io/modelservice": LOADED
+        }
+
+    def rate() -> float | None:
+        got = _json(kubectl, "modelservice", LOADED, "-n", ns).get("status", {}).get("requestsPerSecond")
+        return float(got) if isinstance(got, int | float) else None
+
+    with Load(lambda: predict(url, [1.0, 2.5]) == [3.0, 6.0], rate=2) as load:
+        # The pooled model's rate, read from the pool pod's per-model counter, reaches its status.
+        wait_for(lambda: (rate() or 0) > 0.5, 120, f"{LOADED}'s rate read from the pool pod", interval=1)
+        st = _json(kubectl, "modelservice", LOADED, "-n", ns)["status"]
+        # Its part of the pool GPU's energy and power, in its own status.
+        assert st.get("energyJoules") is not None and st.get("powerWatts") is not None, st
+        _record("pools_pooled_rate_read", float(st["requestsPerSecond"]))
+        _record("pools_pooled_power_watts", float(st["powerWatts"]))
+        assert listed() and not own_selector()
+
+        t_out = time.monotonic()
+        load.rate = 12.0
+        wait_for(lambda: not listed() and own_selector(), 300, f"{LOADED} out on its load", interval=1)
+        t_out_done = time.monotonic()
+        placed = _json(kubectl, "modelservice", LOADED, "-n", ns)["status"]["placement"]
+        assert placed["shared"] is False and placed["reason"] == "HighTraffic", placed
+
+        t_in = time.monotonic()
+        load.rate = 3.0
+
+        def back_in() -> bool:
+            dep = _json(kubectl, "deployment", LOADED, "-n", ns)
+            own = _json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/modelservice={LOADED}")["items"]
+            return listed() and not own_selector() and dep["spec"]["replicas"] == 0 and not own
+
+        wait_for(back_in, 300, f"{LOADED} back in the pool on its load, its own replica gone", interval=1)
+        t_in_done = time.monotonic()
+        time.sleep(5)  # requests keep flowing after the switch; they count too
+        t_end = time.monotonic()
+    sent_out, failed_out = load.between(t_out, t_in)
+    sent_in, failed_in = load.between(t_in, t_end)
+    _record("pools_load_move_out_s", t_out_done - t_out)
+    _record("pools_load_move_out_requests_sent", sent_out)
+    _record("pools_load_move_out_requests_failed", len(failed_out))
+    _record("pools_load_move_in_s", t_in_done - t_in)
+    _record("pools_load_move_in_requests_sent", sent_in)
+    _record("pools_load_move_in_requests_failed", len(failed_in))
+    assert failed_out == [], failed_out[:5]
+    assert failed_in == [], failed_in[:5]
+    assert sent_in > 50, "the move in carried too little load to show anything"
+    wait_for(lambda: _ready_reason(kubectl, ns, LOADED) == "ServedFromSharedPool", 60, f"{LOADED} Ready")
+    assert _correct(url)

@@ -42,22 +42,7 @@ from greenserve.api.objects import endpoints_ready
 log = logging.getLogger(__name__)
 
 MODEL_PATH = re.compile(r"^/v1/models/([^/:]+)")
-# Hop-by-hop headers (RFC 9110 7.6.1) and the ones aiohttp recomputes: never copied through the proxy.
-_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-    )
-)
+_HOP = k.HOP_BY_HOP_HEADERS  # never copied through the proxy
 
 
 @dataclass(frozen=True)
@@ -295,8 +280,8 @@ class Activator:
                     headers=headers,
                     timeout=timeout,
                     allow_redirects=False,
-                    auto_decompress=False,
                 ) as resp:
+                    # Decoded as the agent's front decodes it; its Content-Encoding is not passed on.
                     payload = await resp.read()
                     out = {h: v for h, v in resp.headers.items() if h.lower() not in _HOP}
                     self.metrics.requests.labels(*key, "forwarded").inc()

@@ -181,23 +181,7 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
         "resources": _resources(spec),
         "securityContext": container_security_context(),
         # The model status endpoint answers 200 only once the model is known to the server.
-        "readinessProbe": {
-            "httpGet": readiness,
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        # Liveness is the agent's: it answers while the model server process runs (the local backend
-        # of the CPU test image has no gRPC port to probe). Model loading shows in readiness only.
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 5,
-            "failureThreshold": 120,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
+        **probes(readiness),
         "volumeMounts": mounts + list(runtime.volume_mounts or []),
     }
     env = _by_name(list(storage.env), runtime.env)
@@ -209,6 +193,26 @@ def _container(spec: ModelServiceSpec, storage: ModelStorage, options: BuildOpti
         # The user's settings over the restricted defaults (key by key, so a runAsUser alone keeps the rest).
         container["securityContext"] = {**container["securityContext"], **runtime.security_context}
     return container
+
+
+def probes(readiness: dict[str, Any], liveness_timeout_s: int | None = None) -> dict[str, Any]:
+    """The serving container's probes (a ModelService's own pods and the shared pools' pods, with their
+    own readiness target). Liveness is the agent's: it answers while the model server process runs (the
+    local backend of the CPU test image has no gRPC port to probe). Model loading shows in readiness
+    only."""
+    liveness: dict[str, Any] = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10}
+    if liveness_timeout_s is not None:
+        liveness["timeoutSeconds"] = liveness_timeout_s
+    liveness["failureThreshold"] = 6
+    return {
+        "readinessProbe": {"httpGet": readiness, "periodSeconds": 5, "failureThreshold": 3},
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "livenessProbe": liveness,
+    }
 
 
 def _tolerations(spec: ModelServiceSpec) -> list[dict[str, Any]]:

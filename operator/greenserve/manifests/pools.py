@@ -29,6 +29,7 @@ from greenserve.manifests.builders import (
     Owner,
     container_security_context,
     pod_security_context,
+    probes,
     warmup_annotations,
 )
 
@@ -217,24 +218,9 @@ def pool_deployment(
             "limits": {**dict(pool.limits), c.GPU_RESOURCE: "1"},
         },
         "securityContext": container_security_context(),
-        # Ready once the model server answers; whether a given model is loaded is its routing label.
-        "readinessProbe": {
-            "httpGet": {"path": contract.AGENT_READY_PATH, "port": "metrics"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 5,
-            "failureThreshold": 120,
-        },
-        # A restart reloads every model of the pod: a slow answer on a starved CPU is not a dead server.
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
+        # Ready once the model server answers; whether a given model is loaded is its routing label. A
+        # restart reloads every model of the pod: a slow answer on a starved CPU is not a dead server.
+        **probes({"path": contract.AGENT_READY_PATH, "port": "metrics"}, liveness_timeout_s=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},
         "volumeMounts": [
             *storage.mounts,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -159,3 +161,45 @@ def test_parse_host() -> None:
     assert parse_host("10.96.0.10:8501") == "10.96.0.10"
     assert parse_host("[fd00::1]:8501") == "fd00::1"
     assert parse_host("fd00::1") == "fd00::1"
+
+
+async def test_gzip_bodies_pass_through_decoded_with_no_stale_content_encoding() -> None:
+    """aiohttp decodes a gzip body on both sides (the request the activator receives, the answer it
+    reads): passing the Content-Encoding on with the decoded bytes makes the other end fail to decode
+    them (contract.HOP_BY_HOP_HEADERS, shared with the agent's REST front)."""
+    seen: list[tuple[str | None, bytes]] = []
+
+    async def predict(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("Content-Encoding"), await request.read()))
+        body = gzip.compress(json.dumps({"predictions": [2, 4]}).encode())
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    application = web.Application()
+    application.router.add_post("/v1/models/m:predict", predict)
+    replica = TestServer(application)
+    await replica.start_server()
+    cluster = FakeCluster()
+    cluster.endpoints = [Endpoint("127.0.0.1", replica.port or 0)]
+    config = ActivatorConfig(max_wait_s=5.0, poll_s=0.05)
+    request = json.dumps({"instances": [1, 2]}).encode()
+    try:
+        async with aiohttp.ClientSession() as session:
+            activator = Activator(cluster, config, session, Metrics(CollectorRegistry()))
+            client = TestClient(TestServer(app(activator)))
+            await client.start_server()
+            try:
+                resp = await client.post(
+                    "/v1/models/m:predict",
+                    data=gzip.compress(request),
+                    headers={**HOST, "Content-Encoding": "gzip", "Content-Type": "application/json"},
+                )
+                assert resp.status == 200
+                assert await resp.json() == {"predictions": [2, 4]}
+            finally:
+                await client.close()
+    finally:
+        await replica.close()
+    # The replica got the request body readable, not labelled gzip over plain bytes.
+    assert seen == [(None, request)]

@@ -151,10 +151,14 @@ class Ticker:
         pooled = self._pooled(keys)
         try:
             got = await source.fleet_metrics(pods)
-            in_pool = await source.pooled_metrics(pooled) if pooled else {}
         except Exception as err:  # a broken source must never stop the tick; it reads as "no metrics"
             log.warning("fleet metrics unavailable: %s", err)
             return dict.fromkeys(keys)
+        try:
+            in_pool = await source.pooled_metrics(pooled) if pooled else {}
+        except Exception as err:  # the pooled models read as "no metrics"; the others are unaffected
+            log.warning("pooled models' metrics unavailable: %s", err)
+            in_pool = {k: ServiceMetrics(*k, missing=("pool",)) for k in pooled}
         out: dict[SvcKey, ServiceMetrics | None] = {k: got.get(k) for k in keys}
         for k, part in in_pool.items():
             own = out.get(k)

@@ -265,6 +265,23 @@ def test_a_pooled_model_moves_out_on_its_load_and_back_into_the_pool_without_fai
     the pool once it falls below the join threshold, under a client load all along. With `target: 10`
     (a replica serves 12.5 req/s) and no SLO, it leaves past 0.56 x 12.5 = 7 req/s and joins at most
     0.35 x 12.5 = 4.4 req/s."""
+    try:
+        _load_driven_moves(kubectl, ns)
+    finally:
+        # The whole operator log, for a move that did not happen (the fixture prints only its tail).
+        logs = kubectl.run(
+            "logs",
+            "-n",
+            pool_operator,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--tail=-1",
+            check=False,
+        )
+        (REPO / ".harness" / "realnode-pools-operator.log").write_text(logs.stdout)
+
+
+def _load_driven_moves(kubectl: Kubectl, ns: str) -> None:
     url = _url(kubectl, ns, LOADED)
     wait_for(lambda: _ready_reason(kubectl, ns, LOADED) == "ServedFromSharedPool", 120, f"{LOADED} pooled")
     kubectl.run(

@@ -45,6 +45,10 @@ class PoolPodSample:
     # model -> requests counter; None when the pod has no request counter at all (not a zero: absent)
     requests: Mapping[str, float] | None = None
     busy_s: Mapping[str, float] = field(default_factory=dict)  # model -> summed request durations
+    # Which counters those are ("tfs" or "agent"): TF Serving's, passed through by the agent, are absent
+    # from a scrape whose read of the model server timed out; an interval that mixes kinds has no figure.
+    requests_kind: str = ""
+    busy_kind: str = ""
 
 
 @dataclass
@@ -82,14 +86,16 @@ class PoolLedger:
             self._interval.pop(key, None)
             return
         window = sample.at - prev.at
-        busy = {m: counter_delta(prev.busy_s.get(m, 0.0), sample.busy_s.get(m, 0.0)) for m in members}
+        busy: dict[str, float] = {}
+        if prev.busy_kind == sample.busy_kind:
+            busy = {m: counter_delta(prev.busy_s.get(m, 0.0), sample.busy_s.get(m, 0.0)) for m in members}
         parts = split_energy(
             counter_delta(prev.energy_j, sample.energy_j), self._idle_w.get(key, 0.0), window, busy, members
         )
         for m, joules in parts.items():
             counters[m] = counters.get(m, 0.0) + joules
         requests: dict[str, float] = {}
-        if sample.requests is not None:
+        if sample.requests is not None and prev.requests_kind == sample.requests_kind:
             # A declared counter without this model's series yet: no request of it so far (a measured 0).
             before = prev.requests or {}
             requests = {m: counter_delta(before.get(m, 0.0), sample.requests.get(m, 0.0)) for m in members}

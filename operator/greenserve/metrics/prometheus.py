@@ -436,6 +436,8 @@ class PrometheusSource:
                 simulated=None if key not in sim else sim[key] > 0,
                 requests=tfs.get(key, agent.get(key)),
                 busy_s=busy.get(key, tfs_busy.get(key, {})),
+                requests_kind="tfs" if key in tfs else "agent",
+                busy_kind="agent" if key in busy or key not in tfs_busy else "tfs",
             )
             self._pools.observe(key[0], key[1], sample, loaded)
         self._pools.forget(members)

@@ -48,6 +48,8 @@ class PodScrape:
     # Serving's latency sum).
     model_requests: dict[str, float] | None = None
     model_busy_s: dict[str, float] = field(default_factory=dict)
+    model_requests_kind: str = ""  # "tfs" or "agent": which counters model_requests are
+    model_busy_kind: str = ""
 
 
 def parse_exposition(text: str, at: float) -> PodScrape:
@@ -106,10 +108,13 @@ def parse_exposition(text: str, at: float) -> PodScrape:
     out.gpus = len(power)
     out.requests = tfs_requests if tfs_requests is not None else agent_requests
     if declared["tfs"]:
-        out.model_requests = by_model["tfs"]
+        out.model_requests, out.model_requests_kind = by_model["tfs"], "tfs"
     elif declared["agent"]:
-        out.model_requests = by_model["agent"]
-    out.model_busy_s = by_model["busy"] or by_model["tfs_busy"]
+        out.model_requests, out.model_requests_kind = by_model["agent"], "agent"
+    if by_model["busy"] or not by_model["tfs_busy"]:
+        out.model_busy_s, out.model_busy_kind = by_model["busy"], "agent"
+    else:
+        out.model_busy_s, out.model_busy_kind = by_model["tfs_busy"], "tfs"
     return out
 
 
@@ -224,6 +229,8 @@ class ScrapeSource:
                 simulated=sc.simulated,
                 requests=sc.model_requests,
                 busy_s=sc.model_busy_s,
+                requests_kind=sc.model_requests_kind,
+                busy_kind=sc.model_busy_kind,
             )
             self._pools.observe(key[0], key[1], sample, members[key])
         self._pools.forget(keys)

@@ -218,7 +218,11 @@ def _inputs(
                 model_name=spec.model.name,
                 memory_bytes=memory,
                 load=load_of(spec, status),
-                shared=name in listed or bool((placed or {}).get("shared")),
+                # Where it is: its placement (a model leaving the pool is still listed until its own
+                # replica serves; held without a reading, it must stay out), else the pool's list.
+                shared=bool(placed["shared"])
+                if isinstance(placed, dict) and "shared" in placed
+                else name in listed,
                 new=placed is None,
                 blocked=why,
                 demand=demand_of(name, spec, status, gpu_memory_bytes),

@@ -262,6 +262,9 @@ class Ticker:
             and pools.placement_due(key[1], spec, status, tele.fields.requests_per_second, cfg)
         ):
             why = "placement"  # its load crossed its sharing threshold: into or out of its pool now
+            placed = (status.get("placement") or {}).get("reason")
+            rps = tele.fields.requests_per_second
+            log.info("%s/%s: %s req/s crosses its sharing threshold (placed: %s)", *key, rps, placed)
         if why is None and now >= state.next_resync[key]:
             why = await self._resync_needs_api(key, body, reading, tele, scaler)
             if why is None:

@@ -245,3 +245,17 @@ async def test_prometheus_down_is_missing_for_pooled_models() -> None:
     finally:
         await src.close()
     assert got[("ml", "svc")].stale and got[("ml", "svc")].requests_per_s is None
+
+
+def test_an_interval_that_mixes_tf_servings_and_the_agents_counters_has_no_rate() -> None:
+    """TF Serving's counters pass through the agent only when its read of the model server answered in
+    time; the agent's own count (status requests included) is not the same counter."""
+    ledger = PoolLedger()
+    pm = PooledModel("p", "a", (PodRef("ns", "pool-0"),), GIB)
+    tfs = PoolPodSample(0.0, 0.0, 10.0, requests={"a": 500.0}, requests_kind="tfs")
+    agent = PoolPodSample(10.0, 100.0, 10.0, requests={"a": 520.0}, requests_kind="agent")
+    ledger.observe("ns", "pool-0", tfs, {"a": GIB})
+    ledger.observe("ns", "pool-0", agent, {"a": GIB})
+    got = ledger.reading("ns", "svc", pm, 10.0, "scrape")
+    assert got.requests_per_s is None and "requests" in got.missing
+    assert got.pod_energy_j == {"pool-0": pytest.approx(100.0)}  # the energy is still split

@@ -220,6 +220,14 @@ async def test_the_pool_reading_moves_a_model_out_past_its_share_and_back_below_
     dep = kube.peek(DEPLOYMENTS, NAME, NS)
     assert dep is not None and dep["spec"]["replicas"] >= 1
     assert listed(kube)  # the pool lets go only once its own replica is a ready endpoint
+    # Its reading goes missing mid-handover (its new replicas' first scrape has no rate yet): it is held
+    # where its placement is, out, even though the pool still lists it (seen on the real node: it
+    # flapped back into the pool).
+    source.rps = None
+    st = await tick(kube, source, ticker, T0 + 120)
+    assert not st["placement"]["shared"]
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None and dep["spec"]["replicas"] >= 1
 
     # Just under the leave threshold but above the join one: it stays out.
     source.rps = (JOIN_RPS + LEAVE_RPS) / 2

@@ -74,7 +74,13 @@ def pool_operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNode
 
 @pytest.fixture(scope="module")
 def ns(kubectl: Kubectl) -> Iterator[str]:
-    yield from restricted_namespace(kubectl, "rn-pools")
+    made = restricted_namespace(kubectl, "rn-pools")
+    name = next(made)
+    yield name
+    next(made, None)  # deletes it
+    # Gone before this module's operator is: the next module's operator (test_serving.py) watches every
+    # namespace, and one still terminating costs it 403s on writes there, which its test refuses.
+    kubectl.run("wait", "--for=delete", f"namespace/{name}", "--timeout=180s", check=False)
 
 
 @pytest.fixture(scope="module")

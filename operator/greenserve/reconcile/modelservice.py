@@ -673,7 +673,12 @@ async def _pool_placement(
         refresh_soon(kube, owner.namespace, name, config)
 
     views = await pools.sync_pool(kube, pool_key(owner.namespace, spec), config, changed, rates=rates)
-    view = views[owner.name]
+    view = views.get(owner.name)
+    if view is None:
+        # Being deleted (the pool leaves it out; seen on the real node as its namespace went): no move
+        # for it any more, its objects go with it.
+        gone = pool_rule.Placement(False, pool_rule.NOT_SHAREABLE, "the ModelService is being deleted")
+        return pools.MemberView(gone, pool_key(owner.namespace, spec).name, False), replicas
     own = [
         p
         for p in await kube.list_objects(

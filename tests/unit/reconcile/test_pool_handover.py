@@ -263,3 +263,25 @@ async def test_a_pool_change_refreshes_every_member_it_concerns_the_reconciling_
         kube.put(MODELSERVICES, msvc(name))
     await reconcile(kube, cfg, "a")
     assert sorted(refreshed) == ["a", "b"]
+
+
+async def test_a_member_gone_from_its_pools_list_is_reconciled_without_it(
+    agents: tuple[Agents, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its namespace going: the ModelService read by its reconcile is gone (or being deleted) when the
+    pool lists the namespace's ModelServices, so the pool has no view of it; the reconcile must not fail
+    on that (seen on the real node: KeyError)."""
+    _, url = agents
+    kube, cfg = FakeKube(), config(url)
+    body = msvc("a")
+    body["status"] = {"placement": {"shared": True, "pool": KEY.name, "reason": "Shared", "message": ""}}
+    kube.put(MODELSERVICES, body)
+
+    async def no_view(*_: Any, **__: Any) -> dict[str, pools.MemberView]:
+        return {}
+
+    monkeypatch.setattr(pools, "sync_pool", no_view)
+    out = await reconcile(kube, cfg, "a")
+    assert out.reason != "Error"
+    placed = (kube.peek(MODELSERVICES, "a", NS) or {})["status"]["placement"]
+    assert placed["shared"] is False and "being deleted" in placed["message"]

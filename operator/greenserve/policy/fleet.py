@@ -124,7 +124,9 @@ def fleet_price(members: Sequence[FleetMember], target: float) -> float:
     """The least price (J per late request) at which the fleet's predicted attainment reaches `target`;
     the highest useful price if no count within the members' maxima reaches it, 0 if the floors do."""
     table = [_increment_prices(m) for m in members]
-    rates = [_grid_rate(m.rate_rps) for m in members]
+    # Requests weigh by the measured rate, as in `fleet_attainment` (the curves are the grid rate's): a
+    # price found with the grid's rounded-up weights could leave the measured attainment just short.
+    rates = [max(0.0, m.rate_rps) for m in members]
     total = sum(rates)
     if total <= 0:
         return 0.0

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from greenserve.api import constants as c
-from greenserve.cluster.cache import CACHE, ClusterCache
+from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, MODELSERVICES, PDBS, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
@@ -69,15 +69,8 @@ def test_the_threshold_check_has_hysteresis_and_needs_a_reading() -> None:
     assert sharing.wants_shared(dataclasses.replace(d, load=None), True, limits) is None
 
 
-@pytest.fixture(autouse=True)
-def cache() -> Iterator[ClusterCache]:
-    saved = dataclasses.replace(CACHE)
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(ClusterCache(), f.name))
-    CACHE.enabled = True
-    yield CACHE
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(saved, f.name))
+# Each test starts from an empty, enabled cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@ live ModelService is the version the tick decided on, so the fleet's price is se
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from greenserve.api import constants as c
-from greenserve.cluster.cache import CACHE, ClusterCache
+from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import MODELSERVICES
 from greenserve.config import OperatorConfig
 from greenserve.metrics.types import PodRef, ServiceMetrics
@@ -23,15 +22,8 @@ NS, NAME = "ml", "svc"
 T0 = 2_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def cache() -> Iterator[ClusterCache]:
-    saved = dataclasses.replace(CACHE)
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(ClusterCache(), f.name))
-    CACHE.enabled = True
-    yield CACHE
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(saved, f.name))
+# Each test starts from an empty, enabled cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 class Source:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from greenserve.api import constants as c
-from greenserve.cluster.cache import CACHE, ClusterCache, apply_if_changed, obj_key
+from greenserve.cluster.cache import CACHE, apply_if_changed, obj_key
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, MODELSERVICES, PDBS, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.contract import OP_ENERGY, OP_RPS
@@ -29,15 +29,8 @@ T0 = 2_000_000.0
 CONFIG = OperatorConfig(status_refresh_s=300.0, full_resync_s=3600.0)
 
 
-@pytest.fixture(autouse=True)
-def cache() -> Iterator[ClusterCache]:
-    saved = dataclasses.replace(CACHE)
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(ClusterCache(), f.name))
-    CACHE.enabled = True
-    yield CACHE
-    for f in dataclasses.fields(ClusterCache):
-        setattr(CACHE, f.name, getattr(saved, f.name))
+# Each test starts from an empty, enabled cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 class FakeSource:

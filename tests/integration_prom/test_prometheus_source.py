@@ -31,6 +31,8 @@ from agent_proc import MODEL, AgentProcess, make_saved_model, start_agent
 pytestmark = [pytest.mark.prometheus, pytest.mark.tensorflow, pytest.mark.slow, pytest.mark.timeout(400)]
 
 WINDOW_S = 20.0
+LOAD_S = 6.0
+LEAD_S = 5.0  # idle before the load; the load ends WINDOW_S - LEAD_S - LOAD_S (9 s) before the reads
 NS = "ml"
 DCGM_POWER_W = 123.5
 
@@ -202,15 +204,19 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
         e_a = sum(direct(a)[0] for a in env.agents.values())
         first = await scrape_src.service_metrics(NS, "svc-a", env.pods)
         assert first.requests_per_s is None  # one scrape: no rate yet, and not zero
-        await asyncio.sleep(2)
-        sent = await load(env.agents, 6.0)
+        # The load sits mid-window, LEAD_S from either edge: the reads below reach Prometheus a little
+        # after t_a + WINDOW_S, and each second late slides the window's start towards the load.
+        await asyncio.sleep(LEAD_S)
+        sent = await load(env.agents, LOAD_S)
         await asyncio.sleep(max(0.0, t_a + WINDOW_S - time.monotonic()))
-        m = await prom_src.service_metrics(NS, "svc-a", env.pods)
-        fleet = await prom_src.fleet_metrics(
-            {(NS, "svc-a"): env.pods, (NS, "svc-b"): [PodRef(NS, "svc-b-0")]}
+        # The three reads go out together, so Prometheus evaluates them at one instant: read one after
+        # another, a slow machine slid the last one's window into the load (6,134 of 7,133 requests).
+        m, fleet, after_scale_in = await asyncio.gather(
+            prom_src.service_metrics(NS, "svc-a", env.pods),
+            prom_src.fleet_metrics({(NS, "svc-a"): env.pods, (NS, "svc-b"): [PodRef(NS, "svc-b-0")]}),
+            # As after a scale-in: svc-a-1 is gone from the pod list, its requests still count.
+            prom_src.service_metrics(NS, "svc-a", env.pods[:1]),
         )
-        # As after a scale-in: svc-a-1 is gone from the pod list, its requests still count.
-        after_scale_in = await prom_src.service_metrics(NS, "svc-a", env.pods[:1])
         e_q = sum(direct(a)[0] for a in env.agents.values())
         s = await scrape_src.service_metrics(NS, "svc-a", env.pods)
     finally:
@@ -232,7 +238,7 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert f.gpu_utilization == pytest.approx(m.gpu_utilization, abs=0.05)
     assert len(f.rate_history) == len(m.rate_history)
     assert fleet[(NS, "svc-b")].source == "prometheus/dcgm"  # no agent series: the DCGM fallback
-    # Load ended 12 s ago: three simulated T4s with a resident model, idle, draw 26 W each.
+    # Load ended about 9 s ago: three simulated T4s with a resident model, idle, draw 26 W each.
     assert m.power_w == pytest.approx(3 * 26.0)
     # Cumulative: the sum of the agents' counters as last scraped (at most ~2 scrapes behind).
     assert m.energy_j is not None and e_q - 3 * 65 * 3 <= m.energy_j <= e_q

@@ -153,6 +153,18 @@ def replica_power_w(scenario: Scenario) -> float:
     return gpus.pop() * (gpu.loaded_idle_w + scenario.cluster.base_w / scenario.cluster.gpus_per_node)
 
 
+def gpu_hours_bound(scenario: Scenario, bound: EnergyBound) -> float:
+    """The least GPU-hours of any policy that `bound` holds for, at its attainment.
+
+    Every bound here is the busy energy of the requests plus a Lagrangian lower bound on
+    sum over steps of `replica_power_w` x dt x (GPUs serving): a GPU that serves, dedicated or shared,
+    costs its context power and its share of a node's base power, whatever its load. That second part,
+    over `replica_power_w` x 3600, is therefore a lower bound on the GPU-hours with a ready replica or a
+    pool pod, and `Result.gpu_hours` (loading GPUs too) is never less. Valid for the causal bounds too
+    (simulator/causal_bound.py: the same costs, in expectation over the counts)."""
+    return max(0.0, bound.total_j - bound.busy_j) / (replica_power_w(scenario) * 3600.0)
+
+
 def busy_joules(scenario: Scenario, rates: np.ndarray) -> float:
     """The utilization-proportional energy (J) of serving every request of `rates` (models x measured
     steps, req/s): the same for every policy that serves them all."""

@@ -10,7 +10,7 @@ import pytest
 
 from greenserve.simulator import traces
 from greenserve.simulator.bench import POLICY_NAMES, BenchConfig, make_scenario, run_policy
-from greenserve.simulator.bound import energy_lower_bound, startup_aware_bound
+from greenserve.simulator.bound import energy_lower_bound, gpu_hours_bound, startup_aware_bound
 from greenserve.simulator.engine import Scenario, run_oracle
 
 
@@ -36,6 +36,8 @@ def test_bound_equals_the_oracle_where_packing_is_exact() -> None:
     assert int(o.nodes[0]) * cfg.cluster.gpus_per_node == int(o.replicas[0])  # exact packing
     b = energy_lower_bound(sc, o.slo_attainment)
     assert math.isclose(b.total_j, o.total_j, rel_tol=1e-3)
+    # Its GPU-hours are the oracle's: the cost above the busy energy is a replica's power per GPU.
+    assert math.isclose(gpu_hours_bound(sc, b), o.gpu_hours, rel_tol=1e-3)
     # Asking for less lets the bound mix in steps with a replica fewer: strictly cheaper.
     assert energy_lower_bound(sc, o.slo_attainment - 0.01).total_j < b.total_j * 0.999
 

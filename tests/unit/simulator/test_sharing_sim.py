@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from greenserve.policy.sharing import Sharing
 from greenserve.simulator import traces
-from greenserve.simulator.bound import energy_lower_bound, sharing_aware_bound
+from greenserve.simulator.bound import energy_lower_bound, gpu_hours_bound, sharing_aware_bound
 from greenserve.simulator.cluster import ClusterConfig
 from greenserve.simulator.engine import (
     POOL,
@@ -232,3 +232,19 @@ def test_with_every_model_exclusive_the_sharing_policy_is_greenserve() -> None:
     assert shared.shared_gpu_hours == 0.0
     for field_ in ("total_j", "gpu_hours", "within_slo", "cold_starts", "moves"):
         assert getattr(shared, field_) == getattr(whole, field_), field_
+
+
+@pytest.mark.parametrize("service_s", [0.1, 2.0])
+def test_no_policy_uses_fewer_gpu_hours_than_the_bounds_allow(service_s: float) -> None:
+    # The GPU-hours any policy needs at its own attainment (bound.gpu_hours_bound): below every policy
+    # run, sharing or not, and the sharing-aware figure below the whole-GPU one.
+    rng = np.random.default_rng(3)
+    mean = np.clip(2.0 / service_s * np.arange(1, 13, dtype=np.float64) ** -2.0, 0.01, None)
+    rates = rng.poisson(mean[:, None] * np.ones((12, 240)) * DT) / DT
+    sc = _scenario(rates, warm=40, service_s=service_s)
+    for policy in (HpaLike(), Greenserve(), GreenserveShared(slo_attainment=0.99), GreenserveShared()):
+        r = Simulation(sc).run(policy)
+        shared = gpu_hours_bound(sc, sharing_aware_bound(sc, r.slo_attainment))
+        whole = gpu_hours_bound(sc, energy_lower_bound(sc, r.slo_attainment))
+        assert 0 < shared <= r.gpu_hours, (policy.name, shared, r.gpu_hours)
+        assert shared <= whole * (1 + 1e-9)

@@ -74,8 +74,33 @@ reported evaluates h along the realised bursts and lam along the realised curve:
 unbiased estimate of that bound (its error is a sum over the run of zero-mean terms), maximised over
 y. The chain's paths are enumerated up to ONSET_LIMIT new bursts over the L + 1 steps of a decision;
 paths with more are bounded below by -y times their expected arrivals (W <= N, a policy's energy >= 0),
-which E[F^P; P > ONSET_LIMIT] x F^(bursts active) bounds. Starts are not charged in this bound; the
-bursty scenarios report the larger of it and the rate oracle's (each bounds the expected energy).
+which E[F^P; P > ONSET_LIMIT] x F^(bursts active) bounds. Starts are not charged in this bound: a
+replica started ahead of a burst that does not come costs nothing in it. Shared GPUs keep it
+(`causal_sharing_bound`); whole GPUs take it charged ahead, below.
+
+Bursts, with each ready replica charged where it had to be resident (`burst_state_bound(ahead=True)`,
+whole GPUs). In the engine a replica bound to a node at the tick of step j draws its context power and
+its share of the node's base power (`bound.replica_power_w`: `cost` per step) in every step from j on,
+loading or ready, until it is removed, and it is ready from step j + L on (`Cluster.bind`,
+`Simulation._account`). Let E_t be a model's replicas resident in step t (bound: loading or ready)
+and c_t its ready ones. Then (i) the energy of the measured steps is at least cost x sum_t E_t plus
+the busy energy; (ii) a replica ready in step w was resident in step w - L, so c_w <= E_{w-L}; (iii)
+E_{w-L} is fixed by the tick of step w - L, so it is a function of what the relaxed policy knows then,
+B up to w - L - 1 (its counts tell it nothing more about the future, given B). Pair each E_{w-L}
+with the step w it can serve: the E_t of the window's last L steps are dropped (>= 0), and for the
+window's first L steps E_{w-L} lies before the window and is not charged (the replicas resident then
+are free). So with U_w = E_{w-L}, for each y and every causal policy,
+
+    E[E] >= E[sum_w cost U_w [w - L in the window] - y W(N_w, c_w)] + y attainment E[sum_w N_w],
+    c_w <= U_w,
+
+and conditioning on B_{w-L-1} as above gives, per measured step, h(B_{w-L-1}) = min_U [cost U [w - L
+in the window] + E[min_{c <= U} E[-y Wbar(c, lam(B_w)) | B_{w-1}, path] | B_{w-L-1}]]: the burst-state
+bound with U charged instead of c. U is charged on every path (it is fixed before them), those past
+ONSET_LIMIT included. A replica started for a burst that does not come thus costs at least one step
+in it, as holding one idle does; not its whole loading (L steps), and a start that is used costs no
+more than holding: the rate oracle charges each start in full but knows the onsets, and the bursty
+scenarios report the larger of the two (each bounds the expected energy).
 
 Diurnal and long-tail noise (AR(1), 600 s) and the Azure curves keep the rate oracle: it is a valid,
 looser relaxation there (a causal policy does not know the noise ahead either).
@@ -157,7 +182,7 @@ class RateCurve:
 @dataclass(frozen=True)
 class CausalBound(EnergyBound):
     rate_oracle_j: float = 0.0  # the rate oracle's bound
-    burst_state_j: float | None = None  # the burst-state bound (bursty shapes)
+    burst_state_j: float | None = None  # the burst-state bound (bursty shapes; whole GPUs: charged ahead)
 
 
 # --- the within-SLO requests of a step, in expectation over its count ----------------------------------
@@ -318,10 +343,14 @@ def causal_bound(
 ) -> CausalBound:
     """The least expected energy (J) of any causal policy that keeps `min_replicas` ready replicas per
     model and answers `attainment` of the requests within the SLO in expectation: the rate oracle's
-    bound, and on bursty curves the larger of it and the burst-state bound."""
+    bound, and on bursty curves the larger of it and the burst-state bound charged ahead."""
     busy = busy_joules(scenario, _measured(scenario, curve))
     oracle = rate_oracle_bound(scenario, curve, attainment, min_replicas)
-    burst = None if curve.bursts is None else burst_state_bound(scenario, curve, attainment, min_replicas)
+    burst = (
+        None
+        if curve.bursts is None
+        else burst_state_bound(scenario, curve, attainment, min_replicas, ahead=True)
+    )
     total = oracle if burst is None else max(oracle, burst)
     return CausalBound(attainment, total, busy, oracle, burst)
 
@@ -434,11 +463,12 @@ def burst_state_bound(
     min_replicas: int = 1,
     price: SharedPrice | None = None,
     thetas: tuple[float, ...] = (1.0,),
+    ahead: bool = False,
 ) -> float:
     """The burst-state bound (J, busy energy included; module docstring); with `price`, models may also
     share GPUs at the cost splits `thetas` (`causal_sharing_bound`: then the busy energy of `attainment`
-    of the arrivals)."""
-    dual, arrivals = burst_state_dual(scenario, curve, attainment, min_replicas, price)
+    of the arrivals); `ahead`: whole GPUs, each ready replica charged at the tick it had to be resident."""
+    dual, arrivals = burst_state_dual(scenario, curve, attainment, min_replicas, price, ahead)
     cost = replica_power_w(scenario) * scenario.trace.step_s
 
     def at(theta: float) -> Callable[[float], float]:
@@ -455,10 +485,14 @@ def burst_state_dual(
     attainment: float,
     min_replicas: int = 1,
     price: SharedPrice | None = None,
+    ahead: bool = False,
 ) -> tuple[Callable[[float, float], float], np.ndarray]:
     """(y, theta) -> the sum over the measured steps of h(B_{w-L-1}) + y attainment E[N_w | B_{w-L-1}]
     (module docstring), and each model's expected arrivals, sum_w E[N_w | B_{w-L-1}] (a lower bound:
-    the paths with more than ONSET_LIMIT new bursts left out)."""
+    the paths with more than ONSET_LIMIT new bursts left out). `ahead`: the replicas that may be ready
+    at w are charged at the tick of w - L, where they had to be resident (whole GPUs only)."""
+    if ahead and price is not None:
+        raise ValueError("the burst-state bound charges ahead for whole GPUs only")
     bursts = curve.bursts
     if bursts is None:
         raise ValueError("the burst-state bound needs the bursty shape's burst process")
@@ -471,16 +505,18 @@ def burst_state_dual(
     if len(leads) != 1:
         raise ValueError("the burst-state bound assumes one cold start for all models")
     lead = leads.pop()
-    # Per model, how often each state is the one known at the decision (B at w - L - 1; empty before 0).
-    counts: list[dict[State, int]] = []
+    # Per model, how often each state is the one known at the decision (B at w - L - 1; empty before 0),
+    # and whether the decision is charged ahead (`ahead`: at w - L, in the measured window).
+    counts: list[dict[tuple[State, bool], int]] = []
     for m in range(len(scenario.models)):
-        seen: dict[State, int] = {}
+        seen: dict[tuple[State, bool], int] = {}
         for w in range(warm, n_steps):
             t = w - lead - 1
             s = bursts.state(m, t) if t >= 0 else (0,) * bursts.classes
-            seen[s] = seen.get(s, 0) + 1
+            key = (s, ahead and w - lead >= warm)
+            seen[key] = seen.get(key, 0) + 1
         counts.append(seen)
-    decisions = {s: _decision(s, lead, bursts) for seen in counts for s in seen}
+    decisions = {s: _decision(s, lead, bursts) for seen in counts for s, _ in seen}
     # Per model: the expected within-SLO table at each multiplier any decision reaches.
     all_mults = np.array(sorted({float(v) for d in decisions.values() for v in d.mults}))
     tables: list[np.ndarray] = []
@@ -495,7 +531,7 @@ def burst_state_dual(
     mean_mult = {s: float(d.joint.sum(axis=0) @ d.mults) for s, d in decisions.items()}
     arrivals = np.array(
         [
-            float(bursts.base[m]) * dt * sum(n * mean_mult[s] for s, n in counts[m].items())
+            float(bursts.base[m]) * dt * sum(n * mean_mult[s] for (s, _), n in counts[m].items())
             for m in range(len(scenario.models))
         ]
     )
@@ -510,9 +546,11 @@ def burst_state_dual(
         total = 0.0
         for m, table in enumerate(tables):
             width = table.shape[1]
-            f = np.arange(width, dtype=np.float64)[None, :] * cost - y * table  # (multipliers, c)
+            held = np.arange(width, dtype=np.float64) * cost
+            # (multipliers, c): a ready replica's cost at w, or (ahead) none: U is charged instead.
+            f = (0.0 if ahead else held[None, :]) - y * table
             base = float(bursts.base[m])
-            for s, n in counts[m].items():
+            for (s, charged), n in counts[m].items():
                 d = decisions[s]
                 phi = d.joint @ f[cols[s]]  # (nodes, c): P(node) E[f | node]
                 phi[:, : min(min_replicas, width)] = np.inf
@@ -521,7 +559,8 @@ def burst_state_dual(
                     load = d.joint @ (d.mults * base * price.s)
                     shared = kappa * load + (1.0 - theta) * cost * float(mem[m]) * d.joint.sum(axis=1)
                     phi = np.minimum(phi, shared[:, None])
-                h = float(phi.sum(axis=0).min()) - y * base * dt * d.overflow
+                # Charged ahead, U costs on every path, those past ONSET_LIMIT included.
+                h = float((phi.sum(axis=0) + (held if charged else 0.0)).min()) - y * base * dt * d.overflow
                 total += n * h
         return total + y * attainment * float(arrivals.sum())
 

@@ -224,5 +224,6 @@ def test_charged_ahead_the_burst_bound_is_never_below_the_uncharged(name: str) -
     first = float(arrivals.sum() - later_arrivals.sum())  # the first cold start's expected arrivals
     cost = replica_power_w(sc) * sc.trace.step_s
     for y in (0.1 * cost, cost, 10.0 * cost, 100.0 * cost):
-        # There the charged bound's replicas are free: its terms there are at least -y x their arrivals.
-        assert charged(y, 1.0) >= free(y, 1.0) - y * first
+        # There the charged bound's replicas are free: its terms there are at least -y x their arrivals
+        # (the paths past ONSET_LIMIT: far under 0.5% of them), the dual's y x 0.995 x arrivals added.
+        assert charged(y, 1.0) >= free(y, 1.0) - 0.01 * y * first

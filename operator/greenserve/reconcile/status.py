@@ -305,7 +305,9 @@ def fault_conditions(reason: str, message: str) -> tuple[cond.ConditionUpdate, .
 
 def status_fields(obs: Observed) -> ModelServiceStatus:
     st = (obs.deployment or {}).get("status", {}) or {}
-    ready = int(st.get("readyReplicas") or 0)
+    # The pods' own Ready when they are ahead of the Deployment's status (its controller sums the same
+    # pods' events into it, later): Ready and readyReplicas then say the same thing.
+    ready = max(int(st.get("readyReplicas") or 0), sum(1 for p in _live(obs.pods) if pod_ready(p)))
     return ModelServiceStatus(
         replicas=int(st.get("replicas") or 0),
         ready_replicas=ready,

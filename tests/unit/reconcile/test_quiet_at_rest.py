@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +17,7 @@ from greenserve.cluster.cache import CACHE, apply_if_changed, obj_key
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, MODELSERVICES, PDBS, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.contract import OP_ENERGY, OP_RPS
+from greenserve.handlers.cache import serving_pod_seen
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import modelservice as rec
@@ -377,6 +379,42 @@ async def test_a_replica_becoming_ready_is_written_from_the_cache(world: World) 
     assert pod is not None and c.ANN_KARPENTER_DO_NOT_DISRUPT not in pod["metadata"]["annotations"]
     # Our own write is in the cache before its watch event: the next event starts from it.
     assert CACHE.msvcs[KEY]["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+
+async def test_a_pod_turning_ready_makes_its_modelservice_ready_before_the_deployment_counts_it(
+    world: World,
+) -> None:
+    """The deployment controller sums the pods' Ready into the Deployment's status seconds later under
+    load; the pod's own event is the ModelService's news (handlers/cache.py), settled from the cache."""
+    kube, source, ticker = world
+    await tick(kube, source, ticker, T0)  # the Deployment exists, no replica yet
+    serving_pod(kube)
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None
+    dep["status"] = {"replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1}  # Ready not counted yet
+    kube.put(DEPLOYMENTS, dep)
+    watch(kube)  # the Deployment's and the ModelService's events; the pod's goes through its handler
+    CACHE.pods.clear()
+    pod = kube.peek(PODS, f"{NAME}-0", NS)
+    assert pod is not None
+    memo = kopf.Memo(kube=kube, config=CONFIG)
+    kube.calls.clear()
+    serving_pod_seen(body=pod, type="ADDED", memo=memo)
+    await refreshed()
+    assert [(verb, plural) for verb, plural, _ in kube.calls] == [
+        ("patch/status", "modelservices"),
+        ("patch", "pods"),
+        ("create", "events"),  # Normal: Ready
+    ]
+    stored = kube.peek(MODELSERVICES, NAME, NS)
+    assert stored is not None
+    ready = next(x for x in stored["status"]["conditions"] if x["type"] == "Ready")
+    assert ready["status"] == "True" and stored["status"]["readyReplicas"] == 1
+    # An event that does not change whether the pod serves is no news.
+    kube.calls.clear()
+    serving_pod_seen(body=kube.peek(PODS, f"{NAME}-0", NS), type="MODIFIED", memo=memo)
+    await refreshed()
+    assert kube.calls == []
 
 
 async def test_a_stale_cache_falls_back_to_a_fresh_read(world: World) -> None:

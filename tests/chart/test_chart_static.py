@@ -170,6 +170,7 @@ def _P(assignment: str) -> list[str]:
         (["--set", "operator.resources.requests.cpu=lots"], "operator/resources/requests/cpu"),
         (["--set", "operator.config.prometheusUrl=prometheus:9090"], "does not match pattern"),
         (["--set", "operator.config.reconcileInterval=0"], "reconcileInterval"),
+        (["--set", "operator.config.statusRefresh=0"], "statusRefresh"),
         (["--set", "scheduler.binpack.weights.gpu=0"], "minimum"),
         (["--set", "metrics.port=70000"], "maximum"),
         (["--set-json", 'operator.tolerations=[{"key":"a","effect":"Sometimes"}]'], "tolerations/0/effect"),
@@ -273,6 +274,8 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
                 "carbonIntensity": 55.5,
                 "reconcileInterval": 7,
                 "consolidationInterval": 45,
+                "statusRefresh": 20,
+                "fullResync": 600,
                 "metricsStaleAfter": 90,
                 "metricsWindow": 40,
                 "maxGpusPerModelService": 16,
@@ -286,6 +289,7 @@ def test_operator_environment_comes_from_values(helm_bin: Path) -> None:
     assert env["GREENSERVE_CARBON_INTENSITY"] == "55.5"
     assert env["GREENSERVE_RECONCILE_INTERVAL"] == "7"
     assert env["GREENSERVE_CONSOLIDATION_INTERVAL"] == "45"
+    assert (env["GREENSERVE_STATUS_REFRESH"], env["GREENSERVE_FULL_RESYNC"]) == ("20", "600")
     assert env["GREENSERVE_METRICS_STALE_AFTER"] == "90"
     assert env["GREENSERVE_METRICS_WINDOW"] == "40"
     assert env["GREENSERVE_MAX_GPUS_PER_MODELSERVICE"] == "16"

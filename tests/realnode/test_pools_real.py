@@ -49,6 +49,9 @@ def pool_operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNode
         "operator.nodeSelector": {"kubernetes.io/hostname": real_nodes.names[0]},
         "operator.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "operator.config.reconcileInterval": 5,
+        # The test reads the pooled model's rate from status: a rate that moves without a scale decision
+        # is written once per statusRefresh (300 s by default, its first one jittered over the period).
+        "operator.config.statusRefresh": 10,
         "operator.config.pools.cpuRequest": "100m",
         "operator.config.pools.memoryRequest": "512Mi",
         "operator.config.pools.memoryLimit": "6Gi",

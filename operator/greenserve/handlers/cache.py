@@ -36,11 +36,12 @@ def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MODELSERVICE: kopf.PRESENT})
-def serving_pod_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def serving_pod_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A replica that starts or stops serving is its ModelService's news at once: waiting for the
     Deployment's status to count it added the deployment controller's lag to every Ready (20 s at 1,000
     ModelServices on 2 cores). The refresh runs from the cache (no GET, no LIST); the pods of a deleted
-    ModelService (gone from the cache) refresh nothing."""
+    ModelService (gone from the cache) refresh nothing. Async: kopf runs a sync handler in a thread,
+    where there is no event loop to schedule the refresh on."""
     if CACHE.observe_pod(body, deleted=type == "DELETED"):
         namespace, owner = body["metadata"]["namespace"], body["metadata"]["labels"][c.LABEL_MODELSERVICE]
         if (namespace, owner) in CACHE.msvcs:

@@ -399,7 +399,7 @@ async def test_a_pod_turning_ready_makes_its_modelservice_ready_before_the_deplo
     assert pod is not None
     memo = kopf.Memo(kube=kube, config=CONFIG)
     kube.calls.clear()
-    serving_pod_seen(body=pod, type="ADDED", memo=memo)
+    await serving_pod_seen(body=pod, type="ADDED", memo=memo)
     await refreshed()
     assert [(verb, plural) for verb, plural, _ in kube.calls] == [
         ("patch/status", "modelservices"),
@@ -412,7 +412,7 @@ async def test_a_pod_turning_ready_makes_its_modelservice_ready_before_the_deplo
     assert ready["status"] == "True" and stored["status"]["readyReplicas"] == 1
     # An event that does not change whether the pod serves is no news.
     kube.calls.clear()
-    serving_pod_seen(body=kube.peek(PODS, f"{NAME}-0", NS), type="MODIFIED", memo=memo)
+    await serving_pod_seen(body=kube.peek(PODS, f"{NAME}-0", NS), type="MODIFIED", memo=memo)
     await refreshed()
     assert kube.calls == []
 

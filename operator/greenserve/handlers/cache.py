@@ -14,6 +14,7 @@ import kopf
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
 from greenserve.handlers.diffbase import DIFFBASE
+from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 from greenserve.reconcile.loop import LoopDeps
 
@@ -22,17 +23,22 @@ OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
 
 
 @kopf.on.event(*RESOURCE)
-def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Async for the wake: the activator's demand mark shows only here (reconcile/loop.py wake_soon)."""
     if type == "DELETED":
         # No finalizer: the deletion is already done; forget the cache entries and the metric series.
         meta = body["metadata"]
         CACHE.forget(meta["namespace"], meta["name"])
         DIFFBASE.forget(meta.get("uid"))
+        loop.forget_wake(meta["namespace"], meta["name"])
         deps = memo.get("loop")
         if isinstance(deps, LoopDeps) and deps.metrics is not None:
             deps.metrics.forget(meta["namespace"], meta["name"])
     else:
         CACHE.observe_msvc(body)
+        deps = memo.get("loop")
+        if isinstance(deps, LoopDeps):
+            loop.wake_soon(deps, body)
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MODELSERVICE: kopf.PRESENT})

@@ -7,6 +7,7 @@ operator between two passes loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -176,6 +177,59 @@ async def wake(deps: LoopDeps, body: Mapping[str, Any]) -> Outcome:
     policy scales up on the activator's demand alone (never down without fresh metrics)."""
     step = await rec.under_lock(deps.kube, body, lambda live: _wake_locked(deps, live))
     return step
+
+
+def wakes_now(deps: LoopDeps, body: Mapping[str, Any]) -> bool:
+    """`wants_wake`, and the policy would wake it now (its demand mark is fresh): pure, no request."""
+    if not wants_wake(body):
+        return False
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+    except ValidationError:
+        return False
+    _, decision = assess(deps, spec, body.get("status") or {}, None, deps.clock(), activation_demand(body))
+    return decision.desired > 0
+
+
+#: The demand mark each ModelService was last woken for: every later event of the object that carries
+#: the same mark (its status writes, the scale-up itself) wakes nothing again.
+_WOKEN: dict[tuple[str, str], float] = {}
+_WAKES: set[asyncio.Task[None]] = set()  # strong references until done
+
+
+def wake_soon(deps: LoopDeps, body: Mapping[str, Any]) -> bool:
+    """Wake a ModelService at zero from the watch event of the activator's demand mark, in the
+    background; True when this call scheduled it.
+
+    kopf leaves every annotation under greenserve's API group out of the diff its change handlers
+    compare (its progress storage's prefix, handlers/diffbase.py), so the mark fires no update handler
+    and the wake waited for the next metrics tick: up to `reconcile_interval_s` added to the first
+    request's wait at the activator. The watch event is where the mark shows; the step runs in the
+    background, like `rec.refresh_soon`, so kopf's queue of this object's events does not wait on it. A
+    failure is logged and forgotten: the next event with the mark, or the tick, wakes it."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    mark = activation_demand(body)
+    if mark is None or _WOKEN.get(key) == mark or not wakes_now(deps, body):
+        return False
+    _WOKEN[key] = mark
+
+    async def run() -> None:
+        try:
+            await wake(deps, body)
+        except Exception:
+            _WOKEN.pop(key, None)
+            log.exception("waking ModelService %s/%s failed", *key)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _WAKES.add(task)
+    task.add_done_callback(_WAKES.discard)
+    return True
+
+
+def forget_wake(namespace: str, name: str) -> None:
+    """A deleted ModelService's entry (handlers/cache.py)."""
+    _WOKEN.pop((namespace, name), None)
 
 
 async def _wake_locked(deps: LoopDeps, live: Mapping[str, Any]) -> Outcome:

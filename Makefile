@@ -17,7 +17,7 @@ cluster-down:
 	bash tests/harness/cluster.sh down
 
 lint:
-	V=$$(bash tests/harness/venv.sh); $$V/bin/ruff check . && $$V/bin/mypy && PYTHONPATH=operator:serving-image $$V/bin/lint-imports
+	V=$$(bash tests/harness/venv.sh); $$V/bin/ruff check . && $$V/bin/ruff format --check . && $$V/bin/mypy && PYTHONPATH=operator:serving-image $$V/bin/lint-imports
 
 images:          ## operator image + serving image (CPU test variant) as OCI archives in ~/.cache/greenserve/images
 	bash tests/harness/images.sh

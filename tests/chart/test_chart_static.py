@@ -829,9 +829,10 @@ def test_activator_runs_the_operator_image_with_least_privilege(helm_bin: Path) 
     env = env_of(operator_container(objs))
     assert env["GREENSERVE_ACTIVATOR_SERVICE"] == "greenserve/greenserve-activator"
     policy = one(objs, "ValidatingAdmissionPolicy", "greenserve-activator-writes")
-    assert "system:serviceaccount:greenserve:greenserve-activator" in policy["spec"]["matchConditions"][0][
-        "expression"
-    ]
+    assert (
+        "system:serviceaccount:greenserve:greenserve-activator"
+        in policy["spec"]["matchConditions"][0]["expression"]
+    )
 
 
 def test_activator_can_be_switched_off(helm_bin: Path) -> None:

@@ -100,8 +100,10 @@ def test_missing_or_stale_metrics_never_scale_to_zero(
         idle_to_zero_s=10.0,
         demand_at=None if demand is None else NOW - demand,
     )
-    stale = replace(inputs, request_rate=None, sampled_at=None) if missing else replace(
-        inputs, sampled_at=NOW - 121 - age
+    stale = (
+        replace(inputs, request_rate=None, sampled_at=None)
+        if missing
+        else replace(inputs, sampled_at=NOW - 121 - age)
     )
     d = pa.decide(stale, pa.ScalerState(idle_since=NOW - idle_for), NOW)
     assert d.desired_replicas >= current  # held, or woken by demand: never down

@@ -36,7 +36,6 @@ async def test_at_most_max_concurrent_reconciles_work_at_once() -> None:
     assert peak == rec.MAX_CONCURRENT
 
 
-
 async def test_a_change_gets_the_next_slot_before_the_ticks_bookkeeping() -> None:
     """The metrics tick's first looks at a bulk-created fleet queue for the slots all at once; a replica
     becoming Ready (an owned Deployment's event) must not wait behind all of them to show in status."""

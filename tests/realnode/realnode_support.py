@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import shutil
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from support.kube import Kubectl
 from support.paths import REPO
@@ -52,6 +57,71 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
             return last
         time.sleep(interval)
     raise AssertionError(f"{what}: not after {timeout:.0f} s (last: {last!r})")
+
+
+def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
+    """`kubectl get ARGS -o json`, parsed."""
+    out: dict[str, Any] = json.loads(kubectl.run("get", *args, "-o", "json").stdout)
+    return out
+
+
+def model_store(kubectl: Kubectl, ns: str, root: Path, names: list[str]) -> None:
+    """Real SavedModels (tests/unit/agent/make_savedmodel.py: y = 2x + 1), one directory per name under
+    `root`, on the PVC `models` of `ns`, bound to a hostPath volume: every real node is this machine, so
+    the path exists wherever the pod lands."""
+    root.chmod(0o755)
+    first = root / names[0]
+    make = [sys.executable, str(REPO / "tests/unit/agent/make_savedmodel.py"), str(first)]
+    subprocess.run(make, check=True, timeout=300)
+    for name in names[1:]:
+        shutil.copytree(first, root / name)
+    for p in [root, *root.rglob("*")]:  # readable by the serving pods' non-root user
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    pv = f"{ns}-models"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(root), "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": "models"},
+            },
+        }
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
+
+
+def predict(url: str, xs: list[float], timeout: float = 10) -> list[float]:
+    body = json.dumps({"instances": [[x] for x in xs]}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        out = json.loads(resp.read())
+    return [float(p[0]) for p in out["predictions"]]
+
+
+def predicts_correctly(url: str) -> bool:
+    """The model store's y = 2x + 1 answers at `url`; False on any connection failure."""
+    try:
+        return predict(url, [1.0, 2.5]) == [3.0, 6.0]
+    except OSError:
+        return False
 
 
 def restricted_namespace(kubectl: Kubectl, prefix: str) -> Iterator[str]:

@@ -12,17 +12,23 @@ most 2 GPUs" counts.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from realnode_support import Load, RealNodes, restricted_namespace, wait_for
-from test_serving import _record, images, predict  # noqa: F401  (images: a fixture)
+from realnode_support import (
+    Load,
+    RealNodes,
+    get_json,
+    predict,
+    predicts_correctly,
+    restricted_namespace,
+    wait_for,
+)
+from realnode_support import model_store as model_store_on
+from test_serving import _record, images  # noqa: F401  (images: a fixture)
 
 from support.chart import CHART, helm
 from support.kube import Kubectl, harness_bin
@@ -88,47 +94,9 @@ def ns(kubectl: Kubectl) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def store(kubectl: Kubectl, ns: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """N_MODELS real SavedModels (y = 2x + 1, tests/unit/agent/make_savedmodel.py) m0..m7 on one PVC."""
+    """N_MODELS real SavedModels m0..m7 on one PVC (realnode_support.model_store)."""
     root = tmp_path_factory.mktemp("pool-models")
-    root.chmod(0o755)
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/unit/agent/make_savedmodel.py"), str(root / "m0")],
-        check=True,
-        timeout=300,
-    )
-    for i in range(1, N_MODELS):
-        shutil.copytree(root / "m0", root / f"m{i}")
-    for p in [root, *root.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    pv = f"{ns}-models"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(root), "type": "Directory"},
-                "claimRef": {"namespace": ns, "name": "models"},
-            },
-        }
-    )
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models", "namespace": ns},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-    )
+    model_store_on(kubectl, ns, root, [f"m{i}" for i in range(N_MODELS)])
     return root
 
 
@@ -150,15 +118,10 @@ def _msvc(ns: str, name: str, image: str, product: str) -> dict[str, Any]:
     }
 
 
-def _json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(kubectl.run("get", *args, "-o", "json").stdout)
-    return out
-
-
 def _ready_reason(kubectl: Kubectl, ns: str, name: str) -> str | None:
     conds = {
         c["type"]: c
-        for c in _json(kubectl, "modelservice", name, "-n", ns).get("status", {}).get("conditions", [])
+        for c in get_json(kubectl, "modelservice", name, "-n", ns).get("status", {}).get("conditions", [])
     }
     ready = conds.get("Ready", {})
     return str(ready.get("reason")) if ready.get("status") == "True" else None
@@ -169,17 +132,10 @@ def _url(kubectl: Kubectl, ns: str, name: str) -> str:
     return f"http://{ip}:8501/v1/models/{name}:predict"
 
 
-def _correct(url: str) -> bool:
-    try:
-        return predict(url, [1.0, 2.5]) == [3.0, 6.0]
-    except OSError:
-        return False
-
-
 def _gpus_held(kubectl: Kubectl, ns: str) -> int:
     """nvidia.com/gpu limits of the namespace's pods that hold a node's GPU (scheduled, not finished)."""
     held = 0
-    for pod in _json(kubectl, "pods", "-n", ns)["items"]:
+    for pod in get_json(kubectl, "pods", "-n", ns)["items"]:
         if not pod["spec"].get("nodeName") or pod["status"].get("phase") in ("Succeeded", "Failed"):
             continue
         for ctr in pod["spec"]["containers"]:
@@ -212,8 +168,9 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
         for n in names
     }
     for name in names:
+        url = urls[name]
         wait_for(
-            lambda name=name: _correct(urls[name]), 420, f"a correct prediction from {name}", interval=0.5
+            lambda url=url: predicts_correctly(url), 420, f"a correct prediction from {name}", interval=0.5
         )
     _record("pools_apply_to_all_8_correct_s", time.monotonic() - t0)
     for name in names:
@@ -237,10 +194,10 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
 
         def moved() -> bool:
             pool_cms = [
-                cm for cm in _json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+                cm for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
             ]
             listed = any(f'name: "{MOVING}"' in cm["data"]["models.config"] for cm in pool_cms)
-            svc = _json(kubectl, "svc", MOVING, "-n", ns)
+            svc = get_json(kubectl, "svc", MOVING, "-n", ns)
             return not listed and svc["spec"]["selector"] == {"greenserve.io/modelservice": MOVING}
 
         wait_for(moved, 300, f"{MOVING} on its own replica and unloaded from the pool", interval=1)
@@ -255,7 +212,7 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
     assert failed == [], failed[:5]
     wait_for(lambda: _ready_reason(kubectl, ns, MOVING) == "ReplicasAvailable", 60, f"{MOVING} Ready")
     for name in names[1:]:
-        assert _correct(urls[name]), f"{name} stopped answering from the pool"
+        assert predicts_correctly(urls[name]), f"{name} stopped answering from the pool"
 
 
 LOADED = "m1"
@@ -299,22 +256,22 @@ def _load_driven_moves(kubectl: Kubectl, ns: str) -> None:
     )  # fmt: skip
 
     def listed() -> bool:
-        cms = _json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+        cms = get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
         return any(f'name: "{LOADED}"' in cm["data"]["models.config"] for cm in cms)
 
     def own_selector() -> bool:
-        return _json(kubectl, "svc", LOADED, "-n", ns)["spec"]["selector"] == {
+        return get_json(kubectl, "svc", LOADED, "-n", ns)["spec"]["selector"] == {
             "greenserve.io/modelservice": LOADED
         }
 
     def rate() -> float | None:
-        got = _json(kubectl, "modelservice", LOADED, "-n", ns).get("status", {}).get("requestsPerSecond")
+        got = get_json(kubectl, "modelservice", LOADED, "-n", ns).get("status", {}).get("requestsPerSecond")
         return float(got) if isinstance(got, int | float) else None
 
     with Load(lambda: predict(url, [1.0, 2.5]) == [3.0, 6.0], rate=2) as load:
         # The pooled model's rate, read from the pool pod's per-model counter, reaches its status.
         wait_for(lambda: (rate() or 0) > 0.5, 120, f"{LOADED}'s rate read from the pool pod", interval=1)
-        st = _json(kubectl, "modelservice", LOADED, "-n", ns)["status"]
+        st = get_json(kubectl, "modelservice", LOADED, "-n", ns)["status"]
         # Its part of the pool GPU's energy and power, in its own status.
         assert st.get("energyJoules") is not None and st.get("powerWatts") is not None, st
         _record("pools_pooled_rate_read", float(st["requestsPerSecond"]))
@@ -325,15 +282,15 @@ def _load_driven_moves(kubectl: Kubectl, ns: str) -> None:
         load.rate = 12.0
         wait_for(lambda: not listed() and own_selector(), 300, f"{LOADED} out on its load", interval=1)
         t_out_done = time.monotonic()
-        placed = _json(kubectl, "modelservice", LOADED, "-n", ns)["status"]["placement"]
+        placed = get_json(kubectl, "modelservice", LOADED, "-n", ns)["status"]["placement"]
         assert placed["shared"] is False and placed["reason"] == "HighTraffic", placed
 
         t_in = time.monotonic()
         load.rate = 3.0
 
         def back_in() -> bool:
-            dep = _json(kubectl, "deployment", LOADED, "-n", ns)
-            own = _json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/modelservice={LOADED}")["items"]
+            dep = get_json(kubectl, "deployment", LOADED, "-n", ns)
+            own = get_json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/modelservice={LOADED}")["items"]
             return listed() and not own_selector() and dep["spec"]["replicas"] == 0 and not own
 
         wait_for(back_in, 300, f"{LOADED} back in the pool on its load, its own replica gone", interval=1)
@@ -352,4 +309,4 @@ def _load_driven_moves(kubectl: Kubectl, ns: str) -> None:
     assert failed_in == [], failed_in[:5]
     assert sent_in > 50, "the move in carried too little load to show anything"
     wait_for(lambda: _ready_reason(kubectl, ns, LOADED) == "ServedFromSharedPool", 60, f"{LOADED} Ready")
-    assert _correct(url)
+    assert predicts_correctly(url)

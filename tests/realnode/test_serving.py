@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -39,7 +38,16 @@ from typing import Any
 
 import pytest
 import yaml
-from realnode_support import Load, RealNodes, restricted_namespace, wait_for
+from realnode_support import (
+    Load,
+    RealNodes,
+    get_json,
+    predict,
+    predicts_correctly,
+    restricted_namespace,
+    wait_for,
+)
+from realnode_support import model_store as model_store_on
 
 from greenserve import contract as k
 from integration_prom import prom_server
@@ -128,46 +136,8 @@ def models_ns(kubectl: Kubectl) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def model_store(kubectl: Kubectl, models_ns: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real SavedModel (tests/unit/agent/make_savedmodel.py: y = 2x + 1) on a PVC bound to a hostPath
-    volume; every real node is this machine, so the path exists wherever the pod lands."""
-    root = tmp_path_factory.mktemp("models")
-    root.chmod(0o755)
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/unit/agent/make_savedmodel.py"), str(root / MODEL)],
-        check=True,
-        timeout=300,
-    )
-    for p in [root, *root.rglob("*")]:  # readable by the serving pods' non-root user
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    pv = f"{models_ns}-models"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(root), "type": "Directory"},
-                "claimRef": {"namespace": models_ns, "name": "models"},
-            },
-        }
-    )
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models", "namespace": models_ns},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-    )
+    """A real SavedModel on the PVC `models` (realnode_support.model_store)."""
+    model_store_on(kubectl, models_ns, tmp_path_factory.mktemp("models"), [MODEL])
     return f"pvc://models/{MODEL}"
 
 
@@ -192,30 +162,10 @@ def _msvc(ns: str, storage_uri: str, image: str, product: str, **scaling: Any) -
     }
 
 
-def _get_json(kubectl: Kubectl, *args: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(kubectl.run("get", *args, "-o", "json").stdout)
-    return out
-
-
 def _ready(kubectl: Kubectl, ns: str) -> dict[str, Any] | None:
-    msvc = _get_json(kubectl, "modelservice", MODEL, "-n", ns)
+    msvc = get_json(kubectl, "modelservice", MODEL, "-n", ns)
     conds = {c["type"]: c for c in msvc.get("status", {}).get("conditions", [])}
     return msvc if conds.get("Ready", {}).get("status") == "True" else None
-
-
-def predict(url: str, xs: list[float], timeout: float = 10) -> list[float]:
-    body = json.dumps({"instances": [[x] for x in xs]}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        out = json.loads(resp.read())
-    return [float(p[0]) for p in out["predictions"]]
-
-
-def _correct(url: str) -> bool:
-    try:
-        return predict(url, [1.0, 2.5]) == [3.0, 6.0]
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +191,8 @@ def served(
     )
     url = f"http://{svc}:8501/v1/models/{MODEL}:predict"
     try:
-        wait_for(
-            lambda: _correct(url), timeout=300, what="a correct prediction through the Service", interval=0.2
-        )
+        what = "a correct prediction through the Service"
+        wait_for(lambda: predicts_correctly(url), timeout=300, what=what, interval=0.2)
     except AssertionError as e:
         # Say why: the serving pods' events name the failing probe (e.g. the agent's port refusing).
         events = kubectl.run(
@@ -258,7 +207,7 @@ def served(
 def test_operator_runs_as_a_pod_on_the_real_node(
     kubectl: Kubectl, operator: str, real_nodes: RealNodes
 ) -> None:
-    pods = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")["items"]
+    pods = get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")["items"]
     assert len(pods) == 1
     pod = pods[0]
     assert pod["spec"]["nodeName"] in real_nodes.names
@@ -274,7 +223,7 @@ def test_modelservice_becomes_ready_and_predicts(
 ) -> None:
     msvc = wait_for(lambda: _ready(kubectl, models_ns), timeout=120, what="Ready=True")
     assert msvc["status"]["readyReplicas"] >= 1
-    pods = _get_json(kubectl, "pods", "-n", models_ns, "-l", f"greenserve.io/modelservice={MODEL}")["items"]
+    pods = get_json(kubectl, "pods", "-n", models_ns, "-l", f"greenserve.io/modelservice={MODEL}")["items"]
     ready = [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
     assert ready
     for pod in ready:
@@ -289,12 +238,12 @@ def test_modelservice_becomes_ready_and_predicts(
 
 
 def _status(kubectl: Kubectl, ns: str) -> dict[str, Any]:
-    status: dict[str, Any] = _get_json(kubectl, "modelservice", MODEL, "-n", ns).get("status", {})
+    status: dict[str, Any] = get_json(kubectl, "modelservice", MODEL, "-n", ns).get("status", {})
     return status
 
 
 def _serving_pods(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = _get_json(
+    pods: list[dict[str, Any]] = get_json(
         kubectl, "pods", "-n", ns, "-l", f"greenserve.io/modelservice={MODEL}"
     )["items"]
     return pods
@@ -362,7 +311,7 @@ def _pod_targets(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
     """What Prometheus's Kubernetes pod discovery gives for the pods of `ns` (Debian's Prometheus is built
     without it): their address and the __meta_kubernetes_* labels the shipped relabelling reads."""
     out = []
-    for pod in _get_json(kubectl, "pods", "-n", ns)["items"]:
+    for pod in get_json(kubectl, "pods", "-n", ns)["items"]:
         if not pod["status"].get("podIP"):
             continue
         meta = pod["metadata"]
@@ -409,7 +358,7 @@ def test_prometheus_scrapes_the_real_agents_through_the_shipped_scrape_config(
         if d["kind"] == "ServiceMonitor"
     ]  # fmt: skip
     (endpoint,) = monitor["spec"]["endpoints"]
-    (op_pod,) = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
+    (op_pod,) = get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
         "items"
     ]
     op_job = {
@@ -531,14 +480,14 @@ def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_fai
     (source,) = _serving_pods(kubectl, models_ns)
     from_node = source["spec"]["nodeName"]
     (to_node,) = [n for n in real_nodes.names[:2] if n != from_node]
-    (op_pod,) = _get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
+    (op_pod,) = get_json(kubectl, "pods", "-n", operator, "-l", "app.kubernetes.io/component=operator")[
         "items"
     ]
     moves_before = _moves_total(op_pod["status"]["podIP"], models_ns)
     kubectl.apply(_filler_pod(models_ns, to_node, 2, real_nodes.base_image))
     try:
         wait_for(
-            lambda: _get_json(kubectl, "pod", "gpu-tenant", "-n", models_ns)["spec"].get("nodeName"),
+            lambda: get_json(kubectl, "pod", "gpu-tenant", "-n", models_ns)["spec"].get("nodeName"),
             timeout=60,
             what="the other tenant's GPU pod bound",
         )
@@ -585,12 +534,12 @@ def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_fai
         assert failed == [], f"{len(failed)} of {sent} requests failed during the move: {failed[:5]}"
         names = [p["metadata"]["name"] for p in _serving_pods(kubectl, models_ns)]
         assert source["metadata"]["name"] not in names, names
-        on_source = _get_json(kubectl, "pods", "-A", "--field-selector", f"spec.nodeName={from_node}")
+        on_source = get_json(kubectl, "pods", "-A", "--field-selector", f"spec.nodeName={from_node}")
         assert not [
             p for p in on_source["items"] if "greenserve.io/modelservice" in p["metadata"].get("labels", {})
         ]
         # The emptied node stays closed for the node autoscaler; the move is counted and announced.
-        taints = _get_json(kubectl, "node", from_node)["spec"].get("taints", [])
+        taints = get_json(kubectl, "node", from_node)["spec"].get("taints", [])
         assert any(t["key"] == CONSOLIDATING_TAINT for t in taints), taints
         assert _moves_total(op_pod["status"]["podIP"], models_ns) == moves_before + 1
         reasons = kubectl.run(
@@ -608,7 +557,7 @@ ZERO = "zero"
 
 
 def _zero_status(kubectl: Kubectl, ns: str) -> dict[str, Any]:
-    status: dict[str, Any] = _get_json(kubectl, "modelservice", ZERO, "-n", ns).get("status", {})
+    status: dict[str, Any] = get_json(kubectl, "modelservice", ZERO, "-n", ns).get("status", {})
     return status
 
 
@@ -651,12 +600,12 @@ def test_scale_to_zero_and_back_through_the_activator(
         what="the ModelService's Service",
     )
     url = f"http://{ip}:8501/v1/models/{MODEL}:predict"
-    wait_for(lambda: _correct(url), timeout=300, what="a first correct prediction", interval=0.5)
+    wait_for(lambda: predicts_correctly(url), timeout=300, what="a first correct prediction", interval=0.5)
     t_idle = time.monotonic()
     parked = wait_for(
         lambda: (st := _zero_status(kubectl, models_ns)).get("routing") == "Activator"
         and st.get("desiredReplicas") == 0
-        and not [p for p in _get_json(kubectl, "pods", "-n", models_ns, "-l",
+        and not [p for p in get_json(kubectl, "pods", "-n", models_ns, "-l",
                                       f"greenserve.io/modelservice={ZERO}")["items"]]
         and st,
         timeout=420,
@@ -666,7 +615,7 @@ def test_scale_to_zero_and_back_through_the_activator(
     _record("idle_to_zero_s", time.monotonic() - t_idle)
     ready = {c["type"]: c for c in parked.get("conditions", [])}["Ready"]
     assert ready["reason"] == "ScaledToZero", ready
-    svc = _get_json(kubectl, "svc", ZERO, "-n", models_ns)
+    svc = get_json(kubectl, "svc", ZERO, "-n", models_ns)
     assert "selector" not in svc["spec"], svc["spec"]
 
     # At zero: one request that will not wait for a cold start, and a client load that will.
@@ -707,6 +656,6 @@ def test_scale_to_zero_and_back_through_the_activator(
     assert short_wait_s < 15
     assert sent >= 5, "too few requests at zero to show anything"
     assert failed == [], f"{len(failed)} of {sent} requests from zero failed: {failed[:5]}"
-    svc = _get_json(kubectl, "svc", ZERO, "-n", models_ns)
+    svc = get_json(kubectl, "svc", ZERO, "-n", models_ns)
     assert svc["spec"]["selector"] == {"greenserve.io/modelservice": ZERO}
     kubectl.run("delete", "modelservice", ZERO, "-n", models_ns, "--wait=false", check=False)

@@ -14,6 +14,7 @@ import kopf
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
 from greenserve.handlers.diffbase import DIFFBASE
+from greenserve.handlers.leader import leading
 from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 from greenserve.reconcile.loop import LoopDeps
@@ -37,7 +38,8 @@ async def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, 
     else:
         CACHE.observe_msvc(body)
         deps = memo.get("loop")
-        if isinstance(deps, LoopDeps):
+        # A scale decision, like the metrics tick's: only the operator holding the Lease makes it.
+        if isinstance(deps, LoopDeps) and leading(memo):
             loop.wake_soon(deps, body)
 
 

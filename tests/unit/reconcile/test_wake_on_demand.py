@@ -15,6 +15,7 @@ import pytest
 from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE, ClusterCache
 from greenserve.cluster.client import DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES, SERVICES
+from greenserve.cluster.lease import LeaseLock
 from greenserve.config import OperatorConfig
 from greenserve.handlers.cache import modelservice_seen
 from greenserve.reconcile import loop, routing
@@ -95,6 +96,18 @@ async def test_a_stale_demand_mark_leaves_it_parked() -> None:
     assert not loop.wants_wake(parked(None))
 
 
+class Leading(LeaseLock):
+    def held(self) -> bool:
+        return True
+
+
+def memo_for(kube: FakeKube, leader: bool = True) -> kopf.Memo:
+    memo = kopf.Memo()
+    memo["loop"] = loop.LoopDeps(kube=kube, config=CONFIG)  # type: ignore[arg-type]
+    memo["leader"] = (Leading if leader else LeaseLock)(kube, "greenserve-leader", "gs", "me")  # type: ignore[arg-type]
+    return memo
+
+
 async def _settled() -> None:
     while loop._WAKES:
         await asyncio.gather(*loop._WAKES)
@@ -105,8 +118,7 @@ async def test_the_watch_event_of_the_mark_wakes_it_without_a_tick() -> None:
     their diff): the event handler is what wakes the ModelService, once per mark."""
     body = parked(time.time())
     kube = kube_with(body)
-    memo = kopf.Memo()
-    memo["loop"] = loop.LoopDeps(kube=kube, config=CONFIG)  # type: ignore[arg-type]
+    memo = memo_for(kube)
     await modelservice_seen(kopf.Body(body), type="MODIFIED", memo=memo)
     await _settled()
     dep = kube.peek(DEPLOYMENTS, NAME, NS)
@@ -121,8 +133,15 @@ async def test_the_watch_event_of_the_mark_wakes_it_without_a_tick() -> None:
 async def test_a_stale_mark_in_a_watch_event_schedules_nothing() -> None:
     body = parked(time.time() - 3600)
     kube = kube_with(body)
-    memo = kopf.Memo()
-    memo["loop"] = loop.LoopDeps(kube=kube, config=CONFIG)  # type: ignore[arg-type]
+    memo = memo_for(kube)
     await modelservice_seen(kopf.Body(body), type="MODIFIED", memo=memo)
+    assert not loop._WAKES
+    assert kube.peek(DEPLOYMENTS, NAME, NS) is None
+
+
+async def test_only_the_operator_holding_the_lease_wakes_it() -> None:
+    body = parked(time.time())
+    kube = kube_with(body)
+    await modelservice_seen(kopf.Body(body), type="MODIFIED", memo=memo_for(kube, leader=False))
     assert not loop._WAKES
     assert kube.peek(DEPLOYMENTS, NAME, NS) is None

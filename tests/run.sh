@@ -12,7 +12,7 @@ echo "[test] venv ready in $((SECONDS - t0)) s: $VENV"
 
 if [[ -f tests/harness/prometheus.sh ]]; then bash tests/harness/prometheus.sh; fi
 
-echo "[test] ruff"; ruff check .
+echo "[test] ruff"; ruff check . && ruff format --check .
 echo "[test] mypy"; mypy
 echo "[test] import layers"; PYTHONPATH="$REPO/operator:$REPO/serving-image" lint-imports
 echo "[test] CRD matches the API types"; python -m greenserve.api.crdgen --check

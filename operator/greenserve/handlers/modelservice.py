@@ -17,6 +17,7 @@ from greenserve.api import constants as c
 from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import KubeClient
 from greenserve.config import OperatorConfig
+from greenserve.handlers.leader import leading
 from greenserve.reconcile import loop
 from greenserve.reconcile import modelservice as rec
 
@@ -31,8 +32,10 @@ def _deps(memo: kopf.Memo) -> tuple[KubeClient, OperatorConfig]:
 async def _run(body: kopf.Body, memo: kopf.Memo) -> None:
     kube, config = _deps(memo)
     deps = memo.get("loop")
-    if isinstance(deps, loop.LoopDeps) and loop.wants_wake(body):
-        # The activator holds requests for it (its demand mark changed the ModelService): scale up now.
+    if isinstance(deps, loop.LoopDeps) and loop.wants_wake(body) and leading(memo):
+        # The activator holds requests for it (its demand mark, seen at a resume or with a spec change):
+        # scale up now. A scale decision, like the metrics tick's: only the operator holding the Lease
+        # makes it; another keeps the replica count and the leader's watch event wakes it.
         outcome = await loop.wake(deps, body)
     else:
         outcome = await rec.reconcile_change(kube, body, config)

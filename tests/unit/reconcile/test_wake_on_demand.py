@@ -18,6 +18,7 @@ from greenserve.cluster.client import DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES
 from greenserve.cluster.lease import LeaseLock
 from greenserve.config import OperatorConfig
 from greenserve.handlers.cache import modelservice_seen
+from greenserve.handlers.modelservice import reconcile_modelservice
 from greenserve.reconcile import loop, routing
 from support.fake_kube import FakeKube
 
@@ -103,6 +104,7 @@ class Leading(LeaseLock):
 
 def memo_for(kube: FakeKube, leader: bool = True) -> kopf.Memo:
     memo = kopf.Memo()
+    memo["kube"], memo["config"] = kube, CONFIG
     memo["loop"] = loop.LoopDeps(kube=kube, config=CONFIG)  # type: ignore[arg-type]
     memo["leader"] = (Leading if leader else LeaseLock)(kube, "greenserve-leader", "gs", "me")  # type: ignore[arg-type]
     return memo
@@ -145,3 +147,14 @@ async def test_only_the_operator_holding_the_lease_wakes_it() -> None:
     await modelservice_seen(kopf.Body(body), type="MODIFIED", memo=memo_for(kube, leader=False))
     assert not loop._WAKES
     assert kube.peek(DEPLOYMENTS, NAME, NS) is None
+
+
+@pytest.mark.parametrize("leader", [True, False])
+async def test_a_resume_with_a_fresh_mark_wakes_it_only_in_the_leader(leader: bool) -> None:
+    """kopf's resume (an operator restart) sees a mark it never saw as an event: the leader wakes the
+    ModelService from it, an operator without the Lease reconciles it at zero."""
+    body = parked(time.time())
+    kube = kube_with(body)
+    await reconcile_modelservice(body=kopf.Body(body), memo=memo_for(kube, leader=leader))
+    dep = kube.peek(DEPLOYMENTS, NAME, NS)
+    assert dep is not None and dep["spec"]["replicas"] == (1 if leader else 0)

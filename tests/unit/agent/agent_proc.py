@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import signal
@@ -9,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 MAKE_SAVEDMODEL = Path(__file__).with_name("make_savedmodel.py")
 MODEL = "affine"
@@ -51,16 +53,18 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, url: str | None = None) -> None:
+        """Until `url` (default: the model's status on the REST port) answers 200."""
+        url = url or f"{self.rest}/v1/models/{MODEL}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.rest}/v1/models/{MODEL}", timeout=2) as resp:
+                with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except OSError:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"agent not ready after {timeout}s:\n{self.log()}")
@@ -98,3 +102,55 @@ def _nofile(limit: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     return apply
+
+
+@dataclass
+class LoadRun:
+    results: list[tuple[float, int | str]]  # (when answered, 200 for a right answer, else status or error)
+    sigterm_at: float
+    exit_code: int | None
+
+
+async def sigterm_under_load(
+    agent: AgentProcess, readiness_url: str, clients: int, propagation_s: float = 0.0
+) -> LoadRun:
+    """`clients` keep predicting on pooled connections while the agent gets SIGTERM; a stand-in for the
+    EndpointSlice controller polls `readiness_url` and, once it fails and `propagation_s` has passed (the
+    removal reaching every proxy), stops the clients, as kube-proxy would stop routing to the pod."""
+    endpoint_removed = asyncio.Event()
+    results: list[tuple[float, int | str]] = []
+    body = {"instances": [[float(i)] for i in range(256)]}
+
+    async def client(http: aiohttp.ClientSession) -> None:
+        while not endpoint_removed.is_set():
+            try:
+                async with http.post(f"{agent.rest}/v1/models/{MODEL}:predict", json=body) as r:
+                    payload = await r.json()
+                    ok = r.status == 200 and payload["predictions"][3] == [7.0]
+                    results.append((time.monotonic(), 200 if ok else r.status))
+            except aiohttp.ClientError as exc:
+                results.append((time.monotonic(), type(exc).__name__))
+
+    async def endpoints_controller(http: aiohttp.ClientSession) -> None:
+        while True:
+            async with http.get(readiness_url) as r:
+                if r.status != 200:
+                    await asyncio.sleep(propagation_s)
+                    endpoint_removed.set()
+                    return
+            await asyncio.sleep(0.02)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        tasks = [asyncio.create_task(client(http)) for _ in range(clients)]
+        watcher = asyncio.create_task(endpoints_controller(http))
+        # Until the clients have been answered (the load is on), not a fixed time.
+        while len(results) < 2 * clients:
+            if agent.proc.poll() is not None or any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.05)
+        sigterm_at = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(watcher, timeout=10)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    code = await asyncio.to_thread(agent.proc.wait, 60)
+    return LoadRun(results, sigterm_at, code)

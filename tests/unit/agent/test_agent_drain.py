@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_proc import MODEL, free_port, make_saved_model, start_agent
+from agent_proc import MODEL, free_port, make_saved_model, sigterm_under_load, start_agent
 from aiohttp import web
 
 from greenserve_agent.simulated import SimulatedNvml
@@ -118,42 +118,11 @@ async def test_sigterm_under_concurrent_load_loses_no_request(tmp_path: Path) ->
     agent = start_agent(base, tmp_path / "agent.log", "--agent-drain-quiet=0.5", "--agent-drain-timeout=30")
     try:
         await asyncio.to_thread(agent.wait_ready)
-        endpoint_removed = asyncio.Event()
-        results: list[tuple[float, int | str]] = []
-        body = {"instances": [[float(i)] for i in range(256)]}
-
-        async def client(http: aiohttp.ClientSession) -> None:
-            # A client keeps sending until the endpoint is removed, as kube-proxy would stop routing.
-            while not endpoint_removed.is_set():
-                try:
-                    async with http.post(f"{agent.rest}/v1/models/{MODEL}:predict", json=body) as r:
-                        payload = await r.json()
-                        ok = r.status == 200 and payload["predictions"][3] == [7.0]
-                        results.append((time.monotonic(), 200 if ok else r.status))
-                except aiohttp.ClientError as exc:
-                    results.append((time.monotonic(), type(exc).__name__))
-
-        async def endpoints_controller(http: aiohttp.ClientSession) -> None:
-            # Stands in for the EndpointSlice controller: readiness false -> endpoint removed.
-            while True:
-                async with http.get(f"{agent.rest}/v1/models/{MODEL}") as r:
-                    if r.status != 200:
-                        endpoint_removed.set()
-                        return
-                await asyncio.sleep(0.02)
-
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn) as http:
-            tasks = [asyncio.create_task(client(http)) for _ in range(24)]
-            watcher = asyncio.create_task(endpoints_controller(http))
-            await asyncio.sleep(2.0)
-            sigterm_at = time.monotonic()
-            agent.proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(watcher, timeout=10)
-            await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-        code = await asyncio.to_thread(agent.proc.wait, 60)
+        # Readiness on the REST port's model status, as the pod's probe reads it with the front on.
+        run = await sigterm_under_load(agent, f"{agent.rest}/v1/models/{MODEL}", clients=24)
     finally:
         agent.stop()
+    results, sigterm_at, code = run.results, run.sigterm_at, run.exit_code
     failures = [r for r in results if r[1] != 200]
     assert not failures, f"{len(failures)} lost: {failures[:5]}\n{agent.log()}"
     assert len(results) > 50

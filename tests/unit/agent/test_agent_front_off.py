@@ -3,38 +3,20 @@ owns readiness on /ready, passes TF Serving's request metrics through and drains
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from agent_proc import MODEL, AgentProcess, make_saved_model, start_agent
+from agent_proc import MODEL, AgentProcess, make_saved_model, sigterm_under_load, start_agent
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
 
 PROPAGATION_S = 1.0
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def wait_ready(agent: AgentProcess, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if agent.proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {agent.proc.returncode}:\n{agent.log()}")
-        try:
-            with urllib.request.urlopen(f"{agent.metrics}{k.AGENT_READY_PATH}", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(agent.log())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +34,7 @@ def agent(base: Path, tmp_path: Path) -> Iterator[AgentProcess]:
         "--agent-drain-timeout=30",
     )
     try:
-        wait_ready(proc)
+        proc.wait_ready(url=f"{proc.metrics}{k.AGENT_READY_PATH}")
         yield proc
     finally:
         proc.stop()
@@ -85,41 +67,12 @@ def test_model_server_answers_rest_and_the_agent_exports_its_metrics(agent: Agen
 
 
 async def test_sigterm_under_load_loses_no_request(agent: AgentProcess) -> None:
-    endpoint_removed = asyncio.Event()
-    results: list[tuple[float, int | str]] = []
-    body = {"instances": [[float(i)] for i in range(256)]}
-
-    async def client(http: aiohttp.ClientSession) -> None:
-        # Keeps sending on its pooled connections until the endpoint is removed, as kube-proxy would.
-        while not endpoint_removed.is_set():
-            try:
-                async with http.post(f"{agent.rest}/v1/models/{MODEL}:predict", json=body) as r:
-                    payload = await r.json()
-                    ok = r.status == 200 and payload["predictions"][3] == [7.0]
-                    results.append((time.monotonic(), 200 if ok else r.status))
-            except aiohttp.ClientError as exc:
-                results.append((time.monotonic(), type(exc).__name__))
-
-    async def endpoints_controller(http: aiohttp.ClientSession) -> None:
-        # The EndpointSlice controller, driven by the readiness probe (the agent's /ready here).
-        while True:
-            async with http.get(f"{agent.metrics}{k.AGENT_READY_PATH}") as r:
-                if r.status != 200:
-                    # The removal takes a while to reach every proxy: requests keep coming meanwhile.
-                    await asyncio.sleep(PROPAGATION_S)
-                    endpoint_removed.set()
-                    return
-            await asyncio.sleep(0.02)
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        tasks = [asyncio.create_task(client(http)) for _ in range(16)]
-        watcher = asyncio.create_task(endpoints_controller(http))
-        await asyncio.sleep(2.0)
-        sigterm_at = time.monotonic()
-        agent.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(watcher, timeout=10)
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-    code = await asyncio.to_thread(agent.proc.wait, 60)
+    # Readiness from the agent's /ready; the removal takes a while to reach every proxy, and requests
+    # keep coming meanwhile.
+    run = await sigterm_under_load(
+        agent, f"{agent.metrics}{k.AGENT_READY_PATH}", clients=16, propagation_s=PROPAGATION_S
+    )
+    results, sigterm_at, code = run.results, run.sigterm_at, run.exit_code
     failures = [r for r in results if r[1] != 200]
     assert not failures, f"{len(failures)} lost: {failures[:5]}\n{agent.log()}"
     assert len(results) > 20

@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -433,16 +434,27 @@ async def repair_latency(kube: KubeClient, ns: str, name: str) -> dict[str, floa
     return out
 
 
+@dataclass
+class Sample:
+    """One window's figures (`window`)."""
+
+    requests: api_requests.Window
+    queries: float  # Prometheus queries answered
+    cpu_s: float  # operator CPU-seconds
+    passes: float  # metrics ticks the operator completed
+
+
 def window(
-    audit: Path, user: str, seconds: float, prom_url: str, proc: Proc
-) -> tuple[api_requests.Window, float, float]:
-    """API requests, Prometheus queries and operator CPU-seconds over `seconds`."""
+    audit: Path, user: str, seconds: float, prom_url: str, proc: Proc, operator: OperatorProcess
+) -> Sample:
+    """API requests, Prometheus queries, operator CPU-seconds and metrics ticks over `seconds`."""
     q0, cpu0, start = prometheus_queries(prom_url), proc.cpu_s(), api_requests.end_offset(audit)
+    p0 = operator.passes("resync")
     t0 = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
     w = api_requests.count(audit, start, api_requests.end_offset(audit), user, elapsed)
-    return w, prometheus_queries(prom_url) - q0, proc.cpu_s() - cpu0
+    return Sample(w, prometheus_queries(prom_url) - q0, proc.cpu_s() - cpu0, operator.passes("resync") - p0)
 
 
 def start_processes(
@@ -551,7 +563,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"n": args.n, "reconcile_interval_s": args.reconcile_interval}
     kube = KubeClient(load_kubeconfig(kubeconfig))
     try:
-        prom, _, proc = await asyncio.to_thread(
+        prom, operator, proc = await asyncio.to_thread(
             start_processes, args, kubeconfig, work, schedule, sa, op_ns, started
         )
 
@@ -608,9 +620,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["went_quiet"] = quiet
         print(f"    {'quiet' if quiet else 'NOT quiet'} after {waited:.0f} s", flush=True)
         print(f"==> idle: {args.window:g} s with no load (load average {_loadavg()})", flush=True)
-        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc)
-        result["idle"] = _phase(w, queries, cpu, args)
-        print(api_requests.table(w, f"idle, {args.n} ModelServices"))
+        sample = await asyncio.to_thread(window, audit, user, args.window, prom.url, proc, operator)
+        result["idle"] = _phase(sample, args)
+        print(api_requests.table(sample.requests, f"idle, {args.n} ModelServices"))
 
         print("==> a spec change reaches its Deployment (5 ModelServices, one at a time)", flush=True)
         result["spec_to_deployment_s"] = await spec_change_latency(kube, ns, names[-5:], "20m")
@@ -623,9 +635,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"==> busy: {rate:g} req/s on {len(busy)} of {args.n} for {args.busy_window:g} s", flush=True)
         schedule.write_text(json.dumps({f"{ns}/{name}": f"0:{rate}" for name in busy}))
         await asyncio.sleep(args.settle)
-        w, queries, cpu = await asyncio.to_thread(window, audit, user, args.busy_window, prom.url, proc)
-        result["busy"] = _phase(w, queries, cpu, args)
-        print(api_requests.table(w, f"busy ({len(busy)} loaded), {args.n} ModelServices"))
+        sample = await asyncio.to_thread(window, audit, user, args.busy_window, prom.url, proc, operator)
+        result["busy"] = _phase(sample, args)
+        print(api_requests.table(sample.requests, f"busy ({len(busy)} loaded), {args.n} ModelServices"))
         result["cpu_s_total"] = round(proc.cpu_s(), 1)
         result["peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
         return result
@@ -675,7 +687,8 @@ def _metrics_up(operator: OperatorProcess) -> bool:
         return False
 
 
-def _phase(w: api_requests.Window, queries: float, cpu: float, args: argparse.Namespace) -> dict[str, Any]:
+def _phase(sample: Sample, args: argparse.Namespace) -> dict[str, Any]:
+    w = sample.requests
     return {
         "seconds": round(w.seconds, 1),
         "api_requests_per_s": round(w.total / w.seconds, 2),
@@ -684,9 +697,16 @@ def _phase(w: api_requests.Window, queries: float, cpu: float, args: argparse.Na
         "by_resource_per_s": {
             f"{k[0]} {k[1]}": round(v / w.seconds, 2) for k, v in w.by_resource.most_common()
         },
-        "prometheus_queries_per_tick": round(queries / w.seconds * args.reconcile_interval, 1),
+        # A tick's queries come in one burst: per interval, a window holds one burst more or less
+        # (60 s of 15 s ticks read 12, 16 or 20); per completed tick it does not.
+        "prometheus_queries_per_tick": round(sample.queries / w.seconds * args.reconcile_interval, 1),
+        "ticks": sample.passes,
+        "prometheus_queries_per_completed_tick": round(sample.queries / sample.passes, 1)
+        if sample.passes
+        else None,
+        "seconds_per_tick": round(w.seconds / sample.passes, 1) if sample.passes else None,
         "load_average_after": _loadavg(),
-        "operator_cpu_percent_of_a_core": round(100 * cpu / w.seconds, 1),
+        "operator_cpu_percent_of_a_core": round(100 * sample.cpu_s / w.seconds, 1),
     }
 
 
@@ -729,7 +749,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"    {phase}: {r.get('api_requests_per_s')} API requests/s, "
             f"{r.get('prometheus_queries_per_tick')} Prometheus queries per "
-            f"{args.reconcile_interval:g} s tick, "
+            f"{args.reconcile_interval:g} s "
+            f"({r.get('prometheus_queries_per_completed_tick')} per completed tick, "
+            f"{r.get('ticks')} ticks, {r.get('seconds_per_tick')} s each), "
             f"operator CPU {r.get('operator_cpu_percent_of_a_core')}% of a core"
         )
     print(f"    written to {_write(result, args.n)}")

@@ -25,7 +25,7 @@ from greenserve.cluster.client import NODES, KubeClient, load_kubeconfig
 from greenserve.config import OperatorConfig
 from greenserve.reconcile.consolidator import TAINT_KEY, Consolidator
 from support.chart import chart_operator_env, operator_kubeconfig_from_chart, release_name, uninstall
-from support.kube import Kubectl, OperatorProcess
+from support.kube import Kubectl, OperatorProcess, refusals
 from support.paths import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -217,15 +217,6 @@ def example_modelservice(namespace: str) -> dict[str, Any]:
     msvc["metadata"]["namespace"] = namespace
     msvc["spec"]["model"]["storageUri"] = "/models/resnet"
     return dict(msvc)
-
-
-def refusals(logs: str) -> list[str]:
-    """403s in the operator's log (RBAC or admission); kopf's DEBUG lines quote objects, not outcomes."""
-    return [
-        line
-        for line in logs.splitlines()
-        if ("Forbidden" in line or "forbidden" in line or POLICY_MARK in line) and "[DEBUG" not in line
-    ]
 
 
 def test_the_operators_own_work_passes_the_policy(

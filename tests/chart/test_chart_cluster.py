@@ -27,7 +27,7 @@ from support.chart import (
     service_account_kubeconfig,
     uninstall,
 )
-from support.kube import Kubectl, OperatorProcess
+from support.kube import Kubectl, OperatorProcess, refusals
 from support.paths import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -35,7 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # Every 403 the operator can log says so in words: greenserve's ApiError ("403 Forbidden: ..."), kopf's
 # APIForbiddenError and aiohttp's "403, message='Forbidden'". A bare "403" would match log timestamps.
-FORBIDDEN_MARKERS = ("Forbidden", "forbidden")
 
 
 def wait_for(probe: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -59,16 +58,6 @@ def example_modelservice(namespace: str) -> dict[str, Any]:
     msvc["metadata"]["namespace"] = namespace
     msvc["spec"]["model"]["storageUri"] = "/models/resnet"
     return dict(msvc)
-
-
-def denied_lines(logs: str) -> list[str]:
-    """Log lines reporting a 403. kopf's DEBUG lines dump whole objects, whose annotations may quote another
-    operator's earlier failure, so they are not evidence about this one."""
-    return [
-        line
-        for line in logs.splitlines()
-        if any(m in line for m in FORBIDDEN_MARKERS) and "[DEBUG" not in line
-    ]
 
 
 def start_operator(
@@ -290,7 +279,7 @@ def test_operator_with_chart_permissions_makes_a_modelservice_ready(
         operator.stop()
     logs = operator.logs()
     assert "Handler 'reconcile_modelservice' succeeded" in logs
-    denied = denied_lines(logs)
+    denied = refusals(logs)
     assert denied == [], "the operator needed a permission the chart does not grant:\n" + "\n".join(denied)
 
 
@@ -334,7 +323,7 @@ def test_a_permission_missing_from_the_chart_shows_up_as_forbidden(
         delete_modelservice(admin_kubectl, workload_namespace)
         stop(proc)
         uninstall(admin_kubectl, helm_bin, chart_namespace)
-    denied = denied_lines(log.read_text(errors="replace"))
+    denied = refusals(log.read_text(errors="replace"))
     assert any("deployments" in line for line in denied), "\n".join(denied)
 
 
@@ -365,7 +354,7 @@ def test_operator_with_chart_permissions_joins_kopf_peering(
         stop(proc)
         uninstall(admin_kubectl, helm_bin, chart_namespace)
     logs = log.read_text(errors="replace")
-    assert denied_lines(logs) == [], "\n".join(denied_lines(logs))
+    assert refusals(logs) == [], "\n".join(refusals(logs))
     assert "peering CRD is missing" not in logs
 
 

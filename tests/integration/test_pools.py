@@ -30,7 +30,7 @@ from greenserve.cluster.client import (
     KubeClient,
 )
 from greenserve.manifests import pools as pm
-from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
+from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials, refusals
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -83,7 +83,7 @@ def pool_operator(
     proc.stop()
     logs = proc.logs()
     print(logs[-5000:])
-    assert "Forbidden" not in logs, "the chart's RBAC or admission policy refused the operator"
+    assert refusals(logs) == [], "the chart's RBAC or admission policy refused the operator"
 
 
 async def ready_reason(kube: KubeClient, ns: str, name: str) -> str | None:

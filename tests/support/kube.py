@@ -171,6 +171,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def refusals(logs: str) -> list[str]:
+    """Log lines where the API server refused the operator by RBAC or by the chart's admission policy. Not
+    kopf's DEBUG lines (they quote whole objects, whose annotations may quote an earlier failure), nor the
+    403 of a write into a namespace that is being deleted (another test's, still terminating)."""
+    return [
+        line
+        for line in logs.splitlines()
+        if ("Forbidden" in line or "forbidden" in line or "ValidatingAdmissionPolicy" in line)
+        and "[DEBUG" not in line
+        and "because it is being terminated" not in line
+    ]
+
+
 def rbac_denials(logs: str) -> list[str]:
     """Log lines where the API server refused the operator for lack of a permission (RBAC), as opposed to
     other 403s such as writing into a namespace that is being deleted."""

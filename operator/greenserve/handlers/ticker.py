@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from greenserve.cluster.cache import CACHE
@@ -18,18 +18,35 @@ from greenserve.reconcile.ticker import Ticker
 log = logging.getLogger(__name__)
 
 
-async def _loop(ticker: Ticker, interval_s: float, memo: MutableMapping[str, Any]) -> None:
+#: A tick that overruns its interval is followed after this share of the interval, not at once: the
+#: rest of the operator (watch events, spec changes) gets the event loop between two ticks.
+OVERRUN_GAP = 0.2
+
+
+async def _loop(
+    ticker: Ticker,
+    interval_s: float,
+    memo: MutableMapping[str, Any],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Ticks `interval_s` apart, start to start: the interval is the cadence of scale decisions however
+    long a tick takes (at 1,000 ModelServices on 2 cores an idle tick took about 5 s and a loaded one
+    up to 15 s; sleeping the whole interval after each made the decisions come every 20-30 s). Ticks
+    never overlap."""
+    next_at = clock() + interval_s
     while True:
         # First sleep, then tick: kopf's watches fill the cache meanwhile.
-        await asyncio.sleep(interval_s)
-        if not leading(memo):
-            continue
+        await sleep(max(0.0, next_at - clock()))
+        started = clock()
         try:
-            await ticker.tick(time.time())
+            if leading(memo):
+                await ticker.tick(time.time())
         except asyncio.CancelledError:
             raise
         except Exception:  # one bad tick must not end the loop; the next starts from the caches again
             log.exception("metrics tick failed")
+        next_at = max(started + interval_s, clock() + OVERRUN_GAP * interval_s)
 
 
 async def start(memo: MutableMapping[str, Any]) -> None:

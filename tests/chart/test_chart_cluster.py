@@ -33,8 +33,6 @@ from support.paths import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-# Every 403 the operator can log says so in words: greenserve's ApiError ("403 Forbidden: ..."), kopf's
-# APIForbiddenError and aiohttp's "403, message='Forbidden'". A bare "403" would match log timestamps.
 
 
 def wait_for(probe: Any, timeout: float, what: str, interval: float = 0.5) -> Any:

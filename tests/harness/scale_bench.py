@@ -234,8 +234,8 @@ async def wait_all(
 ) -> dict[str, float]:
     """Seconds until every ModelService had a Ready pod ("pods"), a Deployment whose status counts a
     ready replica ("deployments": the deployment controller's view, which lags the pods) and Ready=True
-    ("all"), each stamped when the watch event that completed it arrived. `at_all` runs once, at the
-    poll that first sees "all"; the wait then goes on for the deployments at most `lag_s` more.
+    ("all"), each stamped when the watch event that completed it arrived. `at_all` runs with the event
+    that completes "all"; the wait then goes on for the deployments at most `lag_s` more.
     (Polling LISTs of all N ModelServices and pods took up to 14 s each at N = 1,000 and made the gaps
     as coarse as the poll.)"""
     msvc_ready: dict[str, bool] = {}
@@ -252,6 +252,7 @@ async def wait_all(
             stamps["deployments"] = now
         if "all" not in stamps and "pods" in stamps and sum(msvc_ready.values()) >= n:
             stamps["all"] = now
+            at_all()
 
     def on_msvc(obj: dict[str, Any] | None, name: str) -> None:
         if obj is None:
@@ -287,10 +288,8 @@ async def wait_all(
         # Until the deployment controller's view has caught up too: it lags pod-Ready by a minute at
         # N = 1,000 (the operator's Ready does not wait for it; `beyond_deployments_s` is then negative).
         while time.monotonic() < deadline and not {"all", "deployments"} <= stamps.keys():
-            if "all" in stamps and "at_all" not in stamps:
-                at_all()
-                stamps["at_all"] = time.monotonic() - t0
-                deadline = min(deadline, time.monotonic() + lag_s)
+            if "all" in stamps:
+                deadline = min(deadline, t0 + stamps["all"] + lag_s)
             for task in followers:
                 if task.done():
                     task.result()  # a follower's error ends the wait with it
@@ -593,7 +592,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["beyond_pods_s"] = round(all_at - pods_at, 1) if all_at and pods_at else None
         # Negative: the operator's Ready came first (it follows the pods' own watch events).
         result["beyond_deployments_s"] = round(all_at - deps_at, 1) if all_at and deps_at else None
-        if "at_all" not in stamps:  # all Ready and the deployments came in the same poll
+        if all_at is None:  # timed out: the figures at the end of the wait
             at_ready()
 
         # The deployment controller still writes the Deployments' status (and the operator follows it)

@@ -174,7 +174,9 @@ def _free_port() -> int:
 def refusals(logs: str) -> list[str]:
     """Log lines where the API server refused the operator by RBAC or by the chart's admission policy. Not
     kopf's DEBUG lines (they quote whole objects, whose annotations may quote an earlier failure), nor the
-    403 of a write into a namespace that is being deleted (another test's, still terminating)."""
+    403 of a write into a namespace that is being deleted (another test's, still terminating). Every 403
+    the operator can log says so in words (greenserve's ApiError "403 Forbidden: ...", kopf's
+    APIForbiddenError, aiohttp's "403, message='Forbidden'"); a bare "403" would match log timestamps."""
     return [
         line
         for line in logs.splitlines()

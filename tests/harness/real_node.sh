@@ -8,6 +8,8 @@
 #                                      start containerd, kubelet, kube-proxy; wait for the node to be Ready
 #   tests/harness/real_node.sh down    delete the node's pods, stop everything by PID, kube-proxy --cleanup,
 #                                      delete the bridge (safe to run twice, or with nothing running)
+#   tests/harness/real_node.sh purge   down, then delete the nodes' image stores and kubelet roots (about
+#                                      4 GB per node once the serving image is in; logs stay)
 #   tests/harness/real_node.sh import ARCHIVE...   import OCI archives into the node's containerd
 #   tests/harness/real_node.sh env     print NODE/socket facts for tests
 #
@@ -208,7 +210,8 @@ cmd_import() {  # into every running node's containerd
         select_node "$i"
         alive containerd || continue
         for a in "$@"; do
-            ctr_ images import "$a" >/dev/null || die "importing $a into $NODE failed"
+            ctr_ images import "$a" >/dev/null ||
+                die "importing $a into $NODE failed; free space under $S: $(df -h --output=avail "$S" | tail -1)"
         done
     done
 }
@@ -340,6 +343,21 @@ cmd_down() {
     remove_kubelet_chains
 }
 
+cmd_purge() {
+    # Each node's content store and snapshots hold every imported image twice (blobs and unpacked), so a
+    # checkout that ran the real-node tier keeps gigabytes it can re-import from the image cache in 90 s.
+    cmd_down
+    local i m
+    for i in $(node_dirs); do
+        select_node "$i"
+        # rm -rf would follow a bind mount left behind (a pod's hostPath) into the host: refuse instead.
+        m="$(awk -v p="$S/" 'index($2, p) == 1 {print $2}' /proc/mounts | head -1)"
+        [[ -z "$m" ]] || die "not purging $NODE: $m is still mounted"
+        rm -rf --one-file-system "$S/containerd" "$S/kubelet/root" "$S/runc" "$S/pod-logs"
+        log "node $NODE purged ($(du -sh "$S" | cut -f1) left: logs and configs)"
+    done
+}
+
 remove_kubelet_chains() {
     # The kubelet's own iptables chains (kube-proxy --cleanup leaves them): KUBE-FIREWALL drops
     # non-local traffic to 127.0.0.0/8; the canary and hint chains are empty markers.
@@ -368,7 +386,8 @@ cmd_env() {  # facts for the tests (tests/realnode/conftest.py)
 case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
+purge) cmd_purge ;;
 import) shift; cmd_import "$@" ;;
 env) cmd_env ;;
-*) echo "usage: $0 up|down|import ARCHIVE...|env" >&2; exit 2 ;;
+*) echo "usage: $0 up|down|purge|import ARCHIVE...|env" >&2; exit 2 ;;
 esac

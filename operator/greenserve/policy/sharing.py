@@ -12,7 +12,8 @@ replicas (sized by policy/autoscaling.py as before) and which are unloaded (scal
 * Packing. Models keep their GPU while it still meets every member's target; a GPU that no longer does
   gives up its largest members. Models to place go largest first to the fullest GPU that takes them by
   memory and by the cap (best fit), else to a new GPU. Then at most one GPU per plan is emptied into the
-  others, only if its models fit there with `consolidate_margin` x their loads; a model joins a GPU
+  others: the least-loaded one whose models all fit there with `consolidate_margin` x their loads (in
+  a memory-bound pool the lightest GPU may hold the most memory; the next is tried); a model joins a GPU
   that has models only with `place_margin` x (so a GPU filled or freed now is not undone at the next
   small rise).
 * Hysteresis. A model joins a pool while its load is at most `enter_fraction` of the load a GPU carries
@@ -252,18 +253,31 @@ def _consolidate_one(
     order: Sequence[str],
     limits: SharingLimits,
 ) -> None:
-    """Empty the least-loaded GPU into the others when all its models fit there at the margin."""
+    """Empty the least-loaded GPU whose models all fit into the others at the margin, if any."""
     live = [g for g in order if members[g]]
     if len(live) < 2:
         return
-    source = min(live, key=lambda g: (_load(members[g]), g))
+    for source in sorted(live, key=lambda g: (_load(members[g]), g)):
+        trial = _emptied(source, members, memory, limits)
+        if trial is not None:
+            members.update(trial)
+            members[source] = []
+            return
+
+
+def _emptied(
+    source: str,
+    members: Mapping[str, list[ModelDemand]],
+    memory: Mapping[str, float],
+    limits: SharingLimits,
+) -> dict[str, list[ModelDemand]] | None:
+    """The other GPUs' members with `source`'s models moved in at the margin (None: they do not fit)."""
     trial = {g: list(ms) for g, ms in members.items() if g != source and ms}
     for d in sorted(members[source], key=_size, reverse=True):
         if d.load is None:
-            return  # a held model stays
+            return None  # a held model stays
         target = _best_fit(d, trial, memory, limits, limits.consolidate_margin)
         if target is None:
-            return
+            return None
         trial[target].append(d)
-    members.update(trial)
-    members[source] = []
+    return trial

@@ -101,6 +101,26 @@ def test_consolidation_empties_a_light_gpu_only_with_margin() -> None:
     assert q.home == {"a": "g0", "b": "g1"}
 
 
+def test_consolidation_tries_the_next_gpu_when_the_lightest_cannot_be_emptied() -> None:
+    # Memory-bound pools: the least-loaded GPU is full of memory that fits nowhere else, while the next
+    # one's model fits beside another GPU's; that GPU is the one to empty.
+    cap = shared_load_cap(0.1, 0.5, 0.995)
+    gpus = (
+        PoolGpu("g0", 23.0, ("a", "b")),
+        PoolGpu("g1", 23.0, ("small",)),
+        PoolGpu("g2", 23.0, ("d",)),
+    )
+    ds = [
+        demand("a", 0.01 * cap, memory_gib=11.5),
+        demand("b", 0.01 * cap, memory_gib=11.5),
+        demand("small", 0.2 * cap, memory_gib=2.0),
+        demand("d", 0.05 * cap, memory_gib=12.0),
+    ]
+    p = plan(ds, gpus, LIMITS)
+    assert [g.gpu for g in p.gpus] == ["g0", "g1"]
+    assert p.home == {"a": "g0", "b": "g0", "small": "g1", "d": "g1"}
+
+
 def test_the_profile_mapping_sets_load_and_unload_time() -> None:
     prof = profile.ServiceProfile(
         service_rate_rps=10.0,

@@ -19,7 +19,9 @@ The images are made of layers, each cached in ``$GREENSERVE_CACHE/images/layers/
 * app: the greenserve wheel (operator and agent packages) built from this checkout, plus config files.
 
 An image is then only its config and manifest over those layers, cached in
-``$GREENSERVE_CACHE/images/<manifest digest>/``: a warm build hashes the inputs and finds everything.
+``$GREENSERVE_CACHE/images/<manifest digest>/``: a warm build hashes the inputs and finds everything. The
+most recently used KEEP_ARCHIVES archives of each image, and layers of each kind, stay; older ones are
+deleted after each build (`prune`, `prune_layers`).
 
 The serving image built here is the **CPU test variant**: the same entrypoint (``greenserve-agent``), flags,
 ports (8500, 8501, 9400), REST paths, metrics and SIGTERM drain as the release image from
@@ -123,6 +125,7 @@ def cached_layer(key: str, what: str, make: Callable[[Path], None]) -> Layer:
     meta = layers / f"{key}.json"
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
+        os.utime(meta)  # recently used: kept by prune_layers()
         return Layer(path, info["digest"], info["size"])
     t0 = time.monotonic()
     log(f"building layer {what} ({key})")
@@ -385,6 +388,26 @@ def prune(name: str) -> None:
             old.parent.rmdir()
 
 
+def prune_layers() -> None:
+    """Layers are keyed by their inputs, so each code change adds an app layer and each lock change a deps
+    layer: keep the most recently used KEEP_ARCHIVES of each kind (the archives hold their own copies of
+    the layers, so a pruned one is only rebuilt on a later miss)."""
+    layers = CACHE / "layers"
+    by_kind: dict[str, list[Path]] = {}
+    for meta in layers.glob("*.json"):
+        try:
+            kind = str(json.loads(meta.read_text()).get("what", ""))
+        except (OSError, ValueError):
+            continue
+        by_kind.setdefault(kind, []).append(meta)
+    for metas in by_kind.values():
+        metas.sort(key=lambda m: m.stat().st_mtime, reverse=True)
+        for old in metas[KEEP_ARCHIVES:]:
+            log(f"pruning layer {old.with_suffix('.tar')}")
+            old.with_suffix(".tar").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+
+
 def main() -> int:
     t0 = time.monotonic()
     ver = version()
@@ -434,6 +457,7 @@ def main() -> int:
     for name, (ref, archive) in out.items():
         print(f"GREENSERVE_{name.upper()}_IMAGE={ref}")
         print(f"GREENSERVE_{name.upper()}_ARCHIVE={archive}")
+    prune_layers()
     log(f"images ready in {time.monotonic() - t0:.1f} s")
     return 0
 

@@ -21,8 +21,9 @@ Azure LLM inference traces' aggregate arrival curve:
 Knobs: HPA-like's target utilization (0.9 down to 0.3, in steps of 0.05 over 0.7-0.4, then 0.2 and 0.1
 while it has not reached the top level), Knative-like's target utilization (0.7 to 0.3), and greenserve's
 two-part knob: its fleet attainment target with the quantile of its rise headroom equal to it (0.8 to
-0.999, as Balanced and PowerSaving run), and the quantile on its own (0.5 to 0.999) with the fleet target
-at 0.5, where the p95 guard sizes each model for the rate it sees (`GREENSERVE_SETTINGS`).
+0.999, as Balanced and PowerSaving run), and the quantile on its own (0 to 0.999; at 0 the headroom is
+the least rise the model has shown) with the fleet target at 0.5, where the p95 guard sizes each model
+for the rate it sees (`GREENSERVE_SETTINGS`).
 The bound (`simulator/bound.py`) gives the least energy any policy can use at 99.5%, and the least any
 policy that keeps a replica per model can use (`min_replicas=1`); both know every step's count ahead.
 The causal bound (`simulator/causal_bound.py`) gives the least expected energy of the policies that do
@@ -276,7 +277,7 @@ HPA_LOW_TARGETS = (0.2, 0.1)
 KNATIVE_TARGETS = (0.7, 0.5, 0.3)
 GREENSERVE_TARGETS = (0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 GREENSERVE_FLOOR_TARGET = 0.5
-GREENSERVE_QUANTILES = (0.5, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.95, 0.97, 0.99, 0.999)
+GREENSERVE_QUANTILES = (0.0, 0.25, 0.5, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.95, 0.97, 0.99, 0.999)
 # (knob, rise quantile): None where the policy has no second part or it equals the knob.
 Setting = tuple[float, float | None]
 GREENSERVE_SETTINGS: tuple[Setting, ...] = tuple((t, None) for t in GREENSERVE_TARGETS) + tuple(

@@ -377,11 +377,15 @@ def write_image(spec: ImageSpec, name: str) -> Path:
     return archive
 
 
+def _beyond_newest(paths: Iterable[Path]) -> list[Path]:
+    """The paths past the KEEP_ARCHIVES most recently used (modified: a cache hit touches its file)."""
+    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_ARCHIVES:]
+
+
 def prune(name: str) -> None:
     """Each code change makes a new archive (the serving one is about 2 GB): keep the most recently used
     KEEP_ARCHIVES of each image, across the checkouts that share the cache."""
-    archives = sorted(CACHE.glob(f"*/{name}.oci.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in archives[KEEP_ARCHIVES:]:
+    for old in _beyond_newest(CACHE.glob(f"*/{name}.oci.tar")):
         log(f"pruning {old}")
         old.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -401,8 +405,7 @@ def prune_layers() -> None:
             continue
         by_kind.setdefault(kind, []).append(meta)
     for metas in by_kind.values():
-        metas.sort(key=lambda m: m.stat().st_mtime, reverse=True)
-        for old in metas[KEEP_ARCHIVES:]:
+        for old in _beyond_newest(metas):
             log(f"pruning layer {old.with_suffix('.tar')}")
             old.with_suffix(".tar").unlink(missing_ok=True)
             old.unlink(missing_ok=True)

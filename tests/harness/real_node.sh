@@ -294,6 +294,11 @@ stop_pid() {  # name: SIGTERM, wait up to 20 s, then SIGKILL
     rm -f "$S/$name.pid"
 }
 
+mounts_under() {
+    # Mount points under the folder $1 (with its trailing slash), as the kernel lists them.
+    awk -v p="$1" 'index($2, p) == 1 {print $2}' /proc/mounts
+}
+
 stop_node() {  # the selected node
     # With the kubelet alive, deleting the pods tears their sandboxes down through CNI (veths, IPAM, NAT).
     if alive kubelet && [[ -f "$KUBECONFIG_PATH" ]] && kc get node "$NODE" >/dev/null 2>&1; then
@@ -310,7 +315,7 @@ stop_node() {  # the selected node
     fi
     stop_pid containerd
     # Volume, rootfs and netns mounts under the state folder, deepest first.
-    awk -v p="$S/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+    mounts_under "$S/" | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     ip link del "$BRIDGE" 2>/dev/null || true
@@ -351,7 +356,7 @@ cmd_purge() {
     for i in $(node_dirs); do
         select_node "$i"
         # rm -rf would follow a bind mount left behind (a pod's hostPath) into the host: refuse instead.
-        m="$(awk -v p="$S/" 'index($2, p) == 1 {print $2}' /proc/mounts | head -1)"
+        m="$(mounts_under "$S/" | head -1)"
         [[ -z "$m" ]] || die "not purging $NODE: $m is still mounted"
         rm -rf --one-file-system "$S/containerd" "$S/kubelet/root" "$S/runc" "$S/pod-logs"
         log "node $NODE purged ($(du -sh "$S" | cut -f1) left: logs and configs)"

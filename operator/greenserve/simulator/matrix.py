@@ -20,10 +20,12 @@ Azure LLM inference traces' aggregate arrival curve:
 
 Knobs: HPA-like's target utilization (0.9 down to 0.3, in steps of 0.05 over 0.7-0.4, then 0.2 and 0.1
 while it has not reached the top level), Knative-like's target utilization (0.7 to 0.3), and greenserve's
-two-part knob: its fleet attainment target with the quantile of its rise headroom equal to it (0.8 to
-0.999, as Balanced and PowerSaving run), and the quantile on its own (0 to 0.999; at 0 the headroom is
-the least rise the model has shown) with the fleet target at 0.5, where the p95 guard sizes each model
-for the rate it sees (`GREENSERVE_SETTINGS`).
+two-part knob, along three paths: its fleet attainment target with the quantile of its rise headroom
+equal to it (0.8 to 0.999, as Balanced and PowerSaving run); the quantile on its own (0 to 0.999; at 0
+the headroom is the least rise the model has shown) with the fleet target at 0.5, where the p95 guard
+sizes each model for the rate it sees; and the fleet targets 0.97 to 0.995 with the least headroom
+(quantiles 0 and 0.25), where the fleet objective buys the attainment above the guard's
+(`GREENSERVE_SETTINGS`).
 The bound (`simulator/bound.py`) gives the least energy any policy can use at 99.5%, and the least any
 policy that keeps a replica per model can use (`min_replicas=1`); both know every step's count ahead.
 The causal bound (`simulator/causal_bound.py`) gives the least expected energy of the policies that do
@@ -266,22 +268,31 @@ def make_scenario(key: ScenarioKey, cfg: MatrixConfig) -> Scenario:
 
 # Each policy's knob is swept finely enough around the 99-99.9% frontier that neither is read off a
 # setting far from the level: HPA-like in steps of 0.05 over 0.7-0.4, where it reaches 99-99.9% on
-# most scenarios. greenserve's knob has two parts, swept along two paths: its fleet attainment target
-# with the rise headroom's quantile equal to it (as Balanced and PowerSaving run), and the quantile on
-# its own with the fleet target at 0.5, where the p95 guard sizes each model for the rate it sees and
-# only the headroom covers the rises (finer over 0.85-0.93, where the fleet's bursts enter the
-# quantile). Its realised attainment runs well above its target (the stabilisation window and the
-# headroom keep replicas that the sizing alone would not), hence the low end.
+# most scenarios. greenserve's knob has two parts, swept along three paths: its fleet attainment target
+# with the rise headroom's quantile equal to it (as Balanced and PowerSaving run); the quantile on its
+# own with the fleet target at 0.5, where the p95 guard sizes each model for the rate it sees and only
+# the headroom covers the rises (finer over 0.85-0.93, where the fleet's bursts enter the quantile);
+# and the fleet targets with the least headroom (below). Its realised attainment runs well above its
+# target (the stabilisation window and the headroom keep replicas that the sizing alone would not),
+# hence the low end.
 HPA_TARGETS = (0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3)
 HPA_LOW_TARGETS = (0.2, 0.1)
 KNATIVE_TARGETS = (0.7, 0.5, 0.3)
 GREENSERVE_TARGETS = (0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 GREENSERVE_FLOOR_TARGET = 0.5
 GREENSERVE_QUANTILES = (0.0, 0.25, 0.5, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.95, 0.97, 0.99, 0.999)
+# The third path: the fleet objective at its targets with the least rise headroom. The first path ties
+# the headroom's quantile to the target, so a high target also buys every model its largest headroom,
+# and the second has the objective off (the guard binds at 0.5); here the price per late request alone
+# decides where the replicas above the guard's go.
+GREENSERVE_FLEET_TARGETS = (0.97, 0.99, 0.995)
+GREENSERVE_LOW_QUANTILES = (0.0, 0.25)
 # (knob, rise quantile): None where the policy has no second part or it equals the knob.
 Setting = tuple[float, float | None]
-GREENSERVE_SETTINGS: tuple[Setting, ...] = tuple((t, None) for t in GREENSERVE_TARGETS) + tuple(
-    (GREENSERVE_FLOOR_TARGET, q) for q in GREENSERVE_QUANTILES
+GREENSERVE_SETTINGS: tuple[Setting, ...] = (
+    tuple((t, None) for t in GREENSERVE_TARGETS)
+    + tuple((GREENSERVE_FLOOR_TARGET, q) for q in GREENSERVE_QUANTILES)
+    + tuple((t, q) for t in GREENSERVE_FLEET_TARGETS for q in GREENSERVE_LOW_QUANTILES)
 )
 QUICK_KNOBS: dict[str, tuple[Setting, ...]] = {
     "hpa": tuple((t, None) for t in (0.9, 0.7, 0.5, 0.3)),

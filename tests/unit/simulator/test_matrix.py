@@ -168,5 +168,12 @@ def test_greenserve_shared_is_swept_over_greenserves_settings() -> None:
     knobs = mx.sweep()
     assert knobs["greenserve-shared"] == knobs["greenserve"] == mx.GREENSERVE_SETTINGS
     assert any(q is not None for _, q in knobs["greenserve-shared"])
+    # All three paths: the target as the quantile, the quantile alone (target 0.5), and the fleet
+    # objective on with the least headroom (target above 0.5, quantile below it).
+    settings = knobs["greenserve"]
+    assert len(set(settings)) == len(settings)
+    assert any(q is None for _, q in settings)
+    assert any(t == mx.GREENSERVE_FLOOR_TARGET and q is not None for t, q in settings)
+    assert any(t > mx.GREENSERVE_FLOOR_TARGET and q is not None and q < t for t, q in settings)
     pol = mx.make_policy("greenserve-shared", 0.5, 0.9)
     assert isinstance(pol, GreenserveShared) and (pol.slo_attainment, pol.rise_quantile) == (0.5, 0.9)

@@ -52,7 +52,7 @@ from realnode_support import model_store as model_store_on
 from greenserve import contract as k
 from integration_prom import prom_server
 from support.chart import CHART, helm, render
-from support.kube import Kubectl, harness_bin
+from support.kube import Kubectl, harness_bin, refusals
 from support.paths import REPO
 
 pytestmark = pytest.mark.realnode
@@ -204,11 +204,6 @@ def served(
     return url
 
 
-# A denial in the operator's log: a 403 status or Forbidden reason. Not the milliseconds of a log line's
-# timestamp ("15:59:26,403", which failed this test once on a clean log).
-DENIED = re.compile(r"Forbidden|(?<![\d,.:])403(?!\d)")
-
-
 def test_operator_runs_as_a_pod_on_the_real_node(
     kubectl: Kubectl, operator: str, real_nodes: RealNodes
 ) -> None:
@@ -220,8 +215,7 @@ def test_operator_runs_as_a_pod_on_the_real_node(
     # The operator reads the API through the kubernetes Service from inside the pod: its log shows kopf
     # watching ModelServices, and nothing was denied.
     logs = kubectl.run("logs", "-n", operator, pod["metadata"]["name"]).stdout
-    denied = [line for line in logs.splitlines() if DENIED.search(line)]
-    assert denied == [], logs[-3000:]
+    assert refusals(logs) == [], logs[-3000:]
 
 
 def test_modelservice_becomes_ready_and_predicts(

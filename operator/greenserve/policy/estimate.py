@@ -171,13 +171,15 @@ def rise_ratios(
     if window_s <= 0 or len(rates) < 2:
         return []
     lead = max(1, math.ceil(lead_s / window_s))
+    pool = max(1, max_pool)
+    counts = [max(0.0, r) * window_s for r in rates]  # once, not once per window pooled into
     ratios: list[float] = []
     for i in range(1, len(rates)):
         # The rate at window i, pooled over older windows until it counts `min_events` requests (as
         # `estimate_rate` pools what the policy sizes from), up to `max_pool` windows.
         events, used = 0.0, 0
-        for j in range(i, min(len(rates), i + max(1, max_pool))):
-            events += max(0.0, rates[j]) * window_s
+        for c in counts[i : i + pool]:
+            events += c
             used += 1
             if events >= min_events:
                 break

@@ -14,6 +14,7 @@ history of rises, the GPU placement) stay with the caller; their per-service pie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from greenserve.policy import estimate
 from greenserve.policy.autoscaling import ScalingInputs, queued_from_inflight
@@ -115,13 +116,18 @@ class Reading:
     window_s: float  # length of one window
 
 
+# Memoised on the windows themselves: one tick asks for the same reading's estimate more than once (the
+# fleet objective, the decision, the placement), for every service.
+_estimate_rate = lru_cache(maxsize=4096)(estimate.estimate_rate)
+
+
 def sizing_rate(profile: ServiceProfile, reading: Reading) -> tuple[float | None, float]:
     """The rate to size for and the seconds of data behind it. Sized by the SLO, windows are pooled at
     low rates and the rate's upper confidence bound is used (policy/estimate.py); no request in any of
     them stays 0 (idle)."""
     rate, span = reading.rate, reading.window_s
     if profile.sized_by_slo and rate is not None and reading.window_s > 0:
-        est = estimate.estimate_rate(reading.rate_history or (rate,), reading.window_s)
+        est = _estimate_rate(tuple(reading.rate_history) or (rate,), reading.window_s)
         if est is not None:
             span = max(span, est.horizon_s)
             if est.events > 0:

@@ -9,6 +9,7 @@ model and batch size; exponential waiting keeps the estimate conservative).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 # The SLO is a p95 latency: the share of requests every sizing keeps within it, at least (the guard).
 GUARD_TAIL = 0.05
@@ -104,6 +105,8 @@ def shared_attainment(total_load: float, mean_service_s: float, service_time_s: 
     return max(0.0, 1.0 - total_load * math.exp(-(1.0 - total_load) * budget / mean_service_s))
 
 
+# Memoised: a pure function of a model's service class and target, asked for every model on every tick.
+@lru_cache(maxsize=1024)
 def shared_load_cap(service_time_s: float, slo_s: float, target: float) -> float:
     """The largest summed load (0..1) of a GPU at which a model of this service time still gets `target`
     of its requests within `slo_s` (`shared_attainment` with its own service time as the mean): the

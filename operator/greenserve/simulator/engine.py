@@ -39,7 +39,7 @@ from typing import Protocol
 import numpy as np
 
 from greenserve.policy.energy import GpuPowerModel, gpu_model_for
-from greenserve.policy.queueing import erlang_c, replicas_for_attainment, shared_attainment
+from greenserve.policy.queueing import GUARD_TAIL, erlang_c, replicas_for_attainment, shared_attainment
 from greenserve.simulator.cluster import Cluster, ClusterConfig, Placement, Replica
 from greenserve.simulator.traces import FloatArray, Trace
 
@@ -118,6 +118,9 @@ class Result:
     replicas: FloatArray = field(default_factory=lambda: np.zeros(0))
     nodes: FloatArray = field(default_factory=lambda: np.zeros(0))
     power_w: FloatArray = field(default_factory=lambda: np.zeros(0))
+    # Per model, measured: requests and those answered within its SLO (`models_late`).
+    model_requests: FloatArray = field(default_factory=lambda: np.zeros(0))
+    model_within: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def total_j(self) -> float:
@@ -126,6 +129,12 @@ class Result:
     @property
     def slo_attainment(self) -> float:
         return self.within_slo / self.requests if self.requests > 0 else 1.0
+
+    def models_late(self, tail: float = GUARD_TAIL) -> int:
+        """Models with more than `tail` of their requests outside the SLO: their p95 over the run is
+        over it, whatever the fleet's attainment."""
+        late = self.model_requests - self.model_within
+        return int(np.count_nonzero(late > tail * self.model_requests + 1e-9))
 
 
 def serve_step(
@@ -453,6 +462,8 @@ class Simulation:
             if measured:
                 res.requests += float(lam[m]) * dt
                 res.within_slo += within
+                res.model_requests[m] += float(lam[m]) * dt
+                res.model_within[m] += within
             self.concurrency[m, k] = served / dt / spec.capacity_rps + self.backlog[m]
             if ready[m]:
                 util = served / (ready[m] * spec.capacity_rps * dt)
@@ -471,6 +482,8 @@ class Simulation:
                 if measured:
                     res.requests += float(lam[m]) * dt
                     res.within_slo += within
+                    res.model_requests[m] += float(lam[m]) * dt
+                    res.model_within[m] += within
                 self.concurrency[m, k] = served / dt / spec.capacity_rps + b
             busy_w += (gpu.busy_w - gpu.loaded_idle_w) * busy_s / dt
         n_nodes = len(self.cluster.nodes)
@@ -502,6 +515,7 @@ def _new_result(policy: str, scenario: Scenario) -> Result:
     res = Result(policy, scenario.trace.name, n * scenario.trace.step_s)
     res.t = np.arange(n, dtype=np.float64) * scenario.trace.step_s
     res.replicas, res.nodes, res.power_w = np.zeros(n), np.zeros(n), np.zeros(n)
+    res.model_requests, res.model_within = np.zeros(len(scenario.models)), np.zeros(len(scenario.models))
     return res
 
 
@@ -560,6 +574,8 @@ def run_oracle(scenario: Scenario, attainment: float = ATTAINMENT_TARGET) -> Res
             served, within, _ = serve_step(lam, c, spec.capacity_rps, 0.0, dt, spec.slo_ms / 1000.0)
             res.requests += lam * dt
             res.within_slo += within
+            res.model_requests[m] += lam * dt
+            res.model_within[m] += within
             reps += c
             gpus += c * spec.gpus
             if c:

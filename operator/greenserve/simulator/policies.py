@@ -321,7 +321,7 @@ class Greenserve:
                 profile.Reading(
                     rate=float(hist[0]),
                     inflight=inflight,
-                    rate_history=tuple(float(r) for r in hist),
+                    rate_history=tuple(hist),  # tolist() gave Python floats
                     utilization=min(1.0, float(hist[0]) / (ready * cap)) if ready else None,
                     sampled_at=sim.now,
                     window_s=w,

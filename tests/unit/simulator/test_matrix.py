@@ -3,8 +3,10 @@ fleet policy's behaviour in the simulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ from hypothesis import strategies as st
 from greenserve.simulator import matrix as mx
 from greenserve.simulator import traces
 from greenserve.simulator.cli import main
-from greenserve.simulator.engine import ModelSpec, Scenario, Simulation
-from greenserve.simulator.policies import Greenserve
+from greenserve.simulator.engine import ModelSpec, Result, Scenario, Simulation
+from greenserve.simulator.policies import Greenserve, HpaLike
 from greenserve.simulator.sharing import GreenserveShared
 
 points_st = st.lists(
@@ -87,6 +89,7 @@ def test_quick_bench_runs_well_under_a_minute(tmp_path: Path, capsys: pytest.Cap
     assert mx.markdown(again).splitlines() == md
     # greenserve with shared GPUs is compared too, against HPA-like and the sharing-aware bound.
     assert "greenserve with shared GPUs" in out and "greenserve-shared at matched 99.5%" in out
+    assert "models over 5% late" in out and all(p.models_late is not None for p in again.points)
     shared_md = (tmp_path / "matrix-sharing.md").read_text().splitlines()
     assert len(shared_md) == 2 + len(mx.scenarios(quick=True))
     assert mx.sharing_markdown(again).splitlines() == shared_md
@@ -177,3 +180,89 @@ def test_greenserve_shared_is_swept_over_greenserves_settings() -> None:
     assert any(t > mx.GREENSERVE_FLOOR_TARGET and q is not None and q < t for t, q in settings)
     pol = mx.make_policy("greenserve-shared", 0.5, 0.9)
     assert isinstance(pol, GreenserveShared) and (pol.slo_attainment, pol.rise_quantile) == (0.5, 0.9)
+
+
+def _searched(attainments: list[float], margin: int = mx.SEARCH_MARGIN) -> set[int]:
+    """The settings `frontier_search` runs on a path of these attainments."""
+    ran: set[int] = set()
+    search = mx.frontier_search(len(attainments), margin=margin)
+    try:
+        i = next(search)
+        while True:
+            assert i not in ran  # a setting is run once
+            ran.add(i)
+            i = search.send(attainments[i])
+    except StopIteration:
+        return ran
+
+
+def _path(attainments: list[float], energies: list[float]) -> list[mx.Point]:
+    return [
+        mx.Point("s", "p", float(i), a, e, 0.0, 0.0)
+        for i, (a, e) in enumerate(zip(attainments, energies, strict=True))
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0.95, 1.0), min_size=1, max_size=16), st.data())
+def test_the_search_finds_the_full_sweeps_frontier_on_a_rising_path(
+    atts: list[float], data: st.DataObject
+) -> None:
+    # Attainment and energy both rise along a path (more replicas): the settings the search runs hold
+    # every level's frontier point that running them all would find.
+    atts = sorted(atts)
+    steps = data.draw(st.lists(st.floats(0.0, 1e6), min_size=len(atts), max_size=len(atts)))
+    points = _path(atts, list(itertools.accumulate(steps, initial=1.0))[1:])
+    ran = [points[i] for i in _searched(atts)]
+    for level in (*mx.LEVELS, 0.993, 0.9985):  # any level from the lowest to the highest
+        found, full = mx.frontier_energy(ran, level), mx.frontier_energy(points, level)
+        assert (found and found.energy_j) == (full and full.energy_j)
+
+
+def test_the_search_runs_about_half_a_long_path_and_looks_one_setting_past_each_end() -> None:
+    # 14 settings (greenserve's quantile path), 99% first reached at the 8th and 99.9% at the 11th.
+    atts = [0.9, 0.93, 0.95, 0.97, 0.98, 0.985, 0.988, 0.991, 0.994, 0.997, 0.9992, 0.9995, 0.9998, 1.0]
+    ran = _searched(atts)
+    assert ran == {3, 5, 6, 7, 8, 9, 10, 11} and len(ran) <= len(atts) * 0.6
+    # A step back in energy just past the first setting at 99.9% (seen in a full sweep): the margin's
+    # setting is the frontier there.
+    energies = [float(i) for i in range(len(atts))]
+    energies[11] = 9.5
+    points = _path(atts, energies)
+    assert mx.frontier_energy([points[i] for i in ran], 0.999) == points[11]
+    assert mx.frontier_energy([points[i] for i in _searched(atts, margin=0)], 0.999) == points[10]
+    # Nothing reaches 99%: the bisection ends at the most replicas the path has.
+    assert len(atts) - 1 in _searched([0.9] * len(atts))
+
+
+def test_the_matrix_run_reads_the_same_frontier_as_every_setting() -> None:
+    keys = [mx.ScenarioKey("long-tail", "2s", 8)]
+    cfg = mx.MatrixConfig.quick()
+    searched = mx.run_matrix(keys, cfg, quick=True)
+    again = mx.run_matrix(keys, replace(cfg, workers=1), quick=True)
+    assert [dataclasses.replace(p, cpu_s=0.0) for p in searched.points] == [
+        dataclasses.replace(p, cpu_s=0.0) for p in again.points
+    ]
+    assert searched.bounds == again.bounds and set(searched.causal_sharing) == {keys[0].name}
+    every = [mx._run((keys[0], cfg, p, v, q)) for p, vs in mx.sweep(quick=True).items() for v, q in vs]
+    assert len(searched.points) < len(every)
+    for policy in mx.POLICIES:
+        for level in mx.LEVELS:
+            found = mx.frontier_energy(searched.of(keys[0].name, policy), level)
+            full = mx.frontier_energy([p for p in every if p.policy == policy], level)
+            assert (found and found.energy_j) == (full and full.energy_j), (policy, level)
+
+
+def test_a_run_counts_the_models_whose_own_p95_is_over_the_slo() -> None:
+    res = Result(
+        "p", "t", 1.0, model_requests=np.array([100.0, 100.0, 0.0]), model_within=np.array([96.0, 94.0, 0.0])
+    )
+    assert res.models_late() == 1 and res.models_late(tail=0.01) == 2
+    # The per-model counts are the fleet's, split. HPA-like at 0.9 leaves models of this fleet over 5%
+    # late: each model's own share, not the fleet's, decides.
+    sc = mx.make_scenario(mx.ScenarioKey("long-tail", "2s", 8), mx.MatrixConfig.quick())
+    run = Simulation(sc).run(HpaLike(0.9))
+    assert run.model_requests.sum() == pytest.approx(run.requests)
+    assert run.model_within.sum() == pytest.approx(run.within_slo)
+    late = 1.0 - run.model_within / np.maximum(run.model_requests, 1e-12)
+    assert run.models_late() == int(np.sum((late > 0.05) & (run.model_requests > 0))) >= 1

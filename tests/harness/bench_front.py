@@ -46,10 +46,16 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports, their sockets held together (ports taken one by one can repeat)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_available(port: int, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -76,12 +82,12 @@ def server(front: bool, cpus: str, model_base: Path, log: Path) -> Iterator[int]
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    port = free_port()
+    port, grpc_port, metrics_port = free_ports(3)
     common = [f"--model_name={MODEL}", f"--model_base_path={model_base}"]
     if front:
         cmd = [
-            sys.executable, "-m", "greenserve_agent", f"--rest_api_port={port}", f"--port={free_port()}",
-            f"--agent-metrics-port={free_port()}", "--agent-backend=local", "--agent-simulate=true",
+            sys.executable, "-m", "greenserve_agent", f"--rest_api_port={port}", f"--port={grpc_port}",
+            f"--agent-metrics-port={metrics_port}", "--agent-backend=local", "--agent-simulate=true",
             "--agent-host=127.0.0.1", *common,
         ]  # fmt: skip
     else:

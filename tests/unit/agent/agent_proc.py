@@ -22,9 +22,20 @@ MODEL = "affine"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports. The sockets are held open together: ports taken one after another can
+    repeat, since the kernel may hand a just-released port out again (CI saw rest == metrics once)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def make_saved_model(root: Path, name: str = MODEL) -> Path:
@@ -82,7 +93,7 @@ class AgentProcess:
 
 def start_agent(model_base: Path, log_path: Path, *extra: str, nofile: int | None = None) -> AgentProcess:
     """`nofile`: the agent's file-descriptor limit (RLIMIT_NOFILE), for tests of its connection cap."""
-    rest, metrics = free_port(), free_port()
+    rest, metrics = free_ports(2)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
         sys.executable, "-m", "greenserve_agent",

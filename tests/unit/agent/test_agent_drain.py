@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_proc import MODEL, free_port, make_saved_model, sigterm_under_load, start_agent
+from agent_proc import MODEL, free_port, free_ports, make_saved_model, sigterm_under_load, start_agent
 from aiohttp import web
 
 from greenserve_agent.simulated import SimulatedNvml
@@ -48,8 +48,9 @@ async def slow_backend() -> AsyncIterator[int]:
 
 
 async def test_drain_finishes_in_flight_and_late_requests_before_stopping(slow_backend: int) -> None:
+    rest, metrics = free_ports(2)
     cfg = AgentConfig(
-        model_name=MODEL, model_base_path="/unused", rest_port=free_port(), metrics_port=free_port(),
+        model_name=MODEL, model_base_path="/unused", rest_port=rest, metrics_port=metrics,
         host="127.0.0.1", backend_rest_port=slow_backend, drain_quiet_s=0.3, drain_timeout_s=20,
     )  # fmt: skip
     sup = SleeperSupervisor(cfg, nvml=SimulatedNvml())

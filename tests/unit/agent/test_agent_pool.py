@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_proc import AgentProcess, free_port, make_saved_model
+from agent_proc import AgentProcess, free_ports, make_saved_model
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
@@ -75,7 +75,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def pool_agent(tmp_path: Path, store: dict[str, Path]) -> Iterator[tuple[AgentProcess, Path]]:
     config = tmp_path / "models.config"
     write_config(config, {"a": store["a"], "b": store["b"]})
-    rest, metrics = free_port(), free_port()
+    rest, metrics = free_ports(2)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "MODEL_NAME": "ignored"}
     cmd = [
         sys.executable, "-m", "greenserve_agent",

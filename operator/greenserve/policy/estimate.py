@@ -33,10 +33,12 @@ bursts gets the size of its bursts. Learned per model from its history, not fitt
 An hour of a model's own history may hold none of the bursts its traffic has: a model whose bursts come
 three an hour goes an hour without one one time in twenty, and then meets the next with no headroom. So
 the fleet's rises (every model's `rise_ratios`, `pool_rises`) are each model's prior: `rise_quantile`
-takes the quantile of the mixture of its own rises and the fleet's, the fleet's counting as one full
-history of the model's own (half the weight of a model with an hour of history, all of it for a model
-without rises of its own). A fleet whose models never jump lends nothing; a model that bursts keeps its
-own bursts whatever the fleet does.
+takes the quantile of the mixture of its own rises and the fleet's. What the fleet's rises are worth
+against a model's own (`prior_weight`) is measured, not chosen: empirical Bayes on a beta-binomial, the
+share of each model's rises above the quantile against the spread that sampling alone would give. Where
+the models differ no more than that (one traffic, bursts at random), a model's quiet hour is luck and
+the fleet's rises decide; where they differ, each model keeps about its own. A fleet whose models never
+jump lends nothing; a model whose bursts set it apart keeps them.
 
 Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3, `min_events` 100) are
 statistical: at z = 3.5 a single window flags a false step about once in 4,000 windows; 100 requests
@@ -199,6 +201,34 @@ def pool_rises(ratios: Iterable[Sequence[float]], points: int = RISE_PRIOR_POINT
         return tuple(pooled)
     last = len(pooled) - 1
     return tuple(pooled[round(i * last / (points - 1))] for i in range(points))
+
+
+def prior_weight(
+    rises: Iterable[Sequence[float]], prior: Sequence[float], quantile: float, lead: int
+) -> float:
+    """How many of a model's own rises the fleet's prior is worth, from how much the fleet's models differ
+    (empirical Bayes, beta-binomial): each model's share of rises above the prior's `quantile` is
+    compared with the spread that sampling alone gives. Models that differ no more than that are one
+    traffic, and a model's own hour then tells less than the fleet's (weight up to infinite: the prior
+    alone); models that differ keep their own. The rises of windows within one lead time share the
+    window ahead, so `lead` windows count as one observation."""
+    if not prior:
+        return 0.0
+    threshold = prior[min(len(prior) - 1, max(0, round(quantile * (len(prior) - 1))))]
+    per = max(1, lead)
+    groups = [(sum(1 for r in rs if r > threshold) / len(rs), len(rs) / per) for rs in rises if rs]
+    total = sum(n for _, n in groups)
+    if len(groups) < 2 or total <= 0:
+        return math.inf if groups else 0.0
+    p = sum(x * n for x, n in groups) / total
+    if p <= 0.0 or p >= 1.0:
+        return math.inf  # no model's rises reach the quantile, or all do: nothing tells them apart
+    spread = sum(n * (x - p) ** 2 for x, n in groups)
+    # Method of moments for the variance of the models' own shares beyond the binomial's.
+    between = (spread - p * (1.0 - p) * (len(groups) - 1)) / (total - sum(n * n for _, n in groups) / total)
+    if between <= 0.0:
+        return math.inf
+    return max(0.0, p * (1.0 - p) / between - 1.0) * per
 
 
 def rise_quantile(

@@ -225,14 +225,17 @@ def sharing_demand(
     idle_s: float = 0.0,
     has_dedicated: bool = False,
     reload_s: float | None = None,
+    rise_factor: float = 1.0,
 ) -> ModelDemand:
     """This service in the GPU placement (policy/sharing.py): the one mapping of a profile to its input.
 
-    `rate` is the sized rate (`sizing_rate`, rise headroom included; None: no reading). Its load is rate x
-    service time. It is unloaded after `unload_after_s`: the break-even (energy.break_even_idle_s) of a
-    reload (`reload_s`, the profile's cold start unless given: the GPU held at resident-model power
-    while the model loads) against what the model costs loaded and idle (its memory's share of a GPU's
-    resident-model power and node share, `replica_power_w`), never shorter than the reload itself.
+    `rate` is the sized rate (`sizing_rate`; None: no reading). Its load is rate x service time, and its
+    `rise` the load its rise headroom adds (`rise_factor`, the autoscaler's): a shared GPU keeps room for its
+    largest member's rise, and a model joins a pool only if its load and rise together fit there. It is
+    unloaded after `unload_after_s`: the break-even (energy.break_even_idle_s) of a reload (`reload_s`, the
+    profile's cold start unless given: the GPU held at resident-model power while the model loads) against
+    what the model costs loaded and idle (its memory's share of a GPU's resident-model power and node share,
+    `replica_power_w`), never shorter than the reload itself.
 
     A shared GPU keeps each member's attainment target, and never less than the p95 guard's share
     (`queueing.GUARD_ATTAINMENT`): the SLO is a p95, and a model on its own replicas is never sized below
@@ -241,9 +244,11 @@ def sharing_demand(
     load_s = profile.cold_start_s if reload_s is None else reload_s
     idle_w = profile.replica_power_w * min(1.0, memory_gib / gpu_memory_gib) if gpu_memory_gib > 0 else 0.0
     unload_after = break_even_idle_s(idle_w, profile.gpu.loaded_idle_w * load_s, load_s)
+    load = None if rate is None else max(0.0, rate) * service_s
     return ModelDemand(
         name=name,
-        load=None if rate is None else max(0.0, rate) * service_s,
+        load=load,
+        rise=0.0 if load is None else load * max(0.0, rise_factor - 1.0),
         memory_gib=memory_gib,
         service_time_s=service_s,
         slo_s=profile.slo_p95_ms / 1000.0 if profile.sized_by_slo and profile.slo_p95_ms else None,

@@ -9,6 +9,11 @@ replicas (sized by policy/autoscaling.py as before) and which are unloaded (scal
   only if every model on it keeps its own attainment target within its SLO at the summed load: the cap
   comes from the SLO and the queueing model, not from traces. A model without an SLO counts against a
   fixed utilisation cap (`SharingLimits.utilisation_cap`).
+* Room for a rise. Each model also brings its `rise`, the load its rise headroom adds (the autoscaler's
+  factor, which sizes its dedicated replicas for the rises it has shown within a scale-up's lead time).
+  A GPU is judged at its members' summed load plus the largest member's rise: a member in a burst
+  stays within every member's target until it can move to dedicated replicas. Not the rises' sum:
+  rises of different models rarely coincide within one lead time.
 * Packing. Models keep their GPU while it still meets every member's target; a GPU that no longer does
   gives up its largest members. Models to place go largest first to the fullest GPU that takes them by
   memory and by the cap (best fit), else to a new GPU. Then at most one GPU per plan is emptied into the
@@ -16,9 +21,9 @@ replicas (sized by policy/autoscaling.py as before) and which are unloaded (scal
   a memory-bound pool the lightest GPU may hold the most memory; the next is tried); a model joins a GPU
   that has models only with `place_margin` x (so a GPU filled or freed now is not undone at the next
   small rise).
-* Hysteresis. A model joins a pool while its load is at most `enter_fraction` of the load a GPU carries
-  for it alone at its target (`queueing.shared_load_cap`) and leaves for dedicated replicas only past
-  `leave_fraction`: a model near the threshold does not flap.
+* Hysteresis. A model joins a pool while its load and rise are at most `enter_fraction` of the load a
+  GPU carries for it alone at its target (`queueing.shared_load_cap`) and leaves for dedicated replicas
+  only past `leave_fraction`: a model near the threshold does not flap.
 * Scale to zero. A model with `min_replicas` 0, no request in its sized windows (load 0) and idle for
   `unload_after_s` is unloaded; `unload_after_s` is the break-even of its reload energy against what it
   costs to keep it loaded (policy/profile.py `sharing_demand`). A model with traffic is never unloaded.
@@ -54,8 +59,8 @@ class ModelDemand:
     """One model as the placement sees it."""
 
     name: str
-    # Sized busy fraction of one GPU (requests/s x service time, the rate's upper estimate and rise
-    # headroom included); None when no reading is available (the model is held where it is).
+    # Sized busy fraction of one GPU (requests/s x service time, the rate's upper estimate); None when
+    # no reading is available (the model is held where it is).
     load: float | None
     memory_gib: float
     service_time_s: float
@@ -66,6 +71,10 @@ class ModelDemand:
     idle_s: float = 0.0  # seconds since the model's last request (math.inf: none seen)
     unload_after_s: float = math.inf  # idle time after which a model at min_replicas 0 is unloaded
     has_dedicated: bool = False  # it has dedicated replicas now (else: shared, or unloaded)
+    # The load its rises add within a dedicated scale-up's lead time (load x (rise factor - 1)): a
+    # shared GPU keeps room for its largest member's rise, not their sum (rises of different models
+    # rarely coincide within one lead time).
+    rise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -116,16 +125,17 @@ def solo_cap(d: ModelDemand, limits: SharingLimits) -> float:
 
 
 def fits(members: Sequence[ModelDemand], limits: SharingLimits, scale: float = 1.0) -> bool:
-    """Every member keeps its target on one GPU at the summed load (loads x `scale`). A member without a
-    reading counts as load 0: it is held where it is, not judged."""
+    """Every member keeps its target on one GPU at the summed load plus the largest member's rise (all x
+    `scale`). A member without a reading counts as load 0: it is held where it is, not judged."""
     loads = [scale * (m.load or 0.0) for m in members]
-    total = sum(loads)
-    if total <= 0:
+    base = sum(loads)
+    if base <= 0:
         return True
-    # The served requests' mean service time, from load shares (x / total) so that a tiny load's
+    # The served requests' mean service time, from load shares (x / base) so that a tiny load's
     # rate does not underflow to 0 and read as "no service at all".
-    rate = sum(x / total / m.service_time_s for x, m in zip(loads, members, strict=True) if m.service_time_s)
+    rate = sum(x / base / m.service_time_s for x, m in zip(loads, members, strict=True) if m.service_time_s)
     mean_s = 1.0 / rate if rate > 0 else 0.0
+    total = base + scale * max((m.rise for m in members if m.load is not None), default=0.0)
     for m in members:
         if m.slo_s is None:
             if total > limits.utilisation_cap:
@@ -136,15 +146,15 @@ def fits(members: Sequence[ModelDemand], limits: SharingLimits, scale: float = 1
 
 
 def wants_shared(d: ModelDemand, now_shared: bool, limits: SharingLimits) -> bool | None:
-    """The hysteresis alone: whether a model with a reading belongs on a shared GPU (at most
-    `enter_fraction` of its solo cap to join, past `leave_fraction` to leave); None without a reading.
+    """The hysteresis alone: whether a model with a reading belongs on a shared GPU (its load and rise at
+    most `enter_fraction` of its solo cap to join, past `leave_fraction` to leave); None without a reading.
     Packing (memory, the cap of the GPU's other models) may still keep it out."""
     if d.load is None:
         return None
     if d.sharing is Sharing.EXCLUSIVE or d.memory_gib > limits.gpu_memory_gib:
         return False
     threshold = (limits.leave_fraction if now_shared else limits.enter_fraction) * solo_cap(d, limits)
-    return d.load <= threshold
+    return d.load + d.rise <= threshold
 
 
 def _wants_home(d: ModelDemand) -> bool:

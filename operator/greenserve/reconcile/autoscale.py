@@ -15,6 +15,7 @@ the lead time, and pools every ModelService's rises as each one's prior (`estima
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -71,6 +72,8 @@ class RateHistory:
         self._rates: dict[tuple[str, str], deque[tuple[float, float]]] = {}
         self._rises: dict[tuple[str, str], list[float]] = {}
         self._prior: tuple[float, ...] | None = None
+        self._weights: dict[tuple[float, int], float] = {}
+        self._factors: dict[tuple[str, str], float] = {}
 
     def record(self, key: tuple[str, str], at: float, rate: float, window_s: float) -> list[float]:
         """Add a reading; the recorded rates, newest first."""
@@ -83,6 +86,7 @@ class RateHistory:
         for k in [k for k, other in self._rates.items() if other and at - other[-1][0] > RISE_HISTORY_S]:
             del self._rates[k]  # a deleted or long-silent ModelService
             self._rises.pop(k, None)
+            self._factors.pop(k, None)
             self._prior = None
         return [r for _, r in reversed(q)]
 
@@ -99,7 +103,26 @@ class RateHistory:
         """Every ModelService's rises pooled (`estimate.pool_rises`), rebuilt after any of them changed."""
         if self._prior is None:
             self._prior = estimate.pool_rises(self._rises.values())
+            self._weights = {}
         return self._prior
+
+    def prior_weight(self, quantile: float, lead: int) -> float:
+        """What the prior is worth against a model's own rises (`estimate.prior_weight`), rebuilt with it."""
+        prior = self.prior()
+        found = self._weights.get((quantile, lead))
+        if found is None:
+            found = self._weights[(quantile, lead)] = estimate.prior_weight(
+                self._rises.values(), prior, quantile, lead
+            )
+        return found
+
+    def set_factor(self, key: tuple[str, str], factor: float) -> None:
+        self._factors[key] = factor
+
+    def factor(self, key: tuple[str, str]) -> float:
+        """`key`'s rise headroom as its last autoscaling step computed it (1: none yet, as after a
+        restart); the pool placement sizes a shared GPU's room for rises with it (reconcile/pools.py)."""
+        return self._factors.get(key, 1.0)
 
 
 HISTORY = RateHistory()
@@ -169,12 +192,15 @@ def policy_inputs(
     target = inputs.slo_attainment
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
         # Headroom for the rises this model has shown within the lead time, at the target's quantile,
-        # with the fleet's rises as its prior (worth one full history of its own).
+        # with the fleet's rises as its prior (worth as much as the fleet's models are alike).
         hist = HISTORY if history is None else history
         key = (reading.namespace, reading.name)
         hist.record(key, reading.sampled_at or now, reading.requests_per_s or 0.0, reading.window_s)
-        own = hist.rises(key, reading.window_s, profile.rise_lead_s(svc, reading.window_s))
-        factor = estimate.rise_quantile(own, target, hist.prior(), RISE_HISTORY_S / reading.window_s)
+        lead_s = profile.rise_lead_s(svc, reading.window_s)
+        own = hist.rises(key, reading.window_s, lead_s)
+        weight = hist.prior_weight(target, math.ceil(lead_s / reading.window_s))
+        factor = estimate.rise_quantile(own, target, hist.prior(), weight)
+        hist.set_factor(key, factor)
         inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor, demand_at=demand_at)
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
         # The fleet objective: this model's share of the fleet's target at the fleet's price.

@@ -44,6 +44,7 @@ from greenserve.manifests.builders import BuildOptions, lift_warmup_protection, 
 from greenserve.manifests.profile import service_profile
 from greenserve.policy import pool_rule, sharing
 from greenserve.policy.profile import UTILISATION_AT_TARGET, sharing_demand
+from greenserve.reconcile import autoscale
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,15 @@ class _Inputs:
 
 
 def demand_of(
-    name: str, spec: ModelServiceSpec, status: Mapping[str, Any], gpu_memory_bytes: int
+    name: str,
+    spec: ModelServiceSpec,
+    status: Mapping[str, Any],
+    gpu_memory_bytes: int,
+    rise_factor: float = 1.0,
 ) -> sharing.ModelDemand | None:
     """The sharing policy's input for a ModelService (profile.sharing_demand), from the last request rate
-    in its status (cleared while metrics are stale: then no reading, and the policy holds it)."""
+    in its status (cleared while metrics are stale: then no reading, and the policy holds it) and its
+    rise headroom (`autoscale.HISTORY.factor`: 1 until its autoscaler has seen a rise)."""
     if spec.gpu.memory is None:
         return None
     rps = status.get("requestsPerSecond")
@@ -158,6 +164,7 @@ def demand_of(
         gpu_memory_gib=gpu_memory_bytes / 2**30,
         sharing=sharing.Sharing(effective_sharing(spec).value),
         has_dedicated=isinstance(replicas, int) and replicas > 0,
+        rise_factor=rise_factor,
     )
 
 
@@ -166,7 +173,12 @@ _LOAD_DRIVEN = frozenset({pool_rule.SHARED, pool_rule.JOINS, pool_rule.STARTS_SH
 
 
 def placement_due(
-    name: str, spec: ModelServiceSpec, status: Mapping[str, Any], rps: float | None, config: OperatorConfig
+    name: str,
+    spec: ModelServiceSpec,
+    status: Mapping[str, Any],
+    rps: float | None,
+    config: OperatorConfig,
+    rise_factor: float = 1.0,
 ) -> bool:
     """The fresh request rate `rps` crosses the model's sharing threshold for its current placement (out
     of the pool past the leave threshold, into it below the join threshold: policy/sharing.py
@@ -177,7 +189,7 @@ def placement_due(
     if rps is None or placed.get("reason") not in _LOAD_DRIVEN or blocked(spec) is not None:
         return False
     limit = int(parse_quantity(config.pool_gpu_memory))
-    demand = demand_of(name, spec, {**status, "requestsPerSecond": rps}, limit)
+    demand = demand_of(name, spec, {**status, "requestsPerSecond": rps}, limit, rise_factor)
     if demand is None:
         return False
     now_shared = bool(placed.get("shared"))
@@ -225,7 +237,9 @@ def _inputs(
                 else name in listed,
                 new=placed is None,
                 blocked=why,
-                demand=demand_of(name, spec, status, gpu_memory_bytes),
+                demand=demand_of(
+                    name, spec, status, gpu_memory_bytes, autoscale.HISTORY.factor((key.namespace, name))
+                ),
             )
         )
         out.members[name] = _Member(str(meta.get("uid")), spec.model.name, spec.model.storage_uri)

@@ -259,7 +259,9 @@ class Ticker:
             why is None
             and tele.fresh
             and pools.participates(spec, status)
-            and pools.placement_due(key[1], spec, status, tele.fields.requests_per_second, cfg)
+            and pools.placement_due(
+                key[1], spec, status, tele.fields.requests_per_second, cfg, autoscale.HISTORY.factor(key)
+            )
         ):
             why = "placement"  # its load crossed its sharing threshold: into or out of its pool now
             placed = (status.get("placement") or {}).get("reason")

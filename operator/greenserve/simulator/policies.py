@@ -336,17 +336,17 @@ class Greenserve:
                 estimate.rise_ratios(hist, w, profile.rise_lead_s(p, w))
                 for p, hist in zip(self._profiles, past, strict=True)
             ]
-            # As the operator: the fleet's rises are the prior of every model's own, worth one history.
+            # As the operator: the fleet's rises are the prior of every model's own, worth as much as
+            # the fleet's models are alike (estimate.prior_weight).
             prior = estimate.pool_rises(ratios) if self.rise_prior else ()
-            self._rise = [
-                estimate.rise_quantile(
-                    rs,
-                    self.rise_quantile if self.rise_quantile is not None else p.slo_attainment or 0.99,
-                    prior,
-                    self.rise_history_s / w,
-                )
-                for p, rs in zip(self._profiles, ratios, strict=True)
-            ]
+            self._rise = []
+            weights: dict[tuple[float, int], float] = {}
+            for p, rs in zip(self._profiles, ratios, strict=True):
+                q = self.rise_quantile if self.rise_quantile is not None else p.slo_attainment or 0.99
+                lead = math.ceil(profile.rise_lead_s(p, w) / w)
+                if (q, lead) not in weights:
+                    weights[(q, lead)] = estimate.prior_weight(ratios, prior, q, lead)
+                self._rise.append(estimate.rise_quantile(rs, q, prior, weights[(q, lead)]))
         self._targets = []
         if self.fleet_objective and self.slo_attainment:
             members = []

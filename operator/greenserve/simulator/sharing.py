@@ -9,9 +9,10 @@ planned unloaded lose every replica and copy (the activator holds their requests
 Every change of home is surge-then-retire: a model's old home (dedicated replicas or a shared copy) goes
 only once the new one is ready, so a model with traffic is never without a ready home because of a move.
 
-The placement's load is the sized rate (the rate's upper estimate over the pooled windows) without the
-rise headroom: the headroom covers a dedicated scale-up's lead time per model, and summing it over a
-GPU's models would count rises that do not coincide.
+The placement's load is the sized rate (the rate's upper estimate over the pooled windows); each model's
+rise headroom (the autoscaler's factor, as for its dedicated replicas) is kept apart as its `rise`, and a
+shared GPU keeps room for its largest member's rise (policy/sharing.py `fits`), not their sum: rises of
+different models rarely coincide within one lead time.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class GreenserveShared(Greenserve):
                     idle_s=sim.now - last if math.isfinite(last) else math.inf,
                     has_dedicated=bool(sim.logical(m)),
                     reload_s=spec.reload_s,
+                    rise_factor=self._rise_factor(m),
                 )
             )
         return out

@@ -209,3 +209,37 @@ def test_a_model_that_has_not_burst_yet_takes_its_fleets_bursts_as_prior() -> No
     # The pooled prior of a large fleet is thinned to a bounded size and keeps its extremes.
     big = estimate.pool_rises([loud] * 50)
     assert len(big) == estimate.RISE_PRIOR_POINTS and big[0] == loud[0] and big[-1] == loud[-1]
+
+
+def _bursting(rng: np.random.Generator, bursts: int, n: int = 120, window: float = 30.0) -> list[float]:
+    """A model at 10 req/s with `bursts` bursts to x3 of 3 windows each, at random windows."""
+    level = np.full(n, 10.0)
+    for start in rng.integers(0, n - 3, bursts):
+        level[start : start + 3] = 30.0
+    return (rng.poisson(level * window) / window).tolist()
+
+
+def test_the_prior_is_worth_as_much_as_the_fleets_models_are_alike() -> None:
+    rng = np.random.default_rng(5)
+    window, lead_s, q = 30.0, 180.0, 0.93
+    lead = math.ceil(lead_s / window)
+    # One traffic: 40 models whose bursts come at random, a Poisson number an hour each (some none).
+    alike = [estimate.rise_ratios(_bursting(rng, int(rng.poisson(3))), window, lead_s) for _ in range(40)]
+    prior = estimate.pool_rises(alike)
+    weight = estimate.prior_weight(alike, prior, q, lead)
+    assert weight > 4 * len(alike[0])  # the fleet's hour tells more than a model's own
+    # Then a model without a burst this hour gets about the fleet's headroom, not its own lack of it.
+    calm = next(rs for rs in alike if estimate.rise_quantile(rs, q) < 1.3)
+    fleet_q = estimate.rise_quantile((), q, prior, 1.0)
+    assert estimate.rise_quantile(calm, q, prior, weight) > 0.9 * fleet_q > 1.5
+    # Two traffics: 5 models that burst 8 times an hour among 35 that never do. The models differ, so
+    # each keeps about its own: the steady ones no burst headroom, the bursting ones theirs.
+    mixed = [estimate.rise_ratios(_bursting(rng, 8 if i < 5 else 0), window, lead_s) for i in range(40)]
+    prior = estimate.pool_rises(mixed)
+    weight = estimate.prior_weight(mixed, prior, q, lead)
+    assert weight < len(mixed[0])
+    assert estimate.rise_quantile(mixed[-1], q, prior, weight) < 1.3
+    assert estimate.rise_quantile(mixed[0], q, prior, weight) > 2.0
+    # Nothing to weigh: no prior; a prior no model's rises reach beyond.
+    assert estimate.prior_weight(mixed, (), q, lead) == 0.0
+    assert estimate.prior_weight([[1.0] * 10] * 3, (1.0,) * 30, q, lead) == math.inf

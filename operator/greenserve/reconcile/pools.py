@@ -148,13 +148,18 @@ def demand_of(
     status: Mapping[str, Any],
     gpu_memory_bytes: int,
     rise_factor: float = 1.0,
+    sized_rate: float | None = None,
 ) -> sharing.ModelDemand | None:
     """The sharing policy's input for a ModelService (profile.sharing_demand), from the last request rate
     in its status (cleared while metrics are stale: then no reading, and the policy holds it) and its
-    rise headroom (`autoscale.HISTORY.factor`: 1 until its autoscaler has seen a rise)."""
+    rise headroom (`autoscale.HISTORY.factor`: 1 until its autoscaler has seen a rise). With a reading, the
+    load is the rate its autoscaler sized for (`sized_rate`, `autoscale.HISTORY.sized_rate`: the rate's
+    upper estimate over the pooled windows, as the simulator places models) where there is one."""
     if spec.gpu.memory is None:
         return None
     rps = status.get("requestsPerSecond")
+    if isinstance(rps, int | float) and sized_rate is not None:
+        rps = sized_rate
     replicas = status.get("replicas")
     return sharing_demand(
         service_profile(spec),
@@ -179,17 +184,18 @@ def placement_due(
     rps: float | None,
     config: OperatorConfig,
     rise_factor: float = 1.0,
+    sized_rate: float | None = None,
 ) -> bool:
     """The fresh request rate `rps` crosses the model's sharing threshold for its current placement (out
     of the pool past the leave threshold, into it below the join threshold: policy/sharing.py
     `wants_shared`), so its pool must be re-planned now rather than at the next status refresh. Never
     without a reading, and only for a placement the load decides (a full pool is not re-planned on
-    every tick)."""
+    every tick). `sized_rate`: the rate the autoscaler sized for at this reading (`demand_of`)."""
     placed = status.get("placement") or {}
     if rps is None or placed.get("reason") not in _LOAD_DRIVEN or blocked(spec) is not None:
         return False
     limit = int(parse_quantity(config.pool_gpu_memory))
-    demand = demand_of(name, spec, {**status, "requestsPerSecond": rps}, limit, rise_factor)
+    demand = demand_of(name, spec, {**status, "requestsPerSecond": rps}, limit, rise_factor, sized_rate)
     if demand is None:
         return False
     now_shared = bool(placed.get("shared"))
@@ -238,7 +244,12 @@ def _inputs(
                 new=placed is None,
                 blocked=why,
                 demand=demand_of(
-                    name, spec, status, gpu_memory_bytes, autoscale.HISTORY.factor((key.namespace, name))
+                    name,
+                    spec,
+                    status,
+                    gpu_memory_bytes,
+                    autoscale.HISTORY.factor((key.namespace, name)),
+                    autoscale.HISTORY.sized_rate((key.namespace, name)),
                 ),
             )
         )

@@ -260,7 +260,13 @@ class Ticker:
             and tele.fresh
             and pools.participates(spec, status)
             and pools.placement_due(
-                key[1], spec, status, tele.fields.requests_per_second, cfg, autoscale.HISTORY.factor(key)
+                key[1],
+                spec,
+                status,
+                tele.fields.requests_per_second,
+                cfg,
+                autoscale.HISTORY.factor(key),
+                autoscale.HISTORY.sized_rate(key),
             )
         ):
             why = "placement"  # its load crossed its sharing threshold: into or out of its pool now

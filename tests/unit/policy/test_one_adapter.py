@@ -19,7 +19,7 @@ from greenserve.manifests.profile import service_profile
 from greenserve.metrics.types import ServiceMetrics
 from greenserve.policy import profile
 from greenserve.policy.autoscaling import ScalingInputs
-from greenserve.reconcile import autoscale
+from greenserve.reconcile import autoscale, pools
 from greenserve.simulator.engine import ModelSpec, Scenario, Simulation
 from greenserve.simulator.policies import Greenserve
 from greenserve.simulator.traces import Trace
@@ -93,6 +93,29 @@ def test_the_operator_and_the_simulator_give_the_policy_the_same_inputs(attainme
     _operator_inputs(policy, sim, history)
     assert history.factor(("sim", "chat")) == policy._rise_factor(0) > 1.0
     assert history.factor(("sim", "other")) == 1.0
+    # And the load it places the model by: the rate the autoscaler sized for, not the window's mean.
+    assert history.sized_rate(("sim", "chat")) == sized != reading.rate
+    assert history.sized_rate(("sim", "other")) is None
+    spec, gpu_gib = policy.spec_for(sim, 0), 24.0
+    spec = spec.model_copy(update={"gpu": spec.gpu.model_copy(update={"memory": "2Gi"})})
+    demand = pools.demand_of(
+        "chat",
+        spec,
+        {"requestsPerSecond": reading.rate},
+        int(gpu_gib * 2**30),
+        history.factor(("sim", "chat")),
+        history.sized_rate(("sim", "chat")),
+    )
+    simulated_demand = profile.sharing_demand(
+        service_profile(spec),
+        "chat",
+        sized,
+        memory_gib=2.0,
+        gpu_memory_gib=gpu_gib,
+        rise_factor=policy._rise_factor(0),
+    )
+    assert demand is not None and demand.load == pytest.approx(simulated_demand.load)
+    assert demand.rise == pytest.approx(simulated_demand.rise) and demand.rise > 0.0
 
 
 def test_the_spec_target_is_met_at_the_named_utilisation() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from greenserve.cluster.cache import CACHE, ClusterCache
+from greenserve.reconcile import autoscale
 
 
 @pytest.fixture
@@ -20,3 +21,12 @@ def fresh_cache() -> Iterator[ClusterCache]:
     yield CACHE
     for f in dataclasses.fields(ClusterCache):
         setattr(CACHE, f.name, getattr(saved, f.name))
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_history(monkeypatch: pytest.MonkeyPatch) -> autoscale.RateHistory:
+    """Each test its own autoscaler history: the process's keeps every ModelService's sized rate and rise
+    headroom by namespace and name, which tests reuse."""
+    history = autoscale.RateHistory()
+    monkeypatch.setattr(autoscale, "HISTORY", history)
+    return history

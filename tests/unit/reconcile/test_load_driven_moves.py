@@ -69,6 +69,24 @@ def test_the_threshold_check_has_hysteresis_and_needs_a_reading() -> None:
     assert sharing.wants_shared(dataclasses.replace(d, load=None), True, limits) is None
 
 
+def test_the_pool_judges_a_model_by_the_rate_its_autoscaler_sized_for() -> None:
+    # The autoscaler sizes for the rate's upper estimate (profile.sizing_rate); the pool places by the
+    # same rate, as the simulator does, not by the last window's mean.
+    cfg = OperatorConfig(pool_gpu_memory="16Gi")
+    spec = pools.parse_spec(msvc()["spec"])
+    busy, shared = placed(False, "HighTraffic"), placed(True, "Shared")
+    assert pools.placement_due(NAME, spec, busy, JOIN_RPS * 0.95, cfg)
+    assert not pools.placement_due(NAME, spec, busy, JOIN_RPS * 0.95, cfg, sized_rate=JOIN_RPS * 1.05)
+    assert pools.placement_due(NAME, spec, shared, LEAVE_RPS * 0.95, cfg, sized_rate=LEAVE_RPS * 1.05)
+    limit = 16 * 2**30
+    demand = pools.demand_of(NAME, spec, {"requestsPerSecond": 5.0}, limit, sized_rate=10.0)
+    assert demand is not None and demand.load == pytest.approx(10.0 / 62.5)
+    # Without a reading in status (stale metrics) an older sized rate does not make one: nothing moves.
+    held = pools.demand_of(NAME, spec, {}, limit, sized_rate=10.0)
+    assert held is not None and held.load is None
+    assert not pools.placement_due(NAME, spec, shared, None, cfg, sized_rate=LEAVE_RPS * 2)
+
+
 # Each test starts from an empty, enabled cache (conftest.py).
 pytestmark = pytest.mark.usefixtures("fresh_cache")
 

@@ -106,6 +106,9 @@ class OperatorConfig:
     #: Shared GPU pools (README, "Shared GPU pools"): GPU memory of one pool GPU, to pack models by
     #: spec.gpu.memory (a quantity).
     pool_gpu_memory: str = "16Gi"
+    #: Most GPUs (pool pods) one pool may hold; a model the placement would put on a further GPU keeps its
+    #: own replicas (PoolFull).
+    pool_max_gpus: int = 64
     #: The pool pods' container requests and memory limit (quantities).
     pool_cpu_request: str = "1"
     pool_memory_request: str = "2Gi"
@@ -150,6 +153,7 @@ class OperatorConfig:
             namespaces=namespaces,
             activator_service=_env_ref("GREENSERVE_ACTIVATOR_SERVICE"),
             pool_gpu_memory=os.environ.get("GREENSERVE_POOL_GPU_MEMORY") or "16Gi",
+            pool_max_gpus=max(1, int(_env_float("GREENSERVE_POOL_MAX_GPUS", 64))),
             pool_cpu_request=os.environ.get("GREENSERVE_POOL_CPU_REQUEST") or "1",
             pool_memory_request=os.environ.get("GREENSERVE_POOL_MEMORY_REQUEST") or "2Gi",
             pool_memory_limit=os.environ.get("GREENSERVE_POOL_MEMORY_LIMIT") or "16Gi",

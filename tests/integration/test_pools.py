@@ -187,6 +187,45 @@ async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a
         assert await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL
 
 
+async def test_models_that_outgrow_one_pool_gpu_are_served_from_a_second_one(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, pool_operator: OperatorProcess
+) -> None:
+    """Three models of 6 GiB on 16 GiB pool GPUs: two share the first GPU, the third gets a second one
+    (its own Deployment, ConfigMap and pod), and every one is served from the pool."""
+    names = [f"big-{i}" for i in range(3)]
+    for name in names:
+        kubectl.apply(msvc(name, namespace, memory="6Gi"))
+    key = pm.PoolKey(namespace, None, KEY_IMAGE)
+
+    async def all_served() -> bool:
+        return all([await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL for n in names])
+
+    await eventually(all_served, 180, 1.0, "every model Ready from the shared pool")
+    homes: dict[str, list[str]] = {}
+    for shard in (0, 1):
+        name = pm.shard_name(key, shard)
+        assert (await kube.get(DEPLOYMENTS, name, namespace))["spec"]["replicas"] == 1
+        cm = await kube.get(CONFIGMAPS, pm.config_map_name(key, shard), namespace)
+        homes[name] = sorted(n for n in names if f'name: "{n}"' in cm["data"][pm.MODEL_CONFIG_KEY])
+        (shard_pod,) = [
+            p for p in await kube.list_objects(PODS, namespace, label_selector=f"{c.LABEL_POOL}={name}")
+            if not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
+        for n in homes[name]:
+            await eventually(
+                lambda n=n, p=shard_pod["metadata"]["name"]: _has(kube, namespace, n, p),
+                60,
+                0.5,
+                f"{n} routed",
+            )
+    assert sorted(len(v) for v in homes.values()) == [1, 2]
+    assert sorted(n for v in homes.values() for n in v) == names  # each on one GPU only
+    assert await kube.get_or_none(DEPLOYMENTS, pm.shard_name(key, 2), namespace) is None
+    for n in names:
+        placed = (await kube.get(MODELSERVICES, n, namespace))["status"]["placement"]
+        assert n in homes[placed["pool"]]
+
+
 async def _has(kube: KubeClient, ns: str, service: str, pod: str) -> bool:
     return pod in await ready_endpoints(kube, ns, service)
 

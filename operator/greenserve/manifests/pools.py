@@ -1,11 +1,14 @@
 """Pure builders of the shared GPU pools: several models served by one model server per GPU.
 
-A pool is one Deployment per namespace, GPU product and serving image (`PoolKey`), whose pods each run
-one model server with one GPU and load every member model from TF Serving's model config file
-(`--model_config_file`, polled every `--model_config_file_poll_wait_seconds`). The member list lives in
-the pool's ConfigMap, which the operator rewrites; adding or removing a model changes no pod template, so
-no pod restarts. The pool objects have one non-controller owner reference per member ModelService: the
-garbage collector deletes them once every member is gone.
+A pool holds the shared models of one namespace, GPU product and serving image (`PoolKey`) on one or more
+GPUs. Each pool GPU is a shard: one Deployment of one pod with one GPU and one model server, which loads
+the shard's member models from TF Serving's model config file (`--model_config_file`, polled every
+`--model_config_file_poll_wait_seconds`). A shard's member list lives in its ConfigMap, which the operator
+rewrites; adding or removing a model changes no pod template, so no pod restarts. Shard 0 is named after
+the pool (`PoolKey.name`), shard i after it with `-i`; every shard's objects carry the pool's name as
+their instance label, and their own name as the pool label that their Deployment selects. The shard
+objects have one non-controller owner reference per member ModelService: the garbage collector deletes
+them once every member is gone.
 
 Each member keeps its own Service (manifests/builders.py); while the model is shared the Service selects
 `route_label(<ModelService>) = available`, which the operator sets on a pool pod once the pod reports the
@@ -62,6 +65,26 @@ class PoolMember:
     uid: str
     model_name: str
     storage_uri: str
+
+
+def shard_name(key: PoolKey, shard: int = 0) -> str:
+    """The objects' name of one pool GPU (shard 0 keeps the pool's own name)."""
+    return key.name if shard == 0 else f"{key.name}-{shard}"
+
+
+def shard_of(key: PoolKey, name: str) -> int | None:
+    """The shard index of a pool object's name (None: not a shard of this pool)."""
+    if name == key.name:
+        return 0
+    rest = name.removeprefix(f"{key.name}-")
+    if rest == name or not rest.isdigit() or rest.startswith("0"):
+        return None
+    return int(rest)
+
+
+def pool_selector(key: PoolKey) -> str:
+    """Label selector of every shard's objects and pods of a pool."""
+    return f"{c.LABEL_INSTANCE}={key.name},{c.LABEL_COMPONENT}={POOL_COMPONENT}"
 
 
 def pool_key(namespace: str, spec: ModelServiceSpec) -> PoolKey:
@@ -140,9 +163,9 @@ def model_config(members: Sequence[PoolMember]) -> str:
     return "model_config_list {\n" + "".join(entries) + "}\n"
 
 
-def pool_labels(key: PoolKey) -> dict[str, str]:
+def pool_labels(key: PoolKey, shard: int = 0) -> dict[str, str]:
     return {
-        c.LABEL_POOL: key.name,
+        c.LABEL_POOL: shard_name(key, shard),
         c.LABEL_NAME: "tensorflow-serving",
         c.LABEL_INSTANCE: key.name,
         c.LABEL_COMPONENT: POOL_COMPONENT,
@@ -158,18 +181,18 @@ def _owner_refs(members: Sequence[PoolMember]) -> list[dict[str, Any]]:
     ]
 
 
-def config_map_name(key: PoolKey) -> str:
-    return f"{key.name}-models"
+def config_map_name(key: PoolKey, shard: int = 0) -> str:
+    return f"{shard_name(key, shard)}-models"
 
 
-def pool_config_map(key: PoolKey, members: Sequence[PoolMember]) -> dict[str, Any]:
+def pool_config_map(key: PoolKey, members: Sequence[PoolMember], shard: int = 0) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": config_map_name(key),
+            "name": config_map_name(key, shard),
             "namespace": key.namespace,
-            "labels": pool_labels(key),
+            "labels": pool_labels(key, shard),
             "ownerReferences": _owner_refs(members),
         },
         "data": {
@@ -194,6 +217,7 @@ def pool_deployment(
     replicas: int,
     options: BuildOptions,
     pool: PoolOptions = PoolOptions(),
+    shard: int = 0,
 ) -> dict[str, Any]:
     storage = pool_storage(members)
     args = [
@@ -235,7 +259,7 @@ def pool_deployment(
         "terminationGracePeriodSeconds": options.termination_grace_seconds,
         "volumes": [
             *storage.volumes,
-            {"name": "greenserve-config", "configMap": {"name": config_map_name(key)}},
+            {"name": "greenserve-config", "configMap": {"name": config_map_name(key, shard)}},
         ],
         "enableServiceLinks": False,
     }
@@ -243,19 +267,20 @@ def pool_deployment(
         pod_spec["nodeSelector"] = {c.GPU_PRODUCT_LABEL: key.product}
     if options.scheduler_name:
         pod_spec["schedulerName"] = options.scheduler_name
-    labels = pool_labels(key)
+    labels = pool_labels(key, shard)
+    name = shard_name(key, shard)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": key.name,
+            "name": name,
             "namespace": key.namespace,
             "labels": labels,
             "ownerReferences": _owner_refs(members),
         },
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": {c.LABEL_POOL: key.name}},
+            "selector": {"matchLabels": {c.LABEL_POOL: name}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
             "template": {

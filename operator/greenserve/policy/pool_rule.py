@@ -1,7 +1,8 @@
 """Which models share a GPU pool and which get their own replicas: the `Placer` interface, pure.
 
 Two placers: `sharing_placer`, the sharing policy (policy/sharing.py: an SLO-derived saturation cap,
-hysteresis, best-fit packing) over a pool of one GPU, which the operator uses (reconcile/pools.py); and
+hysteresis, best-fit packing) over a pool of up to `PoolLimits.max_gpus` GPUs, which the operator uses
+(reconcile/pools.py); and
 `place`, the simple stand-in rule it replaced, kept as the fallback for a candidate without a
 `ModelDemand`. Both take the same `Candidate`s and `PoolLimits`.
 
@@ -41,6 +42,8 @@ BUSY = "HighTraffic"
 POOL_FULL = "PoolFull"
 NAME_TAKEN = "ModelNameInPool"
 
+POOL_GPU = "0"  # the pool's first GPU (shard 0); further ones are "1", "2", ...
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -52,6 +55,7 @@ class Candidate:
     new: bool  # never placed before
     blocked: str | None = None  # why it may not share at all (Exclusive, not shareable); None: it may
     demand: sharing.ModelDemand | None = None  # the sharing policy's view of it (profile.sharing_demand)
+    gpu: str | None = None  # the pool GPU it is on now, when shared (None: POOL_GPU)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Placement:
     shared: bool
     reason: str
     message: str
+    gpu: str | None = None  # the pool GPU it is placed on, when shared
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,15 @@ class PoolLimits:
     share_below: float = 0.25
     leave_above: float = 0.5
     pool_load_cap: float = 0.8
+    max_gpus: int = 1  # GPUs (shards) the pool may hold
 
 
 class Placer(Protocol):
-    def __call__(self, candidates: Sequence[Candidate], limits: PoolLimits) -> Mapping[str, Placement]: ...
+    def __call__(
+        self, candidates: Sequence[Candidate], limits: PoolLimits, leaving: Mapping[str, int] | None = None
+    ) -> Mapping[str, Placement]:
+        """`leaving`: GPU memory (bytes) per pool GPU still held by models moving away from it."""
+        ...
 
 
 def load_fraction(
@@ -90,76 +100,117 @@ def load_fraction(
     return None
 
 
-def _wants_pool(c: Candidate, limits: PoolLimits) -> Placement:
+def _wants_pool(c: Candidate, limits: PoolLimits, gpu: str = POOL_GPU) -> Placement:
     if c.blocked is not None:
         return Placement(False, EXCLUSIVE if c.blocked == EXCLUSIVE else NOT_SHAREABLE, c.blocked)
     if c.shared:
         if c.load is not None and c.load > limits.leave_above:
             return Placement(False, BUSY, f"load {c.load:.2f} of a GPU is above {limits.leave_above}")
-        return Placement(True, SHARED, "in the shared pool")
+        return Placement(True, SHARED, "in the shared pool", gpu)
     if c.load is None:
         if c.new:
-            return Placement(True, STARTS_SHARED, "a new model starts in the shared pool")
+            return Placement(True, STARTS_SHARED, "a new model starts in the shared pool", gpu)
         return Placement(False, BUSY, "no fresh load metric: stays on its own replicas")
     if c.load <= limits.share_below:
-        return Placement(True, JOINS, f"load {c.load:.2f} of a GPU is at most {limits.share_below}")
+        return Placement(True, JOINS, f"load {c.load:.2f} of a GPU is at most {limits.share_below}", gpu)
     return Placement(False, BUSY, f"load {c.load:.2f} of a GPU is above {limits.share_below}")
 
 
-def place(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Placement]:
-    """The placement of every candidate of one pool (see the module docstring)."""
-    return _pack(candidates, {c.service: _wants_pool(c, limits) for c in candidates}, limits, True)
+def place(
+    candidates: Sequence[Candidate], limits: PoolLimits, leaving: Mapping[str, int] | None = None
+) -> dict[str, Placement]:
+    """The placement of every candidate of one pool (see the module docstring), on its first GPU."""
+    out = {c.service: _wants_pool(c, limits, c.gpu or POOL_GPU) for c in candidates}
+    return _pack(candidates, out, limits, True, leaving)
 
 
-POOL_GPU = "pool"
+def _gpu_order(gpu: str) -> tuple[int, str]:
+    return (int(gpu), gpu) if gpu.isdigit() else (1 << 30, gpu)
 
 
-def sharing_placer(candidates: Sequence[Candidate], limits: PoolLimits) -> dict[str, Placement]:
-    """The sharing policy's placement, over the pool's one GPU: a model it puts on that GPU shares; one it
-    puts on a further GPU does not fit this pool (PoolFull: one GPU per pool for now); one it sends to
-    dedicated replicas goes there. A model it would unload (scale to zero) or hold without a reading
-    stays where it is, and a new one starts shared. Candidates without a demand follow `place`'s rule.
-    Then the members are packed as `place` packs them (GPU memory, one model per name)."""
+def sharing_placer(
+    candidates: Sequence[Candidate], limits: PoolLimits, leaving: Mapping[str, int] | None = None
+) -> dict[str, Placement]:
+    """The sharing policy's placement over the pool's GPUs: a model it puts on a pool GPU shares there
+    (a new GPU of the plan takes the lowest free index, while the pool holds at most `max_gpus`); one it
+    would put on a GPU past that does not fit this pool (PoolFull); one it sends to dedicated replicas
+    goes there. A model it would unload (scale to zero) or hold without a reading stays where it is, and a
+    new one starts shared. Candidates without a demand follow `place`'s rule. Then each GPU's members are
+    packed as `place` packs them (GPU memory, one model per name)."""
+    leaving = dict(leaving or {})
     with_demand = [c for c in candidates if c.blocked is None and c.demand is not None]
     gib = limits.gpu_memory_bytes / 2**30
-    pool = sharing.PoolGpu(POOL_GPU, gib, tuple(sorted(c.service for c in with_demand if c.shared)))
+    on: dict[str, list[str]] = {}
+    for c in with_demand:
+        if c.shared:
+            on.setdefault(c.gpu or POOL_GPU, []).append(c.service)
+    used = sorted(set(on) | {g for g, b in leaving.items() if b > 0}, key=_gpu_order)
+    gpus = [sharing.PoolGpu(g, gib, tuple(sorted(on.get(g, ()))), leaving.get(g, 0) / 2**30) for g in used]
     policy_limits = sharing.SharingLimits(gpu_memory_gib=gib)
-    planned = sharing.plan([c.demand for c in with_demand if c.demand is not None], [pool], policy_limits)
+    planned = sharing.plan([c.demand for c in with_demand if c.demand is not None], gpus, policy_limits)
+    # New GPUs take the lowest free indices, in the plan's order (the first takes the largest models).
+    free = (str(i) for i in range(limits.max_gpus) if str(i) not in used)
+    room = max(0, limits.max_gpus - len(used))
+    named: dict[str, str] = {}
+    for g in planned.gpus:
+        if g.gpu.startswith(sharing.NEW_GPU_PREFIX) and len(named) < room:
+            named[g.gpu] = next(free)
     out: dict[str, Placement] = {}
     for c in candidates:
+        home = planned.home.get(c.service)
+        gpu = named.get(home, home) if home is not None else None
         if c.blocked is not None or c.demand is None:
-            out[c.service] = _wants_pool(c, limits)
-        elif planned.home.get(c.service) == POOL_GPU:
-            out[c.service] = Placement(True, SHARED if c.shared else JOINS, "the sharing policy shares it")
-        elif c.service in planned.home:
-            out[c.service] = Placement(False, POOL_FULL, "the pool's GPU has no room for it")
+            out[c.service] = _wants_pool(c, limits, c.gpu or POOL_GPU)
+        elif gpu is not None and not gpu.startswith(sharing.NEW_GPU_PREFIX):
+            why = SHARED if c.shared else JOINS
+            out[c.service] = Placement(True, why, "the sharing policy shares it", gpu)
+        elif gpu is not None:
+            out[c.service] = Placement(False, POOL_FULL, f"the pool holds its most GPUs ({limits.max_gpus})")
         elif c.service in planned.dedicated:
             out[c.service] = Placement(False, BUSY, "the sharing policy gives it its own replicas")
         else:  # unloaded or held: where it is (scale to zero is not this placement's to do)
             stays = c.shared or c.new
             why = STARTS_SHARED if c.new and not c.shared else (SHARED if stays else BUSY)
-            out[c.service] = Placement(stays, why, "no reading moves it: it stays where it is")
+            where = (c.gpu or POOL_GPU) if stays else None
+            out[c.service] = Placement(stays, why, "no reading moves it: it stays where it is", where)
     # The policy already capped the load; the packing below checks memory and model names only.
-    return _pack([replace(c, load=None) for c in candidates], out, limits, False)
+    return _pack([replace(c, load=None) for c in candidates], out, limits, False, leaving)
 
 
 def _pack(
-    candidates: Sequence[Candidate], out: dict[str, Placement], limits: PoolLimits, check_load: bool
+    candidates: Sequence[Candidate],
+    out: dict[str, Placement],
+    limits: PoolLimits,
+    check_load: bool,
+    leaving: Mapping[str, int] | None = None,
 ) -> dict[str, Placement]:
+    """Admit each GPU's members in a fixed order (those there already first), by GPU memory (less what
+    models moving away still hold), load (when `check_load`) and one model per name."""
     wanting = [c for c in candidates if out[c.service].shared]
     order = sorted(wanting, key=lambda c: (not c.shared, -c.memory_bytes if not c.shared else 0, c.service))
-    memory, load, names = 0, 0.0, set[str]()
+    memory: dict[str, int] = dict(leaving or {})
+    load: dict[str, float] = {}
+    names: dict[str, set[str]] = {}
+
+    def admits(c: Candidate, gpu: str) -> bool:
+        over_load = check_load and load.get(gpu, 0.0) + (c.load or 0.0) > limits.pool_load_cap
+        return memory.get(gpu, 0) + c.memory_bytes <= limits.gpu_memory_bytes and not over_load
+
     for c in order:
-        if c.model_name in names:
+        gpu = out[c.service].gpu or POOL_GPU
+        if not c.shared and out[c.service].reason == STARTS_SHARED and not admits(c, gpu):
+            # A new model without a reading: the first pool GPU with room for it.
+            gpu = next((str(i) for i in range(limits.max_gpus) if admits(c, str(i))), gpu)
+        if c.model_name in names.setdefault(gpu, set()):
             out[c.service] = Placement(
                 False, NAME_TAKEN, f"another shared model already serves /v1/models/{c.model_name}"
             )
             continue
-        over_load = check_load and load + (c.load or 0.0) > limits.pool_load_cap
-        if memory + c.memory_bytes > limits.gpu_memory_bytes or over_load:
+        if not admits(c, gpu):
             out[c.service] = Placement(False, POOL_FULL, "the pool's GPU has no room for it")
             continue
-        memory += c.memory_bytes
-        load += c.load or 0.0
-        names.add(c.model_name)
+        memory[gpu] = memory.get(gpu, 0) + c.memory_bytes
+        load[gpu] = load.get(gpu, 0.0) + (c.load or 0.0)
+        names[gpu].add(c.model_name)
+        out[c.service] = replace(out[c.service], gpu=gpu)
     return out

@@ -1,11 +1,14 @@
-"""Shared GPU pools: who is in a pool, the pool's objects, and the per-model routing labels. Level-based.
+"""Shared GPU pools: who is in a pool, on which of its GPUs, the pool's objects, and the per-model routing
+labels. Level-based.
 
-`sync_pool` recomputes one pool from what the API server holds: the namespace's ModelServices (their
-specs, and their last load figures and placement in status), the pool's ConfigMap (its members and the
-members being handed over, in two annotations, so a restarted operator resumes a handover) and the pool's
-pods. It runs the `Placer` (policy/pool_rule.py: the sharing policy of policy/sharing.py), writes the member
-list, and labels each Ready pool pod with `model.greenserve.io/<ModelService>: available` for every
-member the pod reports AVAILABLE (GET /v1/models/<name>), removing it from the others.
+`sync_pool` recomputes one pool, every GPU of it (a shard: manifests/pools.py), from what the API server
+holds: the namespace's ModelServices (their specs, and their last load figures and placement in status),
+each shard's ConfigMap (its members and the members moving away from it, in two annotations, so a
+restarted operator resumes a handover) and each shard's pods. It runs the `Placer` (policy/pool_rule.py:
+the sharing policy of policy/sharing.py over the pool's GPUs), writes each shard's member list, and labels
+each Ready pool pod with `model.greenserve.io/<ModelService>: available` for every member of its shard the
+pod reports AVAILABLE (GET /v1/models/<name>), removing it from the others. A model lives on the shard
+that lists it without a leaving mark; the plan sees a shard's memory still held by models leaving it.
 
 Moves never leave a model without a ready, selected home:
 
@@ -15,7 +18,11 @@ Moves never leave a model without a ready, selected home:
 * out of the pool: its own replicas are scaled up first (labelled too, so the Service selects both);
   once one of them is a ready endpoint of its Service, the label is removed from the pool pods, and the
   model is unloaded (removed from the list) `pool_unload_grace_s` later, when endpoint removal has
-  reached every proxy.
+  reached every proxy;
+* between two pool GPUs: the model is added to its new shard's list at once and marked leaving (null)
+  on the old one; once a pod of the new shard is a ready endpoint of its Service, the old shard's pods
+  lose the label (the mark becomes that time) and the model is unloaded there after the grace. A
+  restart between any two writes finds the marks and lists where it left them.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from greenserve.reconcile import autoscale
 log = logging.getLogger(__name__)
 
 ANN_MEMBERS = f"{c.GROUP}/pool-members"  # JSON {ModelService: model name}: the pool's list
-ANN_LEAVING = f"{c.GROUP}/pool-leaving"  # JSON {ModelService: unix time its labels were removed}
+# JSON {ModelService: unix time its labels were removed, or null: moving away, its new home not serving yet}
+ANN_LEAVING = f"{c.GROUP}/pool-leaving"
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,8 @@ async def selected_pods(kube: KubeClient, namespace: str, service: str) -> set[s
     return out
 
 
-def _ours(obj: Mapping[str, Any], key: pm.PoolKey) -> bool:
-    return bool((obj.get("metadata") or {}).get("labels", {}).get(c.LABEL_POOL) == key.name)
+def _ours(obj: Mapping[str, Any], key: pm.PoolKey, shard: int = 0) -> bool:
+    return bool((obj.get("metadata") or {}).get("labels", {}).get(c.LABEL_POOL) == pm.shard_name(key, shard))
 
 
 _LOCKS: dict[pm.PoolKey, asyncio.Lock] = {}
@@ -209,6 +217,7 @@ def _inputs(
     listed: Mapping[str, str],
     gpu_memory_bytes: int,
     rates: Mapping[str, float | None] | None = None,
+    homes: Mapping[str, str] = {},
 ) -> _Inputs:
     out = _Inputs()
     for body in bodies:
@@ -236,11 +245,12 @@ def _inputs(
                 model_name=spec.model.name,
                 memory_bytes=memory,
                 load=load_of(spec, status),
-                # Where it is: its placement (a model leaving the pool is still listed until its own
-                # replica serves; held without a reading, it must stay out), else the pool's list.
-                shared=bool(placed["shared"])
-                if isinstance(placed, dict) and "shared" in placed
-                else name in listed,
+                # Where it is: on a pool GPU it lives on (listed there, not moving away: a model
+                # leaving is still listed until its new home serves, but held without a reading it must
+                # stay out); a model listed nowhere by its placement (a list lost or not yet written).
+                shared=name in homes
+                if name in listed
+                else bool(isinstance(placed, dict) and placed.get("shared")),
                 new=placed is None,
                 blocked=why,
                 demand=demand_of(
@@ -251,6 +261,7 @@ def _inputs(
                     autoscale.HISTORY.factor((key.namespace, name)),
                     autoscale.HISTORY.sized_rate((key.namespace, name)),
                 ),
+                gpu=homes.get(name),
             )
         )
         out.members[name] = _Member(str(meta.get("uid")), spec.model.name, spec.model.storage_uri)
@@ -306,6 +317,60 @@ def _resync_later(
     _RESYNC[key] = asyncio.get_running_loop().create_task(again())
 
 
+@dataclass
+class _Shard:
+    """One pool GPU as the API server holds it: its ConfigMap (members and their move state), its
+    Deployment and its pods."""
+
+    index: int
+    cm: Mapping[str, Any] | None = None
+    dep: Mapping[str, Any] | None = None
+    listed: dict[str, str] = field(default_factory=dict)  # ModelService -> model name
+    # ModelService -> unix time its labels were removed here, or None: moving away, its new home not
+    # serving yet (labels stay until it does).
+    leaving: dict[str, float | None] = field(default_factory=dict)
+    pods: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def gpu(self) -> str:
+        return str(self.index)
+
+    def home(self, name: str) -> bool:
+        return name in self.listed and name not in self.leaving
+
+
+async def _shards(kube: KubeClient, key: pm.PoolKey) -> dict[int, _Shard]:
+    """Every shard of the pool that has a ConfigMap, and shard 0 in any case."""
+    ns = key.namespace
+    out: dict[int, _Shard] = {0: _Shard(0)}
+    for cm in await kube.list_objects(CONFIGMAPS, ns, label_selector=pm.pool_selector(key)):
+        name = str((cm.get("metadata") or {}).get("name"))
+        index = pm.shard_of(key, name.removesuffix("-models"))
+        if index is not None and name == pm.config_map_name(key, index):
+            out[index] = _Shard(index, cm)
+    if out[0].cm is None:  # made before the instance label was on it, or not yet made
+        out[0].cm = await kube.get_or_none(CONFIGMAPS, pm.config_map_name(key, 0), ns)
+    for shard in out.values():
+        shard.dep = await kube.get_or_none(DEPLOYMENTS, pm.shard_name(key, shard.index), ns)
+        for existing in (shard.cm, shard.dep):
+            if existing is not None and not _ours(existing, key, shard.index):
+                raise ConflictingObjectError(existing, "an object that is not this pool")
+        shard.listed = {str(k): str(v) for k, v in _annotation(shard.cm, ANN_MEMBERS).items()}
+        shard.leaving = {
+            str(k): float(v) if isinstance(v, int | float) else None
+            for k, v in _annotation(shard.cm, ANN_LEAVING).items()
+            if str(k) in shard.listed and (v is None or isinstance(v, int | float))
+        }
+        shard.pods = [
+            p
+            for p in await kube.list_objects(
+                PODS, ns, label_selector=f"{c.LABEL_POOL}={pm.shard_name(key, shard.index)}"
+            )
+            if not pod_terminating(p)
+        ]
+    return out
+
+
 async def _sync_locked(
     kube: KubeClient,
     key: pm.PoolKey,
@@ -314,76 +379,104 @@ async def _sync_locked(
     rates: Mapping[str, float | None] | None = None,
 ) -> tuple[dict[str, MemberView], bool]:
     ns = key.namespace
-    cm_name = pm.config_map_name(key)
-    cm = await kube.get_or_none(CONFIGMAPS, cm_name, ns)
-    dep = await kube.get_or_none(DEPLOYMENTS, key.name, ns)
-    for existing in (cm, dep):
-        if existing is not None and not _ours(existing, key):
-            raise ConflictingObjectError(existing, "an object that is not this pool")
-    listed: dict[str, str] = {str(k): str(v) for k, v in _annotation(cm, ANN_MEMBERS).items()}
-    leaving: dict[str, float] = {
-        str(k): float(v) for k, v in _annotation(cm, ANN_LEAVING).items() if isinstance(v, int | float)
-    }
-    limits = pool_rule.PoolLimits(gpu_memory_bytes=int(parse_quantity(config.pool_gpu_memory)))
-    inputs = _inputs(await kube.list_objects(MODELSERVICES, ns), key, listed, limits.gpu_memory_bytes, rates)
-    plan = dict(placer(inputs.candidates, limits))
-    pods = [
-        p for p in await kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_POOL}={key.name}")
-        if not pod_terminating(p)
-    ]  # fmt: skip
-    pool_pod_names = {p["metadata"]["name"] for p in pods}
+    shards = await _shards(kube, key)
+    listed: dict[str, str] = {}
+    homes: dict[str, str] = {}  # ModelService -> the pool GPU it lives on (not moving away from)
+    for shard in sorted(shards.values(), key=lambda s: s.index):
+        for name, model in shard.listed.items():
+            listed.setdefault(name, model)
+            if shard.home(name):
+                homes.setdefault(name, shard.gpu)
+    limits = pool_rule.PoolLimits(
+        gpu_memory_bytes=int(parse_quantity(config.pool_gpu_memory)), max_gpus=config.pool_max_gpus
+    )
+    inputs = _inputs(
+        await kube.list_objects(MODELSERVICES, ns), key, listed, limits.gpu_memory_bytes, rates, homes
+    )
+    memory = {cand.service: cand.memory_bytes for cand in inputs.candidates}
+    held = {
+        s.gpu: sum(memory.get(n, 0) for n in s.leaving) for s in shards.values() if s.leaving
+    }  # fmt: skip
+    plan = dict(placer(inputs.candidates, limits, held))
+    all_pool_pods = {p["metadata"]["name"] for s in shards.values() for p in s.pods}
     now = time.time()
     pending = False
-    for name in list(listed):
-        wants = plan.get(name)
-        if name not in inputs.members:  # deleted (its Service went with it): nothing to hand over
-            listed.pop(name)
-            leaving.pop(name, None)
-        elif wants is not None and wants.shared:
-            leaving.pop(name, None)
-        elif name not in leaving:
-            # Its own replicas must be ready endpoints of its Service before the pool lets go of it.
-            own = await selected_pods(kube, ns, name) - pool_pod_names
-            if own:
-                leaving[name] = now
-            pending = True
-        elif now - leaving[name] >= config.pool_unload_grace_s:
-            listed.pop(name)
-            leaving.pop(name)
+    selected: dict[str, set[str]] = {}
+    for shard in shards.values():
+        for name in list(shard.listed):
+            wants = plan.get(name)
+            if name not in inputs.members:  # deleted (its Service went with it): nothing to hand over
+                shard.listed.pop(name)
+                shard.leaving.pop(name, None)
+                continue
+            if wants is not None and wants.shared and (wants.gpu or pool_rule.POOL_GPU) == shard.gpu:
+                shard.leaving.pop(name, None)
+                continue
+            released = shard.leaving.get(name)
+            if released is None:
+                # Its new home (its own replicas, or its new pool GPU's pods) must be a ready endpoint
+                # of its Service before this GPU lets go of it.
+                if name not in selected:
+                    selected[name] = await selected_pods(kube, ns, name)
+                if wants is not None and wants.shared:
+                    target = shards.get(int(wants.gpu or pool_rule.POOL_GPU))
+                    new_home = {p["metadata"]["name"] for p in target.pods} if target else set()
+                else:
+                    new_home = {p for p in selected[name] if p not in all_pool_pods}
+                shard.leaving[name] = now if selected[name] & new_home else None
+                pending = True
+            elif now - released >= config.pool_unload_grace_s:
+                shard.listed.pop(name)
+                shard.leaving.pop(name)
+            else:
+                pending = True
+    for name, placement in plan.items():
+        if placement.shared:
+            index = int(placement.gpu or pool_rule.POOL_GPU)
+            shard = shards.setdefault(index, _Shard(index))
+            shard.listed.setdefault(name, inputs.members[name].model)
+    serving: dict[str, set[str]] = {}
+    ready_everywhere = True
+    for shard in shards.values():
+        members = [
+            pm.PoolMember(n, inputs.members[n].uid, inputs.members[n].model, inputs.members[n].storage_uri)
+            for n in sorted(shard.listed)
+        ]
+        await _apply(
+            kube, key, shard.index, config, members, shard.listed, shard.leaving, (shard.cm, shard.dep)
+        )
+        routable = {n: m for n, m in shard.listed.items() if shard.leaving.get(n) is None}
+        on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config)
+        for name, pods in on_shard.items():
+            serving.setdefault(name, set()).update(pods)
+        pending |= labels_pending
+        ready_everywhere &= not members or any(pod_ready(p) for p in shard.pods)
+    in_pool = {n: s for s in sorted(shards.values(), key=lambda s: -s.index) for n in s.listed}
+    views: dict[str, MemberView] = {}
+    for name, placement in plan.items():
+        if placement.shared:
+            where = pm.shard_name(key, int(placement.gpu or pool_rule.POOL_GPU))
+        elif name in in_pool:
+            where = pm.shard_name(key, in_pool[name].index)
         else:
-            pending = True
-    for name, placement in plan.items():
-        if placement.shared and name not in listed:
-            listed[name] = inputs.members[name].model
-    members = [
-        pm.PoolMember(n, inputs.members[n].uid, inputs.members[n].model, inputs.members[n].storage_uri)
-        for n in sorted(listed)
-    ]
-    await _apply(kube, key, config, members, listed, leaving, existing=(cm, dep))
-    routable = {n: listed[n] for n in listed if n not in leaving}
-    serving, labels_pending = await _label_pods(kube, pods, routable, config)
-    views = {
-        name: MemberView(placement, key.name, name in listed, tuple(sorted(serving.get(name, ()))))
-        for name, placement in plan.items()
-        if placement.shared or name in listed
-    }
-    for name, placement in plan.items():
-        views.setdefault(name, MemberView(placement, key.name, False))
-    ready_pods = sum(1 for p in pods if pod_ready(p))
-    converged = not pending and not labels_pending and (ready_pods > 0 or not members)
-    return views, converged
+            where = key.name
+        views[name] = MemberView(placement, where, name in in_pool, tuple(sorted(serving.get(name, ()))))
+    return views, not pending and ready_everywhere
 
 
 async def _apply(
     kube: KubeClient,
     key: pm.PoolKey,
+    shard: int,
     config: OperatorConfig,
     members: list[pm.PoolMember],
     listed: Mapping[str, str],
-    leaving: Mapping[str, float],
+    leaving: Mapping[str, float | None],
     existing: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None],
 ) -> None:
-    cm = pm.pool_config_map(key, members)
+    if not members and existing == (None, None):
+        return  # a GPU the pool never used
+    cm = pm.pool_config_map(key, members, shard)
     cm["metadata"]["annotations"] = {
         ANN_MEMBERS: json.dumps(dict(sorted(listed.items()))),
         ANN_LEAVING: json.dumps(dict(sorted(leaving.items()))),
@@ -394,10 +487,10 @@ async def _apply(
         limits=(("memory", config.pool_memory_limit),),
         poll_seconds=config.pool_poll_seconds,
     )
-    dep = pm.pool_deployment(key, members, 1 if members else 0, options, pool_options)
+    dep = pm.pool_deployment(key, members, 1 if members else 0, options, pool_options, shard)
     for obj, live in zip((cm, dep), existing, strict=True):
         if not members:
-            # An empty pool keeps its objects at zero replicas with their last owners (the operator
+            # An empty pool GPU keeps its objects at zero replicas with their last owners (the operator
             # deletes nothing; the garbage collector removes them with the last owner), and is not
             # created again once they are gone.
             refs = ((live or {}).get("metadata") or {}).get("ownerReferences")

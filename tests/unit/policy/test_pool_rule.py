@@ -132,3 +132,75 @@ def test_sharing_placer_packs_one_gpu_by_memory_and_one_model_per_name() -> None
     twins = [with_demand("a", 0.01), replace(with_demand("b", 0.01), model_name="a")]
     out = r.sharing_placer(twins, LIMITS)
     assert out["a"].shared and (out["b"].shared, out["b"].reason) == (False, r.NAME_TAKEN)
+
+
+def test_sharing_placer_spreads_over_the_pools_gpus_up_to_its_most() -> None:
+    cands = [with_demand(f"m{i}", 0.01, memory_gib=3.0) for i in range(7)]  # 21 GiB wanted, 16 GiB GPUs
+    out = r.sharing_placer(cands, replace(LIMITS, max_gpus=2))
+    assert all(p.shared for p in out.values())
+    on = {g: sorted(k for k, p in out.items() if p.gpu == g) for g in ("0", "1")}
+    assert [len(v) for v in on.values()] == [5, 2]
+    # At its most GPUs, a model the plan would put on a further one keeps its own replicas.
+    out = r.sharing_placer(cands[:4] + [replace(c, shared=True, gpu="1") for c in cands[4:]], LIMITS)
+    assert {p.gpu for p in out.values() if p.shared} == {"1"}
+    assert sum(p.reason == r.POOL_FULL for p in out.values()) == 2
+
+
+def test_memory_still_held_by_a_model_moving_away_is_not_given_to_another() -> None:
+    joiner = with_demand("j", 0.01, memory_gib=4.0)
+    out = r.sharing_placer([joiner], replace(LIMITS, max_gpus=2), leaving={"0": 14 * GI})
+    assert out["j"].shared and out["j"].gpu == "1"
+    out = r.sharing_placer([joiner], LIMITS, leaving={"0": 14 * GI})
+    assert not out["j"].shared and out["j"].reason == r.POOL_FULL
+
+
+def test_no_placement_exceeds_a_pool_gpus_memory_or_the_pools_most_gpus() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(300):
+        most = rng.randint(1, 4)
+        cands = []
+        for i in range(rng.randint(1, 16)):
+            load = rng.choice([None, rng.random() * 0.3])
+            shared, new = rng.random() < 0.4, rng.random() < 0.3
+            gpu = str(rng.randrange(most)) if shared else None
+            c = with_demand(f"m{i}", load, rng.randint(1, 12), shared=shared, new=new, gpu=gpu)
+            cands.append(replace(c, model_name=f"n{rng.randrange(12)}"))
+        leaving = {str(g): rng.randint(0, 8) * GI for g in range(most) if rng.random() < 0.3}
+        out = r.sharing_placer(cands, replace(LIMITS, max_gpus=most), leaving=leaving)
+        for g in {p.gpu for p in out.values() if p.shared}:
+            assert g is not None and int(g) < most
+            chosen = [c for c in cands if out[c.service].shared and out[c.service].gpu == g]
+            assert sum(c.memory_bytes for c in chosen) + leaving.get(g, 0) <= LIMITS.gpu_memory_bytes
+            assert len({c.model_name for c in chosen}) == len(chosen)
+
+
+def test_the_operators_placer_puts_every_model_where_the_simulators_plan_does() -> None:
+    """The simulator calls `sharing.plan` over its pool GPUs (simulator/sharing.py `pool_view`); the
+    operator's placer over the same models, GPUs and held memory gives the same homes, a new GPU of the
+    plan taking the lowest free index."""
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        gpus = rng.randint(1, 4)
+        cands = []
+        for i in range(rng.randint(1, 14)):
+            shared = rng.random() < 0.5
+            c = with_demand(f"m{i}", rng.random() * 0.3, rng.randint(1, 8), shared=shared)
+            cands.append(replace(c, gpu=str(rng.randrange(gpus)) if shared else None))
+        leaving = {str(g): rng.randint(0, 4) * GI for g in range(gpus) if rng.random() < 0.3}
+        out = r.sharing_placer(cands, replace(LIMITS, max_gpus=64), leaving=leaving)
+        used = sorted({c.gpu for c in cands if c.gpu} | {g for g, b in leaving.items() if b}, key=int)
+        view = [
+            r.sharing.PoolGpu(
+                g, 16.0, tuple(sorted(c.service for c in cands if c.gpu == g)), leaving.get(g, 0) / GI
+            )
+            for g in used
+        ]
+        planned = r.sharing.plan([c.demand for c in cands if c.demand], view, r.sharing.SharingLimits(16.0))
+        free = iter(str(i) for i in range(64) if str(i) not in used)
+        ids = {g.gpu: next(free) for g in planned.gpus if g.gpu.startswith(r.sharing.NEW_GPU_PREFIX)}
+        homes = {m: ids.get(g, g) for m, g in planned.home.items()}
+        assert {k: p.gpu for k, p in out.items() if p.shared} == homes

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from greenserve.cluster.cache import CACHE, ClusterCache
-from greenserve.reconcile import autoscale
+from greenserve.reconcile import autoscale, pools
 
 
 @pytest.fixture
@@ -30,3 +30,12 @@ def fresh_rate_history(monkeypatch: pytest.MonkeyPatch) -> autoscale.RateHistory
     history = autoscale.RateHistory()
     monkeypatch.setattr(autoscale, "HISTORY", history)
     return history
+
+
+@pytest.fixture(autouse=True)
+def fresh_pool_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own pool locks, last views and resync tasks: they are kept per pool key, which
+    tests reuse, and a lock made in one test's event loop cannot be waited on in another's."""
+    monkeypatch.setattr(pools, "_LOCKS", {})
+    monkeypatch.setattr(pools, "_LAST", {})
+    monkeypatch.setattr(pools, "_RESYNC", {})

@@ -4,6 +4,7 @@ surge-then-retire (the new home is a ready endpoint of the Service before the ol
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -285,3 +286,75 @@ async def test_a_member_gone_from_its_pools_list_is_reconciled_without_it(
     assert out.reason != "Error"
     placed = (kube.peek(MODELSERVICES, "a", NS) or {})["status"]["placement"]
     assert placed["shared"] is False and "being deleted" in placed["message"]
+
+
+def shard_members(kube: FakeKube, shard: int) -> dict[str, Any]:
+    cm = kube.peek(CONFIGMAPS, pm.config_map_name(KEY, shard), NS)
+    assert cm is not None
+    ann = cm["metadata"]["annotations"]
+    return {"listed": json.loads(ann[pools.ANN_MEMBERS]), "leaving": json.loads(ann[pools.ANN_LEAVING])}
+
+
+def with_rate(body: dict[str, Any], rps: float) -> dict[str, Any]:
+    body["status"] = {"requestsPerSecond": rps}
+    return body
+
+
+async def test_models_that_outgrow_one_pool_gpu_get_another_and_a_move_between_them_is_surge_then_retire(
+    agents: tuple[Agents, str],
+) -> None:
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    kube.put(MODELSERVICES, with_rate(msvc("a", memory="10Gi"), 2.0))
+    kube.put(MODELSERVICES, with_rate(msvc("b", memory="10Gi"), 0.5))
+    for name in ("a", "b"):
+        await reconcile(kube, cfg, name)
+    # 20 GiB on 16 GiB GPUs: a pool of two GPUs, one Deployment and one model list each.
+    one = pm.shard_name(KEY, 1)
+    assert shard_members(kube, 0)["listed"] == {"a": "a"} and shard_members(kube, 1)["listed"] == {"b": "b"}
+    assert replicas(kube, KEY.name) == 1 and replicas(kube, one) == 1
+    placed = {n: (kube.peek(MODELSERVICES, n, NS) or {})["status"]["placement"]["pool"] for n in "ab"}
+    assert placed == {"a": KEY.name, "b": one}
+    kube.put(PODS, pod("pool-0", {c.LABEL_POOL: KEY.name}))
+    kube.put(PODS, pod("pool-1", {c.LABEL_POOL: one}, ip="10.0.0.3"))
+    fake_agents.available.update({"pool-0": {"a"}, "pool-1": {"b"}})
+    kube.put(ENDPOINTSLICES, endpoints("b", "pool-1"))
+    for name in ("a", "b"):
+        assert (await reconcile(kube, cfg, name)).ready
+    assert labels(kube, "pool-1").get("model.greenserve.io/b") == "available"
+
+    # b now needs 4 GiB: both fit one GPU, and the emptier GPU is emptied into the other.
+    body = kube.peek(MODELSERVICES, "b", NS)
+    assert body is not None
+    body["spec"]["gpu"]["memory"] = "4Gi"
+    await reconcile(kube, cfg, "b")
+    assert shard_members(kube, 0)["listed"] == {"a": "a", "b": "b"}
+    assert shard_members(kube, 1) == {"listed": {"b": "b"}, "leaving": {"b": None}}
+    # Loaded on its new GPU, not yet selected there: the old GPU still serves it.
+    fake_agents.available["pool-0"] = {"a", "b"}
+    await reconcile(kube, cfg, "b")
+    assert labels(kube, "pool-0").get("model.greenserve.io/b") == "available"
+    assert labels(kube, "pool-1").get("model.greenserve.io/b") == "available"
+    assert shard_members(kube, 1)["listed"] == {"b": "b"}
+    # Selected on its new GPU: the old one's label goes first, the model is unloaded after the grace.
+    kube.put(ENDPOINTSLICES, endpoints("b", "pool-1", "pool-0"))
+    await reconcile(kube, replace(cfg, pool_unload_grace_s=3600.0), "b")
+    assert "model.greenserve.io/b" not in labels(kube, "pool-1")
+    assert shard_members(kube, 1)["listed"] == {"b": "b"}
+    out = await reconcile(kube, cfg, "b")
+    assert shard_members(kube, 1)["listed"] == {} and replicas(kube, one) == 0
+    assert out.ready and (kube.peek(MODELSERVICES, "b", NS) or {})["status"]["placement"]["pool"] == KEY.name
+    assert replicas(kube, "b") == 0  # served from the pool all along: no replica of its own
+
+
+async def test_a_pool_at_its_most_gpus_leaves_a_model_on_its_own_replicas(agents: tuple[Agents, str]) -> None:
+    _, url = agents
+    kube, cfg = FakeKube(), replace(config(url), pool_max_gpus=1)
+    kube.put(MODELSERVICES, with_rate(msvc("a", memory="10Gi"), 2.0))
+    kube.put(MODELSERVICES, with_rate(msvc("b", memory="10Gi"), 0.5))
+    for name in ("a", "b"):
+        await reconcile(kube, cfg, name)
+    assert shard_members(kube, 0)["listed"] == {"a": "a"}
+    assert kube.peek(CONFIGMAPS, pm.config_map_name(KEY, 1), NS) is None
+    placed = (kube.peek(MODELSERVICES, "b", NS) or {})["status"]["placement"]
+    assert (placed["shared"], placed["reason"]) == (False, "PoolFull") and replicas(kube, "b") == 1

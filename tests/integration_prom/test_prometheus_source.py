@@ -5,6 +5,7 @@ per request, match both DCGM host label spellings, and report missing data as mi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import threading
 import time
@@ -261,6 +262,28 @@ async def test_per_modelservice_power_energy_and_joules_per_request(env: Env) ->
     assert s.energy_window_j == pytest.approx(truth_window_j, rel=0.05)
     assert s.joules_per_request == pytest.approx(truth_window_j / n, rel=0.05)
     assert s.power_w == pytest.approx(3 * 26.0)
+
+
+async def test_past_windows_for_a_restarted_operators_history(env: Env) -> None:
+    """`rate_history` against the real server: each window's requests, one window apart, oldest first,
+    counting a load sent within the span (every test's load here is svc-a's)."""
+    src = PrometheusSource(env.prom.url, window_s=WINDOW_S, stale_after_s=30)
+    try:
+        sent = sum((await load(env.agents, LOAD_S)).values())
+        await asyncio.sleep(3.0)  # a scrape after the load (1 s interval)
+        until = time.time() + WINDOW_S  # its newest window ends now
+        got = await src.rate_history({(NS, "svc-a"): None, (NS, "svc-b"): None}, until, 300.0)
+    finally:
+        await src.close()
+    points = got[(NS, "svc-a")]
+    times = [t for t, _ in points]
+    assert times == sorted(times) and all(
+        b - a == pytest.approx(WINDOW_S) for a, b in itertools.pairwise(times)
+    )
+    assert until - 300.0 <= times[0] and times[-1] <= until - WINDOW_S + 1.0
+    # Adjacent windows count each request once (increase() extrapolates a little at the edges).
+    assert sum(r for _, r in points) * WINDOW_S >= 0.8 * sent
+    assert (NS, "svc-b") not in got  # no request series (DCGM only): no past, never zeros
 
 
 async def test_fleet_read_sends_the_same_queries_for_one_or_many_services(env: Env) -> None:

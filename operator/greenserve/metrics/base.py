@@ -31,4 +31,13 @@ class MetricsSource(Protocol):
         of requests to the backend that does not grow with the number of ModelServices."""
         ...
 
+    async def rate_history(
+        self, services: Mapping[tuple[str, str], str | None], until: float, span_s: float
+    ) -> dict[tuple[str, str], list[tuple[float, float]]]:
+        """Each ModelService's request rate per metrics window over `span_s` before `until`, oldest first,
+        as (window end, requests/s); `services` gives each one's model name in a shared pool (None: not
+        pooled). What a restarted operator's rise history is refilled from (reconcile/ticker.py); empty
+        for a source that keeps no history."""
+        ...
+
     async def close(self) -> None: ...

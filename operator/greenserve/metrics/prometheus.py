@@ -28,6 +28,7 @@ import os
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,6 +53,12 @@ class Sample:
     labels: dict[str, str]
     value: float
     timestamp: float
+
+
+@dataclass(frozen=True)
+class Series:
+    labels: dict[str, str]
+    points: tuple[tuple[float, float], ...]  # (timestamp, value), oldest first
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,82 @@ class PrometheusSource:
         if data["resultType"] != "vector":
             raise PrometheusError(f"{promql}: unexpected result type {data['resultType']}")
         return [Sample(dict(r["metric"]), float(r["value"][1]), float(r["value"][0])) for r in data["result"]]
+
+    async def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
+        """A range query; returns the matrix (one series per label set, points oldest first)."""
+        session = await self._http()
+        headers, tls = self._credentials.headers(), self._credentials.ssl()
+        form = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        try:
+            async with session.post(
+                f"{self.url}/api/v1/query_range", data=form, headers=headers, ssl=tls, timeout=self._timeout
+            ) as resp:
+                if resp.status in (401, 403):
+                    raise PrometheusError(f"{promql}: HTTP {resp.status} {resp.reason}: check credentials")
+                body: dict[str, Any] = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PrometheusError(f"{promql}: {type(exc).__name__}: {exc}") from exc
+        if body.get("status") != "success":
+            raise PrometheusError(f"{promql}: {body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] != "matrix":
+            raise PrometheusError(f"{promql}: unexpected result type {data['resultType']}")
+        return [
+            Series(dict(r["metric"]), tuple((float(t), float(v)) for t, v in r["values"]))
+            for r in data["result"]
+        ]
+
+    async def rate_history(
+        self, services: Mapping[tuple[str, str], str | None], until: float, span_s: float
+    ) -> dict[tuple[str, str], list[tuple[float, float]]]:
+        """The windows' request counts over `span_s` before `until`, at one window per step, from four range
+        queries for the whole fleet: TF Serving's count where a series has it, else the agent's, by
+        ModelService for its own replicas and by (namespace, model) on the pool pods, summed per
+        ModelService. A pooled model name two ModelServices of one namespace share is left out (whose
+        requests they were is not known)."""
+        if not services:
+            return {}
+        w, step = self._window, max(1.0, round(self.window_s))
+        end = until - step
+        start = end - max(0.0, span_s - step)
+        svc = f"{k.LABEL_NAMESPACE}, {k.LABEL_MODELSERVICE}"
+        has_svc, in_pool = {k.LABEL_MODELSERVICE: "~.+"}, {k.LABEL_POOL: "~.+"}
+        queries = {
+            ("own", "tfs"): f"sum by ({svc}) (increase({selector(k.TFS_REQUEST_COUNT, **has_svc)}[{w}]))",
+            ("own", "agent"): f"sum by ({svc}) (increase({selector(k.REQUESTS.name, **has_svc)}[{w}]))",
+            ("pool", "tfs"): (
+                f"sum by ({k.LABEL_NAMESPACE}, {k.TFS_LABEL_MODEL}) "
+                f"(increase({selector(k.TFS_REQUEST_COUNT, **in_pool)}[{w}]))"
+            ),
+            ("pool", "agent"): (
+                f"sum by ({k.LABEL_NAMESPACE}, {k.LABEL_MODEL}) "
+                f"(increase({selector(k.REQUESTS.name, **in_pool)}[{w}]))"
+            ),
+        }
+        keys = list(queries)
+        got = await asyncio.gather(*(self.query_range(queries[q], start, end, step) for q in keys))
+        counts: dict[tuple[str, str], dict[str, dict[float, float]]] = {}
+        for (where, counter), series in zip(keys, got, strict=True):
+            label = k.LABEL_MODELSERVICE if where == "own" else (
+                k.TFS_LABEL_MODEL if counter == "tfs" else k.LABEL_MODEL
+            )  # fmt: skip
+            for one in series:
+                at = (one.labels.get(k.LABEL_NAMESPACE, ""), one.labels.get(label, ""))
+                found = counts.setdefault(at, {}).setdefault(f"{where}/{counter}", {})
+                found.update({t: v for t, v in one.points if math.isfinite(v)})
+        models = Counter((ns, m) for (ns, _), m in services.items() if m is not None)
+        out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for (ns, name), model in services.items():
+            books = [("own", counts.get((ns, name), {}))]
+            if model is not None and models[(ns, model)] == 1:
+                books.append(("pool", counts.get((ns, model), {})))
+            per_t: dict[float, float] = {}
+            for where, series_of in books:
+                for t, v in (series_of.get(f"{where}/tfs") or series_of.get(f"{where}/agent") or {}).items():
+                    per_t[t] = per_t.get(t, 0.0) + v / self.window_s
+            if per_t:
+                out[(ns, name)] = sorted(per_t.items())
+        return out
 
     async def _scalar(self, promql: str) -> float | None:
         """The single value of an aggregating query; None when there are no series (or NaN/Inf)."""

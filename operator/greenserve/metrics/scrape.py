@@ -205,6 +205,12 @@ class ScrapeSource:
         got = await asyncio.gather(*(one(key, services[key]) for key in keys))
         return dict(zip(keys, got, strict=True))
 
+    async def rate_history(
+        self, services: Mapping[tuple[str, str], str | None], until: float, span_s: float
+    ) -> dict[tuple[str, str], list[tuple[float, float]]]:
+        """None: a scrape sees only the counters' current values (the rise history refills as it runs)."""
+        return {}
+
     async def pooled_metrics(
         self, models: Mapping[tuple[str, str], PooledModel]
     ) -> dict[tuple[str, str], ServiceMetrics]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,8 +61,10 @@ RISE_HISTORY_S = 3600.0
 
 class RateHistory:
     """Per ModelService, the newest window's request rate each time a new window is read, over the last
-    RISE_HISTORY_S (in memory: after a restart the factor is 1 until the history refills). Readings closer
-    than one window apart are not recorded twice, so entries are about one window apart.
+    RISE_HISTORY_S. Readings closer than one window apart are not recorded twice, so entries are about one
+    window apart. It is kept in memory: a restarted operator refills it from the metrics source's past
+    windows (`backfill`, reconcile/ticker.py) before its first decision, where the source keeps them
+    (Prometheus); with direct scraping the factor is 1 until the history refills.
 
     It also keeps each ModelService's rises (`estimate.rise_ratios`, recomputed when a window is added)
     and pools them into the fleet's (`prior`), the prior every model's own rises are mixed with: a model
@@ -92,6 +94,17 @@ class RateHistory:
         for k in [k for k, (seen, _) in self._sized.items() if at - seen > RISE_HISTORY_S]:
             del self._sized[k]
         return [r for _, r in reversed(q)]
+
+    def knows(self, key: tuple[str, str]) -> bool:
+        return bool(self._rates.get(key))
+
+    def backfill(self, key: tuple[str, str], points: Sequence[tuple[float, float]], window_s: float) -> None:
+        """Fill an empty history with past (window end, rate) points, oldest first, one window apart at
+        least, as `record` would have kept them; a history that has readings is left as it is."""
+        if self.knows(key):
+            return
+        for at, rate in points:
+            self.record(key, at, rate, window_s)
 
     def rises(self, key: tuple[str, str], window_s: float, lead_s: float) -> list[float]:
         """`key`'s own rises over its recorded history (cached until its next window)."""

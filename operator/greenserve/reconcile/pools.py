@@ -233,6 +233,10 @@ def _inputs(
         if rates is not None and name in rates:
             # The caller's fresh reading (the metrics tick): status has it only after this pass writes it.
             status = {**status, "requestsPerSecond": rates[name]}
+        elif autoscale.HISTORY.sized_rate((key.namespace, name)) is None:
+            # No decision of this process has read it yet (a restart, before the first metrics tick
+            # refills its rise history): the rate in status lacks its headroom, so it moves nothing.
+            status = {**status, "requestsPerSecond": None}
         placed = status.get("placement")
         in_key = pm.pool_key(key.namespace, spec) == key
         if not in_key and name not in listed:

@@ -63,6 +63,7 @@ class TickState:
     scaler: dict[SvcKey, dict[str, Any]] = field(default_factory=dict)
     last_write: dict[SvcKey, float] = field(default_factory=dict)
     next_resync: dict[SvcKey, float] = field(default_factory=dict)
+    backfilled: set[SvcKey] = field(default_factory=set)  # rise histories refilled from the source
     acted: int = 0
     refreshed: int = 0
     held: int = 0
@@ -163,7 +164,42 @@ class Ticker:
         for k, part in in_pool.items():
             own = out.get(k)
             out[k] = part if own is None else combine(own, part)
+        await self._backfill(out, pooled)
         return out
+
+    async def _backfill(
+        self, readings: Mapping[SvcKey, ServiceMetrics | None], pooled: Mapping[SvcKey, PooledModel]
+    ) -> None:
+        """Refill the rise history (autoscale.RateHistory) of every ModelService read fresh that has none
+        in this process (a restart, or a new operator taking the lead) from the source's past windows,
+        before its first decision: a restart converges to the headroom the history gave before it. Once per
+        ModelService; a source error leaves it for the next tick."""
+        source, history = self.deps.source, autoscale.HISTORY
+        todo = {
+            key: reading
+            for key, reading in readings.items()
+            if reading is not None
+            and not reading.stale
+            and reading.sampled_at is not None
+            and reading.window_s > 0
+            and key not in self.state.backfilled
+            and not history.knows(key)
+        }
+        if source is None or not todo:
+            return
+        until = min(r.sampled_at or 0.0 for r in todo.values())
+        try:
+            past = await source.rate_history(
+                {key: pooled[key].model if key in pooled else None for key in todo},
+                until,
+                autoscale.RISE_HISTORY_S,
+            )
+        except Exception as err:  # the history refills as it runs; the next tick tries again
+            log.warning("past request rates unavailable: %s", err)
+            return
+        for key, reading in todo.items():
+            history.backfill(key, past.get(key, ()), reading.window_s)
+            self.state.backfilled.add(key)
 
     def _pooled(self, keys: list[SvcKey]) -> dict[SvcKey, PooledModel]:
         """The ModelServices a shared pool holds (status.placement.pool: served, loading or handing
@@ -191,6 +227,7 @@ class Ticker:
         for book in (self.state.scaler, self.state.last_write, self.state.next_resync):
             for gone in [k for k in book if k not in known]:
                 del book[gone]
+        self.state.backfilled &= known
         readings = await self._readings(keys)
         await self._follow_activator(keys)
 

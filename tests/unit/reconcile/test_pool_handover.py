@@ -16,8 +16,8 @@ from greenserve.api import constants as c
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
+from greenserve.reconcile import autoscale, pools
 from greenserve.reconcile import modelservice as rec
-from greenserve.reconcile import pools
 from support.fake_kube import FakeKube
 
 NS = "ml"
@@ -93,6 +93,12 @@ def config(url: str) -> OperatorConfig:
 
 async def reconcile(kube: FakeKube, cfg: OperatorConfig, name: str) -> rec.Outcome:
     return await rec.reconcile(kube, {"metadata": {"name": name, "namespace": NS}}, cfg)
+
+
+def read(name: str, rps: float) -> None:
+    """The operator's autoscaler has read the model (the metrics tick): until then a restarted
+    operator's pool moves nothing on the rate in status (reconcile/pools.py)."""
+    autoscale.HISTORY.set_sized_rate((NS, name), 0.0, rps)
 
 
 def members(kube: FakeKube, key: pm.PoolKey) -> str:
@@ -215,6 +221,7 @@ async def test_move_into_the_pool_keeps_its_replicas_until_a_pool_pod_is_selecte
         "desiredReplicas": 1,
     }
     kube.put(MODELSERVICES, body)
+    read("a", 1.0)
     kube.put(PODS, pod("a-own", {c.LABEL_MODELSERVICE: "a"}, ip="10.0.0.2"))
     kube.put(PODS, POOL_POD)
     kube.put(ENDPOINTSLICES, endpoints("a", "a-own"))
@@ -247,6 +254,10 @@ async def test_a_busy_member_without_a_fresh_metric_is_never_moved(agents: tuple
     body = kube.peek(MODELSERVICES, "a", NS)
     assert body is not None
     body["status"]["requestsPerSecond"] = 100.0  # far above half of target/0.8 = 62.5 req/s
+    # A restarted operator whose autoscaler has not read the model yet: the rate in status moves nothing.
+    views = await pools.sync_pool(kube, KEY, replace(cfg))
+    assert views["a"].placement.shared
+    read("a", 100.0)
     views = await pools.sync_pool(kube, KEY, replace(cfg))
     assert not views["a"].placement.shared and views["a"].placement.reason == "HighTraffic"
 
@@ -297,6 +308,7 @@ def shard_members(kube: FakeKube, shard: int) -> dict[str, Any]:
 
 def with_rate(body: dict[str, Any], rps: float) -> dict[str, Any]:
     body["status"] = {"requestsPerSecond": rps}
+    read(body["metadata"]["name"], rps)
     return body
 
 

@@ -262,6 +262,10 @@ class FakePrometheus:
                 self.pool_counts[key] = self.pool_counts.get(key, 0.0) + rps * dt / len(serving)
         return own, pool
 
+    async def query_range(self, _: web.Request) -> web.Response:
+        """No past: a restarted operator's rise history starts empty (reconcile/ticker.py `_backfill`)."""
+        return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": []}})
+
     async def query(self, request: web.Request) -> web.Response:
         q = str((await request.post()).get("query") or request.query.get("query", ""))
         own, pool = await self._advance()
@@ -317,6 +321,7 @@ async def prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[Fa
     fake = FakePrometheus(kube, namespace)
     app = web.Application()
     app.router.add_route("*", "/api/v1/query", fake.query)
+    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -419,3 +424,109 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
         print(logs[-5000:])
         # RBAC refusals only: other tests' namespaces may still be terminating (403 on writes there).
         assert not rbac_denials(logs), rbac_denials(logs)[:3]
+
+
+async def test_a_model_moves_between_pool_gpus_without_a_gap(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    operator_kubeconfig: Path,
+    operator_env: dict[str, str],
+    tmp_path: Path,
+    model_status: str,
+    prometheus: tuple[FakePrometheus, str],
+) -> None:
+    """Three models of 6 GiB fill two 16 GiB pool GPUs (two and one). The lone one's need drops to 2 GiB:
+    the sharing policy empties its GPU into the other, surge then retire. Its Service never lacks a ready
+    endpoint, and the emptied GPU's Deployment goes to zero."""
+    fake, url = prometheus
+    env = {
+        **operator_env,
+        "GREENSERVE_MODEL_STATUS_URL": model_status,
+        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
+        "GREENSERVE_PROMETHEUS_URL": url,
+        "GREENSERVE_METRICS_WINDOW": "60",
+    }
+    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
+    proc.start()
+    try:
+        names = [f"big-{i}" for i in range(3)]
+        for name in names:
+            kubectl.apply(msvc(name, namespace, memory="6Gi"))
+        fake.rps = dict.fromkeys(names, 1.0)
+        key = pm.PoolKey(namespace, None, KEY_IMAGE)
+
+        async def homes() -> dict[str, set[str]]:
+            out: dict[str, set[str]] = {}
+            for shard in (0, 1, 2):
+                cm = await kube.get_or_none(CONFIGMAPS, pm.config_map_name(key, shard), namespace)
+                listed = (cm or {}).get("data", {}).get(pm.MODEL_CONFIG_KEY, "")
+                out[pm.shard_name(key, shard)] = {n for n in names if f'name: "{n}"' in listed}
+            return out
+
+        async def settled() -> bool:
+            reasons = [await ready_reason(kube, namespace, n) for n in names]
+            rates = [
+                ((await kube.get(MODELSERVICES, n, namespace)).get("status") or {}).get("requestsPerSecond")
+                for n in names
+            ]
+            return all(r == cond.REASON_SHARED_POOL for r in reasons) and all(x is not None for x in rates)
+
+        await eventually(settled, 180, 1.0, "every model served from the pool and its rate read")
+        before = await homes()
+        assert sorted(len(v) for v in before.values()) == [0, 1, 2], before
+        (old_gpu,) = [g for g, v in before.items() if len(v) == 1]
+        (new_gpu,) = [g for g, v in before.items() if len(v) == 2]
+        (lone,) = before[old_gpu]
+        old_pod = [
+            p["metadata"]["name"]
+            for p in await kube.list_objects(PODS, namespace, label_selector=f"{c.LABEL_POOL}={old_gpu}")
+        ]
+        seen: list[set[str]] = []
+        done = asyncio.Event()
+
+        async def watch_endpoints() -> None:
+            while not done.is_set():
+                seen.append(await ready_endpoints(kube, namespace, lone))
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch_endpoints())
+        kubectl.run(
+            "patch", "modelservice", lone, "-n", namespace, "--type=merge",
+            "-p", '{"spec": {"gpu": {"memory": "2Gi"}}}',
+        )  # fmt: skip
+
+        async def moved() -> bool:
+            now = await homes()
+            dep = await kube.get(DEPLOYMENTS, old_gpu, namespace)
+            return lone in now[new_gpu] and not now[old_gpu] and dep["spec"]["replicas"] == 0
+
+        await eventually(moved, 180, 1.0, f"{lone} moved from {old_gpu} to {new_gpu}")
+        await eventually(
+            lambda: _only_on(kube, namespace, lone, new_gpu), 60, 0.5, f"{lone} routed to {new_gpu} only"
+        )
+        done.set()
+        await watcher
+        assert all(s for s in seen), "the Service had no ready endpoint during the move"
+        both = [s for s in seen if set(old_pod) & s and len(s) > 1]
+        assert both, f"the new GPU's pod never served beside the old one's: {seen[-5:]}"
+        placed = (await kube.get(MODELSERVICES, lone, namespace))["status"]["placement"]
+        assert placed["shared"] is True and placed["pool"] == new_gpu
+        assert await ready_reason(kube, namespace, lone) == cond.REASON_SHARED_POOL
+        assert (await kube.get(DEPLOYMENTS, lone, namespace))["spec"]["replicas"] == 0
+    finally:
+        proc.stop()
+        logs = proc.logs()
+        print(logs[-5000:])
+        # RBAC refusals only: other tests' namespaces may still be terminating (403 on writes there).
+        assert not rbac_denials(logs), rbac_denials(logs)[:3]
+
+
+async def _only_on(kube: KubeClient, ns: str, service: str, shard: str) -> bool:
+    pods = {
+        p["metadata"]["name"]
+        for p in await kube.list_objects(PODS, ns, label_selector=f"{c.LABEL_POOL}={shard}")
+        if not p["metadata"].get("deletionTimestamp")
+    }
+    ready = await ready_endpoints(kube, ns, service)
+    return bool(ready) and ready <= pods

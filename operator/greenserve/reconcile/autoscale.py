@@ -77,6 +77,7 @@ class RateHistory:
         self._weights: dict[tuple[float, int], float] = {}
         self._factors: dict[tuple[str, str], float] = {}
         self._sized: dict[tuple[str, str], tuple[float, float]] = {}  # -> (at, rate)
+        self._swept = -math.inf  # when the expiry sweeps last ran
 
     def record(self, key: tuple[str, str], at: float, rate: float, window_s: float) -> list[float]:
         """Add a reading; the recorded rates, newest first."""
@@ -86,13 +87,16 @@ class RateHistory:
             self._rises.pop(key, None)
         while q and at - q[0][0] > RISE_HISTORY_S:
             q.popleft()
-        for k in [k for k, other in self._rates.items() if other and at - other[-1][0] > RISE_HISTORY_S]:
-            del self._rates[k]  # a deleted or long-silent ModelService
-            self._rises.pop(k, None)
-            self._factors.pop(k, None)
-            self._prior = None
-        for k in [k for k, (seen, _) in self._sized.items() if at - seen > RISE_HISTORY_S]:
-            del self._sized[k]
+        if at - self._swept >= window_s:
+            # Once per window, not per reading: a sweep per reading made a tick of n ModelServices cost n².
+            self._swept = at
+            for k in [k for k, other in self._rates.items() if other and at - other[-1][0] > RISE_HISTORY_S]:
+                del self._rates[k]  # a deleted or long-silent ModelService
+                self._rises.pop(k, None)
+                self._factors.pop(k, None)
+                self._prior = None
+            for k in [k for k, (seen, _) in self._sized.items() if at - seen > RISE_HISTORY_S]:
+                del self._sized[k]
         return [r for _, r in reversed(q)]
 
     def knows(self, key: tuple[str, str]) -> bool:

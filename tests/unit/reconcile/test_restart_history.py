@@ -168,3 +168,17 @@ async def test_prometheus_gives_each_modelservices_past_windows_from_four_range_
     assert got[("ns", "b")] == [(start, 3.0), (start + 60, 1.0)]
     # A model name two ModelServices share in one namespace: whose requests they were is not known.
     assert ("ns", "t1") not in got and ("ns", "t2") not in got
+
+
+def test_a_modelservice_silent_for_the_history_span_is_forgotten() -> None:
+    """Deleted or long silent: its readings, headroom and sized rate go once the others' readings are an
+    hour past its last (swept once per window, not per reading: at 1,000 ModelServices a sweep per
+    reading made every tick quadratic)."""
+    history, gone, other = autoscale.RateHistory(), ("ns", "gone"), ("ns", "other")
+    history.record(gone, NOW, 5.0, 60.0)
+    history.set_factor(gone, 2.0)
+    history.set_sized_rate(gone, NOW, 6.0)
+    for i in range(1, 62):
+        history.record(other, NOW + 60 * i, 1.0, 60.0)
+        assert history.knows(gone) == (60 * i <= autoscale.RISE_HISTORY_S)
+    assert history.factor(gone) == 1.0 and history.sized_rate(gone) is None and history.knows(other)

@@ -174,7 +174,40 @@ def sharing_placer(
             where = (c.gpu or POOL_GPU) if stays else None
             out[c.service] = Placement(stays, why, "no reading moves it: it stays where it is", where)
     # The policy already capped the load; the packing below checks memory and model names only.
-    return _pack([replace(c, load=None) for c in candidates], out, limits, False, leaving)
+    out = _pack([replace(c, load=None) for c in candidates], out, limits, False, leaving)
+    _rehome_name_clashes(candidates, out, limits, leaving, policy_limits)
+    return out
+
+
+def _rehome_name_clashes(
+    candidates: Sequence[Candidate],
+    out: dict[str, Placement],
+    limits: PoolLimits,
+    leaving: Mapping[str, int],
+    policy_limits: sharing.SharingLimits,
+) -> None:
+    """A joiner whose model name another member of its planned GPU serves shares another pool GPU where
+    the name is free and it fits (memory, and every member's target at `place_margin`), else keeps
+    ModelNameInPool."""
+    for c in candidates:
+        if c.shared or c.demand is None or out[c.service].reason != NAME_TAKEN:
+            continue
+        members: dict[str, list[Candidate]] = {}
+        for other in candidates:
+            p = out[other.service]
+            if p.shared and p.gpu is not None:
+                members.setdefault(p.gpu, []).append(other)
+        for gpu in sorted({*members, *(str(i) for i in range(limits.max_gpus))}, key=_gpu_order):
+            on = members.get(gpu, [])
+            memory = leaving.get(gpu, 0) + sum(m.memory_bytes for m in on) + c.memory_bytes
+            demands = [m.demand for m in on if m.demand is not None]
+            if (
+                all(m.model_name != c.model_name for m in on)
+                and memory <= limits.gpu_memory_bytes
+                and sharing.fits([*demands, c.demand], policy_limits, policy_limits.place_margin)
+            ):
+                out[c.service] = Placement(True, JOINS, "the sharing policy shares it", gpu)
+                break
 
 
 def _pack(

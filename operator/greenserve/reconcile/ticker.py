@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from greenserve.api import conditions as cond
+from greenserve.api import constants as c
 from greenserve.api.objects import activation_demand
 from greenserve.api.quantity import parse_quantity
 from greenserve.api.v1alpha1 import ModelServiceStatus, Routing, merge_status, parse_spec, status_patch
@@ -203,7 +204,14 @@ class Ticker:
 
     def _pooled(self, keys: list[SvcKey]) -> dict[SvcKey, PooledModel]:
         """The ModelServices a shared pool holds (status.placement.pool: served, loading or handing
-        over), each with its pool's pods from the watch-fed cache."""
+        over), each with the pods of its pool GPU from the watch-fed cache, and any other pool pod that
+        still serves it (its routing label: the GPU it is moving away from, until that one lets go)."""
+        routed: dict[SvcKey, list[dict[str, Any]]] = {}
+        for (namespace, _), pods in self.cache.pool_pods.items():
+            for pod in pods.values():
+                for label, value in ((pod.get("metadata") or {}).get("labels") or {}).items():
+                    if label.startswith(c.ROUTE_LABEL_PREFIX) and value == c.ROUTE_AVAILABLE:
+                        routed.setdefault((namespace, label[len(c.ROUTE_LABEL_PREFIX) :]), []).append(pod)
         out: dict[SvcKey, PooledModel] = {}
         for key in keys:
             body = self.cache.msvcs[key]
@@ -216,7 +224,10 @@ class Ticker:
                 memory_bytes = int(parse_quantity(memory)) if memory is not None else 0
             except ValueError:
                 memory_bytes = 0
-            refs = tuple(loop.pod_refs(self.cache.pool_pods_of(key[0], str(pool))))
+            home = self.cache.pool_pods_of(key[0], str(pool))
+            names = {p["metadata"]["name"] for p in home}
+            also = [p for p in routed.get(key, []) if p["metadata"]["name"] not in names]
+            refs = tuple(loop.pod_refs(home + also))
             model = str((spec.get("model") or {}).get("name") or key[1])
             out[key] = PooledModel(str(pool), model, refs, memory_bytes)
         return out

@@ -204,3 +204,12 @@ def test_the_operators_placer_puts_every_model_where_the_simulators_plan_does() 
         ids = {g.gpu: next(free) for g in planned.gpus if g.gpu.startswith(r.sharing.NEW_GPU_PREFIX)}
         homes = {m: ids.get(g, g) for m, g in planned.home.items()}
         assert {k: p.gpu for k, p in out.items() if p.shared} == homes
+
+
+def test_a_second_model_of_one_name_shares_another_pool_gpu_where_the_pool_has_one() -> None:
+    twins = [with_demand("a", 0.01), replace(with_demand("b", 0.01), model_name="a")]
+    out = r.sharing_placer(twins, replace(LIMITS, max_gpus=2))
+    assert (out["a"].shared, out["a"].gpu) == (True, "0") and (out["b"].shared, out["b"].gpu) == (True, "1")
+    # One GPU at most: it keeps its own replicas, and says why.
+    out = r.sharing_placer(twins, LIMITS)
+    assert (out["b"].shared, out["b"].reason) == (False, r.NAME_TAKEN)

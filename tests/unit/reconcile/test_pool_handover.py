@@ -13,11 +13,14 @@ import pytest
 from aiohttp import web
 
 from greenserve.api import constants as c
+from greenserve.cluster.cache import ClusterCache
 from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES, PODS, SERVICES
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
 from greenserve.reconcile import autoscale, pools
 from greenserve.reconcile import modelservice as rec
+from greenserve.reconcile.loop import LoopDeps
+from greenserve.reconcile.ticker import Ticker
 from support.fake_kube import FakeKube
 
 NS = "ml"
@@ -370,3 +373,31 @@ async def test_a_pool_at_its_most_gpus_leaves_a_model_on_its_own_replicas(agents
     assert kube.peek(CONFIGMAPS, pm.config_map_name(KEY, 1), NS) is None
     placed = (kube.peek(MODELSERVICES, "b", NS) or {})["status"]["placement"]
     assert (placed["shared"], placed["reason"]) == (False, "PoolFull") and replicas(kube, "b") == 1
+
+
+def test_a_model_moving_between_pool_gpus_is_read_from_both_until_the_old_one_lets_go(
+    fresh_cache: ClusterCache,
+) -> None:
+    """Its requests go to both GPUs' pods while both carry its routing label: the metrics tick reads it
+    (and splits each pod's energy) from both, not only from the GPU its placement names."""
+    one = pm.shard_name(KEY, 1)
+    for p in (
+        pod("old", {c.LABEL_POOL: one, "model.greenserve.io/b": "available"}),
+        pod("new", {c.LABEL_POOL: KEY.name, "model.greenserve.io/b": "available"}),
+        pod("other", {c.LABEL_POOL: pm.shard_name(KEY, 2), "model.greenserve.io/x": "available"}),
+    ):
+        fresh_cache.observe_pool_pod(p)
+    body = with_rate(msvc("b"), 1.0)
+    body["status"]["placement"] = {"shared": True, "pool": KEY.name, "reason": "Shared", "message": ""}
+    fresh_cache.msvcs[(NS, "b")] = body
+    ticker = Ticker(LoopDeps(FakeKube(), OperatorConfig()), fresh_cache)
+    pooled = ticker._pooled([(NS, "b")])
+    assert sorted(r.name for r in pooled[(NS, "b")].pods) == ["new", "old"]
+    # Released by the old GPU (its label gone): the new GPU's pods only.
+    fresh_cache.observe_pool_pod(
+        {
+            **pod("old", {c.LABEL_POOL: one}),
+            "metadata": {**pod("old", {c.LABEL_POOL: one})["metadata"], "resourceVersion": "9"},
+        }
+    )
+    assert [r.name for r in ticker._pooled([(NS, "b")])[(NS, "b")].pods] == ["new"]

@@ -220,17 +220,13 @@ class PrometheusSource:
             await self._session.close()
         self._session = None
 
-    async def query(self, promql: str) -> list[Sample]:
-        """An instant query; returns the vector (a scalar result becomes one sample without labels)."""
+    async def _api(self, path: str, promql: str, form: Mapping[str, str]) -> dict[str, Any]:
+        """POST one query to the HTTP API; returns its `data`, or raises a PrometheusError that says why."""
         session = await self._http()
         headers, tls = self._credentials.headers(), self._credentials.ssl()
         try:
             async with session.post(
-                f"{self.url}/api/v1/query",
-                data={"query": promql},
-                headers=headers,
-                ssl=tls,
-                timeout=self._timeout,
+                f"{self.url}{path}", data=dict(form), headers=headers, ssl=tls, timeout=self._timeout
             ) as resp:
                 if resp.status in (401, 403):
                     # The body of an auth proxy is rarely the API's JSON; say what happened instead.
@@ -240,7 +236,12 @@ class PrometheusSource:
             raise PrometheusError(f"{promql}: {type(exc).__name__}: {exc}") from exc
         if body.get("status") != "success":
             raise PrometheusError(f"{promql}: {body.get('errorType')}: {body.get('error')}")
-        data = body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def query(self, promql: str) -> list[Sample]:
+        """An instant query; returns the vector (a scalar result becomes one sample without labels)."""
+        data = await self._api("/api/v1/query", promql, {"query": promql})
         if data["resultType"] == "scalar":
             ts, val = data["result"]
             return [Sample({}, float(val), float(ts))]
@@ -250,21 +251,8 @@ class PrometheusSource:
 
     async def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
         """A range query; returns the matrix (one series per label set, points oldest first)."""
-        session = await self._http()
-        headers, tls = self._credentials.headers(), self._credentials.ssl()
         form = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        try:
-            async with session.post(
-                f"{self.url}/api/v1/query_range", data=form, headers=headers, ssl=tls, timeout=self._timeout
-            ) as resp:
-                if resp.status in (401, 403):
-                    raise PrometheusError(f"{promql}: HTTP {resp.status} {resp.reason}: check credentials")
-                body: dict[str, Any] = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise PrometheusError(f"{promql}: {type(exc).__name__}: {exc}") from exc
-        if body.get("status") != "success":
-            raise PrometheusError(f"{promql}: {body.get('errorType')}: {body.get('error')}")
-        data = body["data"]
+        data = await self._api("/api/v1/query_range", promql, form)
         if data["resultType"] != "matrix":
             raise PrometheusError(f"{promql}: unexpected result type {data['resultType']}")
         return [

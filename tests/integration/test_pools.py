@@ -114,6 +114,25 @@ async def ready_endpoints(kube: KubeClient, ns: str, service: str) -> set[str]:
     }
 
 
+class EndpointSampler:
+    """A Service's ready endpoints, sampled every 0.2 s from start until `stop`."""
+
+    def __init__(self, kube: KubeClient, ns: str, service: str) -> None:
+        self.seen: list[set[str]] = []
+        self._done = asyncio.Event()
+        self._task = asyncio.create_task(self._run(kube, ns, service))
+
+    async def _run(self, kube: KubeClient, ns: str, service: str) -> None:
+        while not self._done.is_set():
+            self.seen.append(await ready_endpoints(kube, ns, service))
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> list[set[str]]:
+        self._done.set()
+        await self._task
+        return self.seen
+
+
 async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a_gap(
     kube: KubeClient, kubectl: Kubectl, namespace: str, pool_operator: OperatorProcess
 ) -> None:
@@ -156,15 +175,7 @@ async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a
 
     # small-0 made Exclusive: it moves to its own replica. Sample its Service's ready endpoints all along.
     moving = "small-0"
-    seen: list[set[str]] = []
-    done = asyncio.Event()
-
-    async def watch_endpoints() -> None:
-        while not done.is_set():
-            seen.append(await ready_endpoints(kube, namespace, moving))
-            await asyncio.sleep(0.2)
-
-    watcher = asyncio.create_task(watch_endpoints())
+    sampler = EndpointSampler(kube, namespace, moving)
     kubectl.run(
         "patch", "modelservice", moving, "-n", namespace, "--type=merge",
         "-p", '{"spec": {"gpu": {"sharing": "Exclusive"}}}',
@@ -179,8 +190,7 @@ async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a
 
     await eventually(moved_out, 180, 1.0, f"{moving} out of the pool onto its own replica")
     await asyncio.sleep(1.0)  # a few more samples after the switch back to its own selector
-    done.set()
-    await watcher
+    seen = await sampler.stop()
     pool_name = pool_pod["metadata"]["name"]
     own = {p for s in seen for p in s if p != pool_name}
     assert own, f"its own replica never became an endpoint: {seen[-5:]}"
@@ -391,15 +401,7 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
         # Its part of the pool GPU's power and energy (policy/shared_energy.py) is in its own status.
         st = (await kube.get(MODELSERVICES, name, namespace))["status"]
         assert st.get("powerWatts") is not None and st.get("energyJoules") is not None, st
-        seen: list[set[str]] = []
-        done = asyncio.Event()
-
-        async def watch_endpoints() -> None:
-            while not done.is_set():
-                seen.append(await ready_endpoints(kube, namespace, name))
-                await asyncio.sleep(0.2)
-
-        watcher = asyncio.create_task(watch_endpoints())
+        sampler = EndpointSampler(kube, namespace, name)
         fake.rps[name] = 45.0  # past 35 req/s
 
         async def moved_out() -> bool:
@@ -411,7 +413,7 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
 
         await eventually(moved_out, 180, 1.0, f"{name} out of the pool on its load")
         assert (await placement())["reason"] == "HighTraffic"
-        out_seen = len(seen)
+        out_seen = len(sampler.seen)
         fake.rps[name] = 30.0  # between the thresholds: it stays on its own replicas
         await proc.wait_passes("resync", 4)
         assert not (await placement())["shared"]
@@ -424,8 +426,7 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
 
         await eventually(moved_in, 180, 1.0, f"{name} back in the pool on its load")
         await eventually(served_from_pool, 60, 1.0, f"{name} served from the pool again")
-        done.set()
-        await watcher
+        seen = await sampler.stop()
         assert seen[out_seen:] and all(s for s in seen), "the Service had no ready endpoint during a move"
         assert await ready_reason(kube, namespace, "quiet") == cond.REASON_SHARED_POOL
     finally:
@@ -492,15 +493,7 @@ async def test_a_model_moves_between_pool_gpus_without_a_gap(
             p["metadata"]["name"]
             for p in await kube.list_objects(PODS, namespace, label_selector=f"{c.LABEL_POOL}={old_gpu}")
         ]
-        seen: list[set[str]] = []
-        done = asyncio.Event()
-
-        async def watch_endpoints() -> None:
-            while not done.is_set():
-                seen.append(await ready_endpoints(kube, namespace, lone))
-                await asyncio.sleep(0.2)
-
-        watcher = asyncio.create_task(watch_endpoints())
+        sampler = EndpointSampler(kube, namespace, lone)
         kubectl.run(
             "patch", "modelservice", lone, "-n", namespace, "--type=merge",
             "-p", '{"spec": {"gpu": {"memory": "2Gi"}}}',
@@ -515,8 +508,7 @@ async def test_a_model_moves_between_pool_gpus_without_a_gap(
         await eventually(
             lambda: _only_on(kube, namespace, lone, new_gpu), 60, 0.5, f"{lone} routed to {new_gpu} only"
         )
-        done.set()
-        await watcher
+        seen = await sampler.stop()
         assert all(s for s in seen), "the Service had no ready endpoint during the move"
         # The old GPU served until the new one's pod was an endpoint (the new one loads for LOAD_S).
         first_new = next(i for i, s in enumerate(seen) if s - set(old_pod))

@@ -11,8 +11,8 @@ reading (a proxy for SM activity). The energy counter integrates that power exac
 Every series the collector derives from this device carries ``simulated="true"`` and the agent logs it.
 
 Per-product figures (W): idle figures from public nvidia-smi snapshots ("S"); P_serving is a sustained
-batched-inference peak, an estimate ("E"); see :data:`PRODUCTS`. The operator's own power model
-(``greenserve.policy.energy``) uses the same figures.
+batched-inference peak, an estimate ("E"); the H200's are measured; see :data:`PRODUCTS`. The operator's
+own power model (``greenserve.policy.energy``) uses the same figures.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ PRODUCTS: dict[str, SimulatedProduct] = {
     "A100-SXM4-80GB": _sim("NVIDIA A100-SXM4-80GB", "A100-SXM", 80, 1410, 1593),
     "H100-PCIE": _sim("NVIDIA H100 PCIe", "H100-PCIE", 80, 1755, 1593),
     "H100-SXM": _sim("NVIDIA H100 80GB HBM3", "H100-SXM", 80, 1980, 2619),
+    # As NVML reported it on a real one (tests/gpu/power_profile.py): 140.4 GiB, 3201 MHz memory clock.
+    "H200": _sim("NVIDIA H200", "H200", 140, 1980, 3201),
 }
 DEFAULT_PRODUCT = "T4"
 #: Device memory a resident TF Serving model holds in the simulation (context plus a small model).

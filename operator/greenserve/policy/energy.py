@@ -7,9 +7,10 @@ Power per GPU follows a three-state model:
 * serving at utilization a in [0, 1]:     P = P_ctx + (P_peak - P_ctx) * a
 
 Figures per product (W): P_bare and P_ctx from public nvidia-smi snapshots, P_peak a sustained
-batched-inference estimate. They are a model: reports built on it are
-labelled simulated. The node base (host CPUs, memory, fans, NICs of an 8-GPU server at idle) is an
-estimate too, 300 W by default, configurable.
+batched-inference estimate; the H200's three are measured (`tests/gpu/power_profile.py` on one NVIDIA H200,
+driver 580.159.04: the NVML energy counter over 6 s per state; README, "The power model on a real GPU").
+They are a model: reports built on it are labelled simulated. The node base (host CPUs, memory, fans,
+NICs of an 8-GPU server at idle) is an estimate too, 300 W by default, configurable.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ GPU_MODELS: Final[dict[str, GpuPowerModel]] = {
         GpuPowerModel("A100-SXM", 52, 85, 360, 400),
         GpuPowerModel("H100-PCIE", 48, 82, 290, 350),
         GpuPowerModel("H100-SXM", 72, 110, 600, 700),
+        # Measured: no context 79 W; a context holding 1 GiB keeps the SMs at 1980 MHz, 122 W; back-to-back
+        # bf16 products 688 W, where the 700 W limit throttles the SMs to ~1450 MHz.
+        GpuPowerModel("H200", 79, 122, 688, 700),
     )
 }
 DEFAULT_GPU_PRODUCT: Final = "L4"
@@ -56,8 +60,10 @@ DEFAULT_GPU_PRODUCT: Final = "L4"
 
 def gpu_model_for(product: str | None) -> GpuPowerModel:
     """The power model for a product as GPU feature discovery labels it (nvidia.com/gpu.product), e.g.
-    "NVIDIA-H100-80GB-HBM3" or "Tesla-T4"; unknown products fall back to the default (L4)."""
+    "NVIDIA-H100-80GB-HBM3", "NVIDIA-H200" or "Tesla-T4"; unknown products fall back to the default (L4)."""
     p = (product or "").upper().replace(" ", "-")
+    if "H200" in p:
+        return GPU_MODELS["H200"]
     if "H100" in p:
         return GPU_MODELS["H100-PCIE" if "PCIE" in p else "H100-SXM"]
     if "A100" in p:

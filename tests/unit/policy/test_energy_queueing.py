@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,28 @@ def test_power_model_states() -> None:
     assert energy.gpu_model_for("Tesla-T4").product == "T4"
     assert energy.gpu_model_for("NVIDIA-A100-SXM4-80GB").product == "A100-SXM"
     assert energy.gpu_model_for(None).product == energy.DEFAULT_GPU_PRODUCT
+
+
+def test_an_h200_is_priced_at_its_measured_power_not_the_default_products() -> None:
+    # GPU feature discovery's label and NVML's name; before the H200 had its own figures it fell back to the
+    # L4's (15/30/68 W), a tenth of its parking tax and busy power.
+    for product in ("NVIDIA-H200", "NVIDIA H200"):
+        h200 = energy.gpu_model_for(product)
+        assert h200.product == "H200"
+        assert (h200.bare_w, h200.loaded_idle_w, h200.busy_w) == (79, 122, 688)
+        assert h200.loaded_idle_w - h200.bare_w > 2 * (
+            energy.GPU_MODELS["L4"].loaded_idle_w - energy.GPU_MODELS["L4"].bare_w
+        )
+
+
+def test_the_h200_figures_are_the_ones_measured_on_one() -> None:
+    # tests/gpu/power_profile.py's output on a real H200; the table's figures are its states, rounded.
+    path = Path(__file__).parents[2] / "gpu" / "measured" / "h200-2026-12-04.json"
+    measured = {s["name"]: s["power_w"] for s in json.loads(path.read_text())["states"]}
+    h200 = energy.GPU_MODELS["H200"]
+    assert h200.bare_w == round(measured["bare"])
+    assert h200.loaded_idle_w == round(measured["ctx1"])
+    assert h200.busy_w == round(measured["heavy@1.0"])
 
 
 def test_counter_delta_survives_resets() -> None:

@@ -39,28 +39,39 @@ PERIOD_S = 0.1
 SETTLE_S = 2.0
 
 
-def _worker(mode: str, duty: float, seconds: float, t_op: float | None) -> None:
+def _worker(mode: str, duty: float, seconds: float, t_op: float | None, aligned: bool) -> None:
+    """One process holding a context and 1 GiB. ``kind*n``: n models in this one process (a pool server's
+    shape), each its own thread and CUDA stream with its own operands, each at ``duty``."""
+    import threading
+
     import torch  # only the worker needs it; the sampler must not hold a CUDA context itself
 
+    kind, _, count = mode.partition("*")
     dev = torch.device("cuda")
     hold = torch.empty(1 << 30, dtype=torch.uint8, device=dev)  # a resident "model" of 1 GiB
-    op: Any = None
-    if mode == "heavy":
-        a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
-        b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
-        op = lambda: torch.mm(a, b)  # noqa: E731
-    elif mode == "membound":
-        x = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
-        y = torch.empty_like(x)
-        op = lambda: y.copy_(x)  # noqa: E731
-    elif mode == "light":
-        s = torch.randn(256, 256, device=dev)
-        op = lambda: torch.mm(s, s)  # noqa: E731
+
+    def make_op() -> Any:
+        if kind == "heavy":
+            a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
+            b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
+            return lambda: torch.mm(a, b)
+        if kind == "membound":
+            x = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
+            y = torch.empty_like(x)
+            return lambda: y.copy_(x)
+        if kind == "light":
+            s = torch.randn(256, 256, device=dev)
+            return lambda: torch.mm(s, s)
+        return None
+
+    ops_of = [make_op() for _ in range(int(count or 1))]
+    op = ops_of[0]
+    torch.cuda.synchronize()
     if op is not None and t_op is None:
         for _ in range(10):
             op()
         torch.cuda.synchronize()
-        n = 200 if mode == "light" else 40
+        n = 200 if kind == "light" else 40
         t = time.perf_counter()
         for _ in range(n):
             op()
@@ -70,14 +81,27 @@ def _worker(mode: str, duty: float, seconds: float, t_op: float | None) -> None:
     print(json.dumps({"ready": True, "t_op_s": t_op, "ops_per_period": ops}), flush=True)
     busy: list[float] = []
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        if ops:
-            for _ in range(ops):
-                op()
-            torch.cuda.synchronize()
-            busy.append(time.perf_counter() - start)
-        time.sleep(max(0.0, start + PERIOD_S - time.perf_counter()))
+
+    def run(fn: Any) -> None:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            while time.perf_counter() < end:
+                if aligned:  # every model's burst starts on the same wall-clock 100 ms boundary
+                    time.sleep(PERIOD_S - time.time() % PERIOD_S)
+                start = time.perf_counter()
+                if ops:
+                    for _ in range(ops):
+                        fn()
+                    stream.synchronize()
+                    busy.append(time.perf_counter() - start)
+                if not aligned:
+                    time.sleep(max(0.0, start + PERIOD_S - time.perf_counter()))
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in ops_of]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     del hold
     print(
         json.dumps(
@@ -98,6 +122,7 @@ def _worker(mode: str, duty: float, seconds: float, t_op: float | None) -> None:
 class State:
     name: str
     workers: list[tuple[str, float]]  # (mode, duty) per process
+    aligned: bool = False  # bursts on common wall-clock boundaries, else each process's own phase
     power_w: float = 0.0
     power_instant_w: float = 0.0
     utilization: float = 0.0
@@ -109,17 +134,22 @@ class State:
 
 def _measure(state: State, sampler: Any, measure_s: float, t_op: dict[str, float]) -> None:
     procs: list[subprocess.Popen[str]] = []
+    spawned = time.monotonic()
     for mode, duty in state.workers:
         cmd = [sys.executable, __file__, "--worker", mode, str(duty), str(SETTLE_S + measure_s + 1.0)]
-        if mode in t_op:
-            cmd += ["--t-op", repr(t_op[mode])]
+        kind = mode.partition("*")[0]
+        if kind in t_op:
+            cmd += ["--t-op", repr(t_op[kind])]
+        if state.aligned:
+            cmd.append("--aligned")
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     for p in procs:  # wait until every worker holds its context and runs (reads block until it says so)
         assert p.stdout is not None
         line = p.stdout.readline()
         if not line:
             raise RuntimeError(f"worker for {state.name} exited before it was ready (rc {p.wait()})")
-        state.worker_reports.append(json.loads(line))
+        # Interpreter, torch, a CUDA context, 1 GiB and the operands: a floor on a cold start.
+        state.worker_reports.append({**json.loads(line), "ready_after_s": time.monotonic() - spawned})
     time.sleep(SETTLE_S)  # power and NVML's utilization window follow the load with a lag of ~1 s
     first = sampler.sample()[0]
     t0 = time.monotonic()
@@ -169,10 +199,12 @@ def main() -> None:
     ap.add_argument("--measure-s", type=float, default=6.0)
     ap.add_argument("--worker", nargs=3, metavar=("MODE", "DUTY", "SECONDS"))
     ap.add_argument("--t-op", type=float)
+    ap.add_argument("--aligned", action="store_true")
+    ap.add_argument("--only", help="comma-separated state names to run (heavy@1.0 always: it calibrates)")
     args = ap.parse_args()
     if args.worker:
         mode, duty, seconds = args.worker
-        _worker(mode, float(duty), float(seconds), args.t_op)
+        _worker(mode, float(duty), float(seconds), args.t_op, args.aligned)
         return
 
     from greenserve_agent.collectors import GpuSampler
@@ -193,8 +225,19 @@ def main() -> None:
         State("shared 4x0.1", [("heavy", 0.1)] * 4),
         State("shared 2x0.5", [("heavy", 0.5)] * 2),
         State("shared 2x0.75", [("heavy", 0.75)] * 2),
+        # The same loads with every burst on one boundary: as processes, and as one process with a stream
+        # per model (a pool's TF Serving is one process).
+        State("aligned procs 2x0.25", [("heavy", 0.25)] * 2, aligned=True),
+        State("aligned procs 4x0.1", [("heavy", 0.1)] * 4, aligned=True),
+        State("aligned procs 2x0.5", [("heavy", 0.5)] * 2, aligned=True),
+        State("aligned streams 2x0.25", [("heavy*2", 0.25)], aligned=True),
+        State("aligned streams 4x0.1", [("heavy*4", 0.1)], aligned=True),
+        State("aligned streams 2x0.5", [("heavy*2", 0.5)], aligned=True),
         State("bare (end)", []),
     ]
+    if args.only:
+        keep = {"heavy@1.0", *args.only.split(",")}
+        states = [st for st in states if st.name in keep]
     t_op: dict[str, float] = {}
     for st in states:
         _measure(st, sampler, args.measure_s, t_op)
@@ -204,7 +247,7 @@ def main() -> None:
             r["busy_mean_s"] / r["solo_busy_s"] for r in st.worker_reports if r.get("solo_busy_s", 0.0) > 0
         ]
         print(
-            f"{st.name:>14}  {st.power_w:7.1f} W (instant {st.power_instant_w:7.1f})"
+            f"{st.name:>22}  {st.power_w:7.1f} W (instant {st.power_instant_w:7.1f})"
             f"  util {st.utilization:5.2f}"
             f"  SM {st.sm_clock_mhz:6.0f} MHz  mem {st.memory_used_gib:6.2f} GiB"
             + (f"  busy/solo {statistics.fmean(slow):.2f}" if slow else ""),
@@ -212,7 +255,13 @@ def main() -> None:
         )
     by = {s.name: s for s in states}
     heavy = [(by[n].utilization, by[n].power_w) for n in by if n.startswith("heavy@")]
-    c, m, resid = _fit(heavy)
+    c, m, resid = _fit(heavy) if len(heavy) > 1 else (float("nan"), float("nan"), float("nan"))
+    if "bare" not in by or "ctx1" not in by or "ctx2" not in by:
+        result: dict[str, Any] = {"gpu": head.name, "states": [asdict(s) for s in states]}
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        port.shutdown()
+        return
     result = {
         "gpu": head.name,
         "power_limit_w": head.power_limit_w,

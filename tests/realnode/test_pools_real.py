@@ -2,6 +2,10 @@
 real prediction from each through its own Service, and a move out of the pool onto the model's own
 replica under a client load, with no failed request.
 
+A pool GPU here has 4Gi for models (`operator.config.pools.gpuMemory`) and each model asks for 1Gi, so
+the eight models need two pool GPUs: the pool's second GPU (its own Deployment, model-list ConfigMap and
+selector, `gs-pool-<hash>-1`) runs as real pods beside the first.
+
 The operator is the chart's, as a pod (its own release, after tests/realnode/test_serving.py's); the pool
 pod is the serving image's CPU test variant, whose agent runs the local SavedModel backend with TF
 Serving's model config file. The real node advertises simulated GPUs (`nvidia.com/gpu` as an extended
@@ -62,6 +66,8 @@ def pool_operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNode
         "operator.config.pools.memoryRequest": "512Mi",
         "operator.config.pools.memoryLimit": "6Gi",
         "operator.config.pools.unloadGraceSeconds": 5,
+        # Four 1Gi models per pool GPU: eight take two (see the module docstring).
+        "operator.config.pools.gpuMemory": "4Gi",
     }
     args = ["install", RELEASE, str(CHART), "--namespace", OPERATOR_NS]
     for key, value in values.items():
@@ -182,6 +188,7 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
     held = _gpus_held(kubectl, ns)
     _record("pools_gpus_held_for_8_models", held)
     assert 1 <= held <= 2
+    _two_pool_gpus_serve_four_each(kubectl, ns, names, real_nodes)
 
     # m0 made Exclusive under a client load: its own replica first, then the pool lets go of it.
     # The call raises on a transport error, so a failed request records why.
@@ -213,6 +220,32 @@ def test_eight_models_from_at_most_two_gpus_then_one_moves_out_without_failed_re
     wait_for(lambda: _ready_reason(kubectl, ns, MOVING) == "ReplicasAvailable", 60, f"{MOVING} Ready")
     for name in names[1:]:
         assert predicts_correctly(urls[name]), f"{name} stopped answering from the pool"
+
+
+def _two_pool_gpus_serve_four_each(
+    kubectl: Kubectl, ns: str, names: list[str], real_nodes: RealNodes
+) -> None:
+    """Each pool GPU is one ready real pod whose model list holds the four models whose status names it."""
+    deps = get_json(kubectl, "deployments", "-n", ns, "-l", "greenserve.io/pool")["items"]
+    assert len(deps) == 2, [d["metadata"]["name"] for d in deps]
+    lists = {
+        cm["metadata"]["name"]: cm["data"]["models.config"]
+        for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+    }
+    homes = {n: get_json(kubectl, "modelservice", n, "-n", ns)["status"]["placement"]["pool"] for n in names}
+    for dep in deps:
+        name = dep["metadata"]["name"]
+        members = sorted(n for n, home in homes.items() if home == name)
+        assert len(members) == 4, (name, homes)
+        assert all(f'name: "{n}"' in lists[f"{name}-models"] for n in members), (name, lists)
+        pods = get_json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/pool={name}")["items"]
+        ready = [
+            p
+            for p in pods
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+        assert len(ready) == 1 and ready[0]["spec"]["nodeName"] in real_nodes.names, (name, pods)
+    _record("pools_pool_gpus_for_8_models", len(deps))
 
 
 LOADED = "m1"

@@ -344,18 +344,32 @@ class _Shard:
 
 
 async def _shards(kube: KubeClient, key: pm.PoolKey) -> dict[int, _Shard]:
-    """Every shard of the pool that has a ConfigMap, and shard 0 in any case."""
+    """Every shard of the pool that has a ConfigMap, and shard 0 in any case: three LISTs by the pool's
+    labels whatever its number of GPUs, and a GET only for an object the LIST did not show (not yet made,
+    or an object of that name that is not this pool's, which must not be taken over)."""
     ns = key.namespace
+    selector = pm.pool_selector(key)
     out: dict[int, _Shard] = {0: _Shard(0)}
-    for cm in await kube.list_objects(CONFIGMAPS, ns, label_selector=pm.pool_selector(key)):
+    for cm in await kube.list_objects(CONFIGMAPS, ns, label_selector=selector):
         name = str((cm.get("metadata") or {}).get("name"))
         index = pm.shard_of(key, name.removesuffix("-models"))
         if index is not None and name == pm.config_map_name(key, index):
             out[index] = _Shard(index, cm)
     if out[0].cm is None:  # made before the instance label was on it, or not yet made
         out[0].cm = await kube.get_or_none(CONFIGMAPS, pm.config_map_name(key, 0), ns)
+    deps = {
+        str((d.get("metadata") or {}).get("name")): d
+        for d in await kube.list_objects(DEPLOYMENTS, ns, label_selector=selector)
+    }
+    pods: dict[str, list[Mapping[str, Any]]] = {}
+    for p in await kube.list_objects(PODS, ns, label_selector=selector):
+        if not pod_terminating(p):
+            pods.setdefault(
+                str(((p.get("metadata") or {}).get("labels") or {}).get(c.LABEL_POOL)), []
+            ).append(p)
     for shard in out.values():
-        shard.dep = await kube.get_or_none(DEPLOYMENTS, pm.shard_name(key, shard.index), ns)
+        name = pm.shard_name(key, shard.index)
+        shard.dep = deps.get(name) or await kube.get_or_none(DEPLOYMENTS, name, ns)
         for existing in (shard.cm, shard.dep):
             if existing is not None and not _ours(existing, key, shard.index):
                 raise ConflictingObjectError(existing, "an object that is not this pool")
@@ -365,13 +379,7 @@ async def _shards(kube: KubeClient, key: pm.PoolKey) -> dict[int, _Shard]:
             for k, v in _annotation(shard.cm, ANN_LEAVING).items()
             if str(k) in shard.listed and (v is None or isinstance(v, int | float))
         }
-        shard.pods = [
-            p
-            for p in await kube.list_objects(
-                PODS, ns, label_selector=f"{c.LABEL_POOL}={pm.shard_name(key, shard.index)}"
-            )
-            if not pod_terminating(p)
-        ]
+        shard.pods = pods.get(name, [])
     return out
 
 

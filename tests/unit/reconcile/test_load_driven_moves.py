@@ -198,7 +198,7 @@ async def test_the_pool_reading_moves_a_model_out_past_its_share_and_back_below_
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "pool-0", "namespace": NS, "labels": {c.LABEL_POOL: KEY.name}},
+            "metadata": {"name": "pool-0", "namespace": NS, "labels": pm.pool_labels(KEY)},
             "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
         },
     )

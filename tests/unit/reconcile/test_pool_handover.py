@@ -129,7 +129,7 @@ def labels(kube: FakeKube, name: str) -> dict[str, str]:
 
 
 KEY = pm.PoolKey(NS, None, c.DEFAULT_SERVING_IMAGE)
-POOL_POD = pod("pool-0", {c.LABEL_POOL: KEY.name})
+POOL_POD = pod("pool-0", pm.pool_labels(KEY))
 
 
 async def test_new_models_start_shared_and_are_routed_only_where_available(
@@ -159,7 +159,7 @@ async def test_new_models_start_shared_and_are_routed_only_where_available(
     kube.put(PODS, POOL_POD)
     fake_agents.available["pool-0"] = {"a"}
     out = await reconcile(kube, cfg, "a")
-    assert labels(kube, "pool-0") == {c.LABEL_POOL: KEY.name, **ROUTE}
+    assert labels(kube, "pool-0") == {**pm.pool_labels(KEY), **ROUTE}
     assert out.ready and out.reason == "ServedFromSharedPool"
     # Ready: its warm-up protection from node autoscalers is lifted, as for any serving pod.
     assert (kube.peek(PODS, "pool-0", NS) or {})["metadata"]["annotations"] == {}
@@ -168,7 +168,7 @@ async def test_new_models_start_shared_and_are_routed_only_where_available(
     # The model server stops answering for a (unloaded, draining): its label goes.
     fake_agents.available["pool-0"] = {"b"}
     await reconcile(kube, cfg, "b")
-    assert labels(kube, "pool-0") == {c.LABEL_POOL: KEY.name, "model.greenserve.io/b": "available"}
+    assert labels(kube, "pool-0") == {**pm.pool_labels(KEY), "model.greenserve.io/b": "available"}
 
 
 async def test_move_out_of_the_pool_waits_for_its_own_replica_to_be_selected(
@@ -315,6 +315,32 @@ def with_rate(body: dict[str, Any], rps: float) -> dict[str, Any]:
     return body
 
 
+async def test_a_pool_sync_reads_the_same_few_lists_however_many_gpus_the_pool_has(
+    agents: tuple[Agents, str],
+) -> None:
+    """Every pooled ModelService's reconcile syncs its whole pool: per GPU a GET of its Deployment and a
+    LIST of its pods would make a pool of N GPUs cost 2N+ reads per member per pass."""
+    _, url = agents
+    kube, cfg = FakeKube(), config(url)
+    names = ("a", "b", "c")
+    for name in names:  # 10 GiB each on 16 GiB GPUs: three pool GPUs
+        kube.put(MODELSERVICES, with_rate(msvc(name, memory="10Gi"), 0.5))
+    await pools.sync_pool(kube, KEY, cfg)  # no callback: no reconcile interleaves with the count below
+    for shard in range(3):
+        kube.put(PODS, pod(f"pool-{shard}", pm.pool_labels(KEY, shard), ip=f"10.0.0.{shard + 1}"))
+    assert [len(shard_members(kube, i)["listed"]) for i in range(3)] == [1, 1, 1]
+    kube.calls.clear()
+    views = await pools.sync_pool(kube, KEY, cfg)
+    reads = sorted((verb, plural) for verb, plural, _ in kube.calls if verb in ("get", "list"))
+    assert reads == [
+        ("list", "configmaps"),
+        ("list", "deployments"),
+        ("list", "modelservices"),
+        ("list", "pods"),
+    ]
+    assert {v.pool for v in views.values()} == {pm.shard_name(KEY, i) for i in range(3)}
+
+
 async def test_models_that_outgrow_one_pool_gpu_get_another_and_a_move_between_them_is_surge_then_retire(
     agents: tuple[Agents, str],
 ) -> None:
@@ -330,8 +356,8 @@ async def test_models_that_outgrow_one_pool_gpu_get_another_and_a_move_between_t
     assert replicas(kube, KEY.name) == 1 and replicas(kube, one) == 1
     placed = {n: (kube.peek(MODELSERVICES, n, NS) or {})["status"]["placement"]["pool"] for n in "ab"}
     assert placed == {"a": KEY.name, "b": one}
-    kube.put(PODS, pod("pool-0", {c.LABEL_POOL: KEY.name}))
-    kube.put(PODS, pod("pool-1", {c.LABEL_POOL: one}, ip="10.0.0.3"))
+    kube.put(PODS, pod("pool-0", pm.pool_labels(KEY)))
+    kube.put(PODS, pod("pool-1", pm.pool_labels(KEY, 1), ip="10.0.0.3"))
     fake_agents.available.update({"pool-0": {"a"}, "pool-1": {"b"}})
     kube.put(ENDPOINTSLICES, endpoints("b", "pool-1"))
     for name in ("a", "b"):
@@ -380,11 +406,10 @@ def test_a_model_moving_between_pool_gpus_is_read_from_both_until_the_old_one_le
 ) -> None:
     """Its requests go to both GPUs' pods while both carry its routing label: the metrics tick reads it
     (and splits each pod's energy) from both, not only from the GPU its placement names."""
-    one = pm.shard_name(KEY, 1)
     for p in (
-        pod("old", {c.LABEL_POOL: one, "model.greenserve.io/b": "available"}),
-        pod("new", {c.LABEL_POOL: KEY.name, "model.greenserve.io/b": "available"}),
-        pod("other", {c.LABEL_POOL: pm.shard_name(KEY, 2), "model.greenserve.io/x": "available"}),
+        pod("old", {**pm.pool_labels(KEY, 1), "model.greenserve.io/b": "available"}),
+        pod("new", {**pm.pool_labels(KEY), "model.greenserve.io/b": "available"}),
+        pod("other", {**pm.pool_labels(KEY, 2), "model.greenserve.io/x": "available"}),
     ):
         fresh_cache.observe_pool_pod(p)
     body = with_rate(msvc("b"), 1.0)
@@ -396,8 +421,8 @@ def test_a_model_moving_between_pool_gpus_is_read_from_both_until_the_old_one_le
     # Released by the old GPU (its label gone): the new GPU's pods only.
     fresh_cache.observe_pool_pod(
         {
-            **pod("old", {c.LABEL_POOL: one}),
-            "metadata": {**pod("old", {c.LABEL_POOL: one})["metadata"], "resourceVersion": "9"},
+            **pod("old", pm.pool_labels(KEY, 1)),
+            "metadata": {**pod("old", pm.pool_labels(KEY, 1))["metadata"], "resourceVersion": "9"},
         }
     )
     assert [r.name for r in ticker._pooled([(NS, "b")])[(NS, "b")].pods] == ["new"]

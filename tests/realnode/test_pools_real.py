@@ -343,3 +343,66 @@ def _load_driven_moves(kubectl: Kubectl, ns: str) -> None:
     assert sent_in > 50, "the move in carried too little load to show anything"
     wait_for(lambda: _ready_reason(kubectl, ns, LOADED) == "ServedFromSharedPool", 60, f"{LOADED} Ready")
     assert predicts_correctly(url)
+
+
+def test_a_model_moves_between_two_real_pool_gpus_without_failed_requests(
+    kubectl: Kubectl,
+    pool_operator: str,
+    ns: str,
+    store: Path,
+    real_nodes: RealNodes,
+) -> None:
+    """Keep one pooled model on each pool GPU, delete the others: the sharing plan then empties the less
+    loaded GPU into the other (policy/sharing.py, consolidation), a move between two real pool pods,
+    surge-then-retire (listed on its new GPU, served there, then released by the old one), under a
+    client load on both models all along."""
+    pooled = [f"m{i}" for i in range(N_MODELS) if f"m{i}" != MOVING]
+    wait_for(
+        lambda: all(_ready_reason(kubectl, ns, n) == "ServedFromSharedPool" for n in pooled),
+        120,
+        "every pooled model served from the pool",
+    )
+    homes = {n: _home(kubectl, ns, n) for n in pooled}
+    by_gpu: dict[str, list[str]] = {}
+    for n, home in sorted(homes.items()):
+        by_gpu.setdefault(home, []).append(n)
+    assert len(by_gpu) == 2, homes
+    keep = [members[0] for members in by_gpu.values()]
+    urls = {n: _url(kubectl, ns, n) for n in keep}
+    loads = {n: Load(lambda url=urls[n]: predict(url, [1.0, 2.5]) == [3.0, 6.0], rate=3) for n in keep}
+    with loads[keep[0]], loads[keep[1]]:
+        t_start = time.monotonic()
+        for n in pooled:
+            if n not in keep:
+                kubectl.run("delete", "modelservice", n, "-n", ns, "--wait=false")
+
+        def together() -> str | None:
+            """The GPU both kept models are listed on, once the other lists neither."""
+            lists = {
+                cm["metadata"]["name"].removesuffix("-models"): cm["data"]["models.config"]
+                for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+            }
+            on = {g for g, text in lists.items() if any(f'name: "{n}"' in text for n in keep)}
+            return next(iter(on)) if len(on) == 1 else None
+
+        target = wait_for(together, 300, "both kept models on one pool GPU, the other released", interval=1)
+        t_moved = time.monotonic()
+        time.sleep(5)  # requests keep flowing after the switch; they count too
+        t_end = time.monotonic()
+    moved = [n for n in keep if homes[n] != target]
+    assert len(moved) == 1, (homes, target)
+    assert _home(kubectl, ns, moved[0]) == target
+    _record("pools_between_gpus_move_s", t_moved - t_start)
+    for n in keep:
+        sent, failed = loads[n].between(t_start, t_end)
+        _record(f"pools_between_gpus_{'moved' if n in moved else 'stayed'}_requests_sent", sent)
+        _record(f"pools_between_gpus_{'moved' if n in moved else 'stayed'}_requests_failed", len(failed))
+        assert sent > 30, f"{n}: too little load to show anything"
+        assert failed == [], (n, failed[:5])
+        assert predicts_correctly(urls[n])
+    pods = get_json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/pool={target}")["items"]
+    assert any(p["spec"]["nodeName"] in real_nodes.names for p in pods)
+
+
+def _home(kubectl: Kubectl, ns: str, name: str) -> str:
+    return str(get_json(kubectl, "modelservice", name, "-n", ns)["status"]["placement"]["pool"])

@@ -61,24 +61,27 @@ DEFAULT_GPU_PRODUCT: Final = "L4"
 def gpu_model_for(product: str | None) -> GpuPowerModel:
     """The power model for a product as GPU feature discovery labels it (nvidia.com/gpu.product), e.g.
     "NVIDIA-H100-80GB-HBM3", "NVIDIA-H200" or "Tesla-T4"; unknown products fall back to the default (L4)."""
+    return GPU_MODELS[known_gpu_model(product) or DEFAULT_GPU_PRODUCT]
+
+
+def known_gpu_model(product: str | None) -> str | None:
+    """The `GPU_MODELS` key a product label names, or None where none does (`gpu_model_for` then prices
+    it as the default product)."""
     p = (product or "").upper().replace(" ", "-")
+    if "GH200" in p or "L40" in p:
+        return None  # other products whose names contain a known one's (an L40S is not an L4)
     if "H200" in p:
-        return GPU_MODELS["H200"]
+        return "H200"
     if "H100" in p:
-        return GPU_MODELS["H100-PCIE" if "PCIE" in p else "H100-SXM"]
+        return "H100-PCIE" if "PCIE" in p else "H100-SXM"
     if "A100" in p:
         if "SXM" in p:
-            return GPU_MODELS["A100-SXM"]
-        return GPU_MODELS["A100-PCIE-80GB" if "80" in p else "A100-PCIE-40GB"]
-    if "A10G" in p:
-        return GPU_MODELS["A10G"]
-    if "A10" in p:
-        return GPU_MODELS["A10"]
-    if "T4" in p:
-        return GPU_MODELS["T4"]
-    if "L4" in p:
-        return GPU_MODELS["L4"]
-    return GPU_MODELS[DEFAULT_GPU_PRODUCT]
+            return "A100-SXM"
+        return "A100-PCIE-80GB" if "80" in p else "A100-PCIE-40GB"
+    for key in ("A10G", "A10", "T4", "L4"):
+        if key in p:
+            return key
+    return None
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from greenserve.config import OperatorConfig
 from greenserve.manifests import builders
 from greenserve.manifests.pools import pool_key
 from greenserve.manifests.storage import UnsupportedStorageError, resolve
-from greenserve.policy import pool_rule
+from greenserve.policy import energy, pool_rule
 from greenserve.reconcile import pools, routing
 from greenserve.reconcile.bounds import bounded, replica_cap
 from greenserve.reconcile.status import (
@@ -128,6 +128,19 @@ def spec_warnings(spec: ModelServiceSpec, capped_from: int | None, cap: int | No
                 "NoCredentials",
                 "neither model.credentialsSecret nor pod.serviceAccountName is set: the model server reads "
                 "the bucket with the node's identity only, and a private bucket fails to load",
+            )
+        )
+    if spec.gpu.product and energy.known_gpu_model(spec.gpu.product) is None:
+        # Legal (any node label may be selected), but the energy policy would price it silently as
+        # another product: its replica cost, idle break-even and scale to zero follow these figures.
+        p = energy.gpu_model_for(spec.gpu.product)
+        found.append(
+            SpecWarning(
+                "UnknownGpuProduct",
+                f"gpu.product {spec.gpu.product!r} has no power figures in this operator: its energy "
+                f"decisions (replica cost, idle break-even, scale to zero) price it as an {p.product} "
+                f"({p.bare_w:g} W bare, {p.loaded_idle_w:g} W with a model idle, {p.busy_w:g} W busy); "
+                "power and energy read from the GPU are unaffected",
             )
         )
     if capped_from is not None:

@@ -78,6 +78,15 @@ def test_risky_specs_are_named() -> None:
     assert rec.spec_warnings(workload_identity, None, None) == []
 
 
+def test_a_gpu_product_without_power_figures_is_named_not_priced_silently_as_another() -> None:
+    for product in ("NVIDIA-L40S", "NVIDIA-GH200-480GB", "TEST-PROVISIONING"):
+        found = rec.spec_warnings(spec(gpu={"product": product}), None, None)
+        assert [w.reason for w in found] == ["UnknownGpuProduct"], product
+        assert product in found[0].message and "L4 (15 W bare" in found[0].message
+    for product in ("NVIDIA-H200", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L4", "Tesla-T4", None):
+        assert rec.spec_warnings(spec(gpu={"product": product}), None, None) == [], product
+
+
 def test_warnings_condition_round_trips_its_reasons() -> None:
     found = rec.spec_warnings(spec(gpu={"tolerations": [{"operator": "Exists"}]}), 8, 4)
     c = rec.warnings_condition(found)

@@ -68,7 +68,7 @@ class PoolLedger:
         self._idle_w: dict[PodKey, float] = {}
         self._interval: dict[PodKey, _Interval] = {}
         self._energy: dict[PodKey, dict[str, float]] = {}  # attributed energy counters per model
-        self._rates: dict[tuple[str, str, str], tuple[float, ...]] = {}  # (ns, pool, model), newest first
+        self._rates: dict[tuple[str, str], tuple[float, ...]] = {}  # (ns, ModelService), newest first
 
     def observe(self, namespace: str, pod: str, sample: PoolPodSample, members: Mapping[str, float]) -> None:
         """A new reading of a pool pod whose loaded models are `members` (model -> GPU memory need)."""
@@ -154,7 +154,9 @@ class PoolLedger:
         stale = (
             stamp is None or any(m.startswith("pod:") for m in missing) or now - stamp > self.stale_after_s
         )
-        rate_key = (namespace, pm.pool, pm.model)
+        # By ModelService, not by its pool GPU: a move between pool GPUs keeps the run of windows (the
+        # model's requests are read from every pod that serves it, on both GPUs during the move).
+        rate_key = (namespace, name)
         history: tuple[float, ...] = ()
         if rps is not None and not stale:
             history = (rps, *self._rates.get(rate_key, ()))[:3]

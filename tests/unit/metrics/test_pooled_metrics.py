@@ -51,6 +51,29 @@ def test_two_readings_give_each_model_its_rate_power_and_energy() -> None:
     assert a.joules_per_request == pytest.approx(225.0 / 30.0)
 
 
+def test_a_move_between_pool_gpus_keeps_the_models_run_of_windows() -> None:
+    """The sizing's pooled estimate needs its three adjacent windows; a move between pool GPUs (its
+    placement naming the new GPU, its requests read from both) must not start them again."""
+    ledger = PoolLedger()
+    members = {"a": GIB}
+    old_gpu = PooledModel("p", "a", (PodRef("ns", "pool-0"),), GIB)
+    both = PooledModel("p-1", "a", (PodRef("ns", "pool-1"), PodRef("ns", "pool-0")), GIB)
+    history: tuple[float, ...] = ()
+    # 2 req/s on the old GPU's pod until 120 s; then 1 req/s on each while both serve it, its placement
+    # naming the new GPU.
+    for t, old, new, pm in (
+        (100.0, 0, 0, None),
+        (110.0, 20, 0, old_gpu),
+        (120.0, 40, 0, old_gpu),
+        (130.0, 50, 10, both),
+    ):
+        ledger.observe("ns", "pool-0", PoolPodSample(t, t, 30.0, 1, False, {"a": old}, {"a": 0.0}), members)
+        ledger.observe("ns", "pool-1", PoolPodSample(t, t, 30.0, 1, False, {"a": new}, {"a": 0.0}), members)
+        if pm is not None:
+            history = ledger.reading("ns", "svc-a", pm, t + 1.0, "scrape").rate_history
+    assert history == pytest.approx((2.0, 2.0, 2.0))
+
+
 def test_one_reading_is_missing_not_zero_and_an_unreachable_pod_is_stale() -> None:
     ledger = PoolLedger()
     pods = (PodRef("ns", "pool-0"),)

@@ -254,29 +254,24 @@ def main() -> None:
             flush=True,
         )
     by = {s.name: s for s in states}
-    heavy = [(by[n].utilization, by[n].power_w) for n in by if n.startswith("heavy@")]
-    c, m, resid = _fit(heavy) if len(heavy) > 1 else (float("nan"), float("nan"), float("nan"))
-    if "bare" not in by or "ctx1" not in by or "ctx2" not in by:
-        result: dict[str, Any] = {"gpu": head.name, "states": [asdict(s) for s in states]}
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        port.shutdown()
-        return
-    result = {
+    result: dict[str, Any] = {
         "gpu": head.name,
         "power_limit_w": head.power_limit_w,
         "memory_total_gib": (head.memory_total_bytes or 0.0) / 2**30,
         "states": [asdict(s) for s in states],
-        "model": {
+    }
+    heavy = [(by[n].utilization, by[n].power_w) for n in by if n.startswith("heavy@")]
+    if {"bare", "ctx1", "ctx2"} <= set(by) and len(heavy) > 1:  # an --only run may leave them out
+        c, m, resid = _fit(heavy)
+        result["model"] = {
             "bare_w": by["bare"].power_w,
             "loaded_idle_w": by["ctx1"].power_w,
             "second_context_w": by["ctx2"].power_w - by["ctx1"].power_w,
             "busy_w_at_util_1": c + m * 1.0,
             "linear_fit": {"intercept_w": c, "slope_w": m, "max_residual_w": resid},
             "tdp_w": head.power_limit_w,
-        },
-    }
-    print(json.dumps(result["model"], indent=1))
+        }
+        print(json.dumps(result["model"], indent=1))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     port.shutdown()

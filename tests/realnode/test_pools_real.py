@@ -34,6 +34,7 @@ from realnode_support import (
 from realnode_support import model_store as model_store_on
 from test_serving import _record, images  # noqa: F401  (images: a fixture)
 
+from greenserve.api.objects import pod_ready
 from support.chart import CHART, helm
 from support.kube import Kubectl, harness_bin
 from support.paths import REPO
@@ -228,22 +229,15 @@ def _two_pool_gpus_serve_four_each(
     """Each pool GPU is one ready real pod whose model list holds the four models whose status names it."""
     deps = get_json(kubectl, "deployments", "-n", ns, "-l", "greenserve.io/pool")["items"]
     assert len(deps) == 2, [d["metadata"]["name"] for d in deps]
-    lists = {
-        cm["metadata"]["name"]: cm["data"]["models.config"]
-        for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
-    }
-    homes = {n: get_json(kubectl, "modelservice", n, "-n", ns)["status"]["placement"]["pool"] for n in names}
+    lists = _model_lists(kubectl, ns)
+    homes = {n: _home(kubectl, ns, n) for n in names}
     for dep in deps:
         name = dep["metadata"]["name"]
         members = sorted(n for n, home in homes.items() if home == name)
         assert len(members) == 4, (name, homes)
-        assert all(f'name: "{n}"' in lists[f"{name}-models"] for n in members), (name, lists)
+        assert all(f'name: "{n}"' in lists[name] for n in members), (name, lists)
         pods = get_json(kubectl, "pods", "-n", ns, "-l", f"greenserve.io/pool={name}")["items"]
-        ready = [
-            p
-            for p in pods
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-        ]
+        ready = [p for p in pods if pod_ready(p)]
         assert len(ready) == 1 and ready[0]["spec"]["nodeName"] in real_nodes.names, (name, pods)
     _record("pools_pool_gpus_for_8_models", len(deps))
 
@@ -378,10 +372,7 @@ def test_a_model_moves_between_two_real_pool_gpus_without_failed_requests(
 
         def together() -> str | None:
             """The GPU both kept models are listed on, once the other lists neither."""
-            lists = {
-                cm["metadata"]["name"].removesuffix("-models"): cm["data"]["models.config"]
-                for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
-            }
+            lists = _model_lists(kubectl, ns)
             on = {g for g, text in lists.items() if any(f'name: "{n}"' in text for n in keep)}
             return next(iter(on)) if len(on) == 1 else None
 
@@ -406,3 +397,11 @@ def test_a_model_moves_between_two_real_pool_gpus_without_failed_requests(
 
 def _home(kubectl: Kubectl, ns: str, name: str) -> str:
     return str(get_json(kubectl, "modelservice", name, "-n", ns)["status"]["placement"]["pool"])
+
+
+def _model_lists(kubectl: Kubectl, ns: str) -> dict[str, str]:
+    """Each pool GPU's model config file, by the GPU's (its Deployment's) name."""
+    return {
+        cm["metadata"]["name"].removesuffix("-models"): cm["data"]["models.config"]
+        for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
+    }

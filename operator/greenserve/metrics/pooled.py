@@ -106,12 +106,17 @@ class PoolLedger:
         the next interval spans the gap)."""
         self._interval.pop((namespace, pod), None)
 
-    def forget(self, keep: Iterable[PodKey]) -> None:
-        """Drop the state of pool pods not in `keep` (gone), so it does not grow without bound."""
+    def forget(self, keep: Iterable[PodKey], models: Iterable[tuple[str, str]]) -> None:
+        """Drop the state of pool pods not in `keep` (gone) and the run of windows of ModelServices not in
+        `models` (deleted, or no longer pooled), so neither grows without bound, and a ModelService made
+        again under a deleted one's name does not inherit its windows."""
         alive = set(keep)
         for book in (self._last, self._idle_w, self._interval, self._energy):
             for gone in [k for k in book if k not in alive]:
                 del book[gone]
+        pooled = set(models)
+        for gone_model in [k for k in self._rates if k not in pooled]:
+            del self._rates[gone_model]
 
     def reading(
         self, namespace: str, name: str, pm: PooledModel, now: float, source: SourceKind

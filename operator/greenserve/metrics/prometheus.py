@@ -447,6 +447,7 @@ class PrometheusSource:
         queries over every pool pod, aggregated by (namespace, pod[, model]): flat in the number of
         ModelServices. The counters' increase is taken between ticks by the ledger."""
         if not models:
+            self._pools.forget((), ())  # no pool pod or model to keep; nothing to ask Prometheus
             return {}
         pods = f"{k.LABEL_NAMESPACE}, {k.LABEL_POD}"
         in_pool = {k.LABEL_POOL: "~.+"}
@@ -511,7 +512,7 @@ class PrometheusSource:
                 busy_kind="agent" if key in busy or key not in tfs_busy else "tfs",
             )
             self._pools.observe(key[0], key[1], sample, loaded)
-        self._pools.forget(members)
+        self._pools.forget(members, models)
         now = self._clock()
         return {
             key: self._pools.reading(key[0], key[1], pm, now, "prometheus/agent")

@@ -239,7 +239,7 @@ class ScrapeSource:
                 busy_kind=sc.model_busy_kind,
             )
             self._pools.observe(key[0], key[1], sample, members[key])
-        self._pools.forget(keys)
+        self._pools.forget(keys, models)
         now = self._clock()
         return {key: self._pools.reading(key[0], key[1], pm, now, "scrape") for key, pm in models.items()}
 

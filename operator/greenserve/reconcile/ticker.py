@@ -157,7 +157,8 @@ class Ticker:
             log.warning("fleet metrics unavailable: %s", err)
             return dict.fromkeys(keys)
         try:
-            in_pool = await source.pooled_metrics(pooled) if pooled else {}
+            # Asked with no pooled model too: the source then forgets the last one's state (deleted).
+            in_pool = await source.pooled_metrics(pooled)
         except Exception as err:  # the pooled models read as "no metrics"; the others are unaffected
             log.warning("pooled models' metrics unavailable: %s", err)
             in_pool = {k: ServiceMetrics(*k, missing=("pool",)) for k in pooled}

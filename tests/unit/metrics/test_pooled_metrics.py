@@ -74,6 +74,30 @@ def test_a_move_between_pool_gpus_keeps_the_models_run_of_windows() -> None:
     assert history == pytest.approx((2.0, 2.0, 2.0))
 
 
+def test_a_modelservice_made_again_under_a_deleted_ones_name_starts_its_own_run_of_windows() -> None:
+    """The ledger keeps each pooled ModelService's run of windows; one no longer pooled (deleted) is
+    forgotten at the next tick, so a new one of that name is sized on its own windows, not the old ones'."""
+    ledger = PoolLedger()
+    pod = (PodRef("ns", "pool-0"),)
+    pm = PooledModel("p", "a", pod, GIB)
+    history: tuple[float, ...] = ()
+
+    def tick(t: float, count: float, pooled: dict[tuple[str, str], PooledModel]) -> None:
+        nonlocal history
+        sample = PoolPodSample(t, t, 30.0, 1, False, {"a": count}, {"a": 0.0})
+        ledger.observe("ns", "pool-0", sample, {"a": GIB})
+        ledger.forget([("ns", "pool-0")], pooled)
+        if pooled:
+            history = ledger.reading("ns", "svc-a", pm, t + 1.0, "scrape").rate_history
+
+    for t, count in ((100.0, 0), (110.0, 50), (120.0, 100), (130.0, 150)):
+        tick(t, count, {("ns", "svc-a"): pm})
+    assert history == pytest.approx((5.0, 5.0, 5.0))
+    tick(140.0, 150, {})  # svc-a deleted: no pooled model this tick
+    tick(150.0, 160, {("ns", "svc-a"): pm})  # made again, at 1 req/s
+    assert history == pytest.approx((1.0,))
+
+
 def test_one_reading_is_missing_not_zero_and_an_unreachable_pod_is_stale() -> None:
     ledger = PoolLedger()
     pods = (PodRef("ns", "pool-0"),)
@@ -259,6 +283,30 @@ async def test_prometheus_reads_pooled_models_with_the_same_queries_for_one_or_m
     assert m0.pod_energy_j == {"gs-pool-x-0": pytest.approx(375.0)}
     assert m1.pod_energy_j == {"gs-pool-x-0": pytest.approx(225.0)}
     assert not m0.stale and m0.source == "prometheus/agent"
+
+
+async def test_a_tick_without_pooled_models_forgets_the_last_ones_windows() -> None:
+    """The last pooled ModelService deleted: the tick has no pooled model, asks Prometheus nothing, and
+    forgets its windows, so one made again under its name is sized on its own."""
+    clock = Clock()
+    prom = FakeProm(clock)
+    ref = PodRef("ml", "gs-pool-x-0")
+    one = {("ml", "svc-0"): PooledModel("gs-pool-x", "m0", (ref,), GIB)}
+    history: tuple[float, ...] = ()
+    for count in (0.0, 30.0, 60.0, 90.0):
+        prom.requests = {"m0": count}
+        history = (await prom.pooled_metrics(one))[("ml", "svc-0")].rate_history
+        clock.t += 15.0
+    assert history == pytest.approx((2.0, 2.0, 2.0))
+    prom.sent.clear()
+    assert await prom.pooled_metrics({}) == {}
+    assert prom.sent == []
+    # The pool pod was forgotten too: the first reading after has no interval, the next one window.
+    for count, expected in ((105.0, ()), (112.5, (0.5,))):
+        clock.t += 15.0
+        prom.requests = {"m0": count}
+        history = (await prom.pooled_metrics(one))[("ml", "svc-0")].rate_history
+        assert history == pytest.approx(expected)
 
 
 async def test_prometheus_down_is_missing_for_pooled_models() -> None:

@@ -252,7 +252,7 @@ def sharing_demand(
         memory_gib=memory_gib,
         service_time_s=service_s,
         slo_s=profile.slo_p95_ms / 1000.0 if profile.sized_by_slo and profile.slo_p95_ms else None,
-        attainment=max(GUARD_ATTAINMENT, profile.slo_attainment or 0.99),
+        attainment=max(GUARD_ATTAINMENT, 0.99 if profile.slo_attainment is None else profile.slo_attainment),
         sharing=sharing,
         min_replicas=profile.min_replicas,
         idle_s=idle_s,

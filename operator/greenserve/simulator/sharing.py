@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from greenserve.policy import autoscaling, consolidation, profile
 from greenserve.policy import sharing as placement
+from greenserve.policy.queueing import GUARD_ATTAINMENT
 from greenserve.simulator.engine import POOL, Simulation
 from greenserve.simulator.policies import Greenserve
 
@@ -54,9 +55,11 @@ class GreenserveShared(Greenserve):
             last = float(sim.last_arrival[m])
             # A shared GPU keeps the attainment the rise headroom aims at (the attainment target unless
             # the bench sets the quantile apart), never less than the p95 guard (profile.sharing_demand).
+            # The guard is applied here too: a quantile of 0 as the aim would read as "no SLO" (a
+            # profile's attainment of 0 is not one), and cap the GPU by utilisation alone.
             aim = self._profiles[m]
-            if self.rise_quantile is not None:
-                aim = replace(aim, slo_attainment=self.rise_quantile)
+            if self.rise_quantile is not None and aim.sized_by_slo:
+                aim = replace(aim, slo_attainment=max(GUARD_ATTAINMENT, self.rise_quantile))
             out.append(
                 profile.sharing_demand(
                     aim,

@@ -248,3 +248,10 @@ async def test_the_pool_reading_moves_a_model_out_past_its_share_and_back_below_
     source.rps = JOIN_RPS * 0.5
     st = await tick(kube, source, ticker, T0 + 145)
     assert st["placement"]["shared"] and listed(kube)
+
+    # Deleted, the last pooled model: the tick still asks the source (with none), so that its ledger
+    # forgets the model's run of windows (metrics/pooled.py PoolLedger.forget).
+    kube.remove(MODELSERVICES, NAME, NS)
+    CACHE.forget(NS, NAME)
+    await ticker.tick(T0 + 160)
+    assert source.pooled[-1] == {}

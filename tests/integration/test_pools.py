@@ -30,6 +30,7 @@ from greenserve.cluster.client import (
     KubeClient,
 )
 from greenserve.manifests import pools as pm
+from support.http import local_server
 from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials, refusals
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -73,13 +74,8 @@ async def model_status(kube: KubeClient) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{namespace}/{pod}/v1/models/{model}", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/v1/models/{{model}}"
-    await runner.cleanup()
+    async with local_server(app) as port:
+        yield f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/v1/models/{{model}}"
 
 
 @pytest.fixture
@@ -342,13 +338,8 @@ async def prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[Fa
     app = web.Application()
     app.router.add_route("*", "/api/v1/query", fake.query)
     app.router.add_route("*", "/api/v1/query_range", fake.query_range)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with local_server(app) as port:
+        yield fake, f"http://127.0.0.1:{port}"
 
 
 async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(

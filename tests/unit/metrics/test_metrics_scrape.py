@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +17,7 @@ from greenserve.metrics.types import PodRef
 from greenserve_agent.collectors import GpuCollector, GpuSampler
 from greenserve_agent.local_backend import TfsMetrics
 from greenserve_agent.nvml import ClockKind, GpuDevice, MemoryInfo, Utilization
+from support.http import local_server
 
 
 @dataclass
@@ -93,23 +95,16 @@ class FakeAgent:
 
 
 @pytest.fixture
-async def agents(unused_tcp_port_factory: object) -> AsyncIterator[list[tuple[FakeAgent, PodRef]]]:
+async def agents() -> AsyncIterator[list[tuple[FakeAgent, PodRef]]]:
     out = []
-    runners = []
-    for i, devs in enumerate(([Dev(0, 30_000)], [Dev(0, 40_000), Dev(1, 50_000)])):
-        agent = FakeAgent(devs)
-        app = web.Application()
-        app.router.add_get("/metrics", agent.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        runners.append(runner)
-        out.append((agent, PodRef("ml", f"svc-{i}", ip="127.0.0.1", node=f"n{i}", metrics_port=port)))
-    yield out
-    for runner in runners:
-        await runner.cleanup()
+    async with AsyncExitStack() as servers:
+        for i, devs in enumerate(([Dev(0, 30_000)], [Dev(0, 40_000), Dev(1, 50_000)])):
+            agent = FakeAgent(devs)
+            app = web.Application()
+            app.router.add_get("/metrics", agent.handle)
+            port = await servers.enter_async_context(local_server(app))
+            out.append((agent, PodRef("ml", f"svc-{i}", ip="127.0.0.1", node=f"n{i}", metrics_port=port)))
+        yield out
 
 
 class Clock:

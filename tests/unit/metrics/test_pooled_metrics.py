@@ -17,6 +17,7 @@ from greenserve.metrics.scrape import ScrapeSource, parse_exposition
 from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
 from greenserve_agent.local_backend import TfsMetrics
 from greenserve_agent.supervisor import AgentMetrics
+from support.http import local_server
 
 GIB = 2**30
 
@@ -195,13 +196,8 @@ async def pool_pod() -> AsyncIterator[tuple[PoolAgent, PodRef]]:
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield agent, PodRef("ml", "gs-pool-x-0", ip="127.0.0.1", metrics_port=port)
-    await runner.cleanup()
+    async with local_server(app) as port:
+        yield agent, PodRef("ml", "gs-pool-x-0", ip="127.0.0.1", metrics_port=port)
 
 
 async def test_scrape_source_reads_pooled_models_from_one_scrape_per_pool_pod(

@@ -25,6 +25,7 @@ from greenserve.reconcile import pools
 from greenserve.reconcile.loop import LoopDeps
 from greenserve.reconcile.ticker import Ticker
 from support.fake_kube import FakeKube
+from support.http import local_server
 
 NS, NAME = "ml", "a"
 KEY = pm.PoolKey(NS, None, c.DEFAULT_SERVING_IMAGE)
@@ -100,13 +101,8 @@ async def status_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{namespace}/{pod}/v1/models/{model}", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/v1/models/{{model}}"
-    await runner.cleanup()
+    async with local_server(app) as port:
+        yield f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/v1/models/{{model}}"
 
 
 class PoolSource:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_proc import MODEL, free_port, free_ports, make_saved_model, sigterm_under_load, start_agent
+from agent_proc import MODEL, free_ports, make_saved_model, sigterm_under_load, start_agent
 from aiohttp import web
 
 from greenserve_agent.simulated import SimulatedNvml
 from greenserve_agent.supervisor import AgentConfig, Supervisor, filter_tfs_exposition
+from support.http import local_server
 
 SLOW_S = 1.0
 
@@ -39,12 +40,8 @@ async def slow_backend() -> AsyncIterator[int]:
     app = web.Application()
     app.router.add_get(f"/v1/models/{MODEL}", status)
     app.router.add_post(f"/v1/models/{MODEL}:predict", predict)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield port
-    await runner.cleanup()
+    async with local_server(app) as port:
+        yield port
 
 
 async def test_drain_finishes_in_flight_and_late_requests_before_stopping(slow_backend: int) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from greenserve import contract as k
 from greenserve_agent.local_backend import LocalBackend, main, monitoring_path
+from support.http import local_server
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -31,19 +31,14 @@ def test_monitoring_path(text: str, path: str | None) -> None:
 
 
 @pytest.mark.parametrize("metrics_path", [None, k.TFS_MONITORING_PATH])
-async def test_endpoint_exists_only_when_enabled(metrics_path: str | None, unused_tcp_port: int) -> None:
+async def test_endpoint_exists_only_when_enabled(metrics_path: str | None) -> None:
     backend = LocalBackend("m", "/nonexistent", metrics_path)
-    runner = web.AppRunner(backend.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{unused_tcp_port}{k.TFS_MONITORING_PATH}") as r,
-        ):
-            body = await r.text()
-    finally:
-        await runner.cleanup()
+    async with (
+        local_server(backend.app()) as port,
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}{k.TFS_MONITORING_PATH}") as r,
+    ):
+        body = await r.text()
     if metrics_path is None:
         assert r.status == 404
     else:

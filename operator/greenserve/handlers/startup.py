@@ -114,8 +114,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         kube=kube, config=config, source=_metrics_source(config), metrics=_operator_metrics(config)
     )
     await leader.start(memo)
-    await ticker.start(memo)
+    # Consolidation first: its watch-fed view of GPU nodes and pods is also what the tick's held
+    # replicas give way on (reconcile/give_way.py).
     await consolidation.start(memo)
+    await ticker.start(memo)
 
 
 @kopf.on.cleanup()

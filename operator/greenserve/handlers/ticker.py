@@ -52,7 +52,8 @@ async def _loop(
 async def start(memo: MutableMapping[str, Any]) -> None:
     deps: LoopDeps = memo["loop"]
     CACHE.enabled = True
-    ticker = Ticker(deps, CACHE)
+    consolidator = memo.get("consolidator")
+    ticker = Ticker(deps, CACHE, view=consolidator.view if consolidator is not None else None)
     memo["ticker"] = ticker
     memo["ticker_task"] = asyncio.create_task(_loop(ticker, max(1.0, deps.config.reconcile_interval_s), memo))
 

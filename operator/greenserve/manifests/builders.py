@@ -222,6 +222,14 @@ def _tolerations(spec: ModelServiceSpec) -> list[dict[str, Any]]:
     return [gpu, *[t for t in user if t != gpu]] if spec.gpu.count else user
 
 
+def node_selector(spec: ModelServiceSpec) -> dict[str, str]:
+    """The serving pods' nodeSelector: the user's (spec.pod), with the GPU product's label over it."""
+    out = dict((spec.pod.node_selector if spec.pod else None) or {})
+    if spec.gpu.product:
+        out[c.GPU_PRODUCT_LABEL] = spec.gpu.product
+    return out
+
+
 def _pod_options(spec: ModelServiceSpec, pod_spec: dict[str, Any], meta: dict[str, Any]) -> None:
     """Merge spec.pod into the pod template; the operator's labels, annotations, node selector and
     volumes win over the user's of the same name."""

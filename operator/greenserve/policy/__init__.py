@@ -16,6 +16,8 @@
   `ScalingInputs`, for the operator and the simulator alike.
 * `fleet`: the fleet objective: one price per late request sizes every model so that the fleet meets its
   attainment target (`fleet_price`, `replicas_at_price`, `member_target`).
+* `release`: replicas held only by the stabilisation window give way to another model's scale-up that
+  would otherwise need a new node (`release`), and scale-ups wait for GPUs being freed (`plan_scale_ups`).
 * `sharing.plan(demands, gpus, limits) -> SharingPlan`: which models share pool GPUs (bin-packing by
   memory and by a saturation cap from the queueing model, with hysteresis), which get dedicated replicas,
   which are unloaded (scale to zero after the reload break-even); `profile.sharing_demand` is the one

@@ -62,6 +62,8 @@ IDLE_TO_ZERO = "IdleToZero"
 IDLE_WAITING = "IdleBreakEven"
 WAKE_ON_DEMAND = "ActivatorDemand"
 AT_ZERO = "ScaledToZero"
+# Held replicas given up so that another model's scale-up needs no new node (policy/release.py).
+RELEASED = "ReleasedForScaleUp"
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,15 @@ class ScaleDecision:
     reason: str
     state: ScalerState = field(default_factory=ScalerState)
     demand_replicas: int | None = None
+    # The count without the stabilisation window (the demand within the bounds and floors); None while
+    # the decision holds for want of data. Above it, `desired_replicas` is held only by the window.
+    wanted: int | None = None
+
+
+def held_until(state: ScalerState, count: int, scale_down_delay_s: float) -> float:
+    """When the stabilisation window stops holding `count` replicas: the newest recommendation of at
+    least that many, plus the window (-inf if none asks for that many)."""
+    return max((t for t, n in state.recommendations if n >= count), default=-math.inf) + scale_down_delay_s
 
 
 def queued_from_inflight(
@@ -342,7 +353,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     new_state = replace(state, recommendations=recs, idle_since=idle_since)
     if bounded > current:
         return ScaleDecision(
-            bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need
+            bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need, bounded
         )
     if holding:
         return ScaleDecision(current, HOLD_AFTER_GAP, new_state, need)
@@ -352,7 +363,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         stabilised = 0  # the break-even wait already is the stabilisation for scale to zero
     desired = min(current, stabilised)
     if desired < current:
-        return ScaleDecision(desired, SCALE_DOWN if reason == STEADY else reason, new_state, need)
+        return ScaleDecision(desired, SCALE_DOWN if reason == STEADY else reason, new_state, need, bounded)
     if bounded < current:
-        return ScaleDecision(current, STABILIZING, new_state, need)
-    return ScaleDecision(current, reason, new_state, need)
+        return ScaleDecision(current, STABILIZING, new_state, need, bounded)
+    return ScaleDecision(current, reason, new_state, need, bounded)

@@ -164,6 +164,10 @@ class Decision:
     previous: int | None
     intent: ScaleIntent
     status: ModelServiceStatus
+    # While the stabilisation window alone holds `desired`: what the load asks for now, and when the
+    # window would stop holding (policy/release.py); None otherwise.
+    wanted: int | None = None
+    held_until: float | None = None
 
 
 def reading_of(metrics: ServiceMetrics) -> Reading:
@@ -280,4 +284,15 @@ def decide(
         message=f"{reason}, {cause}",
         capped_from=limit.capped_from,
     )
-    return Decision(desired=desired, previous=previous, intent=intent, status=ModelServiceStatus(**fields))
+    wanted = held = None
+    if result.reason == pa.STABILIZING and result.wanted is not None and result.wanted < desired:
+        wanted = result.wanted
+        held = pa.held_until(result.state, desired, inputs.scale_down_delay_s)
+    return Decision(
+        desired=desired,
+        previous=previous,
+        intent=intent,
+        status=ModelServiceStatus(**fields),
+        wanted=wanted,
+        held_until=held,
+    )

@@ -42,13 +42,22 @@ from greenserve.api import conditions as cond
 from greenserve.api import constants as c
 from greenserve.api.objects import activation_demand
 from greenserve.api.quantity import parse_quantity
-from greenserve.api.v1alpha1 import ModelServiceStatus, Routing, merge_status, parse_spec, status_patch
+from greenserve.api.v1alpha1 import (
+    ModelServiceSpec,
+    ModelServiceStatus,
+    Routing,
+    merge_status,
+    parse_spec,
+    status_patch,
+)
 from greenserve.cluster.cache import CACHE, ClusterCache, SvcKey
 from greenserve.cluster.cache_reads import CachedWrites, CacheReads, NeedsApiError
 from greenserve.cluster.client import MODELSERVICES, ApiError
+from greenserve.cluster.informer import ClusterView
+from greenserve.manifests.builders import node_selector
 from greenserve.metrics.pooled import combine
 from greenserve.metrics.types import PodRef, PooledModel, ServiceMetrics
-from greenserve.reconcile import autoscale, loop, pools, routing, telemetry
+from greenserve.reconcile import autoscale, give_way, loop, pools, routing, telemetry
 from greenserve.reconcile import modelservice as rec
 
 log = logging.getLogger(__name__)
@@ -139,11 +148,29 @@ def _figures_changed(status: Mapping[str, Any], tele: telemetry.Telemetry) -> st
     return None
 
 
+@dataclass(frozen=True)
+class Assessed:
+    """One ModelService's step as the tick decided it, before it acts."""
+
+    spec: ModelServiceSpec
+    status: dict[str, Any]
+    telemetry: telemetry.Telemetry
+    decision: autoscale.Decision
+
+
 class Ticker:
-    def __init__(self, deps: loop.LoopDeps, cache: ClusterCache = CACHE, state: TickState | None = None):
+    def __init__(
+        self,
+        deps: loop.LoopDeps,
+        cache: ClusterCache = CACHE,
+        state: TickState | None = None,
+        view: ClusterView | None = None,
+    ):
         self.deps = deps
         self.cache = cache
         self.state = state or TickState()
+        # GPU nodes and pods (consolidation's informers): what held replicas give way on; None: they don't.
+        self.view = view
 
     async def _readings(self, keys: list[SvcKey]) -> dict[SvcKey, ServiceMetrics | None]:
         source = self.deps.source
@@ -242,13 +269,23 @@ class Ticker:
         self.state.backfilled &= known
         readings = await self._readings(keys)
         await self._follow_activator(keys)
+        assessed: dict[SvcKey, Assessed] = {}
+        for key in keys:
+            try:
+                found = self._assess(key, self.cache.msvcs[key], readings.get(key), now)
+            except Exception:  # one ModelService must not stop the others; the next tick retries
+                log.exception("metrics tick for %s/%s failed", *key)
+                continue
+            if found is not None:
+                assessed[key] = found
+        await self._give_way(assessed, now)
 
         async def one(key: SvcKey) -> None:
             body = self.cache.msvcs.get(key)
-            if body is None:
+            if body is None or key not in assessed:
                 return
             try:
-                await self._one(key, body, readings.get(key), now)
+                await self._one(key, body, readings.get(key), now, assessed[key])
             except Exception:  # one ModelService must not stop the others; the next tick retries
                 log.exception("metrics tick for %s/%s failed", *key)
 
@@ -283,9 +320,11 @@ class Ticker:
             for namespace, name in waiting:
                 rec.refresh_soon(self.deps.kube, namespace, name, cfg)
 
-    async def _one(
+    def _assess(
         self, key: SvcKey, body: Mapping[str, Any], reading: ServiceMetrics | None, now: float
-    ) -> None:
+    ) -> Assessed | None:
+        """The step's decision from the cache (pure but for the fleet book); None when there is nothing
+        to decide (an invalid spec, reported by the change handlers, or pods the cache has not all seen)."""
         cfg = self.deps.config
         state = self.state
         if key not in state.scaler:
@@ -296,12 +335,55 @@ class Ticker:
         try:
             spec = parse_spec(dict(body.get("spec") or {}))
         except ValidationError:
-            return  # reported by the change handlers; nothing to scale
+            return None
         status: dict[str, Any] = {**(body.get("status") or {}), "scaler": state.scaler[key]}
         if not pods_complete(self.cache, key):
             state.held += 1
-            return
+            return None
         tele, decision = loop.assess(self.deps, spec, status, reading, now, activation_demand(body))
+        return Assessed(spec, status, tele, decision)
+
+    async def _give_way(self, assessed: dict[SvcKey, Assessed], now: float) -> None:
+        """Held replicas give way to this tick's scale-ups, and scale-ups wait for GPUs being freed
+        (reconcile/give_way.py): the decisions it changes are replaced in `assessed`."""
+        entries = []
+        for key, a in assessed.items():
+            current = a.status.get("desiredReplicas")
+            if served_from_pool(a.status) or not isinstance(current, int) or not a.spec.gpu.count:
+                continue
+            entries.append(
+                give_way.Entry(
+                    key,
+                    current,
+                    a.decision.desired,
+                    int(a.status.get("readyReplicas") or 0),
+                    a.spec.gpu.count,
+                    node_selector(a.spec),
+                    a.decision.wanted,
+                    a.decision.held_until,
+                )
+            )
+        if self.view is None or not any(e.desired > e.current for e in entries):
+            return
+        nodes, pods = await self.view.nodes(), await self.view.pods()
+        if nodes is None or pods is None:
+            return  # the informers have not listed yet: the decisions apply as made
+        for key, count in give_way.give_way(entries, nodes, pods, now).items():
+            a = assessed[key]
+            assessed[key] = dataclasses.replace(a, decision=give_way.adjusted(a.decision, count))
+            log.info("%s/%s: %s", *key, assessed[key].decision.intent.message)
+
+    async def _one(
+        self,
+        key: SvcKey,
+        body: Mapping[str, Any],
+        reading: ServiceMetrics | None,
+        now: float,
+        assessed: Assessed,
+    ) -> None:
+        cfg = self.deps.config
+        state = self.state
+        spec, status, tele, decision = assessed.spec, assessed.status, assessed.telemetry, assessed.decision
         scaler = dict(decision.status.scaler or {})
         why = needs_action(status, tele, decision)
         if (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from greenserve.api.v1alpha1 import ConsolidationPolicy, ModelServiceSpec, ScalingMetric
 from greenserve.config import OperatorConfig
 from greenserve.manifests.profile import SLO_ATTAINMENT, service_profile
-from greenserve.policy import autoscaling, consolidation, estimate, fleet, profile
+from greenserve.policy import autoscaling, consolidation, estimate, fleet, profile, release
 from greenserve.policy.profile import UTILISATION_AT_TARGET
 from greenserve.simulator.cluster import Placement, Replica
 from greenserve.simulator.engine import ModelSpec, Simulation
@@ -409,8 +409,7 @@ class Greenserve:
         self._observe(sim)
         moves = self._plan_moves(sim)
         victim = self._victim_key(sim, moves)
-        for m in range(len(sim.models)):
-            self._scale(sim, m, victim)
+        self._scale(sim, range(len(sim.models)), victim)
         self._start_moves(sim, moves)
 
     # The steps of a control tick, shared with the sharing policy (simulator/sharing.py).
@@ -434,15 +433,50 @@ class Greenserve:
 
         return victim
 
-    def _scale(self, sim: Simulation, m: int, victim: Callable[[Replica], tuple[float, ...]]) -> None:
-        """Model m's dedicated replicas: autoscaling.decide, as the operator."""
-        current = len(sim.logical(m))
-        decision = autoscaling.decide(
-            self._inputs(sim, m, current, sim.ready_count(m)), self._states[m], sim.now
-        )
-        self._states[m] = decision.state
-        if decision.desired_replicas != current:
-            sim.scale_to(m, decision.desired_replicas, victim)
+    def _scale(
+        self, sim: Simulation, models: Iterable[int], victim: Callable[[Replica], tuple[float, ...]]
+    ) -> None:
+        """These models' dedicated replicas: autoscaling.decide for each, as the operator, then held
+        replicas released where the scale-ups would otherwise need a new node (policy/release.py).
+        Replicas here leave at once, so no scale-up waits for GPUs being freed; free GPUs are those of
+        ready nodes, as the operator sees only nodes that have registered."""
+        decided: dict[int, tuple[int, autoscaling.ScaleDecision]] = {}
+        for m in models:
+            current = len(sim.logical(m))
+            decision = autoscaling.decide(
+                self._inputs(sim, m, current, sim.ready_count(m)), self._states[m], sim.now
+            )
+            self._states[m] = decision.state
+            decided[m] = (current, decision)
+        ups = [
+            release.ScaleUp(str(m), cur, d.desired_replicas, sim.ready_count(m), sim.models[m].gpus)
+            for m, (cur, d) in decided.items()
+            if d.desired_replicas > cur
+        ]
+        counts = {m: d.desired_replicas for m, (_, d) in decided.items()}
+        if ups:
+            free = sum(n.free for n in sim.cluster.ready_nodes(sim.now)) - sum(
+                r.gpus for r in sim.cluster.pending()
+            )
+            short = release.shortfall(ups, free)
+            if short > 0:
+                held = [
+                    release.Held(
+                        str(m),
+                        cur,
+                        d.wanted,
+                        autoscaling.held_until(d.state, cur, self._profiles[m].scale_down_delay_s),
+                        sim.models[m].gpus,
+                    )
+                    for m, (cur, d) in decided.items()
+                    if d.wanted is not None and d.desired_replicas == cur > d.wanted
+                ]
+                for key, n in release.release(short, held).items():
+                    counts[int(key)] = n
+        # Releases first, so that the scale-ups' replicas take the GPUs they free.
+        for m in sorted(counts, key=lambda m: counts[m] - decided[m][0]):
+            if counts[m] != decided[m][0]:
+                sim.scale_to(m, counts[m], victim)
 
     def _movable(self, sim: Simulation, rid: int) -> bool:
         return rid in sim.cluster.replicas

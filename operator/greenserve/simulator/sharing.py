@@ -119,6 +119,7 @@ class GreenserveShared(Greenserve):
 
         moves = self._plan_moves(sim)
         victim = self._victim_key(sim, moves)
+        dedicated: list[int] = []
         for m in range(len(sim.models)):
             current, ready = len(sim.logical(m)), sim.ready_count(m)
             if m in self._home:
@@ -131,7 +132,7 @@ class GreenserveShared(Greenserve):
                 if m not in self._dedicated:  # back from shared or zero: a fresh scaler
                     self._states[m] = autoscaling.ScalerState()
                     self._dedicated.add(m)
-                self._scale(sim, m, victim)
+                dedicated.append(m)
                 if ready:
                     self._unload_except(sim, m, None)
             else:  # unloaded: scale to zero
@@ -139,6 +140,8 @@ class GreenserveShared(Greenserve):
                     sim.scale_to(m, 0, victim)
                 self._unload_except(sim, m, None)
                 self._dedicated.discard(m)
+        # Scaled together, so that held replicas may give way to another model's scale-up.
+        self._scale(sim, dedicated, victim)
         targets = set(self._home.values())
         for rid in [r for r, models in sim.pool.items() if not models and r not in targets]:
             sim.remove_pool_gpu(rid)

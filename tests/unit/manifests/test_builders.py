@@ -38,6 +38,25 @@ def test_deployment_requests_gpus_and_tolerates_gpu_taint() -> None:
     assert "schedulerName" not in pod
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"gpu": {"count": 1, "product": "L4"}},
+        {
+            "gpu": {"count": 1, "product": "L4"},
+            "pod": {"nodeSelector": {"zone": "a", c.GPU_PRODUCT_LABEL: "T4"}},
+        },
+        {"pod": {"nodeSelector": {"zone": "a"}}},
+    ],
+)
+def test_node_selector_is_the_one_the_pods_carry(overrides: dict[str, Any]) -> None:
+    # What the tick's give-way step groups GPUs by (reconcile/give_way.py) must be where the pods go.
+    s = spec(**overrides)
+    pod = builders.deployment(OWNER, s, 1, builders.BuildOptions())["spec"]["template"]["spec"]
+    assert builders.node_selector(s) == pod.get("nodeSelector", {})
+
+
 def test_deployment_serves_tf_serving_ports_and_probes_the_model() -> None:
     dep = builders.deployment(OWNER, spec(), 1, builders.BuildOptions(scheduler_name="greenserve-binpack"))
     container = _container(dep)

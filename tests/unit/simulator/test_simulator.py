@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from greenserve.policy import release
 from greenserve.simulator import traces
 from greenserve.simulator.bench import BenchConfig, make_scenario, run_policy
 from greenserve.simulator.cli import main
@@ -237,6 +238,22 @@ def test_greenserve_packs_and_consolidates_where_spreading_keeps_nodes() -> None
     assert h.nodes[-1] > math.ceil(h.replicas[-1] / 4)  # spread: no node empties
     assert g.node_hours < h.node_hours and g.total_j < h.total_j
     assert g.slo_attainment >= h.slo_attainment
+
+
+def test_held_replicas_give_way_to_a_scale_up_instead_of_a_new_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 600 s model 0 falls from 10 to 1 req/s while model 1 rises from 1 to 6: model 0's stabilisation
+    # window holds the GPUs of the one 4-GPU node that model 1's scale-up needs (policy/release.py).
+    fall = np.concatenate([np.full(120, 10.0), np.full(120, 1.0)])
+    rise = np.concatenate([np.full(120, 1.0), np.full(120, 6.0)])
+    sc = _small(np.vstack([fall, rise]))
+    gave_way = Simulation(sc).run(Greenserve())
+    monkeypatch.setattr(release, "release", lambda short, held: {})
+    held = Simulation(sc).run(Greenserve())
+    window = (gave_way.t >= 600) & (gave_way.t < 880)
+    assert gave_way.nodes[window].max() == 1  # the held replicas' GPUs took the scale-up
+    assert held.nodes[window].max() == 2  # held: the node autoscaler added a node for it
+    assert gave_way.node_hours < held.node_hours and gave_way.total_j < held.total_j
+    assert gave_way.slo_attainment >= held.slo_attainment  # a load on a free GPU beats a node's provisioning
 
 
 def test_spare_slots_keep_a_node_for_bursts() -> None:

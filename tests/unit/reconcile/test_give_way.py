@@ -1,0 +1,206 @@
+"""Held replicas give way to a scale-up on a full node, and the scale-up waits for the GPUs they free
+(reconcile/give_way.py through the metrics tick, reconcile/ticker.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from greenserve.api import constants as c
+from greenserve.cluster.cache import CACHE
+from greenserve.cluster.client import DEPLOYMENTS, MODELSERVICES
+from greenserve.config import OperatorConfig
+from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.reconcile import give_way
+from greenserve.reconcile.loop import LoopDeps
+from greenserve.reconcile.ticker import Ticker
+from support.fake_kube import FakeKube
+
+NS = "ml"
+T0 = 2_000_000.0
+pytestmark = pytest.mark.usefixtures("fresh_cache")
+
+
+def _stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node(name: str, gpus: int = 4, product: str = "L4", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {c.GPU_PRODUCT_LABEL: product}},
+        "spec": spec,
+        "status": {"allocatable": {c.GPU_RESOURCE: gpus}},
+    }
+
+
+def pod(name: str, service: str, node_name: str | None, deleting_at: float | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {c.LABEL_MODELSERVICE: service}}
+    if deleting_at is not None:
+        meta["deletionTimestamp"] = _stamp(deleting_at)
+    return {
+        "metadata": meta,
+        "spec": {
+            "nodeName": node_name,
+            "nodeSelector": {c.GPU_PRODUCT_LABEL: "L4"},
+            "containers": [{"resources": {"limits": {c.GPU_RESOURCE: 1}}}],
+        },
+        "status": {"phase": "Running" if node_name else "Pending"},
+    }
+
+
+def test_free_gpus_count_terminating_pods_as_held_and_pending_ones_as_taken() -> None:
+    nodes = [node("n1"), node("n2", unschedulable=True), node("n3", product="T4")]
+    pods = [
+        pod("a", "x", "n1"),
+        pod("b", "x", "n1", deleting_at=T0 + 30),  # draining: still holds its GPU, frees it soon
+        pod("c", "x", "n1", deleting_at=T0 - 5),  # past its grace period: nothing to wait for
+        pod("p", "x", None),  # pending for an L4 node: takes the last free GPU first
+    ]
+    assert give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods, T0) == (0, 1)
+    # The cordoned node and the T4 node are not free GPUs for an L4 replica.
+    assert give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods[:1], T0) == (3, 0)
+
+
+def msvc(name: str, desired: int, ready: int, recommendations: list[list[float]]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{c.GROUP}/{c.VERSION}",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": NS, "generation": 1, "uid": f"u-{name}"},
+        "spec": {
+            "model": {"name": name, "storageUri": f"pvc://models/{name}"},
+            "gpu": {"count": 1, "product": "L4", "sharing": "Exclusive"},
+            "scaling": {"minReplicas": 1, "maxReplicas": 8, "target": 10},
+            "slo": {"latencyP95Ms": 500},
+        },
+        "status": {
+            "desiredReplicas": desired,
+            "readyReplicas": ready,
+            "scaler": {"recommendations": recommendations, "decidedAt": T0 - 15},
+        },
+    }
+
+
+class Source:
+    def __init__(self, rps: Mapping[str, float]) -> None:
+        self.rps, self.now = dict(rps), T0
+
+    async def fleet_metrics(
+        self, services: Mapping[tuple[str, str], Sequence[PodRef]]
+    ) -> dict[tuple[str, str], ServiceMetrics]:
+        return {
+            (ns, name): ServiceMetrics(
+                ns,
+                name,
+                power_w=60.0,
+                energy_j=1000.0,
+                energy_window_j=600.0,
+                gpu_utilization=0.1,
+                requests_per_s=self.rps[name],
+                inflight_requests=0.0,
+                rate_history=(self.rps[name],) * 3,
+                replicas_reporting=1,
+                gpus=1,
+                window_s=60.0,
+                sampled_at=self.now,
+                stale=False,
+            )
+            for ns, name in services
+        }
+
+    async def pooled_metrics(self, pooled: Mapping[Any, Any]) -> dict[Any, Any]:
+        return {}
+
+    async def rate_history(self, keys: Mapping[Any, Any], until: float, span_s: float) -> dict[Any, Any]:
+        return {}
+
+    async def close(self) -> None:
+        return None
+
+
+class View:
+    """The informers' answer, as data (cluster/informer.py WatchedView)."""
+
+    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        self.node_list, self.pod_list = nodes, pods
+
+    async def modelservices(self) -> list[dict[str, Any]]:
+        return []
+
+    async def pods(self) -> list[dict[str, Any]]:
+        return self.pod_list
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return self.node_list
+
+
+def replicas(kube: FakeKube, name: str) -> int | None:
+    dep = kube.peek(DEPLOYMENTS, name, NS)
+    return None if dep is None else int(dep["spec"]["replicas"])
+
+
+async def tick(ticker: Ticker, kube: FakeKube, source: Source, at: float) -> None:
+    for name in ("held", "rising"):
+        body = kube.peek(MODELSERVICES, name, NS)
+        assert body is not None
+        # Every replica applied is ready by the next tick (the fake runs no Deployment controller).
+        body["status"]["readyReplicas"] = body["status"]["desiredReplicas"]
+        CACHE.observe_msvc(body)
+    source.now = at
+    await ticker.tick(at)
+
+
+async def test_a_held_replica_gives_way_and_the_scale_up_takes_its_gpu_once_it_is_free() -> None:
+    kube = FakeKube()
+    # "held" fell to a trickle a minute ago: its window still holds 3 replicas. "rising" needs a second.
+    kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 60, 3]]))
+    kube.put(MODELSERVICES, msvc("rising", 1, 1, [[T0 - 60, 1]]))
+    source = Source({"held": 0.5, "rising": 9.0})
+    view = View(
+        [node("n1")],
+        [
+            pod("held-0", "held", "n1"),
+            pod("held-1", "held", "n1"),
+            pod("held-2", "held", "n1"),
+            pod("rising-0", "rising", "n1"),
+        ],
+    )
+    deps = LoopDeps(kube=kube, config=OperatorConfig(), source=source, clock=lambda: source.now)  # type: ignore[arg-type]
+    ticker = Ticker(deps, CACHE, view=view)  # type: ignore[arg-type]
+
+    await tick(ticker, kube, source, T0)
+    # The node is full: one held replica goes, and "rising" waits for its GPU instead of a new node.
+    assert replicas(kube, "held") == 2
+    assert replicas(kube, "rising") == 1
+    status = (kube.peek(MODELSERVICES, "held", NS) or {}).get("status") or {}
+    assert status["desiredReplicas"] == 2
+    scaling = next(x for x in status["conditions"] if x["type"] == "Scaling")
+    assert scaling["reason"] == "ScaleDown" and "ReleasedForScaleUp" in scaling["message"]
+
+    # Still draining: the scale-up keeps waiting, and nothing more is released for it.
+    view.pod_list[2] = pod("held-2", "held", "n1", deleting_at=T0 + 40)
+    await tick(ticker, kube, source, T0 + 15)
+    assert replicas(kube, "held") == 2 and replicas(kube, "rising") == 1
+
+    # Gone: the scale-up takes the GPU it freed.
+    del view.pod_list[2]
+    await tick(ticker, kube, source, T0 + 30)
+    assert replicas(kube, "rising") == 2
+    assert replicas(kube, "held") == 2
+
+
+async def test_without_a_shortfall_the_window_holds_and_the_scale_up_goes_at_once() -> None:
+    kube = FakeKube()
+    kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 60, 3]]))
+    kube.put(MODELSERVICES, msvc("rising", 1, 1, [[T0 - 60, 1]]))
+    source = Source({"held": 0.5, "rising": 9.0})
+    view = View(
+        [node("n1", gpus=8)],
+        [pod(f"held-{i}", "held", "n1") for i in range(3)] + [pod("rising-0", "rising", "n1")],
+    )
+    deps = LoopDeps(kube=kube, config=OperatorConfig(), source=source, clock=lambda: source.now)  # type: ignore[arg-type]
+    await tick(Ticker(deps, CACHE, view=view), kube, source, T0)  # type: ignore[arg-type]
+    assert replicas(kube, "held") in (None, 3)  # unchanged: the window holds
+    assert replicas(kube, "rising") == 2

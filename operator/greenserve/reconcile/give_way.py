@@ -34,7 +34,7 @@ from greenserve.api import conditions as cond
 from greenserve.api import constants as c
 from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_terminating
 from greenserve.policy import autoscaling as pa
-from greenserve.policy import release
+from greenserve.policy import profile, release
 from greenserve.reconcile.autoscale import Decision
 
 SvcKey = tuple[str, str]
@@ -154,7 +154,8 @@ def give_way(
             for e in members
             if e.wanted is not None and e.desired == e.current > e.wanted
         ]
-        released = release.release(release.shortfall(ups, free + freeing), held)
+        short = release.shortfall(ups, free + freeing)
+        released = release.release(short, held, now, profile.NODE_PROVISION_S)
         by_name = {_name(e.key): e for e in members}
         freed = sum((by_name[k].current - n) * by_name[k].gpus for k, n in released.items())
         for name, n in released.items():

@@ -471,7 +471,7 @@ class Greenserve:
                     for m, (cur, d) in decided.items()
                     if d.wanted is not None and d.desired_replicas == cur > d.wanted
                 ]
-                for key, n in release.release(short, held).items():
+                for key, n in release.release(short, held, sim.now, profile.NODE_PROVISION_S).items():
                     counts[int(key)] = n
         # Releases first, so that the scale-ups' replicas take the GPUs they free.
         for m in sorted(counts, key=lambda m: counts[m] - decided[m][0]):

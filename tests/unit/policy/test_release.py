@@ -15,20 +15,27 @@ from greenserve.policy.release import Held, ScaleUp, plan_scale_ups, release, sh
 def test_nothing_is_released_without_a_shortfall() -> None:
     held = [Held("a", 3, 1, 100.0)]
     assert shortfall([ScaleUp("b", 1, 2, 1)], free_gpus=1) == 0
-    assert release(0, held) == {}
+    assert release(0, held, 0.0, math.inf) == {}
 
 
 def test_the_hold_that_ends_soonest_gives_way_first_and_never_below_what_the_load_asks() -> None:
     held = [Held("late", 4, 2, 300.0), Held("soon", 3, 2, 120.0)]
-    assert release(1, held) == {"soon": 2}
+    assert release(1, held, 0.0, math.inf) == {"soon": 2}
     # Two GPUs short: "soon" has only one held replica, the rest comes from the next hold to end.
-    assert release(2, held) == {"soon": 2, "late": 3}
+    assert release(2, held, 0.0, math.inf) == {"soon": 2, "late": 3}
     # More than is held: everything held goes, nobody below its wanted count.
-    assert release(10, held) == {"soon": 2, "late": 2}
+    assert release(10, held, 0.0, math.inf) == {"soon": 2, "late": 2}
+
+
+def test_only_holds_that_end_before_a_new_node_would_be_ready_give_way() -> None:
+    held = [Held("soon", 3, 1, 1_090.0), Held("late", 3, 1, 1_200.0)]
+    # At 1,000 s with nodes ready 120 s after they are asked for: "late" holds past that; a node serves.
+    assert release(4, held, 1_000.0, 120.0) == {"soon": 1}
+    assert release(4, held, 1_100.0, 120.0) == {"soon": 1, "late": 1}
 
 
 def test_a_replica_of_several_gpus_covers_a_smaller_shortfall() -> None:
-    assert release(1, [Held("big", 2, 1, 0.0, gpus=2), Held("small", 2, 1, 5.0)]) == {"big": 1}
+    assert release(1, [Held("big", 2, 1, 0.0, gpus=2), Held("small", 2, 1, 5.0)], 0.0, 60.0) == {"big": 1}
 
 
 def test_the_shortfall_counts_gpus_per_replica() -> None:
@@ -62,7 +69,7 @@ def test_release_frees_what_it_can_and_keeps_every_model_at_its_wanted_count(
     short: int, raw: list[tuple[int, int, float, int]]
 ) -> None:
     held = [Held(f"m{i}", max(c, w), w, t, g) for i, (c, w, t, g) in enumerate(raw)]
-    out = release(short, held)
+    out = release(short, held, 0.0, math.inf)
     by_key = {h.key: h for h in held}
     freed = sum((by_key[k].current - n) * by_key[k].gpus for k, n in out.items())
     spare = sum((h.current - h.wanted) * h.gpus for h in held)

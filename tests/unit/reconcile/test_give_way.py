@@ -16,7 +16,7 @@ from greenserve.config import OperatorConfig
 from greenserve.metrics.types import PodRef, ServiceMetrics
 from greenserve.reconcile import give_way
 from greenserve.reconcile.loop import LoopDeps
-from greenserve.reconcile.ticker import Ticker
+from greenserve.reconcile.ticker import Ticker, TickState
 from support.fake_kube import FakeKube
 
 NS = "ml"
@@ -136,6 +136,17 @@ class View:
         return self.node_list
 
 
+def running() -> TickState:
+    """A tick that has run a while: each ModelService's window in memory as its status has it (a first
+    tick re-stamps what it loads from status to its own time: reconcile/ticker.py `restamped`)."""
+    state = TickState()
+    for name, recs in (("held", [[T0 - 200, 3]]), ("rising", [[T0 - 60, 1]])):
+        state.scaler[(NS, name)] = {"recommendations": recs, "decidedAt": T0 - 15}
+        state.last_write[(NS, name)] = T0 - 15
+        state.next_resync[(NS, name)] = T0 + 3600
+    return state
+
+
 def replicas(kube: FakeKube, name: str) -> int | None:
     dep = kube.peek(DEPLOYMENTS, name, NS)
     return None if dep is None else int(dep["spec"]["replicas"])
@@ -154,8 +165,9 @@ async def tick(ticker: Ticker, kube: FakeKube, source: Source, at: float) -> Non
 
 async def test_a_held_replica_gives_way_and_the_scale_up_takes_its_gpu_once_it_is_free() -> None:
     kube = FakeKube()
-    # "held" fell to a trickle a minute ago: its window still holds 3 replicas. "rising" needs a second.
-    kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 60, 3]]))
+    # "held" fell to a trickle 200 s ago: its window holds 3 replicas for 100 s more, less than a new
+    # node takes (policy/profile.py NODE_PROVISION_S). "rising" needs a second replica.
+    kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 200, 3]]))
     kube.put(MODELSERVICES, msvc("rising", 1, 1, [[T0 - 60, 1]]))
     source = Source({"held": 0.5, "rising": 9.0})
     view = View(
@@ -168,7 +180,7 @@ async def test_a_held_replica_gives_way_and_the_scale_up_takes_its_gpu_once_it_i
         ],
     )
     deps = LoopDeps(kube=kube, config=OperatorConfig(), source=source, clock=lambda: source.now)  # type: ignore[arg-type]
-    ticker = Ticker(deps, CACHE, view=view)  # type: ignore[arg-type]
+    ticker = Ticker(deps, CACHE, view=view, state=running())  # type: ignore[arg-type]
 
     await tick(ticker, kube, source, T0)
     # The node is full: one held replica goes, and "rising" waits for its GPU instead of a new node.
@@ -191,6 +203,22 @@ async def test_a_held_replica_gives_way_and_the_scale_up_takes_its_gpu_once_it_i
     assert replicas(kube, "held") == 2
 
 
+async def test_a_hold_that_outlasts_a_new_nodes_provisioning_is_kept() -> None:
+    kube = FakeKube()
+    kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 60, 3]]))  # held 240 s more: beyond a new node
+    kube.put(MODELSERVICES, msvc("rising", 1, 1, [[T0 - 60, 1]]))
+    source = Source({"held": 0.5, "rising": 9.0})
+    view = View(
+        [node("n1")], [pod(f"held-{i}", "held", "n1") for i in range(3)] + [pod("rising-0", "rising", "n1")]
+    )
+    deps = LoopDeps(kube=kube, config=OperatorConfig(), source=source, clock=lambda: source.now)  # type: ignore[arg-type]
+    state = running()
+    state.scaler[(NS, "held")]["recommendations"] = [[T0 - 60, 3]]
+    await tick(Ticker(deps, CACHE, view=view, state=state), kube, source, T0)  # type: ignore[arg-type]
+    assert replicas(kube, "held") in (None, 3)  # kept: a node added now serves the scale-up
+    assert replicas(kube, "rising") == 2
+
+
 async def test_without_a_shortfall_the_window_holds_and_the_scale_up_goes_at_once() -> None:
     kube = FakeKube()
     kube.put(MODELSERVICES, msvc("held", 3, 3, [[T0 - 60, 3]]))
@@ -201,6 +229,6 @@ async def test_without_a_shortfall_the_window_holds_and_the_scale_up_goes_at_onc
         [pod(f"held-{i}", "held", "n1") for i in range(3)] + [pod("rising-0", "rising", "n1")],
     )
     deps = LoopDeps(kube=kube, config=OperatorConfig(), source=source, clock=lambda: source.now)  # type: ignore[arg-type]
-    await tick(Ticker(deps, CACHE, view=view), kube, source, T0)  # type: ignore[arg-type]
+    await tick(Ticker(deps, CACHE, view=view, state=running()), kube, source, T0)  # type: ignore[arg-type]
     assert replicas(kube, "held") in (None, 3)  # unchanged: the window holds
     assert replicas(kube, "rising") == 2

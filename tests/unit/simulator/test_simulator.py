@@ -241,13 +241,14 @@ def test_greenserve_packs_and_consolidates_where_spreading_keeps_nodes() -> None
 
 
 def test_held_replicas_give_way_to_a_scale_up_instead_of_a_new_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    # At 600 s model 0 falls from 10 to 1 req/s while model 1 rises from 1 to 6: model 0's stabilisation
-    # window holds the GPUs of the one 4-GPU node that model 1's scale-up needs (policy/release.py).
-    fall = np.concatenate([np.full(120, 10.0), np.full(120, 1.0)])
+    # At 400 s model 0 falls from 10 to 1 req/s; at 600 s model 1 rises from 1 to 6. Model 0's window
+    # holds its replicas on the one 4-GPU node until about 700 s, before a node asked for at 600 s would be
+    # ready (policy/release.py): they give way to model 1's scale-up.
+    fall = np.concatenate([np.full(80, 10.0), np.full(160, 1.0)])
     rise = np.concatenate([np.full(120, 1.0), np.full(120, 6.0)])
     sc = _small(np.vstack([fall, rise]))
     gave_way = Simulation(sc).run(Greenserve())
-    monkeypatch.setattr(release, "release", lambda short, held: {})
+    monkeypatch.setattr(release, "release", lambda *_: {})
     held = Simulation(sc).run(Greenserve())
     window = (gave_way.t >= 600) & (gave_way.t < 880)
     assert gave_way.nodes[window].max() == 1  # the held replicas' GPUs took the scale-up

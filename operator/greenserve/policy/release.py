@@ -8,10 +8,12 @@ base power from then on (its provisioning, the new replica's load, then at least
 empty-node wait, and as long as any replica lands on it), and the new replicas serve only once it is
 provisioned. Released instead, the held replicas' GPUs take the new replicas as soon as they have drained.
 
-`release(short_gpus, held, now, within_s)` chooses which: only replicas the window alone keeps (a model's
+`release(short, held, now, within_s)` chooses which: only replicas the window alone keeps (a model's
 count above what its load asks for now, `Held.wanted`), and of those only the holds that end within
 `within_s` (the node provisioning time, profile.NODE_PROVISION_S), soonest first, until the freed GPUs
-cover the shortfall. Such a hold ends before a node added now would be ready: without a release the
+take the short replicas. Counted per node (`place`): a replica's GPUs are all on one node, so a
+replica of two GPUs is short where two nodes have one free each, and a released replica of one GPU does
+not make room for it. Such a hold ends before a node added now would be ready: without a release the
 scale-up's pod takes its GPU when it ends anyway, and the new node stays empty until the autoscaler
 removes it (its provisioning plus its empty-node wait, at base power). Released, the scale-up serves
 sooner, no node is added, and the held model forgoes at most the provisioning time of its window. A
@@ -31,7 +33,6 @@ freed GPU will take is created at once, and a model with no ready replica is nev
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -58,35 +59,72 @@ class ScaleUp:
     gpus: int = 1
 
 
-def release(short_gpus: int, held: Iterable[Held], now: float, within_s: float) -> dict[str, int]:
-    """New counts for the held models that free at least `short_gpus` GPUs (fewer if they cannot), of
-    the holds that end within `within_s` of `now`."""
-    out: dict[str, int] = {}
-    left = short_gpus
-    for h in sorted(held, key=lambda h: (h.held_until, h.key)):
-        if left <= 0 or h.held_until - now > within_s:
-            break
-        spare = h.current - max(0, h.wanted)
-        if spare <= 0 or h.gpus <= 0:
-            continue
-        k = min(spare, math.ceil(left / h.gpus))
-        out[h.key] = h.current - k
-        left -= k * h.gpus
+def place(first: Iterable[int], then: Iterable[int], free: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The replicas (their GPUs each) that find no node with that many GPUs free: `first` (pods already
+    pending) take their GPUs before `then` (the scale-ups), each group best-fit, largest first. A replica's
+    GPUs must all be on one node, so free GPUs split over nodes take fewer multi-GPU replicas than their
+    sum; replicas of one GPU each fit as long as any GPU is free, whichever node it is on."""
+    left = [max(0, f) for f in free]
+    out: tuple[list[int], list[int]] = ([], [])
+    for group, unplaced in zip((first, then), out, strict=True):
+        for g in sorted((g for g in group if g > 0), reverse=True):
+            fits = [i for i, f in enumerate(left) if f >= g]
+            if not fits:
+                unplaced.append(g)
+                continue
+            left[min(fits, key=lambda i: (left[i], i))] -= g
     return out
 
 
-def shortfall(ups: Iterable[ScaleUp], free_gpus: int) -> int:
-    """GPUs the scale-ups ask for beyond those free (or being freed) on the nodes they may run on."""
-    return max(0, sum((u.desired - u.current) * u.gpus for u in ups) - max(0, free_gpus))
+def shortfall(ups: Iterable[ScaleUp], free: Sequence[int], pending: Iterable[int] = ()) -> list[int]:
+    """The scale-ups' new replicas (their GPUs each) that the GPUs free on the nodes they may run on
+    (`free`, per node) do not take, once the pods already `pending` for those nodes have taken theirs."""
+    new = [u.gpus for u in ups for _ in range(max(0, u.desired - u.current))]
+    return place(pending, new, free)[1]
 
 
-def plan_scale_ups(ups: Sequence[ScaleUp], free_now: int, freeing: int) -> dict[str, int]:
-    """The count each scale-up applies now: all of it while `free_now` GPUs take it or no GPU is being
-    freed; the part that waits for `freeing` GPUs (draining replicas) otherwise, the models with ready
-    replicas waiting first, most replicas first (they lose the least by a few seconds). What the freed
-    GPUs will not take is applied at once: it needs a new node either way."""
-    asked = sum((u.desired - u.current) * u.gpus for u in ups)
-    wait = min(max(0, asked - max(0, free_now)), max(0, freeing))
+def release(short: Sequence[int], held: Iterable[Held], now: float, within_s: float) -> dict[str, int]:
+    """New counts for the held models whose replicas take the replicas `short` (their GPUs each; as many
+    as they can), of the holds that end within `within_s` of `now`. Which replica of a model the
+    ReplicaSet removes, and so on which node its GPUs free, is not known here: a released replica is
+    counted only for its own GPUs, so it takes a short replica of as many GPUs or fewer."""
+    out: dict[str, int] = {}
+    left = sorted((g for g in short if g > 0), reverse=True)
+    for h in sorted(held, key=lambda h: (h.held_until, h.key)):
+        if not left or h.held_until - now > within_s:
+            break
+        for _ in range(max(0, h.current - max(0, h.wanted))):
+            taken = _take(left, h.gpus)
+            if not taken:
+                break  # its replicas are too small for every short one: the next hold may not be
+            left = [g for i, g in enumerate(left) if i not in taken]
+            out[h.key] = out.get(h.key, h.current) - 1
+            if not left:
+                break
+    return out
+
+
+def _take(short: Sequence[int], gpus: int) -> set[int]:
+    """Indices of the short replicas (largest first) that one released replica of `gpus` GPUs takes."""
+    room, taken = gpus, set()
+    for i, g in enumerate(short):
+        if g <= room:
+            taken.add(i)
+            room -= g
+    return taken
+
+
+def plan_scale_ups(
+    ups: Sequence[ScaleUp], free_now: Sequence[int], later: Sequence[int], pending: Iterable[int] = ()
+) -> dict[str, int]:
+    """The count each scale-up applies now: all of it where the GPUs free now (`free_now`, per node)
+    take it or none is being freed; the part that only the GPUs free once draining replicas have gone
+    (`later`, the same nodes then) take waits otherwise, the models with ready replicas waiting first,
+    most replicas first (they lose the least by a few seconds). What even `later` will not take is
+    applied at once: it needs a new node either way."""
+    pending = list(pending)
+    new = [u.gpus for u in ups for _ in range(max(0, u.desired - u.current))]
+    wait = sum(place(pending, new, free_now)[1]) - sum(place(pending, new, later)[1])
     out = {u.key: u.desired for u in ups}
     for u in sorted(ups, key=lambda u: (u.ready == 0, -u.ready, u.key)):
         if wait <= 0 or u.ready == 0 or u.gpus <= 0:

@@ -11,10 +11,13 @@ GPUs per node selector (`manifests.builders.node_selector`: the GPU product and 
 consolidation's watch-fed view of every GPU node and pod (cluster/informer.py), counting every tenant's
 pods:
 
-* free now: allocatable GPUs of the open nodes that match, less every pod bound there, terminating ones
-  included (they still hold their GPUs), less the GPUs of pods pending for such nodes;
-* being freed: the GPUs of terminating pods on those nodes, while within their grace period (a pod stuck
-  past it, say behind a finalizer, frees nothing anyone can wait for).
+* free now, per node: allocatable GPUs of each open node that matches, less every pod bound there,
+  terminating ones included (they still hold their GPUs);
+* being freed, per node: the GPUs of terminating pods on it, while within their grace period (a pod stuck
+  past it, say behind a finalizer, frees nothing anyone can wait for);
+* pending: the pods already waiting for such nodes, which take free GPUs before any new replica.
+
+Per node, because a replica's GPUs are all on one node (policy/release.py `place`).
 
 A node is open unless cordoned, closed by consolidation or an autoscaler's deletion taint, not ready, or
 not yet registered. Nodes the autoscaler is still provisioning are not Nodes yet, so they count as
@@ -91,21 +94,37 @@ def _draining(pod: Mapping[str, Any], now: float) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Gpus:
+    """GPUs for pods with one nodeSelector, per open node that matches it (the same order in both)."""
+
+    free: list[int]  # free now
+    freeing: list[int]  # held by pods that are draining
+    pending: list[int]  # GPUs of each pod already pending for these nodes (no node yet)
+
+    @property
+    def later(self) -> list[int]:
+        """Free once the draining pods have gone."""
+        return [f + d for f, d in zip(self.free, self.freeing, strict=True)]
+
+
 def gpus_for(
     selector: Mapping[str, str],
     nodes: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
     now: float,
-) -> tuple[int, int]:
-    """(free now, being freed) GPUs for pods with this nodeSelector (see the module docstring)."""
+) -> Gpus:
+    """The GPUs for pods with this nodeSelector, per node (see the module docstring)."""
     fitting = {
         n["metadata"]["name"]: n
         for n in nodes
         if node_gpus(n) > 0 and _fits((n.get("metadata") or {}).get("labels") or {}, selector)
     }
-    open_nodes = {name for name, n in fitting.items() if _open(n)}
-    free = sum(node_gpus(fitting[name]) for name in open_nodes)
-    freeing = 0
+    open_nodes = sorted(name for name, n in fitting.items() if _open(n))
+    index = {name: i for i, name in enumerate(open_nodes)}
+    free = [node_gpus(fitting[name]) for name in open_nodes]
+    freeing = [0] * len(open_nodes)
+    pending: list[int] = []
     for pod in pods:
         gpus = pod_gpus(pod)
         if gpus == 0:
@@ -113,19 +132,19 @@ def gpus_for(
         node = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if node:
-            if node not in open_nodes or phase in ("Succeeded", "Failed"):
+            if node not in index or phase in ("Succeeded", "Failed"):
                 continue
-            free -= gpus
+            free[index[node]] -= gpus
             if _draining(pod, now):
-                freeing += gpus
+                freeing[index[node]] += gpus
         elif not pod_terminating(pod):
             pod_selector = (pod.get("spec") or {}).get("nodeSelector") or {}
             if any(
                 _fits((fitting[n].get("metadata") or {}).get("labels") or {}, pod_selector)
                 for n in open_nodes
             ):
-                free -= gpus  # pending for these nodes: it takes a free GPU before any new replica
-    return free, freeing
+                pending.append(gpus)  # it takes free GPUs before any new replica
+    return Gpus([max(0, f) for f in free], freeing, pending)
 
 
 def give_way(
@@ -148,20 +167,22 @@ def give_way(
         ]
         if not ups:
             continue
-        free, freeing = gpus_for(dict(selector), nodes, pods, now)
+        gpus = gpus_for(dict(selector), nodes, pods, now)
         held = [
             release.Held(_name(e.key), e.current, e.wanted, e.held_until or 0.0, e.gpus)
             for e in members
             if e.wanted is not None and e.desired == e.current > e.wanted
         ]
-        short = release.shortfall(ups, free + freeing)
+        short = release.shortfall(ups, gpus.later, gpus.pending)
         released = release.release(short, held, now, profile.NODE_PROVISION_S)
         by_name = {_name(e.key): e for e in members}
-        freed = sum((by_name[k].current - n) * by_name[k].gpus for k, n in released.items())
+        # A released replica's GPUs, on whichever node its ReplicaSet removes it from: counted alone.
+        freed = [by_name[k].gpus for k, n in released.items() for _ in range(by_name[k].current - n)]
         for name, n in released.items():
             out[by_name[name].key] = n
         asked = {u.key: u.desired for u in ups}
-        for name, n in release.plan_scale_ups(ups, free, freeing + freed).items():
+        plan = release.plan_scale_ups(ups, gpus.free + [0] * len(freed), gpus.later + freed, gpus.pending)
+        for name, n in plan.items():
             if n != asked[name]:
                 out[by_name[name].key] = n
     return out

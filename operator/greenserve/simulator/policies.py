@@ -455,11 +455,9 @@ class Greenserve:
         ]
         counts = {m: d.desired_replicas for m, (_, d) in decided.items()}
         if ups:
-            free = sum(n.free for n in sim.cluster.ready_nodes(sim.now)) - sum(
-                r.gpus for r in sim.cluster.pending()
-            )
-            short = release.shortfall(ups, free)
-            if short > 0:
+            free = [n.free for n in sim.cluster.ready_nodes(sim.now)]
+            short = release.shortfall(ups, free, [r.gpus for r in sim.cluster.pending()])
+            if short:
                 held = [
                     release.Held(
                         str(m),

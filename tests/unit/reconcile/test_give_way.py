@@ -14,6 +14,7 @@ from greenserve.cluster.cache import CACHE
 from greenserve.cluster.client import DEPLOYMENTS, MODELSERVICES
 from greenserve.config import OperatorConfig
 from greenserve.metrics.types import PodRef, ServiceMetrics
+from greenserve.policy import release
 from greenserve.reconcile import give_way
 from greenserve.reconcile.loop import LoopDeps
 from greenserve.reconcile.ticker import Ticker, TickState
@@ -59,9 +60,49 @@ def test_free_gpus_count_terminating_pods_as_held_and_pending_ones_as_taken() ->
         pod("c", "x", "n1", deleting_at=T0 - 5),  # past its grace period: nothing to wait for
         pod("p", "x", None),  # pending for an L4 node: takes the last free GPU first
     ]
-    assert give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods, T0) == (0, 1)
+    gpus = give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods, T0)
+    assert (gpus.free, gpus.freeing, gpus.pending) == ([1], [1], [1])
+    # The pending pod takes the last free GPU first; the draining one's is free later.
+    assert release.shortfall([release.ScaleUp("y", 1, 2, 1)], gpus.free, gpus.pending) == [1]
+    assert release.shortfall([release.ScaleUp("y", 1, 2, 1)], gpus.later, gpus.pending) == []
     # The cordoned node and the T4 node are not free GPUs for an L4 replica.
-    assert give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods[:1], T0) == (3, 0)
+    gpus = give_way.gpus_for({c.GPU_PRODUCT_LABEL: "L4"}, nodes, pods[:1], T0)
+    assert (gpus.free, gpus.freeing, gpus.pending) == ([3], [0], [])
+
+
+def test_a_replica_of_two_gpus_needs_them_on_one_node_and_only_a_release_that_makes_room_happens() -> None:
+    """A replica's GPUs are all on one node: free GPUs are counted per node, and a held replica is released
+    only where its own GPUs take a short replica (which of a model's replicas its ReplicaSet removes, and
+    so on which node, is not ours to choose)."""
+    sel = {c.GPU_PRODUCT_LABEL: "L4"}
+
+    def entry(name: str, current: int, desired: int, gpus: int, wanted: int | None = None) -> give_way.Entry:
+        held_until = T0 + 60 if wanted is not None else None
+        return give_way.Entry((NS, name), current, desired, current, gpus, sel, wanted, held_until)
+
+    def two(name: str, service: str, node_name: str) -> dict[str, Any]:
+        p = pod(name, service, node_name)
+        p["spec"]["containers"][0]["resources"]["limits"][c.GPU_RESOURCE] = 2
+        return p
+
+    big = entry("big", 1, 2, gpus=2)
+    # One GPU free in all: a released one-GPU replica frees one more, on n1 or n2; only on n1 would the
+    # two-GPU replica fit. Nothing is released; the scale-up goes (its node autoscaler adds a node).
+    nodes = [node("n1", gpus=2), node("n2", gpus=1), node("n3", gpus=2)]
+    pods = [pod("a", "small", "n1"), pod("b", "small", "n2"), two("big-0", "big", "n3")]
+    assert give_way.give_way([big, entry("small", 2, 2, gpus=1, wanted=1)], nodes, pods, T0) == {}
+    # Two GPUs free in all, one on each node: a two-GPU replica fits on neither, and a held replica of
+    # two GPUs makes room. The scale-up waits for it to drain rather than go pending.
+    nodes = [node("n1", gpus=4), node("n2", gpus=4), node("n3", gpus=2)]
+    pods = [two("p0", "pair", "n1"), pod("a", "small", "n1"), two("p1", "pair", "n2")]
+    pods += [pod("b", "small", "n2"), two("big-0", "big", "n3")]
+    assert give_way.give_way([big, entry("pair", 2, 2, gpus=2, wanted=1)], nodes, pods, T0) == {
+        (NS, "pair"): 1,
+        (NS, "big"): 1,
+    }
+    # The same nodes take two replicas of one GPU each without any release.
+    one = entry("one", 1, 3, gpus=1)
+    assert give_way.give_way([one, entry("pair", 2, 2, gpus=2, wanted=1)], nodes, pods, T0) == {}
 
 
 def msvc(name: str, desired: int, ready: int, recommendations: list[list[float]]) -> dict[str, Any]:

@@ -13,27 +13,14 @@ import pytest
 from greenserve.api import constants as c
 from greenserve.cluster.client import EVENTS, MODELSERVICES, NODES, PODS, KubeClient
 from greenserve.reconcile.consolidator import TAINT_KEY
-from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
+from support.kube import Kubectl, OperatorProcess, eventually, kwok_gpu_node, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 PRODUCT = "TEST-CONSOLIDATION"
 
 
 def gpu_node(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": name, "type": "kwok", c.GPU_PRODUCT_LABEL: PRODUCT},
-        },
-        "spec": {"taints": [{"key": c.GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", c.GPU_RESOURCE: "8"},
-            "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", c.GPU_RESOURCE: "8"},
-        },
-    }
+    return kwok_gpu_node(name, PRODUCT, 8)
 
 
 def msvc(name: str, ns: str, replicas: int, gpus: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from greenserve.api import constants as c
 from greenserve.cluster.client import DEPLOYMENTS, EVENTS, PODS, KubeClient
 from support.fake_prometheus import FakePrometheus
 from support.http import local_server
-from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials
+from support.kube import Kubectl, OperatorProcess, eventually, kwok_gpu_node, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 PRODUCT = "TEST-GIVE-WAY"
@@ -26,22 +26,7 @@ PRODUCT = "TEST-GIVE-WAY"
 @pytest.fixture
 def node(kubectl: Kubectl) -> Iterator[str]:
     name = f"give-way-{secrets.token_hex(3)}"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {"kubernetes.io/hostname": name, "type": "kwok", c.GPU_PRODUCT_LABEL: PRODUCT},
-            },
-            "spec": {"taints": [{"key": c.GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
-            "status": {
-                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", c.GPU_RESOURCE: "4"},
-                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", c.GPU_RESOURCE: "4"},
-            },
-        }
-    )
+    kubectl.apply(kwok_gpu_node(name, PRODUCT, 4))
     kubectl.run("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
     yield name
     kubectl.run("delete", "node", name, "--wait=false", check=False)

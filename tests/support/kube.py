@@ -18,9 +18,27 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import contract as k
+from greenserve.api import constants as c
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def kwok_gpu_node(name: str, product: str, gpus: int) -> dict[str, Any]:
+    """A kwok node (the harness's kwok takes only nodes annotated for it) with `gpus` GPUs of `product`,
+    tainted as the GPU operator taints GPU nodes."""
+    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", c.GPU_RESOURCE: str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": name, "type": "kwok", c.GPU_PRODUCT_LABEL: product},
+        },
+        "spec": {"taints": [{"key": c.GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
+        "status": {"allocatable": resources, "capacity": dict(resources)},
+    }
 
 
 def harness_bin() -> Path:

@@ -109,7 +109,7 @@ def test_release_frees_what_it_can_and_keeps_every_model_at_its_wanted_count(
     # Each released replica takes at least one short replica whole, on its own GPUs.
     assert len(released) <= len(short)
     assert all(g >= min(short) for g in released)
-    spare = {h.key: h.current - max(h.wanted, out.get(h.key, h.current)) for h in held}
+    spare = {h.key: out.get(h.key, h.current) - h.wanted for h in held}  # left after the release
     if one_gpu:  # as many as are short, or every spare one
         assert len(released) == min(len(short), sum(h.current - h.wanted for h in held))
     elif held and short and max(short) <= min(h.gpus for h in held):

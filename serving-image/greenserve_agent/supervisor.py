@@ -260,6 +260,12 @@ class Supervisor:
             what = f"model {self.cfg.model_name}" if self.cfg.model_name else "model server"
             log.info("%s %s", what, "AVAILABLE" if available else "not available")
         self.model_available = available
+        if available and self.cfg.model_name:
+            # The model's request series exist from its load on, at 0: a counter that first appears with
+            # the first requests has no sample before them, and Prometheus' increase() over a window
+            # that holds its start loses what came before its first scrape.
+            self.metrics.requests.labels(self.cfg.model_name, "200")
+            self.metrics.duration.labels(self.cfg.model_name)
         if self.sim_state is not None:
             self.sim_state.resident = available
         self.metrics.ready.set(1 if self.ready else 0)

@@ -59,6 +59,7 @@ from greenserve import __version__
 from greenserve import contract as k
 from greenserve_agent.collectors import GpuCollector, GpuSampler
 from greenserve_agent.limits import Listener, fd_budget_cap, serving
+from greenserve_agent.local_backend import parse_model_config
 from greenserve_agent.nvml import NvmlPort, NvmlUnavailable, PynvmlPort
 from greenserve_agent.simulated import DEFAULT_PRODUCT, SimulatedNvml, SimulatedState
 
@@ -242,6 +243,10 @@ class Supervisor:
         self._tfs_requests: float | None = None
         self._tfs_latency_s: float | None = None
         self._tfs_changed_at = time.monotonic()
+        # Models whose request series exist (at 0 from their load), and the model config file as last read.
+        self._series_started: set[str] = set()
+        self._config_stamp: int | None = None
+        self._config_names: set[str] = set()
 
     # --- state ---------------------------------------------------------------------------------------
 
@@ -261,14 +266,34 @@ class Supervisor:
             log.info("%s %s", what, "AVAILABLE" if available else "not available")
         self.model_available = available
         if available and self.cfg.model_name:
-            # The model's request series exist from its load on, at 0: a counter that first appears with
-            # the first requests has no sample before them, and Prometheus' increase() over a window
-            # that holds its start loses what came before its first scrape.
-            self.metrics.requests.labels(self.cfg.model_name, "200")
-            self.metrics.duration.labels(self.cfg.model_name)
+            self._start_series(self.cfg.model_name)
         if self.sim_state is not None:
             self.sim_state.resident = available
         self.metrics.ready.set(1 if self.ready else 0)
+
+    def _start_series(self, model: str) -> None:
+        """The model's request series exist from its load on, at 0: a counter that first appears with
+        the first requests has no sample before them, and Prometheus' increase() over a window that
+        holds its start loses what came before its first scrape."""
+        self.metrics.requests.labels(model, "200")
+        self.metrics.duration.labels(model)
+        self._series_started.add(model)
+
+    def _config_models(self) -> set[str]:
+        """The models of the model config file, re-read when it changes; a file that cannot be read or
+        parsed keeps the last good list (the model server keeps its models then too)."""
+        path = self.cfg.model_config_file
+        if path is None:
+            return set()
+        try:
+            stamp = os.stat(path).st_mtime_ns
+            if stamp != self._config_stamp:
+                with open(path, encoding="utf-8") as f:
+                    self._config_names = set(parse_model_config(f.read()))
+                self._config_stamp = stamp
+        except (OSError, ValueError) as exc:
+            log.debug("model config %s not read: %s", path, exc)
+        return self._config_names
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -318,23 +343,35 @@ class Supervisor:
             f.write(MONITORING_CONFIG)
         return path
 
+    async def _model_status(self, model: str) -> tuple[int, bool]:
+        """(HTTP status of the model server's status endpoint for `model`, whether a version of it is
+        AVAILABLE); (0, False) when the server does not answer."""
+        url = f"{self.backend_url}/v1/models/{model}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status != 200:
+                    return resp.status, False
+                body = await resp.json(content_type=None)
+                states = [v.get("state") for v in body.get("model_version_status", [])]
+                return resp.status, "AVAILABLE" in states
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return 0, False
+
     async def _poll_backend(self) -> None:
-        url = f"{self.backend_url}/v1/models/{self.cfg.model_name or _PROBE_MODEL}"
-        timeout = aiohttp.ClientTimeout(total=2)
         while True:
-            available = False
-            try:
-                async with self.session.get(url, timeout=timeout) as resp:
-                    if self.multi_model:
-                        # The model server answers (404 for the probe's unknown model): it is up.
-                        available = resp.status < 500
-                    elif resp.status == 200:
-                        body = await resp.json(content_type=None)
-                        states = [v.get("state") for v in body.get("model_version_status", [])]
-                        available = "AVAILABLE" in states
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                available = False
+            if self.multi_model:
+                # The model server answers (404 for the probe's unknown model): it is up.
+                code, _ = await self._model_status(_PROBE_MODEL)
+                available = 0 < code < 500
+            else:
+                _, available = await self._model_status(self.cfg.model_name or _PROBE_MODEL)
             self._set_available(available)
+            if available and self.multi_model:
+                # A pool's models load and unload while the server runs: each one's series start at 0
+                # once it is AVAILABLE, as a single model's do (`_set_available`).
+                for model in sorted(self._config_models() - self._series_started):
+                    if (await self._model_status(model))[1]:
+                        self._start_series(model)
             if available and not self.cfg.front:
                 await self._read_tfs_totals()
             await asyncio.sleep(0.25 if not available else 1.0)

@@ -134,6 +134,41 @@ def test_models_follow_the_config_file(pool_agent: tuple[AgentProcess, Path], st
     assert durations["a"] > 0 and durations["c"] > 0
 
 
+def request_series(agent: AgentProcess) -> dict[tuple[str, str], float]:
+    """(model, metric) -> value: each model's request counter (code 200) and latency count."""
+    with urllib.request.urlopen(f"{agent.metrics}/metrics", timeout=10) as resp:
+        fams = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    out: dict[tuple[str, str], float] = {}
+    for s in fams[k.REQUESTS.family].samples:
+        if s.name == k.REQUESTS.name and s.labels["code"] == "200":
+            out[(s.labels[k.LABEL_MODEL], "requests")] = s.value
+    for s in fams[k.REQUEST_DURATION.family].samples:
+        if s.name == k.REQUEST_DURATION.family + "_count":
+            out[(s.labels[k.LABEL_MODEL], "count")] = s.value
+    return out
+
+
+def test_each_pool_model_exports_its_request_series_at_zero_once_loaded(
+    pool_agent: tuple[AgentProcess, Path], store: dict[str, Path]
+) -> None:
+    """A pool's model has its request counter and latency histogram at 0 from its load, before any
+    request, as a single model's do (test_agent_serving.py): Prometheus' increase() loses the requests
+    before a series' first sample, so a model's first window on a pool GPU would read low."""
+    agent, config = pool_agent
+    # Only the metrics port is read until the last predict: a status GET through the front is a request.
+    zero = {(m, what): 0.0 for m in ("a", "b") for what in ("requests", "count")}
+    until(lambda: call(f"{agent.metrics}/ready")[0] == 200 and request_series(agent) == zero, 120)
+
+    # A model added to the running pool: its series appear at 0 once it loads, not at its first request.
+    write_config(config, {"a": store["a"], "b": store["b"], "c": store["c"]})
+    until(lambda: ("c", "requests") in request_series(agent), 60)
+    assert request_series(agent) == {**zero, ("c", "requests"): 0.0, ("c", "count"): 0.0}
+    # It is AVAILABLE then: the first request is answered and counted.
+    answer = call(f"{agent.rest}/v1/models/c:predict", {"instances": [[0.0]]})
+    assert answer == (200, {"predictions": [[1.0]]})
+    assert request_series(agent)[("c", "requests")] == 1.0
+
+
 def test_a_malformed_config_changes_nothing(pool_agent: tuple[AgentProcess, Path]) -> None:
     agent, config = pool_agent
     until(lambda: state(agent, "a") == "AVAILABLE", 120)

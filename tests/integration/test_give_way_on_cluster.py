@@ -6,17 +6,15 @@ The held replica is released, and the scale-up takes its GPU once it has drained
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from greenserve.api import constants as c
 from greenserve.cluster.client import DEPLOYMENTS, EVENTS, PODS, KubeClient
 from support.fake_prometheus import FakePrometheus
-from support.http import local_server
 from support.kube import Kubectl, OperatorProcess, eventually, kwok_gpu_node, rbac_denials
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -30,16 +28,6 @@ def node(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
     yield name
     kubectl.run("delete", "node", name, "--wait=false", check=False)
-
-
-@pytest.fixture
-async def prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[FakePrometheus, str]]:
-    fake = FakePrometheus(kube, namespace)
-    app = web.Application()
-    app.router.add_route("*", "/api/v1/query", fake.query)
-    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
-    async with local_server(app) as port:
-        yield fake, f"http://127.0.0.1:{port}"
 
 
 def msvc(name: str, namespace: str) -> dict[str, Any]:
@@ -78,9 +66,9 @@ async def test_a_held_replica_gives_way_and_the_scale_up_lands_on_its_gpu(
     operator_kubeconfig: Path,
     operator_env: dict[str, str],
     tmp_path: Path,
-    prometheus: tuple[FakePrometheus, str],
+    fake_prometheus: tuple[FakePrometheus, str],
 ) -> None:
-    fake, url = prometheus
+    fake, url = fake_prometheus
     env = {
         **operator_env,
         "GREENSERVE_PROMETHEUS_URL": url,
@@ -159,7 +147,7 @@ async def test_a_replica_of_two_gpus_takes_a_held_pair_not_the_one_gpu_free_on_e
     operator_kubeconfig: Path,
     operator_env: dict[str, str],
     tmp_path: Path,
-    prometheus: tuple[FakePrometheus, str],
+    fake_prometheus: tuple[FakePrometheus, str],
 ) -> None:
     """Nodes a and b each hold a replica of `pair` (2 GPUs) and one of `one` (1 GPU), so each has 1 GPU
     free; node c holds `rising`'s replica of 2. `rising` asks for a second: 2 GPUs free in sum, but on no
@@ -167,7 +155,7 @@ async def test_a_replica_of_two_gpus_takes_a_held_pair_not_the_one_gpu_free_on_e
     gives it way (released, its node has 3 free). Counted in sum, nothing was short: `rising` waited
     pending for `pair`'s window to end."""
     a, b, node_c = three_nodes
-    fake, url = prometheus
+    fake, url = fake_prometheus
     env = {
         **operator_env,
         "GREENSERVE_PROMETHEUS_URL": url,

@@ -247,16 +247,6 @@ async def _has(kube: KubeClient, ns: str, service: str, pod: str) -> bool:
     return pod in await ready_endpoints(kube, ns, service)
 
 
-@pytest.fixture
-async def prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[FakePrometheus, str]]:
-    fake = FakePrometheus(kube, namespace)
-    app = web.Application()
-    app.router.add_route("*", "/api/v1/query", fake.query)
-    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
-    async with local_server(app) as port:
-        yield fake, f"http://127.0.0.1:{port}"
-
-
 async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
     kube: KubeClient,
     kubectl: Kubectl,
@@ -265,13 +255,13 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
     operator_env: dict[str, str],
     tmp_path: Path,
     model_status: str,
-    prometheus: tuple[FakePrometheus, str],
+    fake_prometheus: tuple[FakePrometheus, str],
 ) -> None:
     """No spec change: the pool's per-model request counter moves it out past its share of the GPU, and
     its own replicas' rate brings it back once it falls below the join threshold (target 50 req/s per
     replica, no SLO: it leaves past 35 req/s and joins at most 21.9 req/s). The Service never lacks a
     ready endpoint."""
-    fake, url = prometheus
+    fake, url = fake_prometheus
     env = {
         **operator_env,
         "GREENSERVE_MODEL_STATUS_URL": model_status,
@@ -351,12 +341,12 @@ async def test_a_model_moves_between_pool_gpus_without_a_gap(
     operator_env: dict[str, str],
     tmp_path: Path,
     model_status: str,
-    prometheus: tuple[FakePrometheus, str],
+    fake_prometheus: tuple[FakePrometheus, str],
 ) -> None:
     """Three models of 6 GiB fill two 16 GiB pool GPUs (two and one). The lone one's need drops to 2 GiB:
     the sharing policy empties its GPU into the other, surge then retire. Its Service never lacks a ready
     endpoint, and the emptied GPU's Deployment goes to zero."""
-    fake, url = prometheus
+    fake, url = fake_prometheus
     env = {
         **operator_env,
         "GREENSERVE_MODEL_STATUS_URL": model_status,

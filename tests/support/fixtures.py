@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from greenserve.cluster.client import KubeClient, load_kubeconfig
 from support.chart import chart_operator_env, operator_kubeconfig_from_chart, uninstall
+from support.fake_prometheus import FakePrometheus
+from support.http import local_server
 from support.kube import Kubectl, OperatorProcess, harness_bin, rbac_denials
 from support.paths import REPO, harness_kubeconfig
 
@@ -46,6 +49,18 @@ def namespace(kubectl: Kubectl, crd_installed: None) -> Iterator[str]:
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+async def fake_prometheus(kube: KubeClient, namespace: str) -> AsyncIterator[tuple[FakePrometheus, str]]:
+    """Prometheus' query API over the namespace's pods at the rates the test sets, and its URL for the
+    operator (`GREENSERVE_PROMETHEUS_URL`), for operators run against kwok nodes."""
+    fake = FakePrometheus(kube, namespace)
+    app = web.Application()
+    app.router.add_route("*", "/api/v1/query", fake.query)
+    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
+    async with local_server(app) as port:
+        yield fake, f"http://127.0.0.1:{port}"
 
 
 OPERATOR_NAMESPACE = "greenserve-it"

@@ -105,6 +105,9 @@ class ScalingInputs:
     idle_to_zero_s: float | None = None
     # Unix time the activator last held a request for this service (None: never, or not recorded).
     demand_at: float | None = None
+    # The rise headroom's factor that request_rate already includes (policy/estimate.py): what the load
+    # seen asks for without it (`ScaleDecision.bare`) is request_rate / rise_factor.
+    rise_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,10 @@ class ScaleDecision:
     # The count without the stabilisation window (the demand within the bounds and floors); None while
     # the decision holds for want of data. Above it, `desired_replicas` is held only by the window.
     wanted: int | None = None
+    # What the load seen asks for without the rise headroom (within the bounds and floors; None as for
+    # `wanted`). Replicas above it are held for rises that have not come: a scale-up for load already
+    # here may take their GPUs before a new node's (policy/release.py `release_headroom`).
+    bare: int | None = None
 
 
 def held_until(state: ScalerState, count: int, scale_down_delay_s: float) -> float:
@@ -346,6 +353,12 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         else:
             reason = IDLE_WAITING
     bounded = max(floor, min(inputs.max_replicas, need))
+    bare = bounded
+    if inputs.rise_factor > 1.0 and inputs.request_rate is not None:
+        seen = inputs.request_rate / inputs.rise_factor + boost
+        found_bare = demand_replicas(replace(inputs, request_rate=seen))
+        if found_bare is not None:
+            bare = min(bounded, max(floor, min(inputs.max_replicas, found_bare[0])))
 
     window_start = now - inputs.scale_down_delay_s
     kept = tuple((t, n) for t, n in state.recommendations if t > window_start)
@@ -353,7 +366,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     new_state = replace(state, recommendations=recs, idle_since=idle_since)
     if bounded > current:
         return ScaleDecision(
-            bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need, bounded
+            bounded, SCALE_UP if reason in (STEADY, IDLE_WAITING) else reason, new_state, need, bounded, bare
         )
     if holding:
         return ScaleDecision(current, HOLD_AFTER_GAP, new_state, need)
@@ -363,7 +376,9 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         stabilised = 0  # the break-even wait already is the stabilisation for scale to zero
     desired = min(current, stabilised)
     if desired < current:
-        return ScaleDecision(desired, SCALE_DOWN if reason == STEADY else reason, new_state, need, bounded)
+        return ScaleDecision(
+            desired, SCALE_DOWN if reason == STEADY else reason, new_state, need, bounded, bare
+        )
     if bounded < current:
-        return ScaleDecision(current, STABILIZING, new_state, need, bounded)
-    return ScaleDecision(current, reason, new_state, need, bounded)
+        return ScaleDecision(current, STABILIZING, new_state, need, bounded, bare)
+    return ScaleDecision(current, reason, new_state, need, bounded, bare)

@@ -194,6 +194,7 @@ def scaling_inputs(
         metrics_window_s=window,
         idle_to_zero_s=profile.idle_to_zero_s,
         demand_at=demand_at,
+        rise_factor=rise_factor if rate is not None else 1.0,
     )
 
 

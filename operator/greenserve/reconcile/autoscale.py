@@ -168,6 +168,9 @@ class Decision:
     # window would stop holding (policy/release.py); None otherwise.
     wanted: int | None = None
     held_until: float | None = None
+    # What the load seen asks for without the rise headroom (policy/autoscaling.py `ScaleDecision.bare`,
+    # within the bounds); None without a reading.
+    bare: int | None = None
 
 
 def reading_of(metrics: ServiceMetrics) -> Reading:
@@ -295,4 +298,5 @@ def decide(
         status=ModelServiceStatus(**fields),
         wanted=wanted,
         held_until=held,
+        bare=None if result.bare is None else min(desired, result.bare),
     )

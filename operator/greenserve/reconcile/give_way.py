@@ -5,7 +5,10 @@ decisions add replicas and the GPUs free on the nodes those replicas may run on 
 node autoscaler would add a node; replicas that other ModelServices hold only for their stabilisation
 window give way first (`release.release`). The scale-ups that wait for GPUs being freed (a released or
 otherwise terminating pod still drains) are held back until those GPUs are free (`release.plan_scale_ups`),
-so the node autoscaler never sees them pending for GPUs that are about to free.
+so the node autoscaler never sees them pending for GPUs that are about to free. Replicas held as rise
+headroom give way too, but only to replicas that some ModelService's load seen asks for (`Entry.bare`,
+without the rise headroom) and that no node holds: its pods already pending, and its scale-up's new ones
+(`release.give_way`). Each ModelService's pods bound to a node are counted from the same view.
 
 GPUs per node selector (`manifests.builders.node_selector`: the GPU product and the user's selector), from
 consolidation's watch-fed view of every GPU node and pod (cluster/informer.py), counting every tenant's
@@ -35,7 +38,7 @@ from typing import Any
 
 from greenserve.api import conditions as cond
 from greenserve.api import constants as c
-from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_terminating
+from greenserve.api.objects import node_gpus, node_taints, pod_gpus, pod_service, pod_terminating
 from greenserve.policy import autoscaling as pa
 from greenserve.policy import profile, release
 from greenserve.reconcile.autoscale import Decision
@@ -68,6 +71,13 @@ class Entry:
     selector: Mapping[str, str]  # its pods' nodeSelector
     wanted: int | None = None  # set while the stabilisation window alone holds `desired`
     held_until: float | None = None
+    bare: int | None = None  # what the load seen asks for without the rise headroom (None: no reading)
+
+
+def may_ask(e: Entry) -> bool:
+    """Whether the entry may need GPUs this tick: a scale-up, or load seen beyond its ready replicas (some
+    may wait for a node; `give_way` counts those bound to one from the pods)."""
+    return e.desired > e.current or (e.bare is not None and e.bare > e.ready)
 
 
 def _fits(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
@@ -159,13 +169,23 @@ def give_way(
     for e in entries:
         groups.setdefault(tuple(sorted(e.selector.items())), []).append(e)
     out: dict[SvcKey, int] = {}
+    bound: dict[str, int] = {}  # each ModelService's pods on a node (ready or starting), not leaving
+    for pod in pods:
+        key = pod_service(pod)
+        if key and (pod.get("spec") or {}).get("nodeName") and not pod_terminating(pod):
+            bound[key] = bound.get(key, 0) + 1
     for selector, members in groups.items():
         ups = [
             release.ScaleUp(_name(e.key), e.current, e.desired, e.ready, e.gpus)
             for e in members
             if e.desired > e.current
         ]
-        if not ups:
+        unplaced = [
+            release.Unplaced(_name(e.key), min(e.desired, e.bare) - bound.get(_name(e.key), 0), e.gpus)
+            for e in members
+            if e.bare is not None and min(e.desired, e.bare) > bound.get(_name(e.key), 0)
+        ]
+        if not ups and not unplaced:
             continue
         gpus = gpus_for(dict(selector), nodes, pods, now)
         held = [
@@ -173,8 +193,16 @@ def give_way(
             for e in members
             if e.wanted is not None and e.desired == e.current > e.wanted
         ]
-        short = release.shortfall(ups, gpus.later, gpus.pending)
-        released = release.release(short, held, now, profile.NODE_PROVISION_S)
+        headroom = [
+            release.Headroom(
+                _name(e.key), e.desired, e.bare, e.gpus, e.desired if e.wanted is None else e.wanted
+            )
+            for e in members
+            if e.bare is not None and e.current >= e.desired > e.bare
+        ]
+        released = release.give_way(
+            ups, held, headroom, unplaced, gpus.later, gpus.pending, now, profile.NODE_PROVISION_S
+        )
         by_name = {_name(e.key): e for e in members}
         # A released replica's GPUs, on whichever node its ReplicaSet removes it from: counted alone.
         freed = [by_name[k].gpus for k, n in released.items() for _ in range(by_name[k].current - n)]
@@ -200,7 +228,10 @@ def adjusted(decision: Decision, count: int) -> Decision:
     if count < previous:
         reason = pa.RELEASED
         given = previous - count
-        message = f"{reason}, {given} held replica(s) give way to a scale-up that needs no new node"
+        message = (
+            f"{reason}, {given} replica(s) held for a load that may come (stabilisation window or rise "
+            "headroom) give way to another ModelService's scale-up, which would otherwise wait for a new node"
+        )
     else:
         reason = decision.intent.reason
         message = f"{reason}, {count} now; {decision.desired - count} more once GPUs being freed are free"

@@ -361,9 +361,10 @@ class Ticker:
                     node_selector(a.spec),
                     a.decision.wanted,
                     a.decision.held_until,
+                    a.decision.bare,
                 )
             )
-        if self.view is None or not any(e.desired > e.current for e in entries):
+        if self.view is None or not any(give_way.may_ask(e) for e in entries):
             return
         nodes, pods = await self.view.nodes(), await self.view.pods()
         if nodes is None or pods is None:

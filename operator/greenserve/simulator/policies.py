@@ -454,23 +454,39 @@ class Greenserve:
             if d.desired_replicas > cur
         ]
         counts = {m: d.desired_replicas for m, (_, d) in decided.items()}
-        if ups:
+        bound: dict[int, int] = {}
+        for r in sim.cluster.replicas.values():
+            if r.node is not None and r.replaces is None and r.model in decided:
+                bound[r.model] = bound.get(r.model, 0) + 1
+        unplaced = [
+            release.Unplaced(str(m), min(d.desired_replicas, d.bare) - bound.get(m, 0), sim.models[m].gpus)
+            for m, (_, d) in decided.items()
+            if d.bare is not None and min(d.desired_replicas, d.bare) > bound.get(m, 0)
+        ]
+        if ups or unplaced:
+            held = [
+                release.Held(
+                    str(m),
+                    cur,
+                    d.wanted,
+                    autoscaling.held_until(d.state, cur, self._profiles[m].scale_down_delay_s),
+                    sim.models[m].gpus,
+                )
+                for m, (cur, d) in decided.items()
+                if d.wanted is not None and d.desired_replicas == cur > d.wanted
+            ]
+            headroom = [
+                release.Headroom(str(m), d.desired_replicas, d.bare, sim.models[m].gpus, d.wanted)
+                for m, (cur, d) in decided.items()
+                if d.bare is not None and cur >= d.desired_replicas > d.bare
+            ]
             free = [n.free for n in sim.cluster.ready_nodes(sim.now)]
-            short = release.shortfall(ups, free, [r.gpus for r in sim.cluster.pending()])
-            if short:
-                held = [
-                    release.Held(
-                        str(m),
-                        cur,
-                        d.wanted,
-                        autoscaling.held_until(d.state, cur, self._profiles[m].scale_down_delay_s),
-                        sim.models[m].gpus,
-                    )
-                    for m, (cur, d) in decided.items()
-                    if d.wanted is not None and d.desired_replicas == cur > d.wanted
-                ]
-                for key, n in release.release(short, held, sim.now, profile.NODE_PROVISION_S).items():
-                    counts[int(key)] = n
+            pending = [r.gpus for r in sim.cluster.pending()]
+            given = release.give_way(
+                ups, held, headroom, unplaced, free, pending, sim.now, profile.NODE_PROVISION_S
+            )
+            for key, n in given.items():
+                counts[int(key)] = n
         # Releases first, so that the scale-ups' replicas take the GPUs they free.
         for m in sorted(counts, key=lambda m: counts[m] - decided[m][0]):
             if counts[m] != decided[m][0]:

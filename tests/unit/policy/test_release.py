@@ -9,7 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from greenserve.policy import autoscaling as pa
-from greenserve.policy.release import Held, ScaleUp, place, plan_scale_ups, release, shortfall
+from greenserve.policy.release import (
+    Headroom,
+    Held,
+    ScaleUp,
+    Unplaced,
+    give_way,
+    place,
+    plan_scale_ups,
+    release,
+    release_headroom,
+    shortfall,
+)
 
 
 def test_nothing_is_released_without_a_shortfall() -> None:
@@ -158,3 +169,82 @@ def test_decide_reports_the_count_without_the_window_and_when_its_hold_ends() ->
     # No reading: the decision holds, and nothing in it may be released.
     missing = pa.decide(replace(inputs, request_rate=None, sampled_at=None), calm.state, 90.0)
     assert missing.wanted is None
+
+
+def test_headroom_gives_way_one_replica_at_a_time_from_the_model_with_the_most_left() -> None:
+    headroom = [Headroom("a", 6, 2), Headroom("b", 3, 2), Headroom("c", 4, 4)]
+    # a has 4 spare, b 1, c none: a gives until it has as few as b, then they alternate.
+    assert release_headroom([1] * 4, headroom) == {"a": 3, "b": 2}
+    assert release_headroom([1] * 3, headroom) == {"a": 3}
+    # Never below the load seen, however many are short.
+    assert release_headroom([1] * 20, headroom) == {"a": 2, "b": 2}
+    # A replica of one GPU does not make room for a short one of two.
+    assert release_headroom([2], [Headroom("a", 6, 2), Headroom("d", 2, 0, gpus=2)]) == {"d": 1}
+
+
+def test_load_seen_without_a_gpu_takes_headroom_but_a_scale_up_for_headroom_does_not() -> None:
+    spare = [Headroom("a", 5, 2)]
+    # b's load asks for 3 replicas that no node holds and no GPU is free: a's headroom gives way.
+    assert give_way([], [], spare, [Unplaced("b", 3)], [0, 0], [], 0.0, 120.0) == {"a": 2}
+    # One GPU is free: it takes one of them, the headroom the rest.
+    assert give_way([], [], spare, [Unplaced("b", 3)], [1, 0], [], 0.0, 120.0) == {"a": 3}
+    # b scales up for its rise headroom only (nothing unplaced that its load asks for): a keeps its own.
+    assert give_way([ScaleUp("b", 2, 5, 2)], [], spare, [], [0], [], 0.0, 120.0) == {}
+    # A model that is itself short gives none of its headroom.
+    assert give_way([], [], spare, [Unplaced("a", 1)], [0], [], 0.0, 120.0) == {}
+
+
+def test_window_holds_give_way_before_headroom_and_their_gpus_count() -> None:
+    held = [Held("w", 4, 2, 60.0)]
+    spare = [Headroom("a", 5, 2), Headroom("w", 4, 1, wanted=2)]
+    ups = [ScaleUp("b", 1, 4, 1)]
+    # b adds 3 replicas, 3 of them for load seen: w's window releases 2 (to its wanted count); the third
+    # comes from the headroom left, a's first (3 spare against w's 1 once w is at 2).
+    assert give_way(ups, held, spare, [Unplaced("b", 3)], [0], [], 0.0, 120.0) == {"w": 2, "a": 4}
+    # A hold that outlasts a node's provisioning keeps the replicas above w's count without the window
+    # (2): only its headroom (one above its bare 1) and a's give way, a's first (3 spare against 1).
+    late = [Held("w", 4, 2, 600.0)]
+    spare = [Headroom("a", 5, 2), Headroom("w", 4, 1, wanted=2)]
+    assert give_way(ups, late, spare, [Unplaced("b", 3)], [0], [], 0.0, 120.0) == {"a": 3, "w": 3}
+    assert give_way(ups, late, spare, [Unplaced("b", 5)], [0], [], 0.0, 120.0) == {"a": 2, "w": 3}
+    # For the part of a scale-up that is headroom only, nothing but the window's release applies.
+    assert give_way(ups, late, spare, [], [0], [], 0.0, 120.0) == {}
+
+
+def test_decide_reports_the_count_the_load_seen_asks_for_without_the_rise_headroom() -> None:
+    inputs = pa.ScalingInputs(
+        current_replicas=2,
+        ready_replicas=2,
+        min_replicas=1,
+        max_replicas=20,
+        target_utilization=0.5,
+        capacity_rps=10.0,
+        request_rate=60.0,  # 20 req/s seen x a rise factor of 3
+        gpu_utilization=None,
+        sampled_at=0.0,
+        rise_factor=3.0,
+    )
+    d = pa.decide(inputs, pa.ScalerState(), 0.0)
+    assert (d.desired_replicas, d.wanted, d.bare) == (12, 12, 4)
+    assert pa.decide(replace(inputs, rise_factor=1.0), pa.ScalerState(), 0.0).bare == 12
+
+
+@given(
+    st.lists(st.integers(1, 4), max_size=12),
+    st.lists(
+        st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 8), st.integers(1, 4)), max_size=8
+    ),
+)
+def test_headroom_gives_what_it_can_and_keeps_every_model_at_its_bare_and_window_counts(
+    short: list[int], raw: list[tuple[int, int, int, int]]
+) -> None:
+    rooms = [Headroom(f"m{i}", c, b, g, w) for i, (c, b, w, g) in enumerate(raw)]
+    out = release_headroom(short, rooms)
+    by_key = {h.key: h for h in rooms}
+    for k, n in out.items():
+        h = by_key[k]
+        assert h.current - h.spare <= n < h.current  # never below bare, never a window-held replica
+    released = [by_key[k].gpus for k, n in out.items() for _ in range(by_key[k].current - n)]
+    assert len(released) <= len(short) and _covered(short, released) >= len(released)
+    if short and all(g == 1 for g in short) and all(h.gpus == 1 for h in rooms):
+        assert len(released) == min(len(short), sum(h.spare for h in rooms))

@@ -105,6 +105,31 @@ def test_a_replica_of_two_gpus_needs_them_on_one_node_and_only_a_release_that_ma
     assert give_way.give_way([one, entry("pair", 2, 2, gpus=2, wanted=1)], nodes, pods, T0) == {}
 
 
+def test_load_seen_waiting_for_a_node_takes_replicas_held_as_rise_headroom() -> None:
+    """Replicas that another ModelService holds only as rise headroom (above what its load seen asks
+    for, `bare`) give way to pods that the load seen asks for and that no node holds: served now
+    instead of after a node's provisioning. Headroom is never taken for headroom, nor below `bare`."""
+    sel = {c.GPU_PRODUCT_LABEL: "L4"}
+
+    def entry(name: str, current: int, desired: int, ready: int, bare: int | None) -> give_way.Entry:
+        return give_way.Entry((NS, name), current, desired, ready, 1, sel, None, None, bare)
+
+    nodes = [node("n1", gpus=4)]
+    spare = entry("spare", 3, 3, 3, bare=1)  # two of its three replicas are headroom
+    pods = [pod(f"s{i}", "spare", "n1") for i in range(3)] + [pod("b0", "busy", "n1")]
+    pods += [pod("b1", "busy", None), pod("b2", "busy", None), pod("b3", "busy", None)]
+    # busy's load asks for 4, one on a node and three pending: the headroom's two give way.
+    assert give_way.give_way([spare, entry("busy", 4, 4, 1, bare=4)], nodes, pods, T0) == {(NS, "spare"): 1}
+    # busy's pods pending for its own headroom only (its load seen asks for 1): nothing gives way.
+    assert give_way.give_way([spare, entry("busy", 4, 4, 1, bare=1)], nodes, pods, T0) == {}
+    # Without a reading (bare None) a ModelService neither takes nor gives.
+    assert give_way.give_way([spare, entry("busy", 4, 4, 1, bare=None)], nodes, pods, T0) == {}
+    assert (
+        give_way.give_way([entry("spare", 3, 3, 3, None), entry("busy", 4, 4, 1, 4)], nodes, pods, T0) == {}
+    )
+    assert give_way.may_ask(entry("busy", 4, 4, 1, bare=4)) and not give_way.may_ask(spare)
+
+
 def msvc(name: str, desired: int, ready: int, recommendations: list[list[float]]) -> dict[str, Any]:
     return {
         "apiVersion": f"{c.GROUP}/{c.VERSION}",

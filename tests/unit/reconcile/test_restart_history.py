@@ -182,3 +182,31 @@ def test_a_modelservice_silent_for_the_history_span_is_forgotten() -> None:
         history.record(other, NOW + 60 * i, 1.0, 60.0)
         assert history.knows(gone) == (60 * i <= autoscale.RISE_HISTORY_S)
     assert history.factor(gone) == 1.0 and history.sized_rate(gone) is None and history.knows(other)
+
+
+def test_the_decision_reports_what_the_load_seen_asks_for_without_the_rise_headroom() -> None:
+    """`Decision.bare` is the count without the rise headroom that the history gives: replicas between
+    it and the decision are held for rises not yet come, which load seen elsewhere may take
+    (reconcile/give_way.py)."""
+    history = autoscale.RateHistory()
+    for at, rps in PAST:
+        decide(history, at, rps)
+    status = {"desiredReplicas": 1, "readyReplicas": 1}
+    d = autoscale.decide(
+        SPEC, status, reading(NOW, 500.0), NOW + 2, OperatorConfig(), autoscale.FleetBook(), history
+    )
+    flat = autoscale.decide(
+        SPEC,
+        status,
+        reading(NOW, 500.0),
+        NOW + 2,
+        OperatorConfig(),
+        autoscale.FleetBook(),
+        autoscale.RateHistory(),
+    )
+    assert d.bare == flat.desired == flat.bare < d.desired  # headroom above what 500 req/s asks for
+    # No reading: nothing is known to be spare.
+    assert (
+        autoscale.decide(SPEC, status, None, NOW + 2, OperatorConfig(), autoscale.FleetBook(), history).bare
+        is None
+    )

@@ -248,7 +248,7 @@ def test_held_replicas_give_way_to_a_scale_up_instead_of_a_new_node(monkeypatch:
     rise = np.concatenate([np.full(120, 1.0), np.full(120, 6.0)])
     sc = _small(np.vstack([fall, rise]))
     gave_way = Simulation(sc).run(Greenserve())
-    monkeypatch.setattr(release, "release", lambda *_: {})
+    monkeypatch.setattr(release, "give_way", lambda *_: {})
     held = Simulation(sc).run(Greenserve())
     window = (gave_way.t >= 600) & (gave_way.t < 880)
     assert gave_way.nodes[window].max() == 1  # the held replicas' GPUs took the scale-up

@@ -188,9 +188,9 @@ def give_way(
     pending = list(pending)
     short = shortfall(ups, free, pending)
     out = release(short, held, now, within_s) if short else {}
-    gpus = {h.key: h.gpus for h in held}
+    by_key = {h.key: h for h in held}
     # A released replica's GPUs, on whichever node its ReplicaSet removes it from: counted alone.
-    freed = [gpus[k] for k, n in out.items() for _ in range(next(h.current for h in held if h.key == k) - n)]
+    freed = [by_key[k].gpus for k, n in out.items() for _ in range(by_key[k].current - n)]
     wanted = [u.gpus for u in unplaced for _ in range(max(0, u.replicas))]
     still = place((), wanted, [*free, *freed])[1]
     if still:

@@ -229,6 +229,31 @@ def test_decide_reports_the_count_the_load_seen_asks_for_without_the_rise_headro
     assert pa.decide(replace(inputs, rise_factor=1.0), pa.ScalerState(), 0.0).bare == 12
 
 
+def test_a_model_whose_own_rise_is_under_way_keeps_its_headroom() -> None:
+    """A sustained rise (or a queue) is the rise the headroom was held for: none of it is given way, and
+    the replicas asked for count as load seen (seen: 5 ms bursts met their own model's burst after its
+    headroom had gone to another model's load, README.md "How it scales")."""
+    inputs = pa.ScalingInputs(
+        current_replicas=2,
+        ready_replicas=2,
+        min_replicas=1,
+        max_replicas=40,
+        target_utilization=0.5,
+        capacity_rps=10.0,
+        request_rate=60.0,  # 20 req/s seen x a rise factor of 3
+        gpu_utilization=None,
+        sampled_at=0.0,
+        rise_factor=3.0,
+    )
+    rising = pa.decide(replace(inputs, request_rate_trend=0.05), pa.ScalerState(), 0.0)
+    assert rising.bare == rising.wanted == rising.desired_replicas > 12
+    queued = pa.decide(replace(inputs, queued_requests=30.0), pa.ScalerState(), 0.0)
+    assert queued.bare == queued.desired_replicas > 12
+    # A steady model's headroom stays spare, and so can give way.
+    steady = pa.decide(inputs, pa.ScalerState(), 0.0)
+    assert steady.bare is not None and steady.bare < steady.desired_replicas
+
+
 @given(
     st.lists(st.integers(1, 4), max_size=12),
     st.lists(

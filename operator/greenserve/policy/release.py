@@ -48,7 +48,7 @@ freed GPU will take is created at once, and a model with no ready replica is nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 
@@ -99,6 +99,69 @@ class Unplaced:
     key: str
     replicas: int  # what the load seen asks for, less its replicas bound to a node (ready or starting)
     gpus: int = 1
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One model's decision this tick, as the give-way step reads it: the one input shape of the
+    operator's metrics tick (reconcile/give_way.py) and the simulator's (simulator/policies.py), so that
+    both build the same scale-ups, holds, headroom and unplaced load from it (`tick_give_way`)."""
+
+    key: str
+    current: int  # replicas applied
+    desired: int  # this tick's decision
+    ready: int  # replicas serving now
+    bound: int  # its replicas bound to a node (ready or starting), not leaving
+    wanted: int | None = None  # ScaleDecision.wanted: the count without the window
+    bare: int | None = None  # ScaleDecision.bare: the count without the rise headroom
+    held_until: float = 0.0  # when the window stops holding `current` (autoscaling.held_until)
+    gpus: int = 1  # per replica
+
+    @property
+    def scale_up(self) -> ScaleUp | None:
+        if self.desired <= self.current:
+            return None
+        return ScaleUp(self.key, self.current, self.desired, self.ready, self.gpus)
+
+    @property
+    def unplaced(self) -> Unplaced | None:
+        """What its load seen asks for beyond its replicas bound to a node."""
+        if self.bare is None or min(self.desired, self.bare) <= self.bound:
+            return None
+        return Unplaced(self.key, min(self.desired, self.bare) - self.bound, self.gpus)
+
+
+def asks(ticks: Iterable[Tick]) -> bool:
+    """Whether any model asks for GPUs this tick (a scale-up, or load seen that no node holds): without
+    one nothing gives way, and the caller need not read the free GPUs."""
+    return any(t.scale_up is not None or t.unplaced is not None for t in ticks)
+
+
+def tick_give_way(
+    ticks: Sequence[Tick], free: Sequence[int], pending: Iterable[int], now: float, within_s: float
+) -> dict[str, int]:
+    """`give_way` over one tick's decisions: the models that give way and their new counts."""
+    ups = [u for t in ticks if (u := t.scale_up) is not None]
+    unplaced = [p for t in ticks if (p := t.unplaced) is not None]
+    if not ups and not unplaced:
+        return {}
+    held = [
+        Held(t.key, t.current, t.wanted, t.held_until, t.gpus)
+        for t in ticks
+        if t.wanted is not None and t.desired == t.current > t.wanted
+    ]
+    headroom = [
+        Headroom(t.key, t.desired, t.bare, t.gpus, t.wanted)
+        for t in ticks
+        if t.bare is not None and t.current >= t.desired > t.bare
+    ]
+    return give_way(ups, held, headroom, unplaced, free, pending, now, within_s)
+
+
+def freed(ticks: Iterable[Tick], counts: Mapping[str, int]) -> list[int]:
+    """The GPUs of each replica that `counts` (from `tick_give_way`) takes away, one entry per replica:
+    on whichever node its ReplicaSet removes it from, so each counts alone."""
+    return [t.gpus for t in ticks if t.key in counts for _ in range(t.current - counts[t.key])]
 
 
 def place(first: Iterable[int], then: Iterable[int], free: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -175,39 +175,29 @@ def give_way(
         if key and (pod.get("spec") or {}).get("nodeName") and not pod_terminating(pod):
             bound[key] = bound.get(key, 0) + 1
     for selector, members in groups.items():
-        ups = [
-            release.ScaleUp(_name(e.key), e.current, e.desired, e.ready, e.gpus)
-            for e in members
-            if e.desired > e.current
-        ]
-        unplaced = [
-            release.Unplaced(_name(e.key), min(e.desired, e.bare) - bound.get(_name(e.key), 0), e.gpus)
-            for e in members
-            if e.bare is not None and min(e.desired, e.bare) > bound.get(_name(e.key), 0)
-        ]
-        if not ups and not unplaced:
-            continue
-        gpus = gpus_for(dict(selector), nodes, pods, now)
-        held = [
-            release.Held(_name(e.key), e.current, e.wanted, e.held_until or 0.0, e.gpus)
-            for e in members
-            if e.wanted is not None and e.desired == e.current > e.wanted
-        ]
-        headroom = [
-            release.Headroom(
-                _name(e.key), e.desired, e.bare, e.gpus, e.desired if e.wanted is None else e.wanted
+        ticks = [
+            release.Tick(
+                _name(e.key),
+                e.current,
+                e.desired,
+                e.ready,
+                bound.get(_name(e.key), 0),
+                e.wanted,
+                e.bare,
+                e.held_until or 0.0,
+                e.gpus,
             )
             for e in members
-            if e.bare is not None and e.current >= e.desired > e.bare
         ]
-        released = release.give_way(
-            ups, held, headroom, unplaced, gpus.later, gpus.pending, now, profile.NODE_PROVISION_S
-        )
+        if not release.asks(ticks):
+            continue
+        gpus = gpus_for(dict(selector), nodes, pods, now)
+        released = release.tick_give_way(ticks, gpus.later, gpus.pending, now, profile.NODE_PROVISION_S)
         by_name = {_name(e.key): e for e in members}
-        # A released replica's GPUs, on whichever node its ReplicaSet removes it from: counted alone.
-        freed = [by_name[k].gpus for k, n in released.items() for _ in range(by_name[k].current - n)]
         for name, n in released.items():
             out[by_name[name].key] = n
+        freed = release.freed(ticks, released)
+        ups = [u for t in ticks if (u := t.scale_up) is not None]
         asked = {u.key: u.desired for u in ups}
         plan = release.plan_scale_ups(ups, gpus.free + [0] * len(freed), gpus.later + freed, gpus.pending)
         for name, n in plan.items():

@@ -448,43 +448,29 @@ class Greenserve:
             )
             self._states[m] = decision.state
             decided[m] = (current, decision)
-        ups = [
-            release.ScaleUp(str(m), cur, d.desired_replicas, sim.ready_count(m), sim.models[m].gpus)
-            for m, (cur, d) in decided.items()
-            if d.desired_replicas > cur
-        ]
-        counts = {m: d.desired_replicas for m, (_, d) in decided.items()}
         bound: dict[int, int] = {}
         for r in sim.cluster.replicas.values():
             if r.node is not None and r.replaces is None and r.model in decided:
                 bound[r.model] = bound.get(r.model, 0) + 1
-        unplaced = [
-            release.Unplaced(str(m), min(d.desired_replicas, d.bare) - bound.get(m, 0), sim.models[m].gpus)
-            for m, (_, d) in decided.items()
-            if d.bare is not None and min(d.desired_replicas, d.bare) > bound.get(m, 0)
+        ticks = [
+            release.Tick(
+                str(m),
+                cur,
+                d.desired_replicas,
+                sim.ready_count(m),
+                bound.get(m, 0),
+                d.wanted,
+                d.bare,
+                autoscaling.held_until(d.state, cur, self._profiles[m].scale_down_delay_s),
+                sim.models[m].gpus,
+            )
+            for m, (cur, d) in decided.items()
         ]
-        if ups or unplaced:
-            held = [
-                release.Held(
-                    str(m),
-                    cur,
-                    d.wanted,
-                    autoscaling.held_until(d.state, cur, self._profiles[m].scale_down_delay_s),
-                    sim.models[m].gpus,
-                )
-                for m, (cur, d) in decided.items()
-                if d.wanted is not None and d.desired_replicas == cur > d.wanted
-            ]
-            headroom = [
-                release.Headroom(str(m), d.desired_replicas, d.bare, sim.models[m].gpus, d.wanted)
-                for m, (cur, d) in decided.items()
-                if d.bare is not None and cur >= d.desired_replicas > d.bare
-            ]
+        counts = {m: d.desired_replicas for m, (_, d) in decided.items()}
+        if release.asks(ticks):
             free = [n.free for n in sim.cluster.ready_nodes(sim.now)]
             pending = [r.gpus for r in sim.cluster.pending()]
-            given = release.give_way(
-                ups, held, headroom, unplaced, free, pending, sim.now, profile.NODE_PROVISION_S
-            )
+            given = release.tick_give_way(ticks, free, pending, sim.now, profile.NODE_PROVISION_S)
             for key, n in given.items():
                 counts[int(key)] = n
         # Releases first, so that the scale-ups' replicas take the GPUs they free.

@@ -211,19 +211,24 @@ def test_window_holds_give_way_before_headroom_and_their_gpus_count() -> None:
     assert give_way(ups, late, spare, [], [0], [], 0.0, 120.0) == {}
 
 
-def test_decide_reports_the_count_the_load_seen_asks_for_without_the_rise_headroom() -> None:
-    inputs = pa.ScalingInputs(
+def _risen(max_replicas: int) -> pa.ScalingInputs:
+    """20 req/s seen, sized with a rise factor of 3 (10 req/s a replica at a target of 0.5)."""
+    return pa.ScalingInputs(
         current_replicas=2,
         ready_replicas=2,
         min_replicas=1,
-        max_replicas=20,
+        max_replicas=max_replicas,
         target_utilization=0.5,
         capacity_rps=10.0,
-        request_rate=60.0,  # 20 req/s seen x a rise factor of 3
+        request_rate=60.0,
         gpu_utilization=None,
         sampled_at=0.0,
         rise_factor=3.0,
     )
+
+
+def test_decide_reports_the_count_the_load_seen_asks_for_without_the_rise_headroom() -> None:
+    inputs = _risen(max_replicas=20)
     d = pa.decide(inputs, pa.ScalerState(), 0.0)
     assert (d.desired_replicas, d.wanted, d.bare) == (12, 12, 4)
     assert pa.decide(replace(inputs, rise_factor=1.0), pa.ScalerState(), 0.0).bare == 12
@@ -233,18 +238,7 @@ def test_a_model_whose_own_rise_is_under_way_keeps_its_headroom() -> None:
     """A sustained rise (or a queue) is the rise the headroom was held for: none of it is given way, and
     the replicas asked for count as load seen (seen: 5 ms bursts met their own model's burst after its
     headroom had gone to another model's load, README.md "How it scales")."""
-    inputs = pa.ScalingInputs(
-        current_replicas=2,
-        ready_replicas=2,
-        min_replicas=1,
-        max_replicas=40,
-        target_utilization=0.5,
-        capacity_rps=10.0,
-        request_rate=60.0,  # 20 req/s seen x a rise factor of 3
-        gpu_utilization=None,
-        sampled_at=0.0,
-        rise_factor=3.0,
-    )
+    inputs = _risen(max_replicas=40)
     rising = pa.decide(replace(inputs, request_rate_trend=0.05), pa.ScalerState(), 0.0)
     assert rising.bare == rising.wanted == rising.desired_replicas > 12
     queued = pa.decide(replace(inputs, queued_requests=30.0), pa.ScalerState(), 0.0)

@@ -163,7 +163,7 @@ class ScaleDecision:
     # What the load seen asks for without the rise headroom (within the bounds and floors; None as for
     # `wanted`). Replicas above it are held for rises that have not come: a scale-up for load already
     # here may take their GPUs before a new node's (policy/release.py `release_headroom`). While the
-    # model's own rise is under way (a trend or a queue adds to its rate) it is the whole count.
+    # model's own rise may be under way (the trend or the queue term adds to its rate) it is the whole count.
     bare: int | None = None
 
 
@@ -354,8 +354,9 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         else:
             reason = IDLE_WAITING
     bounded = max(floor, min(inputs.max_replicas, need))
-    # A model whose own rise is under way (a sustained trend, or a queue) keeps its headroom: that rise
-    # is here, and a replica given way now would meet it before its replacement found a node.
+    # A model whose own rise may be under way (a sustained trend, or in-flight requests above what its
+    # rate keeps busy: a queue, or just the newest reading above the window's mean) keeps its headroom: a
+    # replica given way now would meet that rise before its replacement found a node (README.md).
     bare = bounded
     if inputs.rise_factor > 1.0 and inputs.request_rate is not None and boost <= 0:
         seen = inputs.request_rate / inputs.rise_factor + boost

@@ -37,8 +37,9 @@ headroom: a scale-up for headroom alone takes none, so releases do not cascade. 
 traffic outside the repo (seed 1, bursty/100ms/200): the largest model's overlapping bursts (x6 within
 three minutes) waited for ten new nodes while 200 other models held headroom replicas; with this rule
 the fleet answered 99.96% instead of 99.10% at the same setting and energy (README.md). A model whose
-own rise is under way (a sustained trend or a queue) gives none: its `bare` is its whole count
-(policy/autoscaling.py `decide`), as that is the rise its headroom was held for.
+own rise may be under way (a sustained trend, or in-flight requests above what its rate keeps busy)
+gives none: its `bare` is its whole count (policy/autoscaling.py `decide`), as that may be the rise its
+headroom was held for.
 
 `plan_scale_ups` orders the other half in a cluster where a replica takes seconds to drain: a scale-up
 waiting for GPUs that a draining replica is about to free is held back until they are free (else the

@@ -359,7 +359,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     # replica given way now would meet that rise before its replacement found a node (README.md).
     bare = bounded
     if inputs.rise_factor > 1.0 and inputs.request_rate is not None and boost <= 0:
-        seen = inputs.request_rate / inputs.rise_factor + boost
+        seen = inputs.request_rate / inputs.rise_factor
         found_bare = demand_replicas(replace(inputs, request_rate=seen))
         if found_bare is not None:
             bare = min(bounded, max(floor, min(inputs.max_replicas, found_bare[0])))

@@ -4,12 +4,14 @@ ready endpoint.
 
 kwok runs no containers, so a small server in the test answers each pool pod's model status (the
 operator's GREENSERVE_MODEL_STATUS_URL points at it): a model is AVAILABLE on a pool pod when the pool's
-ConfigMap lists it, as a real pod's model server would report once it has read the list.
+ConfigMap lists it, as a real pod's model server would report once it has read the list (each pod LOAD_S
+after it is first asked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +26,9 @@ from greenserve.cluster.client import (
     CONFIGMAPS,
     DEPLOYMENTS,
     ENDPOINTSLICES,
+    EVENTS,
     MODELSERVICES,
+    NODES,
     PODS,
     SERVICES,
     KubeClient,
@@ -32,7 +36,7 @@ from greenserve.cluster.client import (
 from greenserve.manifests import pools as pm
 from support.fake_prometheus import FakePrometheus
 from support.http import local_server
-from support.kube import Kubectl, OperatorProcess, eventually, rbac_denials, refusals
+from support.kube import Kubectl, OperatorProcess, eventually, kwok_gpu_node, rbac_denials, refusals
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -64,7 +68,7 @@ async def model_status(kube: KubeClient) -> AsyncIterator[str]:
         pods = await kube.get_or_none(PODS, request.match_info["pod"], ns)
         pool = ((pods or {}).get("metadata") or {}).get("labels", {}).get(c.LABEL_POOL)
         cm = await kube.get_or_none(CONFIGMAPS, f"{pool}-models", ns) if pool else None
-        key = (ns, str(pool), model)
+        key = (ns, request.match_info["pod"], model)  # each pod loads the list on its own
         if cm is None or f'name: "{model}"' not in cm["data"][pm.MODEL_CONFIG_KEY]:
             listed_since.pop(key, None)
             return web.json_response({"error": f"Could not find any versions of model {model}"}, status=404)
@@ -245,6 +249,10 @@ async def test_models_that_outgrow_one_pool_gpu_are_served_from_a_second_one(
 
 async def _has(kube: KubeClient, ns: str, service: str, pod: str) -> bool:
     return pod in await ready_endpoints(kube, ns, service)
+
+
+async def _only(kube: KubeClient, ns: str, service: str, pod: str) -> bool:
+    return await ready_endpoints(kube, ns, service) == {pod}
 
 
 async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
@@ -429,3 +437,151 @@ async def _only_on(kube: KubeClient, ns: str, service: str, shard: str) -> bool:
     }
     ready = await ready_endpoints(kube, ns, service)
     return bool(ready) and ready <= pods
+
+
+POOL_PRODUCT = "TEST-POOL-MOVE"
+HOLD_TAINT = {"key": "test.greenserve.io/hold", "value": "1", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["live", "operator-killed-mid-move"])
+async def test_consolidation_moves_a_pool_pod_off_the_lightly_used_node_without_a_gap(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    operator_kubeconfig: Path,
+    operator_env: dict[str, str],
+    tmp_path: Path,
+    model_status: str,
+    killed: bool,
+) -> None:
+    """A pool GPU's pod must not keep a node from emptying (reconcile/pool_moves.py). The pool pod serves
+    three models on one node; another tenant's pod fills 4 GPUs of the other. Consolidation surges a
+    second pod of the pool GPU onto the fuller node, retires the source once the new pod serves all three,
+    and each model's Service has a ready endpoint all along. Killed mid-move (the replacement held
+    Pending), the operator finishes the same move after a restart, without a second replacement."""
+    suffix = secrets.token_hex(3)
+    nodes = [f"pool-move-x-{suffix}", f"pool-move-y-{suffix}"]
+    for n in nodes:
+        kubectl.apply(kwok_gpu_node(n, POOL_PRODUCT, 8))
+    kubectl.run("wait", "--for=condition=Ready", *(f"node/{n}" for n in nodes), "--timeout=60s")
+    env = {
+        **operator_env,
+        "GREENSERVE_MODEL_STATUS_URL": model_status,
+        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
+        "GREENSERVE_CONSOLIDATION": "true",
+        "GREENSERVE_CONSOLIDATION_INTERVAL": "3",
+    }
+    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
+    proc.start()
+    try:
+        names = [f"m-{i}" for i in range(3)]
+        for name in names:
+            kubectl.apply(msvc(name, namespace, product=POOL_PRODUCT))
+        key = pm.PoolKey(namespace, POOL_PRODUCT, KEY_IMAGE)
+        most = 0
+
+        async def pool_pods() -> list[dict[str, Any]]:
+            nonlocal most
+            pods = await kube.list_objects(PODS, namespace, label_selector=f"{c.LABEL_POOL}={key.name}")
+            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            most = max(most, len(live))
+            return live
+
+        async def all_served() -> bool:
+            return all([await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL for n in names])
+
+        await eventually(all_served, 180, 1.0, "every model Ready from the shared pool")
+        (source,) = await pool_pods()
+        source_name, from_node = source["metadata"]["name"], source["spec"]["nodeName"]
+        (to_node,) = [n for n in nodes if n != from_node]
+        for n in names:
+            await eventually(lambda n=n: _has(kube, namespace, n, source_name), 60, 0.5, f"{n} routed")
+        samplers = {n: EndpointSampler(kube, namespace, n) for n in names}
+
+        async def moved() -> bool:
+            pods = await pool_pods()
+            return (
+                len(pods) == 1
+                and pods[0]["metadata"]["name"] != source_name
+                and pods[0]["spec"].get("nodeName") == to_node
+                and await kube.get_or_none(PODS, source_name, namespace) is None
+            )
+
+        if killed:  # the replacement stays Pending on the target until the taint goes: a move in flight
+            target = await kube.get(NODES, to_node)
+            await kube.patch(NODES, to_node, {"spec": {"taints": [*target["spec"]["taints"], HOLD_TAINT]}})
+        # Another tenant's pod on the other node: 4 GPUs there against the pool's 1 here.
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "tenant", "namespace": namespace},
+                "spec": {
+                    "nodeName": to_node,
+                    "containers": [
+                        {"name": "c", "image": "tenant", "resources": {"limits": {c.GPU_RESOURCE: "4"}}}
+                    ],
+                },
+            }
+        )
+        if killed:
+
+            async def surging() -> bool:
+                live = await kube.get(PODS, source_name, namespace)
+                return (
+                    c.ANN_POOL_MOVE in (live["metadata"].get("annotations") or {})
+                    and len(await pool_pods()) == 2
+                )
+
+            await eventually(surging, 120, 0.2, "the move recorded on the source and its surge applied")
+            proc.kill()  # SIGKILL mid-move: no cleanup
+            for _ in range(10):  # while no operator runs, nothing more is started or removed
+                assert len(await pool_pods()) == 2
+                await asyncio.sleep(0.3)
+            assert await kube.get_or_none(PODS, source_name, namespace) is not None
+            target = await kube.get(NODES, to_node)
+            held = [t for t in target["spec"]["taints"] if t["key"] != HOLD_TAINT["key"]]
+            await kube.patch(NODES, to_node, {"spec": {"taints": held}})
+            proc.start()
+        await eventually(moved, 180, 0.5, f"the pool pod moved from {from_node} to {to_node}")
+        seen = {n: await s.stop() for n, s in samplers.items()}
+        assert most == 2, "the replacement must start before the source pod is removed, and only one"
+        (new,) = await pool_pods()
+        for n, samples in seen.items():
+            assert all(samples), f"{n}'s Service had no ready endpoint during the move"
+            assert source_name in samples[0], n
+            # Served by the new pod alone once the EndpointSlice controller has caught up.
+            await eventually(
+                lambda n=n: _only(kube, namespace, n, new["metadata"]["name"]), 30, 0.5, f"{n} on the new pod"
+            )
+        labels = new["metadata"]["labels"]
+        assert {n: labels.get(f"model.greenserve.io/{n}") for n in names} == dict.fromkeys(names, "available")
+        assert c.ANN_POOL_MOVE not in (new["metadata"].get("annotations") or {})
+        node = await kube.get(NODES, from_node)
+        assert any(t["key"] == c.TAINT_CONSOLIDATING for t in node["spec"].get("taints") or [])
+        assert (await kube.get(DEPLOYMENTS, key.name, namespace))["spec"]["replicas"] == 1
+
+        async def recorded() -> set[str] | None:
+            events = await kube.list_objects(
+                EVENTS, namespace, field_selector=f"involvedObject.name={source_name}"
+            )
+            reasons = {e["reason"] for e in events}
+            # A SIGKILL may land before the first operator's Event (they are advice, not state).
+            return (
+                reasons
+                if ({"ReplicaMoved"} if killed else {"ConsolidationMove", "ReplicaMoved"}) <= reasons
+                else None
+            )
+
+        await eventually(recorded, 30, what="the move's Events on the pool pod")
+        # Converged: later passes start nothing more (one pod, the move closed).
+        await proc.wait_passes("consolidation", 3)
+        assert [p["metadata"]["name"] for p in await pool_pods()] == [new["metadata"]["name"]]
+        for n in names:
+            assert await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL
+    finally:
+        proc.stop()
+        logs = proc.logs()
+        print(logs[-5000:])
+        kubectl.run("delete", "node", *nodes, "--wait=false", check=False)
+        assert rbac_denials(logs) == [], "the chart's RBAC lacks a permission the operator used"

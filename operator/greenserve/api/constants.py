@@ -51,6 +51,9 @@ PRIVATE_SERVICE_SUFFIX: Final = "-private"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Consolidation's own taint on a node it empties (NoSchedule).
 TAINT_CONSOLIDATING: Final = f"{GROUP}/consolidating"
+# A pool pod that consolidation moves off its node: JSON {fromNode, toNode, startedAt} on the source pod,
+# the only state of the move (reconcile/pool_moves.py); its pool GPU runs a second pod while it is set.
+ANN_POOL_MOVE: Final = f"{GROUP}/pool-move"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 TFS_GRPC_PORT: Final = 8500

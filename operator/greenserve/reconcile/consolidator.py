@@ -12,6 +12,9 @@ A move never lowers capacity: it runs as "surge, wait, retire":
 4. the emptied node keeps its taint until it is gone; the node autoscaler (Karpenter or
    cluster-autoscaler) removes it.
 
+A pool pod (a shared GPU's one pod, reconcile/pools.py) moves the same way, its state on the pod itself
+(reconcile/pool_moves.py).
+
 All state lives in the API (status.move, taints, annotations), so an operator killed at any step resumes
 the same move after a restart: a surge already applied is not applied twice, and a replacement already
 Ready is not started again.
@@ -19,13 +22,10 @@ Ready is not started again.
 
 from __future__ import annotations
 
-import enum
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,11 +41,12 @@ from greenserve.config import OperatorConfig
 from greenserve.metrics.operator_metrics import OperatorMetrics
 from greenserve.policy import consolidation as pc
 from greenserve.reconcile import modelservice as rec
+from greenserve.reconcile import pool_moves
+from greenserve.reconcile.moves import MOVE_TIMEOUT_S, MoveStep, do_not_disrupt
 
 log = logging.getLogger(__name__)
 
 TAINT_KEY = c.TAINT_CONSOLIDATING
-MOVE_TIMEOUT_S = 300.0
 TAINT_RETRIES = 5
 AUTOSCALER_DELETION_TAINTS = (
     "ToBeDeletedByClusterAutoscaler",
@@ -62,16 +63,6 @@ class ConsolidatorState:
     moves_started: int = 0
     moves_completed: int = 0
     log: list[str] = field(default_factory=list)
-
-
-class MoveStep(enum.Enum):
-    """Where an in-flight move stands; every step is decided afresh from the API's state, so an operator
-    restarted at any point takes the same step again (each is idempotent)."""
-
-    WAIT = "ReplacementPending"  # started: the surge runs, the replacement is not Ready yet
-    RETIRE = "ReplacementReady"  # the replacement serves: retire the source and close the move
-    SOURCE_GONE = "SourceGone"  # the source went away by itself (scale-in, eviction): close the move
-    TIMED_OUT = "TimedOut"  # no Ready replacement within MOVE_TIMEOUT_S: abandon, the source stays
 
 
 @dataclass(frozen=True)
@@ -139,26 +130,6 @@ def node_view(node: Mapping[str, Any], allocated: int) -> pc.NodeView:
     )
 
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def do_not_disrupt(pod: Mapping[str, Any], now: float) -> bool:
-    """Karpenter's pod annotation: "true" protects; a duration (e.g. "15m", greenserve's warm-up value)
-    protects until that long after the pod started; anything unparsable protects (the safe reading)."""
-    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(c.ANN_KARPENTER_DO_NOT_DISRUPT, "")
-    if value in ("", "false"):
-        return False
-    m = _DURATION.match(value)
-    if value == "true" or m is None or not any(m.groups()):
-        return True
-    h, mi, se = (int(g or 0) for g in m.groups())
-    started = (pod.get("status") or {}).get("startTime") or pod["metadata"].get("creationTimestamp")
-    if not started:
-        return True
-    start = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
-    return now < start + 3600 * h + 60 * mi + se
-
-
 def build_snapshot(
     nodes: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
@@ -186,6 +157,7 @@ def build_snapshot(
                 pod["metadata"]["name"], key, node, gpus, pod_ready(pod), protected, node_selector=selector
             )
         )
+    replicas += pool_moves.replica_views(pods, movable_services, now)
     views = [node_view(n, allocated.get(n["metadata"]["name"], 0)) for n in nodes if node_gpus(n)]
     return pc.ClusterSnapshot(tuple(views), tuple(replicas))
 
@@ -231,6 +203,7 @@ class Consolidator:
         # that acts on nothing lists nothing; the LIST-based one is for tools and tests.
         self.listed = ListedView(kube, config.namespaces)
         self.view: ClusterView = view or self.listed
+        self.pools = pool_moves.PoolMover(kube, config, self._note, metrics)
 
     def _note(self, text: str) -> None:
         log.info("consolidation: %s", text)
@@ -367,10 +340,12 @@ class Consolidator:
         taken at the start of the pass): no other move is in flight (the view may not show one yet: one
         just started, or one from before a restart), the source pod still runs Ready on its node, and the
         target still takes new replicas and has room for the replacement."""
-        if any((m.get("status") or {}).get("move") for m in await self.listed.modelservices()):
+        if any((m.get("status") or {}).get("move") for m in await self.listed.modelservices()) or (
+            pool_moves.in_flight(await self.listed.pods())
+        ):
             self._note(f"plan for {move.pod} is stale: a move is in flight; replanning next pass")
             return False
-        ns = move.service.split("/", 1)[0]
+        ns = move.service.removeprefix(pool_moves.KEY_PREFIX).split("/", 1)[0]
         source = await self.kube.get_or_none(PODS, move.pod, ns)
         if (
             source is None
@@ -411,12 +386,15 @@ class Consolidator:
         if msvcs is None or pods is None or nodes is None:
             self._note("cluster view not synced yet; planning next pass")
             return None
-        # 1. Finish what is in flight (one move at a time, cluster-wide).
+        # 1. Finish what is in flight (one move at a time, cluster-wide, a pool pod's included).
         in_flight = False
         for msvc in msvcs:
             if (msvc.get("status") or {}).get("move"):
                 in_flight = await self._progress(msvc, now) or in_flight
-        if in_flight or any((m.get("status") or {}).get("move") for m in msvcs):
+        pool_moving = pool_moves.in_flight(pods)
+        for pod in pool_moving:
+            in_flight = await self.pools.progress(pod, now) or in_flight
+        if in_flight or pool_moving or any((m.get("status") or {}).get("move") for m in msvcs):
             # A move closed this pass: its source is about to be removed by the ReplicaSet, by its lowest
             # deletion cost. Planning now would rewrite that cost before the ReplicaSet acts, so the next
             # pass plans, from a picture without the retired pod.
@@ -442,6 +420,14 @@ class Consolidator:
         # 3. Start the next move.
         if plan.moves and await self._still_valid(plan.moves[0]):
             move = plan.moves[0]
+            if move.service.startswith(pool_moves.KEY_PREFIX):
+                source = await self.kube.get_or_none(
+                    PODS, move.pod, move.service[len(pool_moves.KEY_PREFIX) :].split("/")[0]
+                )
+                if source is not None and await self.pools.start(move, source, now):
+                    self.state.last_move_at = now
+                    self.state.moves_started += 1
+                return plan
             ns, name = move.service.split("/", 1)
             msvc = next(
                 m for m in msvcs if m["metadata"]["namespace"] == ns and m["metadata"]["name"] == name

@@ -43,7 +43,15 @@ from greenserve.api.objects import pod_ready, pod_terminating
 from greenserve.api.quantity import parse_quantity
 from greenserve.api.v1alpha1 import GpuSharing, ModelServiceSpec, ScalingMetric, effective_sharing, parse_spec
 from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed
-from greenserve.cluster.client import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, MODELSERVICES, PODS, KubeClient
+from greenserve.cluster.client import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    ENDPOINTSLICES,
+    MODELSERVICES,
+    PODS,
+    ApiError,
+    KubeClient,
+)
 from greenserve.cluster.model_status import model_available, status_url
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
@@ -454,8 +462,20 @@ async def _sync_locked(
             pm.PoolMember(n, inputs.members[n].uid, inputs.members[n].model, inputs.members[n].storage_uri)
             for n in sorted(shard.listed)
         ]
+        # A pod that consolidation moves off its node (reconcile/pool_moves.py) runs beside its
+        # replacement until the replacement serves every model it serves.
+        moving = any(c.ANN_POOL_MOVE in (p["metadata"].get("annotations") or {}) for p in shard.pods)
+        replicas = (2 if moving else 1) if members else 0
         await _apply(
-            kube, key, shard.index, config, members, shard.listed, shard.leaving, (shard.cm, shard.dep)
+            kube,
+            key,
+            shard.index,
+            config,
+            members,
+            replicas,
+            shard.listed,
+            shard.leaving,
+            (shard.cm, shard.dep),
         )
         routable = {n: m for n, m in shard.listed.items() if shard.leaving.get(n) is None}
         on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config)
@@ -482,6 +502,7 @@ async def _apply(
     shard: int,
     config: OperatorConfig,
     members: list[pm.PoolMember],
+    replicas: int,
     listed: Mapping[str, str],
     leaving: Mapping[str, float | None],
     existing: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None],
@@ -499,7 +520,7 @@ async def _apply(
         limits=(("memory", config.pool_memory_limit),),
         poll_seconds=config.pool_poll_seconds,
     )
-    dep = pm.pool_deployment(key, members, 1 if members else 0, options, pool_options, shard)
+    dep = pm.pool_deployment(key, members, replicas, options, pool_options, shard)
     for obj, live in zip((cm, dep), existing, strict=True):
         if not members:
             # An empty pool GPU keeps its objects at zero replicas with their last owners (the operator
@@ -545,7 +566,12 @@ async def _label_pods(
             if lift is not None:
                 body.setdefault("metadata", {})["annotations"] = lift["metadata"]["annotations"]
             if body:
-                await kube.patch(PODS, meta["name"], body, meta["namespace"])
+                try:
+                    await kube.patch(PODS, meta["name"], body, meta["namespace"])
+                except ApiError as err:
+                    if not err.not_found:
+                        raise
+                    continue  # deleted since the list (a scale-in, a move's retired pod): serves nothing
             for name in available:
                 serving.setdefault(name, set()).add(meta["name"])
     return serving, pending

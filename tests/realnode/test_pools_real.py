@@ -16,6 +16,7 @@ most 2 GPUs" counts.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from realnode_support import (
     wait_for,
 )
 from realnode_support import model_store as model_store_on
-from test_serving import _record, images  # noqa: F401  (images: a fixture)
+from test_serving import CONSOLIDATING_TAINT, _filler_pod, _record, images  # noqa: F401  (images: a fixture)
 
 from greenserve.api.objects import pod_ready
 from support.chart import CHART, helm
@@ -69,6 +70,8 @@ def pool_operator(kubectl: Kubectl, images: dict[str, str], real_nodes: RealNode
         "operator.config.pools.unloadGraceSeconds": 5,
         # Four 1Gi models per pool GPU: eight take two (see the module docstring).
         "operator.config.pools.gpuMemory": "4Gi",
+        # The last test's pool pod move (every model here has consolidation off until then).
+        "operator.config.consolidationInterval": 10,
     }
     args = ["install", RELEASE, str(CHART), "--namespace", OPERATOR_NS]
     for key, value in values.items():
@@ -405,3 +408,105 @@ def _model_lists(kubectl: Kubectl, ns: str) -> dict[str, str]:
         cm["metadata"]["name"].removesuffix("-models"): cm["data"]["models.config"]
         for cm in get_json(kubectl, "configmaps", "-n", ns, "-l", "greenserve.io/pool")["items"]
     }
+
+
+def _live_pool_pods(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
+    pods = get_json(kubectl, "pods", "-n", ns, "-l", "greenserve.io/pool")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_consolidation_moves_a_real_pool_pod_off_the_less_used_node_without_failed_requests(
+    kubectl: Kubectl,
+    images: dict[str, str],  # noqa: F811
+    pool_operator: str,
+    ns: str,
+    store: Path,
+    real_nodes: RealNodes,
+) -> None:
+    """A shared pool GPU must not keep a node from emptying (reconcile/pool_moves.py). Two pooled models
+    on one pool pod; another tenant's pod takes 2 GPUs on the other node; consolidation turned on for
+    both models. The consolidator closes the pool pod's node, surges a second pod of the pool GPU onto
+    the fuller node, where both models load from the volume, and retires the source only once the new pod
+    is a ready endpoint of both Services, under a client load on both all along."""
+    if len(real_nodes.names) < 2:
+        why = "a move needs two real nodes: GREENSERVE_REAL_NODES=2 bash tests/harness/real_node.sh up"
+        if os.environ.get("GREENSERVE_REQUIRE_REAL_NODE") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    names = sorted(m["metadata"]["name"] for m in get_json(kubectl, "modelservices", "-n", ns)["items"])
+    if len(names) < 2:  # run alone: make two
+        for n in (f"m{i}" for i in range(2)):
+            kubectl.apply(_msvc(ns, n, images["GREENSERVE_SERVING_IMAGE"], real_nodes.gpu_product))
+        names = ["m0", "m1"]
+    keep = names[:2]
+    for n in names[2:]:
+        kubectl.run("delete", "modelservice", n, "-n", ns, "--wait=false")
+
+    def one_pool_pod() -> dict[str, Any] | None:
+        """The two kept models served from one Ready pool pod, and no other pool pod left."""
+        pods = _live_pool_pods(kubectl, ns)
+        served = all(_ready_reason(kubectl, ns, n) == "ServedFromSharedPool" for n in keep)
+        if not served or len(pods) != 1 or not pod_ready(pods[0]):
+            return None
+        labels = pods[0]["metadata"].get("labels") or {}
+        return pods[0] if all(labels.get(f"model.greenserve.io/{n}") == "available" for n in keep) else None
+
+    source = wait_for(
+        one_pool_pod, 300, "the two kept models on one pool pod, nothing else pooled", interval=1
+    )
+    source_name, from_node = source["metadata"]["name"], source["spec"]["nodeName"]
+    (to_node,) = [n for n in real_nodes.names[:2] if n != from_node]
+    kubectl.apply(_filler_pod(ns, to_node, 2, real_nodes.base_image))
+    try:
+        wait_for(
+            lambda: get_json(kubectl, "pod", "gpu-tenant", "-n", ns)["spec"].get("nodeName"),
+            60,
+            "the other tenant's GPU pod bound",
+        )
+        urls = {n: _url(kubectl, ns, n) for n in keep}
+        loads = {n: Load(lambda url=urls[n]: predict(url, [1.0, 2.5]) == [3.0, 6.0], rate=3) for n in keep}
+        with loads[keep[0]], loads[keep[1]]:
+            t_start = time.monotonic()
+            for n in keep:
+                kubectl.run(
+                    "patch", "modelservice", n, "-n", ns, "--type=merge",
+                    "-p", json.dumps({"spec": {"energy": {"consolidation": True}}}),
+                )  # fmt: skip
+            most = 1
+
+            def moved() -> bool:
+                nonlocal most
+                pods = _live_pool_pods(kubectl, ns)
+                most = max(most, len(pods))
+                names_now = [p["metadata"]["name"] for p in pods]
+                return (
+                    len(pods) == 1
+                    and source_name not in names_now
+                    and pods[0]["spec"].get("nodeName") == to_node
+                    and pod_ready(pods[0])
+                )
+
+            wait_for(moved, 420, f"the pool pod moved {from_node} -> {to_node}, the source gone", interval=1)
+            t_moved = time.monotonic()
+            time.sleep(5)  # requests keep flowing after the switch; they count too
+            t_end = time.monotonic()
+        _record("pools_node_move_s", t_moved - t_start)
+        assert most == 2, "the replacement must start before the source pod is removed"
+        for n in keep:
+            sent, failed = loads[n].between(t_start, t_end)
+            _record(f"pools_node_move_{n}_requests_sent", sent)
+            _record(f"pools_node_move_{n}_requests_failed", len(failed))
+            assert sent > 30, f"{n}: too little load to show anything"
+            assert failed == [], (n, failed[:5])
+            assert predicts_correctly(urls[n])
+        # The emptied node stays closed for the node autoscaler; the move is announced on the pod.
+        taints = get_json(kubectl, "node", from_node)["spec"].get("taints", [])
+        assert any(t["key"] == CONSOLIDATING_TAINT for t in taints), taints
+        reasons = kubectl.run(
+            "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={source_name}",
+            "-o", "jsonpath={.items[*].reason}",
+        ).stdout.split()  # fmt: skip
+        assert "ConsolidationMove" in reasons and "ReplicaMoved" in reasons, reasons
+    finally:
+        kubectl.run("delete", "pod", "gpu-tenant", "-n", ns, "--wait=false", check=False)
+        kubectl.run("taint", "node", from_node, f"{CONSOLIDATING_TAINT}-", check=False)

@@ -15,6 +15,7 @@ most 2 GPUs" counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -424,29 +425,51 @@ def test_consolidation_moves_a_real_pool_pod_off_the_less_used_node_without_fail
     real_nodes: RealNodes,
 ) -> None:
     """A shared pool GPU must not keep a node from emptying (reconcile/pool_moves.py). Two pooled models
-    on one pool pod; another tenant's pod takes 2 GPUs on the other node; consolidation turned on for
-    both models. The consolidator closes the pool pod's node, surges a second pod of the pool GPU onto
-    the fuller node, where both models load from the volume, and retires the source only once the new pod
-    is a ready endpoint of both Services, under a client load on both all along."""
+    (or one, if the module left one per GPU) on one pool pod; another tenant's pod takes 2 GPUs on the
+    other node; consolidation turned on for both models. The consolidator closes the pool pod's node,
+    surges a second pod of the pool GPU onto the fuller node, where both models load from the volume,
+    and retires the source only once the new pod is a ready endpoint of both Services, under a client
+    load on both all along."""
     if len(real_nodes.names) < 2:
         why = "a move needs two real nodes: GREENSERVE_REAL_NODES=2 bash tests/harness/real_node.sh up"
         if os.environ.get("GREENSERVE_REQUIRE_REAL_NODE") == "1":
             pytest.fail(why)
         pytest.skip(why)
     names = sorted(m["metadata"]["name"] for m in get_json(kubectl, "modelservices", "-n", ns)["items"])
-    if len(names) < 2:  # run alone: make two
-        for n in (f"m{i}" for i in range(2)):
+    if not names:  # run alone: make two
+        for n in ("m0", "m1"):
             kubectl.apply(_msvc(ns, n, images["GREENSERVE_SERVING_IMAGE"], real_nodes.gpu_product))
         names = ["m0", "m1"]
-    keep = names[:2]
-    for n in names[2:]:
-        kubectl.run("delete", "modelservice", n, "-n", ns, "--wait=false")
+    # Keep (up to) two models of one pool GPU, the one serving the most, and delete the rest: one pool pod.
+    shared = wait_for(
+        lambda: [n for n in names if _ready_reason(kubectl, ns, n) == "ServedFromSharedPool"],
+        300,
+        "a model served from the pool",
+        interval=1,
+    )
+    by_gpu: dict[str, list[str]] = {}
+    for n in shared:
+        by_gpu.setdefault(_home(kubectl, ns, n), []).append(n)
+    keep = max(by_gpu.values(), key=len)[:2]
+    for n in names:
+        if n not in keep:
+            kubectl.run("delete", "modelservice", n, "-n", ns, "--wait=false")
+
+    seen: list[Any] = []
 
     def one_pool_pod() -> dict[str, Any] | None:
         """The two kept models served from one Ready pool pod, and no other pool pod left."""
         pods = _live_pool_pods(kubectl, ns)
-        served = all(_ready_reason(kubectl, ns, n) == "ServedFromSharedPool" for n in keep)
-        if not served or len(pods) != 1 or not pod_ready(pods[0]):
+        reasons = {n: _ready_reason(kubectl, ns, n) for n in keep}
+        state = (reasons, [(p["metadata"]["name"], pod_ready(p), p["metadata"].get("labels")) for p in pods])
+        if state != seen[-1:]:
+            print(f"[pool move] {state}")  # shown on a failure: what the wait saw
+            seen[:] = [state]
+        if (
+            any(r != "ServedFromSharedPool" for r in reasons.values())
+            or len(pods) != 1
+            or not pod_ready(pods[0])
+        ):
             return None
         labels = pods[0]["metadata"].get("labels") or {}
         return pods[0] if all(labels.get(f"model.greenserve.io/{n}") == "available" for n in keep) else None
@@ -465,7 +488,9 @@ def test_consolidation_moves_a_real_pool_pod_off_the_less_used_node_without_fail
         )
         urls = {n: _url(kubectl, ns, n) for n in keep}
         loads = {n: Load(lambda url=urls[n]: predict(url, [1.0, 2.5]) == [3.0, 6.0], rate=3) for n in keep}
-        with loads[keep[0]], loads[keep[1]]:
+        with contextlib.ExitStack() as running:
+            for load in loads.values():
+                running.enter_context(load)
             t_start = time.monotonic()
             for n in keep:
                 kubectl.run(

@@ -232,6 +232,10 @@ class Simulation:
         self.moves = 0
         # Shared GPUs: pool replica id -> model -> (load started at, or None while the pod is not ready).
         self.pool: dict[int, dict[int, float | None]] = {}
+        # Pool pods being moved by node consolidation: the replacement's rid -> its models as in `pool`.
+        # It serves nothing until every model is loaded there; then it takes the old pod's place.
+        self.pool_moving: dict[int, dict[int, float | None]] = {}
+        self.pool_moved: dict[int, int] = {}  # old rid -> new rid, moves completed (the policy reads them)
         # Arrivals per model up to each step (the activator's held requests are the newest of them).
         self._arrived = np.concatenate([np.zeros((n, 1)), np.cumsum(self.trace.rates, axis=1)], axis=1)
         t = np.arange(self.trace.n_steps) * self.dt
@@ -328,7 +332,7 @@ class Simulation:
         return sorted(out)
 
     def _start_loads(self) -> None:
-        for rid, models in self.pool.items():
+        for rid, models in [*self.pool.items(), *self.pool_moving.items()]:
             pod = self.cluster.replicas.get(rid)
             if pod is not None and pod.is_ready(self.now):
                 for m, start in models.items():
@@ -356,16 +360,34 @@ class Simulation:
         node = self.cluster.nodes.get(to_node)
         if old is None or node is None or node.free < old.gpus:
             return False
-        new = self.cluster.add_replica(old.model, old.gpus, old.cold_start_s, self.now)
+        # A pool pod's replacement starts as any pool pod (a warm-started one's own start counted 0).
+        start_s = POOL_START_S if old.model == POOL else old.cold_start_s
+        new = self.cluster.add_replica(old.model, old.gpus, start_s, self.now)
         new.replaces = old.rid
         self.cluster.bind(new, node, self.now)
+        if old.model == POOL:
+            self.pool_moving[new.rid] = dict.fromkeys(self.pool.get(old.rid, {}))
         self.moves += 1
         return True
 
     def _complete_moves(self) -> None:
         for r in list(self.cluster.replicas.values()):
             if r.replaces is not None and r.is_ready(self.now):
-                if r.replaces in self.cluster.replicas:
+                if r.model == POOL:
+                    # The replacement follows the old pod's models (the policy may add or drop some while
+                    # it loads) and takes over only once every one of them is loaded there.
+                    moving, current = self.pool_moving[r.rid], self.pool.get(r.replaces, {})
+                    for m in list(moving):
+                        if m not in current:
+                            del moving[m]
+                    for m in current:
+                        moving.setdefault(m, self.now)
+                    if any(t is None or self.now < t + self.models[m].reload_s for m, t in moving.items()):
+                        continue
+                    self.pool[r.rid] = self.pool_moving.pop(r.rid)
+                    self.pool_moved[r.replaces] = r.rid
+                    self.remove_pool_gpu(r.replaces)
+                elif r.replaces in self.cluster.replicas:
                     self.cluster.remove_replica(r.replaces, self.now)
                 r.replaces = None
 

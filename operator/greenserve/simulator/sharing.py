@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from greenserve.policy import autoscaling, consolidation, profile
+from greenserve.policy import autoscaling, profile
 from greenserve.policy import sharing as placement
 from greenserve.policy.queueing import GUARD_ATTAINMENT
-from greenserve.simulator.engine import POOL, Simulation
+from greenserve.simulator.engine import Simulation
 from greenserve.simulator.policies import Greenserve
 
 
@@ -97,17 +97,12 @@ class GreenserveShared(Greenserve):
     def initial_pools(self, sim: Simulation) -> list[list[int]]:
         return [[int(m) for m in g.models] for g in self._plan0.gpus] if self._plan0 else []
 
-    def _snapshot(self, sim: Simulation) -> consolidation.ClusterSnapshot:
-        # Pool pods are not moved by node consolidation (their models would have to reload).
-        snap = super()._snapshot(sim)
-        pools = {str(rid) for rid in sim.pool}
-        return consolidation.ClusterSnapshot(
-            snap.nodes, tuple(replace(r, protected=True) if r.pod in pools else r for r in snap.replicas)
-        )
-
     def control(self, sim: Simulation) -> None:
         if not self._home and sim.pool:  # after the warm start: each model is on one pool GPU
             self._home = {m: rid for rid, models in sim.pool.items() for m in models}
+        if sim.pool_moved:  # pool pods moved by node consolidation: their models' home moved with them
+            self._home = {m: sim.pool_moved.get(rid, rid) for m, rid in self._home.items()}
+            sim.pool_moved.clear()
         self._observe(sim)
         the_plan = placement.plan(self.demands(sim), self.pool_view(sim), self.limits(sim))
         ids: dict[str, int] = {}
@@ -146,10 +141,6 @@ class GreenserveShared(Greenserve):
         for rid in [r for r, models in sim.pool.items() if not models and r not in targets]:
             sim.remove_pool_gpu(rid)
         self._start_moves(sim, moves)
-
-    def _movable(self, sim: Simulation, rid: int) -> bool:
-        # Pool pods are not moved by node consolidation (their models would have to reload).
-        return super()._movable(sim, rid) and sim.cluster.replicas[rid].model != POOL
 
     @staticmethod
     def _unload_except(sim: Simulation, m: int, keep: int | None) -> None:

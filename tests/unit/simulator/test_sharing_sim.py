@@ -159,6 +159,35 @@ def test_property_moves_and_reloads_never_leave_a_model_with_traffic_homeless(
         assert sum(sim.models[m].memory_gib for m in models) <= sim.pool_memory_gib
 
 
+def test_a_pool_gpu_moved_off_its_node_serves_from_the_old_pod_until_the_new_one_has_every_model() -> None:
+    # As the operator's pool pod move (reconcile/pool_moves.py): the replacement takes over only once
+    # every model of the old pod is loaded there; until then the old pod serves them all.
+    sc = _scenario(np.full((2, 120), 0.3))
+    sim = Simulation(sc)
+    placement = Greenserve().placement
+    sim.bootstrap([0, 0], placement, [[0, 1]])
+    (old,) = sim.pool
+    target = sim.cluster.add_node(0.0, ready=True)
+    assert sim.start_move(old, target.nid)
+    (new,) = sim.pool_moving
+    served_by: list[set[int]] = []
+    for k in range(1, 40):
+        sim.k, sim.now = k, k * DT
+        sim.cluster.schedule(placement, sim.now)
+        sim._complete_moves()
+        sim._start_loads()
+        served_by.append({rid for m in (0, 1) for rid in sim.shared_homes(m)})
+        assert sim.shared_homes(0) and sim.shared_homes(1), f"a model without a ready home at step {k}"
+    # The old pod alone, then the new one alone: no step without a ready home, and a handover that
+    # waited for the reload of both models after the new pod started.
+    assert served_by[0] == {old} and served_by[-1] == {new}
+    handover = next(i for i, s in enumerate(served_by) if new in s) + 1
+    ready_at = sim.cluster.replicas[new].ready_at
+    assert handover * DT >= ready_at + max(spec.reload_s for spec in sc.models)
+    assert sim.pool_moved == {old: new} and old not in sim.cluster.replicas
+    assert set(sim.pool[new]) == {0, 1} and sim.cluster.replicas[new].node == target.nid
+
+
 def test_pool_pods_are_not_model_replicas_and_hold_no_more_than_their_memory() -> None:
     sc = _scenario(np.full((3, 60), 0.2))
     big = tuple(dataclasses.replace(spec, memory_gib=10.0) for spec in sc.models)

@@ -28,10 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from greenserve.api import constants as c
 from greenserve.api.objects import pod_gpus, pod_ready, pod_terminating
+from greenserve.api.v1alpha1 import parse_spec
 from greenserve.cluster import events
-from greenserve.cluster.client import PODS, ApiError, KubeClient
+from greenserve.cluster.client import MODELSERVICES, PODS, ApiError, KubeClient
 from greenserve.config import OperatorConfig
 from greenserve.manifests import pools as pm
 from greenserve.metrics.operator_metrics import OperatorMetrics
@@ -173,7 +176,7 @@ def replica_views(
     return out
 
 
-def _pool_key(pod: Mapping[str, Any]) -> pm.PoolKey:
+def pool_key_of(pod: Mapping[str, Any]) -> pm.PoolKey:
     """The pool of a pool pod, from the pod itself: its namespace, GPU product selector and image are the
     pool's key (manifests/pools.py `pool_deployment`)."""
     spec = pod.get("spec") or {}
@@ -200,12 +203,31 @@ class PoolMover:
     async def _sync(self, pod: Mapping[str, Any]) -> None:
         """Apply the pool's replica count now (two while a pod of a pool GPU carries the annotation); the
         members whose view changes are refreshed as after any pool sync."""
-        key = _pool_key(pod)
+        key = pool_key_of(pod)
+        if pm.shard_of(key, str(pool_gpu(pod))) is None:
+            # The pod's image was rewritten after admission (a digest-pinning webhook): the key comes
+            # from a member's spec instead; without one there is nothing to sync.
+            key = await self._member_key(pod) or key
+        if pm.shard_of(key, str(pool_gpu(pod))) is None:
+            log.warning(
+                "pool pod %s: its pool is not found from the pod or its models", pod["metadata"]["name"]
+            )
+            return
 
         def changed(name: str) -> None:
             rec.refresh_soon(self.kube, key.namespace, name, self.config)
 
         await pools.sync_pool(self.kube, key, self.config, changed)
+
+    async def _member_key(self, pod: Mapping[str, Any]) -> pm.PoolKey | None:
+        ns = str(_meta(pod).get("namespace"))
+        for name in routed(pod):
+            body = await self.kube.get_or_none(MODELSERVICES, name, ns)
+            try:
+                return pm.pool_key(ns, parse_spec(dict((body or {}).get("spec") or {})))
+            except ValidationError:
+                continue
+        return None
 
     async def _patch_pod(self, pod: Mapping[str, Any], annotations: Mapping[str, str | None]) -> bool:
         """Patch a pod's annotations guarded by its resourceVersion (the read the step was decided on);

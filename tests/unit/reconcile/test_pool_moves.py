@@ -6,11 +6,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from greenserve.api import constants as c
+from greenserve.manifests import pools as pm
+from greenserve.manifests.builders import BuildOptions
 from greenserve.policy import consolidation as pc
 from greenserve.reconcile.consolidator import build_snapshot
 from greenserve.reconcile.moves import MOVE_TIMEOUT_S, MoveStep
-from greenserve.reconcile.pool_moves import KEY_PREFIX, PoolMoveRecord, next_step, replica_views
+from greenserve.reconcile.pool_moves import (
+    KEY_PREFIX,
+    PoolMoveRecord,
+    next_step,
+    pool_gpu,
+    pool_key_of,
+    replica_views,
+)
 
 T0 = 1_000_000.0
 GPU = "gs-pool-abc"
@@ -115,3 +126,14 @@ def test_the_plan_moves_a_lone_pool_pod_onto_the_fuller_node() -> None:
         ("p", f"{KEY_PREFIX}ns/{GPU}", "a", "b")
     ]
     assert set(plan.emptied_nodes) == {"a"}
+
+
+@pytest.mark.parametrize("product", ["NVIDIA-L4", None])
+def test_a_pool_pod_names_its_own_pool(product: str | None) -> None:
+    # The move syncs the pool from the pod alone (its namespace, GPU product selector and image).
+    key = pm.PoolKey("ns", product, "registry.example/serving:1")
+    members = [pm.PoolMember("m1", "uid-1", "m1", "/models/m1")]
+    for shard in (0, 2):
+        template = pm.pool_deployment(key, members, 1, BuildOptions(), shard=shard)["spec"]["template"]
+        pod = {"metadata": {"namespace": "ns", **template["metadata"]}, "spec": template["spec"]}
+        assert pool_key_of(pod) == key and pm.shard_of(key, str(pool_gpu(pod))) == shard

@@ -293,7 +293,7 @@ class PoolMover:
             )
             self.moves_completed += 1
             if self.metrics is not None:
-                self.metrics.record_move(ns, gpu)
+                self.metrics.record_move(ns, gpu, reason="pool-consolidation")
             self.note(f"{KEY_PREFIX}{ns}/{gpu}: retired {name} from {record.from_node}")
             await self._sync(source)  # one replica again: the ReplicaSet removes the source
             return False

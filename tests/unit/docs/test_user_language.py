@@ -21,6 +21,7 @@ USER_DOCS = [
     "charts/greenserve/README.md",
     "charts/greenserve/templates/NOTES.txt",
     "operator/greenserve/simulator/data/README.md",
+    "operator/greenserve/simulator/BENCHMARK_HISTORY.md",
 ]
 
 

@@ -87,14 +87,33 @@ async def model_status(kube: KubeClient) -> AsyncIterator[str]:
 def pool_operator(
     operator_kubeconfig: Path, operator_env: dict[str, str], tmp_path: Path, model_status: str
 ) -> Iterator[OperatorProcess]:
-    env = {**operator_env, "GREENSERVE_MODEL_STATUS_URL": model_status, "GREENSERVE_POOL_UNLOAD_GRACE": "2"}
-    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
+    proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=pool_env(operator_env, model_status))
     proc.start()
     yield proc
     proc.stop()
     logs = proc.logs()
     print(logs[-5000:])
     assert refusals(logs) == [], "the chart's RBAC or admission policy refused the operator"
+
+
+def pool_env(operator_env: dict[str, str], model_status: str, **extra: str) -> dict[str, str]:
+    """The operator's environment for the pool tests: the model-status fake above, and a short unload
+    grace so that an unload is seen within a test."""
+    return {
+        **operator_env,
+        "GREENSERVE_MODEL_STATUS_URL": model_status,
+        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
+        **extra,
+    }
+
+
+def stop_and_check(proc: OperatorProcess) -> list[str]:
+    """Stop the operator and fail on an RBAC refusal in its log (only RBAC's: other tests' namespaces
+    may still be terminating, which refuses writes there with 403s of another kind)."""
+    proc.stop()
+    logs = proc.logs()
+    print(logs[-5000:])
+    return rbac_denials(logs)
 
 
 async def ready_reason(kube: KubeClient, ns: str, name: str) -> str | None:
@@ -270,13 +289,7 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
     replica, no SLO: it leaves past 35 req/s and joins at most 21.9 req/s). The Service never lacks a
     ready endpoint."""
     fake, url = fake_prometheus
-    env = {
-        **operator_env,
-        "GREENSERVE_MODEL_STATUS_URL": model_status,
-        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
-        "GREENSERVE_PROMETHEUS_URL": url,
-        "GREENSERVE_METRICS_WINDOW": "60",
-    }
+    env = pool_env(operator_env, model_status, GREENSERVE_PROMETHEUS_URL=url, GREENSERVE_METRICS_WINDOW="60")
     proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
     proc.start()
     try:
@@ -334,11 +347,8 @@ async def test_a_shared_model_moves_out_on_its_load_and_back_when_it_shrinks(
         assert seen[out_seen:] and all(s for s in seen), "the Service had no ready endpoint during a move"
         assert await ready_reason(kube, namespace, "quiet") == cond.REASON_SHARED_POOL
     finally:
-        proc.stop()
-        logs = proc.logs()
-        print(logs[-5000:])
-        # RBAC refusals only: other tests' namespaces may still be terminating (403 on writes there).
-        assert not rbac_denials(logs), rbac_denials(logs)[:3]
+        denials = stop_and_check(proc)
+        assert not denials, denials[:3]
 
 
 async def test_a_model_moves_between_pool_gpus_without_a_gap(
@@ -355,13 +365,7 @@ async def test_a_model_moves_between_pool_gpus_without_a_gap(
     the sharing policy empties its GPU into the other, surge then retire. Its Service never lacks a ready
     endpoint, and the emptied GPU's Deployment goes to zero."""
     fake, url = fake_prometheus
-    env = {
-        **operator_env,
-        "GREENSERVE_MODEL_STATUS_URL": model_status,
-        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
-        "GREENSERVE_PROMETHEUS_URL": url,
-        "GREENSERVE_METRICS_WINDOW": "60",
-    }
+    env = pool_env(operator_env, model_status, GREENSERVE_PROMETHEUS_URL=url, GREENSERVE_METRICS_WINDOW="60")
     proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
     proc.start()
     try:
@@ -422,11 +426,8 @@ async def test_a_model_moves_between_pool_gpus_without_a_gap(
         assert await ready_reason(kube, namespace, lone) == cond.REASON_SHARED_POOL
         assert (await kube.get(DEPLOYMENTS, lone, namespace))["spec"]["replicas"] == 0
     finally:
-        proc.stop()
-        logs = proc.logs()
-        print(logs[-5000:])
-        # RBAC refusals only: other tests' namespaces may still be terminating (403 on writes there).
-        assert not rbac_denials(logs), rbac_denials(logs)[:3]
+        denials = stop_and_check(proc)
+        assert not denials, denials[:3]
 
 
 async def _only_on(kube: KubeClient, ns: str, service: str, shard: str) -> bool:
@@ -464,13 +465,9 @@ async def test_consolidation_moves_a_pool_pod_off_the_lightly_used_node_without_
     for n in nodes:
         kubectl.apply(kwok_gpu_node(n, POOL_PRODUCT, 8))
     kubectl.run("wait", "--for=condition=Ready", *(f"node/{n}" for n in nodes), "--timeout=60s")
-    env = {
-        **operator_env,
-        "GREENSERVE_MODEL_STATUS_URL": model_status,
-        "GREENSERVE_POOL_UNLOAD_GRACE": "2",
-        "GREENSERVE_CONSOLIDATION": "true",
-        "GREENSERVE_CONSOLIDATION_INTERVAL": "3",
-    }
+    env = pool_env(
+        operator_env, model_status, GREENSERVE_CONSOLIDATION="true", GREENSERVE_CONSOLIDATION_INTERVAL="3"
+    )
     proc = OperatorProcess(operator_kubeconfig, tmp_path, extra_env=env)
     proc.start()
     try:
@@ -580,8 +577,6 @@ async def test_consolidation_moves_a_pool_pod_off_the_lightly_used_node_without_
         for n in names:
             assert await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL
     finally:
-        proc.stop()
-        logs = proc.logs()
-        print(logs[-5000:])
+        denials = stop_and_check(proc)
         kubectl.run("delete", "node", *nodes, "--wait=false", check=False)
-        assert rbac_denials(logs) == [], "the chart's RBAC lacks a permission the operator used"
+        assert denials == [], "the chart's RBAC lacks a permission the operator used"

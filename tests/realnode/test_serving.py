@@ -63,6 +63,19 @@ MODEL = "affine"
 FIGURES: dict[str, float] = {}
 
 
+def assert_closed_and_announced(kubectl: Kubectl, node: str, ns: str, involved: str) -> None:
+    """A consolidation move's end state: the emptied node keeps the consolidating taint (for the node
+    autoscaler to remove it), and the move's two Events are on `involved` (the ModelService, or the
+    pool pod that moved)."""
+    taints = get_json(kubectl, "node", node)["spec"].get("taints", [])
+    assert any(t["key"] == CONSOLIDATING_TAINT for t in taints), taints
+    reasons = kubectl.run(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={involved}",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout.split()  # fmt: skip
+    assert "ConsolidationMove" in reasons and "ReplicaMoved" in reasons, reasons
+
+
 def _record(name: str, value: float) -> None:
     FIGURES[name] = round(value, 2)
     print(f"[realnode figure] {name} = {value:.2f}")
@@ -539,14 +552,8 @@ def test_consolidation_moves_the_replica_off_the_less_used_real_node_without_fai
             p for p in on_source["items"] if "greenserve.io/modelservice" in p["metadata"].get("labels", {})
         ]
         # The emptied node stays closed for the node autoscaler; the move is counted and announced.
-        taints = get_json(kubectl, "node", from_node)["spec"].get("taints", [])
-        assert any(t["key"] == CONSOLIDATING_TAINT for t in taints), taints
         assert _moves_total(op_pod["status"]["podIP"], models_ns) == moves_before + 1
-        reasons = kubectl.run(
-            "get", "events", "-n", models_ns, "--field-selector", f"involvedObject.name={MODEL}",
-            "-o", "jsonpath={.items[*].reason}",
-        ).stdout.split()  # fmt: skip
-        assert "ConsolidationMove" in reasons and "ReplicaMoved" in reasons, reasons
+        assert_closed_and_announced(kubectl, from_node, models_ns, MODEL)
     finally:
         kubectl.run("delete", "pod", "gpu-tenant", "-n", models_ns, "--wait=false", check=False)
         # Reopen the emptied node for whatever runs on this node next (the autoscaler would delete it).

@@ -335,16 +335,18 @@ class Consolidator:
             await rec.reconcile(self.kube, live, self.config)
         return True
 
-    async def _still_valid(self, move: pc.Move) -> bool:
+    async def _still_valid(self, move: pc.Move) -> Mapping[str, Any] | None:
         """Re-check a planned move against a fresh read before acting on it (the plan came from lists
         taken at the start of the pass): no other move is in flight (the view may not show one yet: one
         just started, or one from before a restart), the source pod still runs Ready on its node, and the
-        target still takes new replicas and has room for the replacement."""
+        target still takes new replicas and has room for the replacement. Returns the source pod as read,
+        which the move then acts on, or None where the plan is stale."""
         if any((m.get("status") or {}).get("move") for m in await self.listed.modelservices()) or (
             pool_moves.in_flight(await self.listed.pods())
         ):
             self._note(f"plan for {move.pod} is stale: a move is in flight; replanning next pass")
-            return False
+            return None
+        # A ModelService's key is "<ns>/<name>", a pool pod's "pool:<ns>/<pool GPU>".
         ns = move.service.removeprefix(pool_moves.KEY_PREFIX).split("/", 1)[0]
         source = await self.kube.get_or_none(PODS, move.pod, ns)
         if (
@@ -354,19 +356,19 @@ class Consolidator:
             or (source.get("spec") or {}).get("nodeName") != move.from_node
         ):
             self._note(f"plan for {move.pod} is stale: the source changed; replanning next pass")
-            return False
+            return None
         target = await self.kube.get_or_none(NODES, move.to_node)
         if target is None:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} is gone")
-            return False
+            return None
         on_target = await self.kube.list_objects(PODS, field_selector=f"spec.nodeName={move.to_node}")
         used = sum(pod_gpus(p) for p in on_target if not pod_terminating(p))
         view = node_view(target, used)
         tainted = any(t.get("key") == TAINT_KEY for t in node_taints(target))
         if view.draining or view.protected or tainted or view.gpu_capacity - used < move.gpus:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} no longer fits it")
-            return False
-        return True
+            return None
+        return source
 
     def _watched(self, obj: Mapping[str, Any]) -> bool:
         return not self.config.namespaces or obj["metadata"].get("namespace") in self.config.namespaces
@@ -418,13 +420,11 @@ class Consolidator:
                 await self._taint(node, wanted)
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")
         # 3. Start the next move.
-        if plan.moves and await self._still_valid(plan.moves[0]):
-            move = plan.moves[0]
+        move = plan.moves[0] if plan.moves else None
+        source = await self._still_valid(move) if move is not None else None
+        if move is not None and source is not None:
             if move.service.startswith(pool_moves.KEY_PREFIX):
-                source = await self.kube.get_or_none(
-                    PODS, move.pod, move.service[len(pool_moves.KEY_PREFIX) :].split("/")[0]
-                )
-                if source is not None and await self.pools.start(move, source, now):
+                if await self.pools.start(move, source, now):
                     self.state.last_move_at = now
                     self.state.moves_started += 1
                 return plan

@@ -30,6 +30,7 @@ utilization-proportional part; "idle GPU" is bare plus loaded-idle; the three ad
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -332,7 +333,7 @@ class Simulation:
         return sorted(out)
 
     def _start_loads(self) -> None:
-        for rid, models in [*self.pool.items(), *self.pool_moving.items()]:
+        for rid, models in itertools.chain(self.pool.items(), self.pool_moving.items()):
             pod = self.cluster.replicas.get(rid)
             if pod is not None and pod.is_ready(self.now):
                 for m, start in models.items():

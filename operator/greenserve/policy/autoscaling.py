@@ -21,7 +21,9 @@
 * **Queue drain**: requests already waiting (`queued_requests`, from the in-flight gauge by
   `queued_from_inflight`) are added to the rate as `queued / queue_drain_s`, so an overload that built a
   backlog gets the replicas to clear it, not only those for the new arrivals. Scale-up only: a queue
-  never lowers the demand, and a missing in-flight reading adds nothing.
+  never lowers the demand, and a missing in-flight reading adds nothing. The gauge is one instant's
+  count, which spreads around its mean even at a steady load, so an excess within that spread is not a
+  queue (`QUEUE_Z`).
 * **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
 * **SLO sizing** (optional, `slo_attainment`, for the energy policies): with an SLO and a request rate,
   the demand is the fewest replicas that the M/M/c model says answer that share of requests (e.g. 0.995)
@@ -64,6 +66,9 @@ WAKE_ON_DEMAND = "ActivatorDemand"
 AT_ZERO = "ScaledToZero"
 # Held replicas given up so that another model's scale-up needs no new node (policy/release.py).
 RELEASED = "ReleasedForScaleUp"
+# Deviations of the in-flight gauge's noise past which an excess over the busy count is a queue: as
+# the trend's significance (policy/estimate.py TREND_Z), a false queue about once in 700 readings.
+QUEUE_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -178,10 +183,19 @@ def queued_from_inflight(
 ) -> float | None:
     """Requests waiting: in flight beyond the rate x service time that Little's law puts in service
     (None when either reading is missing). A batching server holds a few more in its batch queue; they
-    are part of the service time it was sized with."""
+    are part of the service time it was sized with.
+
+    The gauge is an instant's count: at a steady load the requests in service are about Poisson around
+    that mean (standard deviation its square root), so half of all readings exceed it by chance. An
+    excess counts only past `QUEUE_Z` deviations (at least one request's worth); below that it is 0,
+    and a model is not taken for one whose queue is building (its `bare` count and the scale-up for
+    it) on noise. A real backlog passes at once: it grows with every second of overload, the spread
+    only with the square root of the load."""
     if inflight is None or request_rate is None or service_rate <= 0:
         return None
-    return max(0.0, inflight - max(0.0, request_rate) / service_rate)
+    busy = max(0.0, request_rate) / service_rate
+    excess = inflight - busy
+    return excess if excess > QUEUE_Z * math.sqrt(max(1.0, busy)) else 0.0
 
 
 def _service_rate(inputs: ScalingInputs) -> float:

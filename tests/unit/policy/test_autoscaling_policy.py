@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,3 +156,13 @@ def test_queued_from_inflight_is_littles_law() -> None:
     assert pa.queued_from_inflight(25.0, None, 10.0) is None
     assert pa.queued_from_inflight(25.0, 100.0, 10.0) == 15.0  # 10 in service at 100 req/s, 10/s each
     assert pa.queued_from_inflight(5.0, 100.0, 10.0) == 0.0  # fewer than in service: no queue
+
+
+def test_an_inflight_reading_within_the_gauges_noise_is_no_queue() -> None:
+    # 100 req/s at 10 req/s a replica: 10 in service on average, and an instant's count spreads by
+    # about sqrt(10) = 3.2 around it. Nine over is within three deviations; ten over is a queue, whole.
+    assert pa.queued_from_inflight(19.0, 100.0, 10.0) == 0.0
+    assert pa.queued_from_inflight(20.0, 100.0, 10.0) == 10.0
+    # At a low rate at least three requests over: 0.1 in service and 3 in flight is no queue.
+    assert pa.queued_from_inflight(3.0, 1.0, 10.0) == 0.0
+    assert pa.queued_from_inflight(4.5, 1.0, 10.0) == pytest.approx(4.4)

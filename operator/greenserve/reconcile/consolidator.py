@@ -420,9 +420,12 @@ class Consolidator:
                 await self._taint(node, wanted)
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")
         # 3. Start the next move.
-        move = plan.moves[0] if plan.moves else None
-        source = await self._still_valid(move) if move is not None else None
-        if move is not None and source is not None:
+        # One move at a time, and only after a fresh read of its source pod still bears it out.
+        if not plan.moves:
+            return plan
+        move = plan.moves[0]
+        source = await self._still_valid(move)
+        if source is not None:
             if move.service.startswith(pool_moves.KEY_PREFIX):
                 if await self.pools.start(move, source, now):
                     self.state.last_move_at = now

@@ -22,8 +22,9 @@
   `queued_from_inflight`) are added to the rate as `queued / queue_drain_s`, so an overload that built a
   backlog gets the replicas to clear it, not only those for the new arrivals. Scale-up only: a queue
   never lowers the demand, and a missing in-flight reading adds nothing. The gauge is one instant's
-  count, which spreads around its mean even at a steady load, so an excess within that spread is not a
-  queue (`QUEUE_Z`).
+  count, which spreads around its mean even at a steady load: only an excess past `QUEUE_Z` times that
+  spread (`queued_noise`) adds replicas. Any excess at all still keeps the model's rise headroom from
+  giving way (`ScaleDecision.bare`).
 * **SLO guard**: never fewer replicas than the M/M/c model needs to keep p95 under the SLO.
 * **SLO sizing** (optional, `slo_attainment`, for the energy policies): with an SLO and a request rate,
   the demand is the fewest replicas that the M/M/c model says answer that share of requests (e.g. 0.995)
@@ -66,7 +67,7 @@ WAKE_ON_DEMAND = "ActivatorDemand"
 AT_ZERO = "ScaledToZero"
 # Held replicas given up so that another model's scale-up needs no new node (policy/release.py).
 RELEASED = "ReleasedForScaleUp"
-# Deviations of the in-flight gauge's noise past which an excess over the busy count is a queue: as
+# Deviations of the in-flight gauge's noise past which an excess over the busy count adds replicas: as
 # the trend's significance (policy/estimate.py TREND_Z), a false queue about once in 700 readings.
 QUEUE_Z = 3.0
 
@@ -99,6 +100,9 @@ class ScalingInputs:
     # Requests waiting beyond those in service (None: unknown), cleared over queue_drain_s seconds.
     queued_requests: float | None = None
     queue_drain_s: float = 60.0
+    # Standard deviation of the in-flight gauge at a steady load (`inflight_noise`): a queue within
+    # QUEUE_Z of it adds no replica.
+    queued_noise: float = 0.0
     # Scale on concurrency instead: requests in flight summed over the replicas (the agents' gauge; None:
     # missing) against this many per replica. In flight already counts the queued, so no queue term.
     target_concurrency: float | None = None
@@ -183,19 +187,22 @@ def queued_from_inflight(
 ) -> float | None:
     """Requests waiting: in flight beyond the rate x service time that Little's law puts in service
     (None when either reading is missing). A batching server holds a few more in its batch queue; they
-    are part of the service time it was sized with.
-
-    The gauge is an instant's count: at a steady load the requests in service are about Poisson around
-    that mean (standard deviation its square root), so half of all readings exceed it by chance. An
-    excess counts only past `QUEUE_Z` deviations (at least one request's worth); below that it is 0,
-    and a model is not taken for one whose queue is building (its `bare` count and the scale-up for
-    it) on noise. A real backlog passes at once: it grows with every second of overload, the spread
-    only with the square root of the load."""
+    are part of the service time it was sized with. The gauge is one instant's count, so this is noisy:
+    see `inflight_noise`."""
     if inflight is None or request_rate is None or service_rate <= 0:
         return None
-    busy = max(0.0, request_rate) / service_rate
-    excess = inflight - busy
-    return excess if excess > QUEUE_Z * math.sqrt(max(1.0, busy)) else 0.0
+    return max(0.0, inflight - max(0.0, request_rate) / service_rate)
+
+
+def inflight_noise(request_rate: float | None, service_rate: float) -> float:
+    """Standard deviation of the in-flight gauge at a steady load: the requests in service at an instant
+    are about Poisson around rate x service time, so half of a steady model's readings exceed it by
+    chance. At least one request's worth, so that a model of a few requests a minute needs a few over.
+    A real backlog passes QUEUE_Z of it at once: it grows with every second of overload, the spread only
+    with the square root of the load."""
+    if request_rate is None or service_rate <= 0:
+        return 0.0
+    return math.sqrt(max(1.0, max(0.0, request_rate) / service_rate))
 
 
 def _service_rate(inputs: ScalingInputs) -> float:
@@ -334,8 +341,9 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
             boost = min(
                 inputs.request_rate_trend * horizon, max(0.0, inputs.trend_max_boost) * inputs.request_rate
             )
-        if inputs.queued_requests and inputs.queued_requests > 0:
-            boost += inputs.queued_requests / max(1.0, inputs.queue_drain_s)
+        queued = inputs.queued_requests or 0.0
+        if queued > QUEUE_Z * inputs.queued_noise:
+            boost += queued / max(1.0, inputs.queue_drain_s)
     if boost > 0:
         assert inputs.request_rate is not None
         found = demand_replicas(replace(inputs, request_rate=inputs.request_rate + boost))
@@ -368,11 +376,14 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         else:
             reason = IDLE_WAITING
     bounded = max(floor, min(inputs.max_replicas, need))
-    # A model whose own rise may be under way (a sustained trend, or in-flight requests above what its
-    # rate keeps busy: a queue, or just the newest reading above the window's mean) keeps its headroom: a
-    # replica given way now would meet that rise before its replacement found a node (README.md).
+    # A model whose own rise may be under way (a sustained trend, or any in-flight requests above what
+    # its rate keeps busy: a queue, or only the gauge's noise) keeps its headroom: a replica given way now
+    # would meet that rise before its replacement found a node. The noise is kept on purpose: it leaves
+    # about half of the steady models' headroom out of each tick's give-way, which measured better at the
+    # bursts than giving way on significant rises only (README.md, "How it scales").
     bare = bounded
-    if inputs.rise_factor > 1.0 and inputs.request_rate is not None and boost <= 0:
+    rising = boost > 0 or (inputs.queued_requests or 0.0) > 0
+    if inputs.rise_factor > 1.0 and inputs.request_rate is not None and not rising:
         seen = inputs.request_rate / inputs.rise_factor
         found_bare = demand_replicas(replace(inputs, request_rate=seen))
         if found_bare is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from greenserve.policy import estimate
-from greenserve.policy.autoscaling import ScalingInputs, queued_from_inflight
+from greenserve.policy.autoscaling import ScalingInputs, inflight_noise, queued_from_inflight
 from greenserve.policy.energy import (
     DEFAULT_GPU_PRODUCT,
     GpuPowerModel,
@@ -156,12 +156,14 @@ def scaling_inputs(
     rate: float | None = None
     window = default_window_s
     queued = trend = None
+    noise = 0.0
     if reading is not None:
         rate, window = sizing_rate(profile, reading)
         if rate is not None:
             rate *= rise_factor
         if by_rate and profile.service_rate_rps:
             queued = queued_from_inflight(reading.inflight, reading.rate, profile.service_rate_rps)
+            noise = inflight_noise(reading.rate, profile.service_rate_rps)
         history = reading.rate_history[:TREND_WINDOWS]
         if len(history) >= 2 and reading.window_s > 0:
             trend = estimate.significant_trend(history, reading.window_s)
@@ -186,6 +188,7 @@ def scaling_inputs(
         cold_start_energy_j=profile.cold_start_energy_j,
         queued_requests=queued,
         queue_drain_s=profile.queue_drain_s,
+        queued_noise=noise,
         request_rate_trend=trend,
         trend_max_boost=profile.trend_max_boost,
         # Knative-style: in-flight requests per replica from the agents' gauge; no gauge, no scaling.

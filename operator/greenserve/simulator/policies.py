@@ -8,6 +8,7 @@ for, where the scheduler puts them, and which go on scale-in.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -216,7 +217,10 @@ class Greenserve:
     are the operator's for the same spec and reading (tests/unit/policy/test_one_adapter.py). Two facts
     differ from a live cluster's by default: the policy is told each model's load time, which a spec
     cannot say (`known_cold_start`; the operator assumes 60 s), and the readings carry
-    `estimate_horizon_s` of rate history where the Prometheus source reads three windows. As an energy
+    `estimate_horizon_s` of rate history where the Prometheus source reads three windows. The agents'
+    in-flight gauge is read as the operator reads it, one instant's count: the backlog plus a Poisson
+    count around the requests in service (seeded by the scenario's arrivals, so a run is reproducible),
+    not the engine's step mean. As an energy
     policy (Balanced/PowerSaving) with an SLO, demand is sized by the M/M/c queueing model for
     `slo_attainment` of requests within the SLO, a sustained rise is projected over the cold start,
     scale-up is immediate and scale-down stabilised for 300 s like the HPA-like baseline. The other knobs
@@ -264,6 +268,7 @@ class Greenserve:
     _targets: list[float] = field(default_factory=list)  # per model: the fleet objective's share
     _rise: list[float] = field(default_factory=list)
     _rise_at: float = -math.inf
+    _gauge: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def spec_for(self, sim: Simulation, m: int) -> ModelServiceSpec:
         """The ModelService this policy runs model `m` as."""
@@ -295,6 +300,7 @@ class Greenserve:
         self._profiles = [self.profile_for(sim, m) for m in range(len(sim.models))]
         self._last_move_at = None
         self._rise, self._rise_at = [], -math.inf
+        self._gauge = np.random.default_rng(zlib.crc32(np.ascontiguousarray(sim.trace.rates).tobytes()))
         self._observe(sim)
         out = []
         for m in range(len(sim.models)):
@@ -312,9 +318,15 @@ class Greenserve:
         n = max(profile.TREND_WINDOWS, round(self.estimate_horizon_s / w))
         history = np.stack([sim.observed_rates(w, lag_s=i * w) for i in range(n)], axis=1).tolist()
         self._readings = []
+        gauge: list[float] | None = None
+        if sim.k > 0 and self.queue_drain_s > 0:
+            # The agents' in-flight gauge at this instant: the queue, and the requests in service, which
+            # at a steady load are about Poisson around the last step's mean (autoscaling.inflight_noise).
+            backlog = np.asarray(sim.backlog, dtype=np.float64)
+            busy = np.maximum(0.0, sim.concurrency[:, sim.k - 1] - backlog)
+            gauge = (self._gauge.poisson(busy) + backlog).tolist()
         for m, hist in enumerate(history):
-            # The in-flight gauge of the last step (busy servers + queue), as the agents export it.
-            inflight = float(sim.concurrency[m, sim.k - 1]) if sim.k > 0 and self.queue_drain_s > 0 else None
+            inflight = None if gauge is None else float(gauge[m])
             ready = sim.ready_count(m)
             cap = sim.models[m].capacity_rps
             self._readings.append(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -158,11 +159,19 @@ def test_queued_from_inflight_is_littles_law() -> None:
     assert pa.queued_from_inflight(5.0, 100.0, 10.0) == 0.0  # fewer than in service: no queue
 
 
-def test_an_inflight_reading_within_the_gauges_noise_is_no_queue() -> None:
-    # 100 req/s at 10 req/s a replica: 10 in service on average, and an instant's count spreads by
-    # about sqrt(10) = 3.2 around it. Nine over is within three deviations; ten over is a queue, whole.
-    assert pa.queued_from_inflight(19.0, 100.0, 10.0) == 0.0
-    assert pa.queued_from_inflight(20.0, 100.0, 10.0) == 10.0
-    # At a low rate at least three requests over: 0.1 in service and 3 in flight is no queue.
-    assert pa.queued_from_inflight(3.0, 1.0, 10.0) == 0.0
-    assert pa.queued_from_inflight(4.5, 1.0, 10.0) == pytest.approx(4.4)
+def test_an_inflight_reading_within_the_gauges_noise_adds_no_replica() -> None:
+    # 100 req/s at 10 req/s a replica: 10 busy on average, and an instant's count spreads by sqrt(10)
+    # around it (at least one request: a model of a few requests a minute needs a few over).
+    assert pa.inflight_noise(100.0, 10.0) == pytest.approx(math.sqrt(10.0))
+    assert pa.inflight_noise(1.0, 10.0) == 1.0
+    assert pa.inflight_noise(None, 10.0) == 0.0
+    steady = inputs(capacity_rps=10.0, current_replicas=13, ready_replicas=13, max_replicas=40)
+    noise = pa.inflight_noise(100.0, 10.0)
+    assert pa.decide(steady, pa.ScalerState(), NOW).desired_replicas == 13  # ceil(100 / 8)
+    # Nine over the busy count is within three deviations (9.5): no replica, where counted over a
+    # one-second drain it would have made 109 req/s and 14.
+    noisy = replace(steady, queued_requests=9.0, queued_noise=noise, queue_drain_s=1.0)
+    assert pa.decide(noisy, pa.ScalerState(), NOW).desired_replicas == 13
+    # Ten over is past them: a queue, cleared over the drain time.
+    queue = pa.decide(replace(noisy, queued_requests=10.0), pa.ScalerState(), NOW)
+    assert queue.desired_replicas == 14 and queue.reason == pa.SCALE_UP

@@ -378,9 +378,10 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     bounded = max(floor, min(inputs.max_replicas, need))
     # A model whose own rise may be under way (a sustained trend, or any in-flight requests above what
     # its rate keeps busy: a queue, or only the gauge's noise) keeps its headroom: a replica given way now
-    # would meet that rise before its replacement found a node. The noise is kept on purpose: it leaves
-    # about half of the steady models' headroom out of each tick's give-way, which measured better at the
-    # bursts than giving way on significant rises only (README.md, "How it scales").
+    # would meet that rise before its replacement found a node. The noise is kept on purpose: it keeps a
+    # share of the steady models' headroom out of each tick's give-way (about 45% of the readings of a
+    # model with a few requests in service, fewer below), which measured better at the bursts than giving
+    # way on significant rises only (README.md, "How it scales").
     bare = bounded
     rising = boost > 0 or (inputs.queued_requests or 0.0) > 0
     if inputs.rise_factor > 1.0 and inputs.request_rate is not None and not rising:

@@ -35,6 +35,12 @@ async def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, 
         deps = memo.get("loop")
         if isinstance(deps, LoopDeps) and deps.metrics is not None:
             deps.metrics.forget(meta["namespace"], meta["name"])
+        # A pool member's deletion re-plans its pool now (the other members' reconciles sync it and
+        # unload the model), not only once the garbage collector has edited the pool Deployment's
+        # ownerReferences, whose event reaches owned_deployment_changed.
+        if "kube" in memo and "config" in memo:
+            for member in rec.pool_members_beside(CACHE.owned.values(), meta["namespace"], meta["name"]):
+                rec.refresh_soon(memo["kube"], meta["namespace"], member, memo["config"])
     else:
         CACHE.observe_msvc(body)
         deps = memo.get("loop")

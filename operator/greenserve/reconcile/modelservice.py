@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -833,3 +833,17 @@ def pool_members(dep: Mapping[str, Any]) -> list[str]:
     if LABEL_POOL not in (meta.get("labels") or {}):
         return []
     return [str(r["name"]) for r in meta.get("ownerReferences") or [] if r.get("kind") == "ModelService"]
+
+
+def pool_members_beside(deployments: Iterable[Mapping[str, Any]], namespace: str, name: str) -> list[str]:
+    """The other members of every shared pool that ModelService `name` is a member of, from the pools'
+    Deployments (`deployments`: the cache's owned objects): the ones whose reconcile re-plans a pool
+    that `name` leaves."""
+    out: list[str] = []
+    for dep in deployments:
+        if dep.get("kind") != "Deployment" or (dep.get("metadata") or {}).get("namespace") != namespace:
+            continue
+        members = pool_members(dep)
+        if name in members:
+            out.extend(m for m in members if m != name and m not in out)
+    return out

@@ -196,7 +196,7 @@ def queued_from_inflight(
 
 def inflight_noise(request_rate: float | None, service_rate: float) -> float:
     """Standard deviation of the in-flight gauge at a steady load: the requests in service at an instant
-    are about Poisson around rate x service time, so half of a steady model's readings exceed it by
+    are about Poisson around rate x service time, so nearly half of a steady model's readings exceed it by
     chance. At least one request's worth, so that a model of a few requests a minute needs a few over.
     A real backlog passes QUEUE_Z of it at once: it grows with every second of overload, the spread only
     with the square root of the load."""
@@ -379,8 +379,8 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     # A model whose own rise may be under way (a sustained trend, or any in-flight requests above what
     # its rate keeps busy: a queue, or only the gauge's noise) keeps its headroom: a replica given way now
     # would meet that rise before its replacement found a node. The noise is kept on purpose: it keeps a
-    # share of the steady models' headroom out of each tick's give-way (about 45% of the readings of a
-    # model with a few requests in service, fewer below), which measured better at the bursts than giving
+    # share of the steady models' headroom out of each tick's give-way (40-46% of the readings of a model
+    # with a few or more requests in service, 10% at 0.1), which measured better at the bursts than giving
     # way on significant rises only (README.md, "How it scales").
     bare = bounded
     rising = boost > 0 or (inputs.queued_requests or 0.0) > 0

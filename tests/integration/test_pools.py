@@ -227,6 +227,36 @@ async def test_low_traffic_models_share_one_pool_pod_and_one_moves_out_without_a
         assert await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL
 
 
+async def test_a_deleted_pool_member_leaves_its_pool_and_the_others_stay_served(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, pool_operator: OperatorProcess
+) -> None:
+    """Deleting a pooled ModelService unloads its model from the pool's list (the DELETED event re-plans
+    the pool through the other members: handlers/cache.py), and the others stay Ready from the pool."""
+    names = [f"member-{i}" for i in range(3)]
+    for name in names:
+        kubectl.apply(msvc(name, namespace))
+    key = pm.PoolKey(namespace, None, KEY_IMAGE)
+
+    async def all_served() -> bool:
+        return all([await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL for n in names])
+
+    await eventually(all_served, 180, 1.0, "every member Ready from the shared pool")
+    gone, kept = names[1], [names[0], names[2]]
+    t0 = time.monotonic()
+    kubectl.run("delete", "modelservice", gone, "-n", namespace, "--wait=false")
+
+    async def unloaded() -> bool:
+        cm = await kube.get(CONFIGMAPS, pm.config_map_name(key), namespace)
+        return f'name: "{gone}"' not in cm["data"][pm.MODEL_CONFIG_KEY]
+
+    await eventually(unloaded, 120, 0.2, f"{gone} off the pool's model list")
+    print(f"POOL deleted member off the model list after {time.monotonic() - t0:.2f} s")
+    cm = await kube.get(CONFIGMAPS, pm.config_map_name(key), namespace)
+    assert all(f'name: "{n}"' in cm["data"][pm.MODEL_CONFIG_KEY] for n in kept)
+    for n in kept:
+        assert await ready_reason(kube, namespace, n) == cond.REASON_SHARED_POOL
+
+
 async def test_models_that_outgrow_one_pool_gpu_are_served_from_a_second_one(
     kube: KubeClient, kubectl: Kubectl, namespace: str, pool_operator: OperatorProcess
 ) -> None:

@@ -38,9 +38,8 @@ async def modelservice_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, 
         # A pool member's deletion re-plans its pool now (the other members' reconciles sync it and
         # unload the model), not only once the garbage collector has edited the pool Deployment's
         # ownerReferences, whose event reaches owned_deployment_changed.
-        if "kube" in memo and "config" in memo:
-            for member in rec.pool_members_beside(CACHE.owned.values(), meta["namespace"], meta["name"]):
-                rec.refresh_soon(memo["kube"], meta["namespace"], member, memo["config"])
+        for member in rec.pool_members_beside(CACHE.owned.values(), meta["namespace"], meta["name"]):
+            rec.refresh_soon(memo["kube"], meta["namespace"], member, memo["config"])
     else:
         CACHE.observe_msvc(body)
         deps = memo.get("loop")

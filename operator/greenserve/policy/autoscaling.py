@@ -332,6 +332,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
         return ScaleDecision(current, HOLD_STALE, _in_gap(state, now))
     state, overlapping, holding = _after_gap(inputs, state, now)
     boost = 0.0
+    queued = inputs.queued_requests or 0.0
     if inputs.request_rate is not None and inputs.request_rate > 0:
         # The adjacent windows of the trend reach back into a gap longer than the hold lasts: a rise
         # across it is the gap's artefact (seen end to end: 4 -> 8 replicas at a steady load), not load.
@@ -341,7 +342,6 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
             boost = min(
                 inputs.request_rate_trend * horizon, max(0.0, inputs.trend_max_boost) * inputs.request_rate
             )
-        queued = inputs.queued_requests or 0.0
         if queued > QUEUE_Z * inputs.queued_noise:
             boost += queued / max(1.0, inputs.queue_drain_s)
     if boost > 0:
@@ -383,7 +383,7 @@ def decide(inputs: ScalingInputs, state: ScalerState, now: float) -> ScaleDecisi
     # with a few or more requests in service, 10% at 0.1), which measured better at the bursts than giving
     # way on significant rises only (README.md, "How it scales").
     bare = bounded
-    rising = boost > 0 or (inputs.queued_requests or 0.0) > 0
+    rising = boost > 0 or queued > 0
     if inputs.rise_factor > 1.0 and inputs.request_rate is not None and not rising:
         seen = inputs.request_rate / inputs.rise_factor
         found_bare = demand_replicas(replace(inputs, request_rate=seen))

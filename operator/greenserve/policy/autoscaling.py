@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -213,6 +213,11 @@ def _service_rate(inputs: ScalingInputs) -> float:
 
 def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
     """Replicas the observed load needs (before bounds and stabilisation), or None without data."""
+    return _demand(inputs, inputs.request_rate)
+
+
+def _demand(inputs: ScalingInputs, request_rate: float | None) -> tuple[int, str] | None:
+    """`demand_replicas` at `request_rate` instead of the inputs' own."""
     target = min(1.0, max(0.05, inputs.target_utilization))
     need: int | None = None
     reason = STEADY
@@ -220,23 +225,23 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
         if inputs.concurrency is None:
             return None
         need = math.ceil(max(0.0, inputs.concurrency) / inputs.target_concurrency - 1e-9)
-    elif inputs.request_rate is not None and inputs.capacity_rps:
-        need = math.ceil(max(0.0, inputs.request_rate) / (inputs.capacity_rps * target) - 1e-9)
+    elif request_rate is not None and inputs.capacity_rps:
+        need = math.ceil(max(0.0, request_rate) / (inputs.capacity_rps * target) - 1e-9)
     elif inputs.gpu_utilization is not None:
         need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
     if need is None:
         return None
-    if inputs.slo_attainment and inputs.slo_p95_ms and inputs.request_rate is not None:
+    if inputs.slo_attainment and inputs.slo_p95_ms and request_rate is not None:
         need = replicas_for_attainment(
-            max(0.0, inputs.request_rate),
+            max(0.0, request_rate),
             _service_rate(inputs),
             inputs.slo_p95_ms / 1000.0,
             min(0.999999, max(0.5, inputs.slo_attainment)),
             limit=max(inputs.max_replicas, 1),
         )
-    if inputs.slo_p95_ms and inputs.request_rate:
+    if inputs.slo_p95_ms and request_rate:
         guard = replicas_for_slo(
-            inputs.request_rate,
+            request_rate,
             _service_rate(inputs),
             inputs.slo_p95_ms / 1000.0,
             limit=max(inputs.max_replicas, 1),
@@ -244,6 +249,53 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
         if guard > need:
             need, reason = guard, SLO_GUARD
     return need, reason
+
+
+def headroom_factor(
+    inputs: ScalingInputs, share_above: Callable[[float, float], float], quantile: float
+) -> float:
+    """The rise factor to size for: `inputs.rise_factor` (the quantile's level of the model's rises,
+    which `request_rate` includes) lowered to the last replica whose band is filled enough.
+
+    Replica k's band is the rates from what k - 1 replicas carry (the highest rate they are sized for)
+    to what k carry, as rise ratios over the load seen (request_rate / rise_factor). It is held as
+    headroom only while `share_above` (policy/estimate.py `Rises.share_above`) of its band is at least
+    1 - `quantile`: its expected use by the rises within the lead time, as a share of the replica. Of
+    many thin bands this keeps the quantile's level; a wide band (a replica that carries a lot more
+    than the load seen) is held only for rises that would fill enough of it. Never above the
+    quantile's level: past it the share above is less than 1 - quantile everywhere."""
+    factor, rate = inputs.rise_factor, inputs.request_rate
+    if factor <= 1.0 or rate is None or rate <= 0:
+        return factor
+    seen = rate / factor
+
+    def count(r: float) -> int:
+        found = _demand(inputs, r)
+        return found[0] if found else 0
+
+    def carried(k: int, lo: float) -> float:
+        """The highest rate that k replicas are sized for (within 2^-14 of the bracket), from lo."""
+        # k replicas carry less than k x a replica's service rate (else they are unstable): the bracket.
+        hi = max(lo * 1.01, k * _service_rate(inputs))
+        for _ in range(40):  # the count is capped at max_replicas: past that every rate gives k
+            if count(hi) > k:
+                break
+            hi *= 2.0
+        else:
+            return hi
+        for _ in range(14):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if count(mid) <= k else (lo, mid)
+        return lo
+
+    held, top = count(seen), count(rate)
+    lo = carried(held, seen)
+    for k in range(held + 1, top + 1):
+        hi = carried(k, lo)
+        if share_above(lo / seen, hi / seen) < 1.0 - quantile:
+            return max(1.0, lo / seen)
+        lo = hi
+    return factor
 
 
 def sustained_trend(rates: Sequence[float], window_s: float) -> float:

@@ -40,6 +40,15 @@ the models differ no more than that (one traffic, bursts at random), a model's q
 the fleet's rises decide; where they differ, each model keeps about its own. A fleet whose models never
 jump lends nothing; a model whose bursts set it apart keeps them.
 
+The quantile is a level of rate, but replicas are whole: a model of 4 req/s whose replica carries
+10 would hold a whole second replica for a rise to 5 req/s, which fills a tenth of it. So
+`Rises.share_above` gives what a replica's band of rates (from the rate its count carries to the rate
+one more carries) is worth: the mean over the band of the share of rises above each rate, the share of
+the band the rises fill on average. The autoscaler holds a headroom replica only while that share is at
+least 1 - quantile (policy/autoscaling.py `headroom_factor`). For a model of many replicas the bands are
+thin and this is the quantile's level; for a small model it holds a replica only for rises that would
+fill enough of it.
+
 Defaults (`confidence` 0.9, `target_events` 100, `step_z` 3.5, trend `z` 3, `min_events` 100) are
 statistical: at z = 3.5 a single window flags a false step about once in 4,000 windows; 100 requests
 estimate a rate within 10%.
@@ -48,9 +57,11 @@ estimate a rate within 10%.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from greenserve.policy.autoscaling import sustained_trend
 
@@ -278,3 +289,38 @@ def rise_factor(
     """Headroom factor (>= 1) from adjacent windows' rates, newest first (see the module docstring)."""
     own = rise_ratios(rates, window_s, lead_s, min_events=min_events, max_pool=max_pool)
     return rise_quantile(own, quantile, prior, prior_weight)
+
+
+@dataclass(frozen=True)
+class Rises:
+    """A model's rises within the lead time (`rise_ratios`, sorted) mixed with the fleet's (`prior`, sorted)
+    as `prior_weight` observations of its own: the distribution `rise_quantile` reads."""
+
+    own: tuple[float, ...] = ()
+    prior: tuple[float, ...] = ()
+    prior_weight: float = 0.0
+
+    def quantile(self, q: float) -> float:
+        return rise_quantile(self.own, q, self.prior, self.prior_weight)
+
+    @cached_property
+    def _parts(self) -> tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...]:
+        """(weight, sorted values, their prefix sums) of each part of the mixture."""
+        n_own, n_prior = len(self.own), len(self.prior) if self.prior_weight > 0 else 0
+        if n_own + n_prior == 0:
+            return ()
+        w_own = n_own / (n_own + self.prior_weight) if n_prior else 1.0
+        parts = ((w_own, self.own), (1.0 - w_own, self.prior if n_prior else ()))
+        return tuple((w, vs, (0.0, *itertools.accumulate(vs))) for w, vs in parts if vs and w > 0)
+
+    def share_above(self, lo: float, hi: float) -> float:
+        """The mean, over rise ratios x in [lo, hi], of the share of rises above x: the share of that band
+        of rates that the rises fill on average (0 without rises)."""
+        if hi <= lo or not self._parts:
+            return 0.0
+        below = 0.0  # the integral of the mixture's cdf over [lo, hi]
+        for w, vs, prefix in self._parts:
+            i_lo, i_hi = bisect.bisect_right(vs, lo), bisect.bisect_left(vs, hi)
+            inside = (i_hi - i_lo) * hi - (prefix[i_hi] - prefix[i_lo]) if i_hi > i_lo else 0.0
+            below += w * (i_lo * (hi - lo) + inside) / len(vs)
+        return min(1.0, max(0.0, 1.0 - below / (hi - lo)))

@@ -13,11 +13,11 @@ history of rises, the GPU placement) stay with the caller; their per-service pie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from greenserve.policy import estimate
-from greenserve.policy.autoscaling import ScalingInputs, inflight_noise, queued_from_inflight
+from greenserve.policy.autoscaling import ScalingInputs, headroom_factor, inflight_noise, queued_from_inflight
 from greenserve.policy.energy import (
     DEFAULT_GPU_PRODUCT,
     GpuPowerModel,
@@ -199,6 +199,17 @@ def scaling_inputs(
         demand_at=demand_at,
         rise_factor=rise_factor if rate is not None else 1.0,
     )
+
+
+def with_headroom(inputs: ScalingInputs, rises: estimate.Rises, quantile: float) -> ScalingInputs:
+    """`inputs` (built with the rises' `quantile` as `rise_factor`) with the headroom held only as far as
+    whole replicas are filled enough by the rises (autoscaling.headroom_factor). Applied once every other
+    input is final (the fleet objective's target included), as the band of a replica depends on them."""
+    factor = headroom_factor(inputs, rises.share_above, quantile)
+    if factor >= inputs.rise_factor or inputs.request_rate is None:
+        return inputs
+    seen = inputs.request_rate / inputs.rise_factor
+    return replace(inputs, request_rate=seen * factor, rise_factor=factor)
 
 
 def fleet_member(profile: ServiceProfile, rate: float) -> FleetMember:

@@ -230,6 +230,7 @@ def policy_inputs(
     if reading is not None and inputs.request_rate is not None:
         hist.set_sized_rate((reading.namespace, reading.name), reading.sampled_at or now, inputs.request_rate)
     target = inputs.slo_attainment
+    rises: estimate.Rises | None = None
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate and reading.window_s > 0:
         # Headroom for the rises this model has shown within the lead time, at the target's quantile,
         # with the fleet's rises as its prior (worth as much as the fleet's models are alike).
@@ -238,7 +239,8 @@ def policy_inputs(
         lead_s = profile.rise_lead_s(svc, reading.window_s)
         own = hist.rises(key, reading.window_s, lead_s)
         weight = hist.prior_weight(target, math.ceil(lead_s / reading.window_s))
-        factor = estimate.rise_quantile(own, target, hist.prior(), weight)
+        rises = estimate.Rises(tuple(own), hist.prior(), weight)
+        factor = rises.quantile(target)
         hist.set_factor(key, factor)
         inputs = scaling_inputs(spec, status, reading, config, rise_factor=factor, demand_at=demand_at)
     if reading is not None and target and inputs.slo_p95_ms and inputs.request_rate is not None:
@@ -248,6 +250,9 @@ def policy_inputs(
         key = (reading.namespace, reading.name)
         price = book.price(key, target, member, now, config.metrics_stale_after_s)
         inputs = replace(inputs, slo_attainment=fleet.member_target(member, price, target))
+    if rises is not None and target:
+        # Whole replicas: a headroom replica only where the rises fill enough of it (estimate.Rises).
+        inputs = profile.with_headroom(inputs, rises, target)
     return inputs
 
 

@@ -266,7 +266,8 @@ class Greenserve:
     _profiles: list[profile.ServiceProfile] = field(default_factory=list)
     _readings: list[profile.Reading] = field(default_factory=list)
     _targets: list[float] = field(default_factory=list)  # per model: the fleet objective's share
-    _rise: list[float] = field(default_factory=list)
+    _rise: list[float] = field(default_factory=list)  # per model: the rises' quantile (the level)
+    _rises: list[estimate.Rises] = field(default_factory=list)
     _rise_at: float = -math.inf
     _gauge: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
@@ -299,7 +300,7 @@ class Greenserve:
         self._states = [autoscaling.ScalerState() for _ in sim.models]
         self._profiles = [self.profile_for(sim, m) for m in range(len(sim.models))]
         self._last_move_at = None
-        self._rise, self._rise_at = [], -math.inf
+        self._rise, self._rises, self._rise_at = [], [], -math.inf
         self._gauge = np.random.default_rng(zlib.crc32(np.ascontiguousarray(sim.trace.rates).tobytes()))
         self._observe(sim)
         out = []
@@ -351,14 +352,16 @@ class Greenserve:
             # As the operator: the fleet's rises are the prior of every model's own, worth as much as
             # the fleet's models are alike (estimate.prior_weight).
             prior = estimate.pool_rises(ratios) if self.rise_prior else ()
-            self._rise = []
+            self._rise, self._rises = [], []
             weights: dict[tuple[float, int], float] = {}
             for p, rs in zip(self._profiles, ratios, strict=True):
-                q = self.rise_quantile if self.rise_quantile is not None else p.slo_attainment or 0.99
+                q = self._quantile(p)
                 lead = math.ceil(profile.rise_lead_s(p, w) / w)
                 if (q, lead) not in weights:
                     weights[(q, lead)] = estimate.prior_weight(ratios, prior, q, lead)
-                self._rise.append(estimate.rise_quantile(rs, q, prior, weights[(q, lead)]))
+                rises = estimate.Rises(tuple(rs), tuple(prior), weights[(q, lead)])
+                self._rises.append(rises)
+                self._rise.append(rises.quantile(q))
         self._targets = []
         if self.fleet_objective and self.slo_attainment:
             members = []
@@ -389,7 +392,13 @@ class Greenserve:
             # The ablation of SLO sizing: the same estimates and headroom, sized by the bench's target
             # utilization (the baselines') instead of the queueing model.
             inputs = replace(inputs, slo_attainment=None, target_utilization=self.target_utilization)
+        if self._rise and self._profiles[m].sized_by_slo:
+            inputs = profile.with_headroom(inputs, self._rises[m], self._quantile(self._profiles[m]))
         return inputs
+
+    def _quantile(self, p: profile.ServiceProfile) -> float:
+        # As the operator: the rise headroom's quantile is the attainment target (a bench knob apart).
+        return self.rise_quantile if self.rise_quantile is not None else p.slo_attainment or 0.99
 
     def _rise_factor(self, m: int) -> float:
         # As the operator: the rise headroom is the SLO sizing's (its quantile is the attainment target).

@@ -48,6 +48,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from greenserve.policy.energy import break_even_idle_s
@@ -265,37 +266,80 @@ def headroom_factor(
     than the load seen) is held only for rises that would fill enough of it. Never above the
     quantile's level: past it the share above is less than 1 - quantile everywhere."""
     factor, rate = inputs.rise_factor, inputs.request_rate
-    if factor <= 1.0 or rate is None or rate <= 0:
-        return factor
+    if factor <= 1.0 or rate is None or rate <= 0 or not inputs.capacity_rps or inputs.target_concurrency:
+        return factor  # only a count sized by the rate has bands of rates
     seen = rate / factor
+    sizing = (
+        inputs.capacity_rps,
+        inputs.target_utilization,
+        inputs.slo_p95_ms,
+        inputs.slo_attainment,
+        inputs.max_replicas,
+    )
+    held, top = _count_at(seen, *sizing), _count_at(rate, *sizing)
 
-    def count(r: float) -> int:
-        found = _demand(inputs, r)
-        return found[0] if found else 0
+    def filled(k: int) -> bool:
+        return share_above(_carried(k - 1, *sizing) / seen, _carried(k, *sizing) / seen) >= 1.0 - quantile
 
-    def carried(k: int, lo: float) -> float:
-        """The highest rate that k replicas are sized for (within 2^-14 of the bracket), from lo."""
-        # k replicas carry less than k x a replica's service rate (else they are unstable): the bracket.
-        hi = max(lo * 1.01, k * _service_rate(inputs))
-        for _ in range(40):  # the count is capped at max_replicas: past that every rate gives k
-            if count(hi) > k:
-                break
-            hi *= 2.0
-        else:
-            return hi
-        for _ in range(14):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if count(mid) <= k else (lo, mid)
-        return lo
+    # Each band lies above the one before it and the share above falls with the rate, so whether a band
+    # is filled enough falls with k: the last one that is, by bisection.
+    lo, hi = held, top + 1  # replica lo is held (or is the load seen's), replica hi is not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if filled(mid) else (lo, mid)
+    return factor if lo == top else max(1.0, _carried(lo, *sizing) / seen)
 
-    held, top = count(seen), count(rate)
-    lo = carried(held, seen)
-    for k in range(held + 1, top + 1):
-        hi = carried(k, lo)
-        if share_above(lo / seen, hi / seen) < 1.0 - quantile:
-            return max(1.0, lo / seen)
-        lo = hi
-    return factor
+
+def _count_at(
+    rate: float,
+    capacity_rps: float,
+    target_utilization: float,
+    slo_p95_ms: float | None,
+    slo_attainment: float | None,
+    max_replicas: int,
+) -> int:
+    """`demand_replicas` of a count sized by the rate alone (capacity known, no concurrency target)."""
+    probe = ScalingInputs(
+        current_replicas=0,
+        ready_replicas=0,
+        min_replicas=0,
+        max_replicas=max_replicas,
+        target_utilization=target_utilization,
+        capacity_rps=capacity_rps,
+        request_rate=rate,
+        gpu_utilization=None,
+        sampled_at=None,
+        slo_p95_ms=slo_p95_ms,
+        slo_attainment=slo_attainment,
+    )
+    found = _demand(probe, rate)
+    return found[0] if found else 0
+
+
+@lru_cache(maxsize=65536)
+def _carried(
+    k: int,
+    capacity_rps: float,
+    target_utilization: float,
+    slo_p95_ms: float | None,
+    slo_attainment: float | None,
+    max_replicas: int,
+) -> float:
+    """The highest rate that k replicas are sized for, within a millionth of k replicas' service rate.
+    The same for every model of one sizing, so it is computed once (cached)."""
+    sizing = (capacity_rps, target_utilization, slo_p95_ms, slo_attainment, max_replicas)
+    # k replicas carry less than k x a replica's service rate (else they are unstable): the bracket.
+    lo, hi = 0.0, max(1e-9, k * capacity_rps)
+    for _ in range(40):  # the count is capped at max_replicas: past that every rate gives k
+        if _count_at(hi, *sizing) > k:
+            break
+        hi *= 2.0
+    else:
+        return hi
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _count_at(mid, *sizing) <= k else (lo, mid)
+    return lo
 
 
 def sustained_trend(rates: Sequence[float], window_s: float) -> float:

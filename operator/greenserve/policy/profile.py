@@ -204,7 +204,9 @@ def scaling_inputs(
 def with_headroom(inputs: ScalingInputs, rises: estimate.Rises, quantile: float) -> ScalingInputs:
     """`inputs` (built with the rises' `quantile` as `rise_factor`) with the headroom held only as far as
     whole replicas are filled enough by the rises (autoscaling.headroom_factor). Applied once every other
-    input is final (the fleet objective's target included), as the band of a replica depends on them."""
+    input is final (the fleet objective's target included), as the band of a replica depends on them; the
+    fleet's price is found at the quantile's level, so it counts a little more load than is then held
+    and errs towards more replicas, not fewer."""
     factor = headroom_factor(inputs, rises.share_above, quantile)
     if factor >= inputs.rise_factor or inputs.request_rate is None:
         return inputs

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -28,7 +29,7 @@ def _mean_share_above(rises: estimate.Rises, lo: float, hi: float) -> float:
         return w_own * mine + (1.0 - w_own) * theirs
 
     cuts = sorted({lo, hi, *(v for v in (*rises.own, *rises.prior) if lo < v < hi)})
-    area = sum((b - a) * (1.0 - cdf(0.5 * (a + b))) for a, b in zip(cuts, cuts[1:], strict=False))
+    area = sum((b - a) * (1.0 - cdf(0.5 * (a + b))) for a, b in itertools.pairwise(cuts))
     return area / (hi - lo)
 
 

@@ -316,7 +316,8 @@ def _count_at(
     return found[0] if found else 0
 
 
-@lru_cache(maxsize=65536)
+# Bounded: under the fleet objective each model's target moves with the price, so old sizings fall out.
+@lru_cache(maxsize=16384)
 def _carried(
     k: int,
     capacity_rps: float,

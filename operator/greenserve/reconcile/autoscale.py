@@ -10,7 +10,8 @@ ModelService is reconciled, and until then the fleet is the ModelServices seen s
 for the target by itself, as without the fleet objective). Entries older than the metrics' staleness
 threshold drop out, so a deleted or silent ModelService no longer moves the price. `RateHistory` keeps
 the last hour of each ModelService's request rate, in memory too, for the headroom against rises within
-the lead time, and pools every ModelService's rises as each one's prior (`estimate.rise_quantile`).
+the lead time, and pools every ModelService's rises as each one's prior (`estimate.rise_quantile`); a
+headroom replica is held only where those rises fill enough of it (`profile.with_headroom`).
 """
 
 from __future__ import annotations

@@ -242,16 +242,22 @@ def prior_weight(
     return max(0.0, p * (1.0 - p) / between - 1.0) * per
 
 
+def _mixture(own: Sequence[float], prior: Sequence[float], prior_weight: float) -> tuple[int, int, float]:
+    """(own rises, prior rises counted, the own rises' weight) of the mixture: the prior counts only with
+    a weight, as `prior_weight` observations of the model's own."""
+    n_own, n_prior = len(own), len(prior) if prior_weight > 0 else 0
+    return n_own, n_prior, (n_own / (n_own + prior_weight) if n_prior else 1.0)
+
+
 def rise_quantile(
     own: Sequence[float], quantile: float, prior: Sequence[float] = (), prior_weight: float = 0.0
 ) -> float:
     """The headroom factor (>= 1): the `quantile` of the model's own rises (sorted) mixed with the
     fleet's (`prior`, sorted), which count as `prior_weight` observations of the model's own."""
     q = min(1.0, max(0.0, quantile))
-    n_own, n_prior = len(own), len(prior) if prior_weight > 0 else 0
+    n_own, n_prior, w_own = _mixture(own, prior, prior_weight)
     if n_own + n_prior == 0:
         return 1.0
-    w_own = n_own / (n_own + prior_weight) if n_prior else 1.0
 
     def cdf(x: float) -> float:
         mine = bisect.bisect_right(own, x) / n_own if n_own else 0.0
@@ -306,10 +312,9 @@ class Rises:
     @cached_property
     def _parts(self) -> tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...]:
         """(weight, sorted values, their prefix sums) of each part of the mixture."""
-        n_own, n_prior = len(self.own), len(self.prior) if self.prior_weight > 0 else 0
+        n_own, n_prior, w_own = _mixture(self.own, self.prior, self.prior_weight)
         if n_own + n_prior == 0:
             return ()
-        w_own = n_own / (n_own + self.prior_weight) if n_prior else 1.0
         parts = ((w_own, self.own), (1.0 - w_own, self.prior if n_prior else ()))
         return tuple((w, vs, (0.0, *itertools.accumulate(vs))) for w, vs in parts if vs and w > 0)
 

@@ -18,13 +18,13 @@ Azure LLM inference traces' aggregate arrival curve:
   model to x3 the rate, rising over 2 minutes, 5 minutes long on average) and
   long-tail (steep Zipf: most models well under 1 req/s); Poisson counts per step on top of every shape.
 
-Knobs: HPA-like's target utilization (0.9 down to 0.1, in steps of 0.05 from 0.7 down), Knative-like's
-target utilization (0.7 to 0.3), and greenserve's two-part knob, along three paths: its fleet attainment
+Knobs: HPA-like's target utilization (0.9 down to 0.1, in steps of 0.025 from 0.7 down), Knative-like's
+target utilization (0.7 to 0.3), and greenserve's two-part knob, along five paths: its fleet attainment
 target with the quantile of its rise headroom equal to it (0.8 to 0.999, as Balanced and PowerSaving
 run); the quantile on its own (0 to 0.999; at 0 the headroom is the least rise the model has shown) with
 the fleet target at 0.5, where the p95 guard sizes each model for the rate it sees; and the fleet targets
-0.97 to 0.995 with the least headroom (quantiles 0 and 0.25), where the fleet objective buys the
-attainment above the guard's (`GREENSERVE_PATHS`).
+0.97 to 0.999 with a low headroom (quantiles 0, 0.25 and 0.5, a path each), where the fleet objective
+buys the attainment above the guard's (`GREENSERVE_PATHS`).
 
 Each knob is a set of paths along which replicas, and so attainment and energy, rise. A path's runs are
 found by a search (`frontier_search`) rather than run whole: bisection for the first setting at 99%,
@@ -277,14 +277,15 @@ def make_scenario(key: ScenarioKey, cfg: MatrixConfig) -> Scenario:
 # --- knobs and runs ----------------------------------------------------------------------------------
 
 # The paths are the module docstring's. Each is fine enough around the 99-99.9% frontier that no level is
-# read off a setting far from it: HPA-like in steps of 0.05 from 0.7 down, where it reaches 99-99.9% (on
-# the bursty fleets at 0.3-0.15, where steps of 0.1 differed by up to 30% in energy); greenserve's
+# read off a setting far from it: HPA-like in steps of 0.025 from 0.7 down, where it reaches 99-99.9% (on
+# the bursty fleets at 0.3-0.15, where steps of 0.1 differed by up to 30% in energy; 0.05 until greenserve's
+# third paths grew, so that neither policy's frontier gains from a denser choice of settings); greenserve's
 # quantile path finer over 0.85-0.93, where the fleet's bursts enter the quantile, and over 0.97-0.999,
 # where its attainment stepped by up to 0.7 points. greenserve's realised attainment runs well above its
 # target (the stabilisation window and the headroom keep replicas that the sizing alone would not), hence
 # the low end of its targets.
-HPA_TARGETS = (0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3)
-HPA_LOW_TARGETS = (0.25, 0.2, 0.15, 0.1)
+HPA_TARGETS = (0.9, 0.8, *(round(0.7 - 0.025 * i, 3) for i in range(17)))
+HPA_LOW_TARGETS = tuple(round(0.275 - 0.025 * i, 3) for i in range(8))
 KNATIVE_TARGETS = (0.7, 0.5, 0.3)
 GREENSERVE_TARGETS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 GREENSERVE_FLOOR_TARGET = 0.5
@@ -292,12 +293,14 @@ GREENSERVE_FLOOR_TARGET = 0.5
 GREENSERVE_QUANTILES = (0.0, 0.25, 0.5, 0.8, 0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995,
                         0.999)
 # fmt: on
-# The third path: the fleet objective at its targets with the least rise headroom. The first path ties
-# the headroom's quantile to the target, so a high target also buys every model its largest headroom,
-# and the second has the objective off (the guard binds at 0.5); here the price per late request alone
-# decides where the replicas above the guard's go.
-GREENSERVE_FLEET_TARGETS = (0.97, 0.99, 0.995)
-GREENSERVE_LOW_QUANTILES = (0.0, 0.25)
+# The third set of paths: the fleet objective at its targets with a low rise headroom (none, a quarter's,
+# the median's). The first path ties the headroom's quantile to the target, so a high target also buys
+# every model its largest headroom, and the second has the objective off (the guard binds at 0.5); here
+# the price per late request mostly decides where the replicas above the guard's go. Since a headroom
+# replica is held only where the rises fill enough of it (a9bf06f), the second path no longer gives the
+# small models at the guard a second replica, and only the objective does: its targets reach 0.999.
+GREENSERVE_FLEET_TARGETS = (0.97, 0.99, 0.995, 0.999)
+GREENSERVE_LOW_QUANTILES = (0.0, 0.25, 0.5)
 # (knob, rise quantile): None where the policy has no second part or it equals the knob.
 Setting = tuple[float, float | None]
 # Each path is ordered from the fewest replicas to the most, so that attainment rises along it (the

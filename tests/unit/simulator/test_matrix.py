@@ -171,8 +171,8 @@ def test_greenserve_shared_is_swept_over_greenserves_settings() -> None:
     knobs = mx.sweep()
     assert knobs["greenserve-shared"] == knobs["greenserve"] == mx.GREENSERVE_SETTINGS
     assert any(q is not None for _, q in knobs["greenserve-shared"])
-    # All three paths: the target as the quantile, the quantile alone (target 0.5), and the fleet
-    # objective on with the least headroom (target above 0.5, quantile below it).
+    # Every kind of path: the target as the quantile, the quantile alone (target 0.5), and the fleet
+    # objective on with a low headroom (target above 0.5, quantile below it).
     settings = knobs["greenserve"]
     assert len(set(settings)) == len(settings)
     assert any(q is None for _, q in settings)

@@ -212,3 +212,64 @@ async def test_operator_killed_mid_move_finishes_it_after_restart(
     pods = await pods_of(kube, namespace, "small")
     assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == full
     assert (await kube.get(MODELSERVICES, "small", namespace))["status"].get("move") is None
+
+
+async def test_a_nodes_replicas_move_together_each_surge_first(
+    kube: KubeClient,
+    kubectl: Kubectl,
+    namespace: str,
+    nodes: tuple[str, str],
+    consolidating_operator: OperatorProcess,
+) -> None:
+    """Two ModelServices' replicas on the lightly used node start their moves in one pass, as Karpenter
+    replaces a node's pods together: the node empties in one replacement's start-up, not two."""
+    kubectl.apply(msvc("big", namespace, 2, 4))
+
+    async def big_placed() -> set[str] | None:
+        pods = await pods_of(kube, namespace, "big")
+        hosts = {p["spec"].get("nodeName") for p in pods if ready(p)}
+        return hosts if len(pods) == 2 and None not in hosts and len(hosts) == 1 else None
+
+    (full,) = await eventually(big_placed, 60, what="big packed on one node")
+    other = next(n for n in nodes if n != full)
+    for name in ("small-a", "small-b"):
+        kubectl.apply(msvc(name, namespace, 1, 2))
+
+    async def smalls_on_other() -> bool:
+        pods = [p for name in ("small-a", "small-b") for p in await pods_of(kube, namespace, name)]
+        return len(pods) == 2 and all(ready(p) and p["spec"].get("nodeName") == other for p in pods)
+
+    await eventually(smalls_on_other, 60, what="both smalls on the other node")
+    # The target holds the replacements Pending, so both moves are seen in flight at once.
+    await kube.patch(NODES, full, {"spec": {"taints": [*_taints(await kube.get(NODES, full)), HOLD_TAINT]}})
+    kubectl.apply(msvc("big", namespace, 1, 4))  # frees 4 GPUs on the full node: room for both
+
+    async def both_moving() -> list[dict[str, Any]] | None:
+        bodies = [await kube.get(MODELSERVICES, n, namespace) for n in ("small-a", "small-b")]
+        moves = [(b.get("status") or {}).get("move") for b in bodies]
+        return moves if all(moves) else None
+
+    moves = await eventually(both_moving, 60, interval=0.1, what="both moves in flight together")
+    assert {m["fromNode"] for m in moves} == {other}
+    watches = {n: MoveWatch(kube, namespace, full, other) for n in ("small-a", "small-b")}
+
+    async def sample() -> None:
+        for name, w in watches.items():
+            pods = await pods_of(kube, namespace, name)
+            w.min_ready = min(w.min_ready, sum(ready(p) for p in pods))
+            w.max_pods = max(w.max_pods, len(pods))
+
+    await sample()
+    await kube.patch(NODES, full, {"spec": {"taints": _taints(await kube.get(NODES, full))}})
+
+    async def moved() -> bool:
+        await sample()
+        pods = [p for name in ("small-a", "small-b") for p in await pods_of(kube, namespace, name)]
+        return len(pods) == 2 and all(ready(p) and p["spec"]["nodeName"] == full for p in pods)
+
+    await eventually(moved, 120, interval=0.2, what="both smalls moved onto the full node")
+    for name, w in watches.items():
+        assert w.min_ready >= 1, f"{name}'s move dropped it below its ready replicas"
+        assert w.max_pods == 2, f"{name}'s replacement must start before its old replica is removed"
+    await eventually(watches["small-a"].other_node_empty, 90, what="the other node empty")
+    assert consolidating_operator.alive

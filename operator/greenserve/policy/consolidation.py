@@ -2,7 +2,8 @@
 
 Modelled on Karpenter's disruption package: candidates are ordered cheapest-to-disrupt first (the least
 allocated GPU nodes), each candidate is simulated as a whole (every replica on it must fit elsewhere, or
-the node is left alone), and the plan is cut to a budget of moves per pass.
+the node is left alone), and a pass starts the moves off one node together (`batch`), as Karpenter
+replaces a node's pods together.
 
 Rules the plan never breaks (property-tested):
 
@@ -22,7 +23,7 @@ themselves as load falls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 # Karpenter derives an eviction cost from pod-deletion-cost / 2^27 clamped to [-10, 10]; keeping our
@@ -70,15 +71,16 @@ class ConsolidationLimits:
     headroom_gpus: int = 0
 
 
-# The operator starts one move per pass, and plans none while one is in flight (reconcile/consolidator.py).
-MOVES_PER_PASS = 1
+# A plan lists every move it found (up to this many); a pass starts only `batch(plan.moves)`, and the
+# operator plans none while a move is in flight (reconcile/consolidator.py).
+MAX_PLANNED_MOVES = 256
 
 
 def limits(
     min_interval_s: float, last_move_at: float | None = None, headroom_gpus: int = 0
 ) -> ConsolidationLimits:
     """The limits a plan runs under, in the operator and the simulator alike."""
-    return ConsolidationLimits(MOVES_PER_PASS, min_interval_s, last_move_at, headroom_gpus)
+    return ConsolidationLimits(MAX_PLANNED_MOVES, min_interval_s, last_move_at, headroom_gpus)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,23 @@ def plan(snapshot: ClusterSnapshot, now: float, limits: ConsolidationLimits) -> 
         costs,
         f"{len(emptied)} node(s) can be emptied with {len(moves)} move(s)",
     )
+
+
+def batch(moves: Sequence[Move]) -> tuple[Move, ...]:
+    """The moves one pass starts together: those off the plan's first node (its cheapest to empty), at
+    most one per service, since a ModelService records one move at a time (`status.move`). As Karpenter
+    replaces a node's pods together rather than one pod at a time: each move is still surge-then-retire,
+    so capacity never drops, and the node empties in one cold start instead of one per replica (while it
+    waits, it draws its base power and holds a bare GPU per free slot). A service's second replica on the
+    node, and the other nodes, wait for the next plan, made once these have finished."""
+    if not moves:
+        return ()
+    source, seen, out = moves[0].from_node, set[str](), []
+    for m in moves:
+        if m.from_node == source and m.service not in seen:
+            seen.add(m.service)
+            out.append(m)
+    return tuple(out)
 
 
 def apply_moves(snapshot: ClusterSnapshot, moves: tuple[Move, ...]) -> ClusterSnapshot:

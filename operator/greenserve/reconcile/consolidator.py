@@ -1,4 +1,4 @@
-"""Execute consolidation plans on the cluster, one move at a time, restart-safe.
+"""Execute consolidation plans on the cluster, one node's moves at a time, restart-safe.
 
 A move never lowers capacity: it runs as "surge, wait, retire":
 
@@ -13,7 +13,8 @@ A move never lowers capacity: it runs as "surge, wait, retire":
    cluster-autoscaler) removes it.
 
 A pool pod (a shared GPU's one pod, reconcile/pools.py) moves the same way, its state on the pod itself
-(reconcile/pool_moves.py).
+(reconcile/pool_moves.py). A pass starts every move off the plan's first node together, one per
+ModelService (`policy/consolidation.py` `batch`), and plans nothing new until they have all finished.
 
 All state lives in the API (status.move, taints, annotations), so an operator killed at any step resumes
 the same move after a restart: a surge already applied is not applied twice, and a replacement already
@@ -335,15 +336,23 @@ class Consolidator:
             await rec.reconcile(self.kube, live, self.config)
         return True
 
-    async def _still_valid(self, move: pc.Move) -> Mapping[str, Any] | None:
+    async def _still_valid(
+        self, move: pc.Move, started: set[str], claimed: Mapping[str, int]
+    ) -> Mapping[str, Any] | None:
         """Re-check a planned move against a fresh read before acting on it (the plan came from lists
-        taken at the start of the pass): no other move is in flight (the view may not show one yet: one
-        just started, or one from before a restart), the source pod still runs Ready on its node, and the
-        target still takes new replicas and has room for the replacement. Returns the source pod as read,
-        which the move then acts on, or None where the plan is stale."""
-        if any((m.get("status") or {}).get("move") for m in await self.listed.modelservices()) or (
-            pool_moves.in_flight(await self.listed.pods())
-        ):
+        taken at the start of the pass): no move is in flight but those this pass started (the view may
+        not show one yet: one just started, or one from before a restart), the source pod still runs
+        Ready on its node, and the target still takes new replicas and has room for the replacement,
+        counting the GPUs of the replacements this pass already sent there (`started`: the plan keys of
+        this pass's moves; `claimed`: their GPUs per target node). Returns the source pod as read, which the
+        move then acts on, or None where the plan is stale."""
+        moving = [
+            f"{m['metadata']['namespace']}/{m['metadata']['name']}"
+            for m in await self.listed.modelservices()
+            if (m.get("status") or {}).get("move")
+        ]
+        moving += [pool_moves.plan_key(p) or "" for p in pool_moves.in_flight(await self.listed.pods())]
+        if any(key not in started for key in moving):
             self._note(f"plan for {move.pod} is stale: a move is in flight; replanning next pass")
             return None
         # A ModelService's key is "<ns>/<name>", a pool pod's "pool:<ns>/<pool GPU>".
@@ -362,13 +371,33 @@ class Consolidator:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} is gone")
             return None
         on_target = await self.kube.list_objects(PODS, field_selector=f"spec.nodeName={move.to_node}")
-        used = sum(pod_gpus(p) for p in on_target if not pod_terminating(p))
+        # Replacements this pass already started for this node may not be bound yet: count them (a bound
+        # one is then counted twice, which can only defer a move to the next plan).
+        used = sum(pod_gpus(p) for p in on_target if not pod_terminating(p)) + claimed.get(move.to_node, 0)
         view = node_view(target, used)
         tainted = any(t.get("key") == TAINT_KEY for t in node_taints(target))
         if view.draining or view.protected or tainted or view.gpu_capacity - used < move.gpus:
             self._note(f"plan for {move.pod} is stale: node {move.to_node} no longer fits it")
             return None
         return source
+
+    async def _start_move(
+        self, move: pc.Move, msvcs: Sequence[Mapping[str, Any]], reason: str, now: float
+    ) -> None:
+        """Record a ModelService replica's move in its status; the reconcile that follows surges."""
+        ns, name = move.service.split("/", 1)
+        msvc = next(m for m in msvcs if m["metadata"]["namespace"] == ns and m["metadata"]["name"] == name)
+        record = MoveRecord(move.pod, move.from_node, move.to_node, now)
+        updated = await self._set_move(msvc, record.to_status(), f"moving {move.pod} off {move.from_node}")
+        await rec.reconcile(self.kube, updated, self.config)
+        await events.post(
+            self.kube,
+            msvc,
+            "Normal",
+            "ConsolidationMove",
+            f"starting a replacement for {move.pod} to empty node {move.from_node} ({reason})",
+        )
+        self._note(f"{move.service}: moving {move.pod} {move.from_node} -> {move.to_node}")
 
     def _watched(self, obj: Mapping[str, Any]) -> bool:
         return not self.config.namespaces or obj["metadata"].get("namespace") in self.config.namespaces
@@ -388,7 +417,7 @@ class Consolidator:
         if msvcs is None or pods is None or nodes is None:
             self._note("cluster view not synced yet; planning next pass")
             return None
-        # 1. Finish what is in flight (one move at a time, cluster-wide, a pool pod's included).
+        # 1. Finish what is in flight (one node's moves at a time, cluster-wide, pool pods' included).
         in_flight = False
         for msvc in msvcs:
             if (msvc.get("status") or {}).get("move"):
@@ -419,34 +448,21 @@ class Consolidator:
             if tainted != wanted:
                 await self._taint(node, wanted)
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")
-        # 3. Start the next move.
-        # One move at a time, and only after a fresh read of its source pod still bears it out.
-        if not plan.moves:
-            return plan
-        move = plan.moves[0]
-        source = await self._still_valid(move)
-        if source is not None:
+        # 3. Start the next node's moves together, each only after a fresh read still bears it out. The
+        # first stale one ends the batch: what it would have moved is planned again once these finish.
+        started: set[str] = set()
+        claimed: dict[str, int] = {}
+        for move in pc.batch(plan.moves):
+            source = await self._still_valid(move, started, claimed)
+            if source is None:
+                break
             if move.service.startswith(pool_moves.KEY_PREFIX):
-                if await self.pools.start(move, source, now):
-                    self.state.last_move_at = now
-                    self.state.moves_started += 1
-                return plan
-            ns, name = move.service.split("/", 1)
-            msvc = next(
-                m for m in msvcs if m["metadata"]["namespace"] == ns and m["metadata"]["name"] == name
-            )
-            record = MoveRecord(move.pod, move.from_node, move.to_node, now)
-            message = f"moving {move.pod} off {move.from_node}"
-            updated = await self._set_move(msvc, record.to_status(), message)
-            await rec.reconcile(self.kube, updated, self.config)
-            await events.post(
-                self.kube,
-                msvc,
-                "Normal",
-                "ConsolidationMove",
-                f"starting a replacement for {move.pod} to empty node {move.from_node} ({plan.reason})",
-            )
+                if not await self.pools.start(move, source, now):
+                    break
+            else:
+                await self._start_move(move, msvcs, plan.reason, now)
+            started.add(move.service)
+            claimed[move.to_node] = claimed.get(move.to_node, 0) + move.gpus
             self.state.last_move_at = now
             self.state.moves_started += 1
-            self._note(f"{move.service}: moving {move.pod} {move.from_node} -> {move.to_node}")
         return plan

@@ -186,8 +186,8 @@ def pool_key_of(pod: Mapping[str, Any]) -> pm.PoolKey:
 
 
 class PoolMover:
-    """Starts and advances pool pod moves for the consolidator (one move at a time, cluster-wide, counting
-    these and ModelService moves together)."""
+    """Starts and advances pool pod moves for the consolidator (one node's moves at a time, cluster-wide,
+    counting these and ModelService moves together)."""
 
     def __init__(
         self,

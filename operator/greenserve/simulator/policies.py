@@ -503,12 +503,13 @@ class Greenserve:
         return rid in sim.cluster.replicas
 
     def _start_moves(self, sim: Simulation, moves: consolidation.ConsolidationPlan) -> None:
-        """As the operator: one move at a time, cluster-wide; none starts while a replacement warms up."""
+        """As the operator: one node's moves at a time, cluster-wide (`consolidation.batch`); none starts
+        while a replacement warms up."""
         in_flight = any(r.replaces is not None for r in sim.cluster.replicas.values())
         if not self.consolidate or not moves.moves or in_flight:
             return
         moved = False
-        for mv in moves.moves:
+        for mv in consolidation.batch(moves.moves):
             if self._movable(sim, int(mv.pod)):
                 moved = sim.start_move(int(mv.pod), int(mv.to_node)) or moved
         if moved:

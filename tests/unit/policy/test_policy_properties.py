@@ -19,6 +19,7 @@ from greenserve.policy.consolidation import (
     NodeView,
     ReplicaView,
     apply_moves,
+    batch,
     deletion_costs,
     plan,
 )
@@ -157,6 +158,29 @@ def test_plan_is_idempotent_and_deterministic(snap: ClusterSnapshot) -> None:
     assert again.moves == ()
     # Applying an empty plan changes nothing, so planning is a fixed point from there on.
     assert apply_moves(after, again.moves) == after
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters())
+def test_a_pass_moves_one_node_at_a_time_one_replica_per_service(snap: ClusterSnapshot) -> None:
+    p = plan(snap, NOW, UNLIMITED)
+    together = batch(p.moves)
+    if not p.moves:
+        assert together == ()
+        return
+    first = p.moves[0].from_node
+    # Every move off the plan's first node, of as many services as it has there; nothing else.
+    assert together[0] == p.moves[0] and set(together) <= set(p.moves)
+    assert {m.from_node for m in together} == {first}
+    assert len({m.service for m in together}) == len(together)
+    assert {m.service for m in together} == {m.service for m in p.moves if m.from_node == first}
+    # Started together they still fit: no target gets more GPUs than the plan found free for it.
+    after = apply_moves(snap, together)
+    assert all(n.gpu_allocated <= n.gpu_capacity for n in after.nodes if n.name != first)
+    # The node empties unless a service had two replicas there; the rest is the next plan's.
+    on_first = [r for r in snap.replicas if r.node == first]
+    if len({r.service for r in on_first}) == len(on_first):
+        assert not [r for r in after.replicas if r.node == first]
 
 
 @settings(max_examples=100, deadline=None)

@@ -171,6 +171,45 @@ async def test_a_move_starts_only_after_a_fresh_read() -> None:
     assert ("get", "nodes", status(kube)["move"]["toNode"]) in kube.calls  # and the target
 
 
+async def test_a_pass_starts_every_move_off_one_node_together() -> None:
+    """Two ModelServices' replicas on the least-used node both start their surge in one pass (Karpenter
+    replaces a node's pods together); another ModelService's move in flight still holds every start."""
+    kube = FakeKube()
+    kube.put(NODES, node("a", gpus=4))
+    kube.put(NODES, node("b", gpus=4))
+    kube.put(PODS, pod("s-0", "a", svc="s"))
+    kube.put(PODS, pod("t-0", "a", svc="t"))
+    for i in range(2):
+        kube.put(PODS, pod(f"u-{i}", "b", svc="u"))
+    for name in ("s", "t"):
+        kube.put(MODELSERVICES, msvc(name))
+    kube.put(MODELSERVICES, msvc("u", desired=2))
+    moving = {"pod": "x", "fromNode": "c", "toNode": "d", "startedAt": T0}
+    kube.put(MODELSERVICES, msvc("other", move=moving))
+    consolidator = Consolidator(kube, CONFIG)
+    plan = await consolidator.run_once(T0)
+    assert plan is None  # another move is in flight: it finishes first, nothing new is planned
+
+    def moves() -> dict[str, Any]:
+        out = {}
+        for name in ("s", "t", "u"):
+            body = kube.peek(MODELSERVICES, name, NS)
+            assert body is not None
+            out[name] = (body.get("status") or {}).get("move")
+        return out
+
+    assert moves() == {"s": None, "t": None, "u": None}
+    kube.remove(MODELSERVICES, "other", NS)
+    plan = await consolidator.run_once(T0 + 1)
+    assert plan is not None and {m.from_node for m in plan.moves} == {"a"}
+    started = moves()
+    assert started["s"] and started["t"], "both replicas on node a start their move in the same pass"
+    assert started["u"] is None
+    assert {started[n]["pod"] for n in ("s", "t")} == {"s-0", "t-0"}
+    assert {started[n]["toNode"] for n in ("s", "t")} == {"b"}
+    assert consolidator.state.moves_started == 2
+
+
 class _ScriptedKube:
     """A list in two pages, then scripted watches: the informer's protocol without a server."""
 

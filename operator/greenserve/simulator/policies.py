@@ -234,7 +234,8 @@ class Greenserve:
     min_replicas: int = 1
     max_replicas: int = 200
     consolidate: bool = True
-    # Seconds between moves, as the operator's default (GREENSERVE_CONSOLIDATION_INTERVAL); one at a time.
+    # Seconds between batches of moves, as the operator's default (GREENSERVE_CONSOLIDATION_INTERVAL);
+    # one node's moves at a time (`consolidation.batch`).
     move_interval_s: float = OperatorConfig().consolidation_interval_s
     # Size by the M/M/c queueing model for this share of requests within the SLO; 0.995 is Balanced's,
     # 0.99 PowerSaving's. None: an ablation, sized by `target_utilization` instead, all else as PowerSaving.

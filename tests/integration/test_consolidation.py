@@ -82,12 +82,10 @@ def ready(pod: dict[str, Any]) -> bool:
 HOLD_TAINT = {"key": "test.greenserve.io/hold", "value": "1", "effect": "NoSchedule"}
 
 
-async def fragment(
-    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str], hold: bool = False
-) -> tuple[str, str, dict[str, Any]]:
-    """Fragment on purpose: "big" fills one node (2 x 4 GPUs), "small" lands on the other; then big
-    shrinks, so moving small's replica onto the full node empties the other. Returns (full, other, the
-    small replica to be moved)."""
+async def fill_one_node(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str]
+) -> tuple[str, str]:
+    """ "big" (2 x 4 GPUs) fills one node; returns (that node, the other)."""
     kubectl.apply(msvc("big", namespace, 2, 4))
 
     async def big_placed() -> set[str] | None:
@@ -96,7 +94,16 @@ async def fragment(
         return hosts if len(pods) == 2 and None not in hosts and len(hosts) == 1 else None
 
     (full,) = await eventually(big_placed, 60, what="big packed on one node")
-    other = next(n for n in nodes if n != full)
+    return full, next(n for n in nodes if n != full)
+
+
+async def fragment(
+    kube: KubeClient, kubectl: Kubectl, namespace: str, nodes: tuple[str, str], hold: bool = False
+) -> tuple[str, str, dict[str, Any]]:
+    """Fragment on purpose: "big" fills one node (2 x 4 GPUs), "small" lands on the other; then big
+    shrinks, so moving small's replica onto the full node empties the other. Returns (full, other, the
+    small replica to be moved)."""
+    full, other = await fill_one_node(kube, kubectl, namespace, nodes)
     kubectl.apply(msvc("small", namespace, 1, 2))
 
     async def small_on_other() -> dict[str, Any] | None:
@@ -223,15 +230,7 @@ async def test_a_nodes_replicas_move_together_each_surge_first(
 ) -> None:
     """Two ModelServices' replicas on the lightly used node start their moves in one pass, as Karpenter
     replaces a node's pods together: the node empties in one replacement's start-up, not two."""
-    kubectl.apply(msvc("big", namespace, 2, 4))
-
-    async def big_placed() -> set[str] | None:
-        pods = await pods_of(kube, namespace, "big")
-        hosts = {p["spec"].get("nodeName") for p in pods if ready(p)}
-        return hosts if len(pods) == 2 and None not in hosts and len(hosts) == 1 else None
-
-    (full,) = await eventually(big_placed, 60, what="big packed on one node")
-    other = next(n for n in nodes if n != full)
+    full, other = await fill_one_node(kube, kubectl, namespace, nodes)
     for name in ("small-a", "small-b"):
         kubectl.apply(msvc(name, namespace, 1, 2))
 

@@ -231,8 +231,10 @@ async def test_a_nodes_replicas_move_together_each_surge_first(
     """Two ModelServices' replicas on the lightly used node start their moves in one pass, as Karpenter
     replaces a node's pods together: the node empties in one replacement's start-up, not two."""
     full, other = await fill_one_node(kube, kubectl, namespace, nodes)
+    # One GPU each: with 2 GPUs allocated, their node is the cheaper to empty once big leaves 4 on its
+    # own (with 4 and 4, the plan would move big's remaining replica instead, by node name).
     for name in ("small-a", "small-b"):
-        kubectl.apply(msvc(name, namespace, 1, 2))
+        kubectl.apply(msvc(name, namespace, 1, 1))
 
     async def smalls_on_other() -> bool:
         pods = [p for name in ("small-a", "small-b") for p in await pods_of(kube, namespace, name)]

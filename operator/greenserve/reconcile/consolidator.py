@@ -336,25 +336,22 @@ class Consolidator:
             await rec.reconcile(self.kube, live, self.config)
         return True
 
-    async def _still_valid(
-        self, move: pc.Move, started: set[str], claimed: Mapping[str, int]
-    ) -> Mapping[str, Any] | None:
+    async def _none_in_flight(self) -> bool:
+        """A fresh read before a batch starts: no move is in flight (the view may not show one yet: one
+        just started, or one from before a restart). Read once per batch, not per move: only the leader
+        (the Lease holder) starts moves, so none can begin between this read and the batch's own."""
+        moving = any((m.get("status") or {}).get("move") for m in await self.listed.modelservices())
+        if moving or pool_moves.in_flight(await self.listed.pods()):
+            self._note("plan is stale: a move is in flight; replanning next pass")
+            return False
+        return True
+
+    async def _still_valid(self, move: pc.Move, claimed: Mapping[str, int]) -> Mapping[str, Any] | None:
         """Re-check a planned move against a fresh read before acting on it (the plan came from lists
-        taken at the start of the pass): no move is in flight but those this pass started (the view may
-        not show one yet: one just started, or one from before a restart), the source pod still runs
-        Ready on its node, and the target still takes new replicas and has room for the replacement,
-        counting the GPUs of the replacements this pass already sent there (`started`: the plan keys of
-        this pass's moves; `claimed`: their GPUs per target node). Returns the source pod as read, which the
-        move then acts on, or None where the plan is stale."""
-        moving = [
-            f"{m['metadata']['namespace']}/{m['metadata']['name']}"
-            for m in await self.listed.modelservices()
-            if (m.get("status") or {}).get("move")
-        ]
-        moving += [pool_moves.plan_key(p) or "" for p in pool_moves.in_flight(await self.listed.pods())]
-        if any(key not in started for key in moving):
-            self._note(f"plan for {move.pod} is stale: a move is in flight; replanning next pass")
-            return None
+        taken at the start of the pass): the source pod still runs Ready on its node, and the target
+        still takes new replicas and has room for the replacement, counting the GPUs of the replacements
+        this pass already sent there (`claimed`, per target node). Returns the source pod as read, which
+        the move then acts on, or None where the plan is stale."""
         # A ModelService's key is "<ns>/<name>", a pool pod's "pool:<ns>/<pool GPU>".
         ns = move.service.removeprefix(pool_moves.KEY_PREFIX).split("/", 1)[0]
         source = await self.kube.get_or_none(PODS, move.pod, ns)
@@ -450,10 +447,12 @@ class Consolidator:
                 self._note(f"{'closed' if wanted else 'reopened'} node {name}")
         # 3. Start the next node's moves together, each only after a fresh read still bears it out. The
         # first stale one ends the batch: what it would have moved is planned again once these finish.
-        started: set[str] = set()
+        batch = pc.batch(plan.moves)
+        if not batch or not await self._none_in_flight():
+            return plan
         claimed: dict[str, int] = {}
-        for move in pc.batch(plan.moves):
-            source = await self._still_valid(move, started, claimed)
+        for move in batch:
+            source = await self._still_valid(move, claimed)
             if source is None:
                 break
             if move.service.startswith(pool_moves.KEY_PREFIX):
@@ -461,7 +460,6 @@ class Consolidator:
                     break
             else:
                 await self._start_move(move, msvcs, plan.reason, now)
-            started.add(move.service)
             claimed[move.to_node] = claimed.get(move.to_node, 0) + move.gpus
             self.state.last_move_at = now
             self.state.moves_started += 1

@@ -200,8 +200,12 @@ async def test_a_pass_starts_every_move_off_one_node_together() -> None:
 
     assert moves() == {"s": None, "t": None, "u": None}
     kube.remove(MODELSERVICES, "other", NS)
+    kube.calls.clear()
     plan = await consolidator.run_once(T0 + 1)
     assert plan is not None and {m.from_node for m in plan.moves} == {"a"}
+    # One fresh read of the moves in flight for the whole batch (only the Lease holder starts moves), on
+    # top of the pass's own LIST-based view: not one per move.
+    assert kube.calls.count(("list", "modelservices", "")) == 2
     started = moves()
     assert started["s"] and started["t"], "both replicas on node a start their move in the same pass"
     assert started["u"] is None

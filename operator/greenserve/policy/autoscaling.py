@@ -221,7 +221,6 @@ def _demand(inputs: ScalingInputs, request_rate: float | None) -> tuple[int, str
     """`demand_replicas` at `request_rate` instead of the inputs' own."""
     target = min(1.0, max(0.05, inputs.target_utilization))
     need: int | None = None
-    reason = STEADY
     if inputs.target_concurrency:
         if inputs.concurrency is None:
             return None
@@ -232,21 +231,31 @@ def _demand(inputs: ScalingInputs, request_rate: float | None) -> tuple[int, str
         need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
     if need is None:
         return None
-    if inputs.slo_attainment and inputs.slo_p95_ms and request_rate is not None:
+    slo = (inputs.slo_p95_ms, inputs.slo_attainment, inputs.max_replicas)
+    return _sized_by_slo(need, request_rate, _service_rate(inputs), *slo)
+
+
+def _sized_by_slo(
+    need: int,
+    request_rate: float | None,
+    service_rate: float,
+    slo_p95_ms: float | None,
+    slo_attainment: float | None,
+    max_replicas: int,
+) -> tuple[int, str]:
+    """`need` as the SLO sizes it at `request_rate`: the queueing model's count for the attainment target
+    (in place of the utilisation's), then never below the p95 guard's."""
+    reason = STEADY
+    if slo_attainment and slo_p95_ms and request_rate is not None:
         need = replicas_for_attainment(
             max(0.0, request_rate),
-            _service_rate(inputs),
-            inputs.slo_p95_ms / 1000.0,
-            min(0.999999, max(0.5, inputs.slo_attainment)),
-            limit=max(inputs.max_replicas, 1),
+            service_rate,
+            slo_p95_ms / 1000.0,
+            min(0.999999, max(0.5, slo_attainment)),
+            limit=max(max_replicas, 1),
         )
-    if inputs.slo_p95_ms and request_rate:
-        guard = replicas_for_slo(
-            request_rate,
-            _service_rate(inputs),
-            inputs.slo_p95_ms / 1000.0,
-            limit=max(inputs.max_replicas, 1),
-        )
+    if slo_p95_ms and request_rate:
+        guard = replicas_for_slo(request_rate, service_rate, slo_p95_ms / 1000.0, limit=max(max_replicas, 1))
         if guard > need:
             need, reason = guard, SLO_GUARD
     return need, reason
@@ -298,22 +307,15 @@ def _count_at(
     slo_attainment: float | None,
     max_replicas: int,
 ) -> int:
-    """`demand_replicas` of a count sized by the rate alone (capacity known, no concurrency target)."""
-    probe = ScalingInputs(
-        current_replicas=0,
-        ready_replicas=0,
-        min_replicas=0,
-        max_replicas=max_replicas,
-        target_utilization=target_utilization,
-        capacity_rps=capacity_rps,
-        request_rate=rate,
-        gpu_utilization=None,
-        sampled_at=None,
-        slo_p95_ms=slo_p95_ms,
-        slo_attainment=slo_attainment,
-    )
-    found = _demand(probe, rate)
-    return found[0] if found else 0
+    """`demand_replicas` of a count sized by the rate alone (capacity known, no concurrency target): the
+    utilisation's count, then the SLO's (`_sized_by_slo`), as `_demand` takes them, without building a
+    ScalingInputs for each (the headroom's bisections ask this hundreds of thousands of times in a
+    bench run)."""
+    if capacity_rps <= 0:
+        return 0  # no rate-sized count (`_demand` gives none without a capacity)
+    target = min(1.0, max(0.05, target_utilization))
+    need = math.ceil(max(0.0, rate) / (capacity_rps * target) - 1e-9)
+    return _sized_by_slo(need, rate, capacity_rps, slo_p95_ms, slo_attainment, max_replicas)[0]
 
 
 # Bounded: under the fleet objective each model's target moves with the price, so old sizings fall out.

@@ -82,3 +82,34 @@ def test_slo_sizing_never_scales_on_missing_or_stale_metrics(current: int, rate:
         inputs = _inputs(current_replicas=current, request_rate=rate, sampled_at=NOW - 10_000.0)
     d = pa.decide(inputs, pa.ScalerState(), NOW)
     assert d.desired_replicas == current and d.reason.startswith("Hold")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0.0, 3000.0),
+    st.floats(0.5, 500.0),
+    st.floats(0.05, 1.0),
+    st.one_of(st.none(), st.floats(1.0, 20_000.0)),
+    st.one_of(st.none(), st.floats(0.5, 0.9999)),
+    st.integers(1, 300),
+)
+def test_the_headroom_count_is_demand_replicas_of_the_rate(
+    rate: float, mu: float, util: float, slo_ms: float | None, target: float | None, max_replicas: int
+) -> None:
+    """The headroom's bisections count replicas without building ScalingInputs: the count is
+    `demand_replicas` of inputs sized by that rate alone."""
+    probe = pa.ScalingInputs(
+        current_replicas=0,
+        ready_replicas=0,
+        min_replicas=0,
+        max_replicas=max_replicas,
+        target_utilization=util,
+        capacity_rps=mu,
+        request_rate=rate,
+        gpu_utilization=None,
+        sampled_at=None,
+        slo_p95_ms=slo_ms,
+        slo_attainment=target,
+    )
+    found = pa.demand_replicas(probe)
+    assert pa._count_at(rate, mu, util, slo_ms, target, max_replicas) == (found[0] if found else 0)

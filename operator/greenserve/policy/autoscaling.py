@@ -219,20 +219,26 @@ def demand_replicas(inputs: ScalingInputs) -> tuple[int, str] | None:
 
 def _demand(inputs: ScalingInputs, request_rate: float | None) -> tuple[int, str] | None:
     """`demand_replicas` at `request_rate` instead of the inputs' own."""
-    target = min(1.0, max(0.05, inputs.target_utilization))
     need: int | None = None
     if inputs.target_concurrency:
         if inputs.concurrency is None:
             return None
         need = math.ceil(max(0.0, inputs.concurrency) / inputs.target_concurrency - 1e-9)
     elif request_rate is not None and inputs.capacity_rps:
-        need = math.ceil(max(0.0, request_rate) / (inputs.capacity_rps * target) - 1e-9)
+        need = _rate_count(request_rate, inputs.capacity_rps, inputs.target_utilization)
     elif inputs.gpu_utilization is not None:
+        target = min(1.0, max(0.05, inputs.target_utilization))
         need = math.ceil(inputs.ready_replicas * max(0.0, inputs.gpu_utilization) / target - 1e-9)
     if need is None:
         return None
     slo = (inputs.slo_p95_ms, inputs.slo_attainment, inputs.max_replicas)
     return _sized_by_slo(need, request_rate, _service_rate(inputs), *slo)
+
+
+def _rate_count(rate: float, capacity_rps: float, target_utilization: float) -> int:
+    """Replicas that keep each at `target_utilization` (clamped to 0.05-1) of `capacity_rps` at `rate`."""
+    target = min(1.0, max(0.05, target_utilization))
+    return math.ceil(max(0.0, rate) / (capacity_rps * target) - 1e-9)
 
 
 def _sized_by_slo(
@@ -313,8 +319,7 @@ def _count_at(
     bench run)."""
     if capacity_rps <= 0:
         return 0  # no rate-sized count (`_demand` gives none without a capacity)
-    target = min(1.0, max(0.05, target_utilization))
-    need = math.ceil(max(0.0, rate) / (capacity_rps * target) - 1e-9)
+    need = _rate_count(rate, capacity_rps, target_utilization)
     return _sized_by_slo(need, rate, capacity_rps, slo_p95_ms, slo_attainment, max_replicas)[0]
 
 

@@ -56,6 +56,11 @@ AUTOSCALER_DELETION_TAINTS = (
 )
 
 
+def _has_move(msvc: Mapping[str, Any]) -> bool:
+    """A ModelService with a move recorded (`status.move`), in flight until its record is cleared."""
+    return bool((msvc.get("status") or {}).get("move"))
+
+
 @dataclass
 class ConsolidatorState:
     """In-memory only: the rate limit. Losing it on restart can only delay a move, never repeat one."""
@@ -340,7 +345,7 @@ class Consolidator:
         """A fresh read before a batch starts: no move is in flight (the view may not show one yet: one
         just started, or one from before a restart). Read once per batch, not per move: only the leader
         (the Lease holder) starts moves, so none can begin between this read and the batch's own."""
-        moving = any((m.get("status") or {}).get("move") for m in await self.listed.modelservices())
+        moving = any(_has_move(m) for m in await self.listed.modelservices())
         if moving or pool_moves.in_flight(await self.listed.pods()):
             self._note("plan is stale: a move is in flight; replanning next pass")
             return False
@@ -417,12 +422,12 @@ class Consolidator:
         # 1. Finish what is in flight (one node's moves at a time, cluster-wide, pool pods' included).
         in_flight = False
         for msvc in msvcs:
-            if (msvc.get("status") or {}).get("move"):
+            if _has_move(msvc):
                 in_flight = await self._progress(msvc, now) or in_flight
         pool_moving = pool_moves.in_flight(pods)
         for pod in pool_moving:
             in_flight = await self.pools.progress(pod, now) or in_flight
-        if in_flight or pool_moving or any((m.get("status") or {}).get("move") for m in msvcs):
+        if in_flight or pool_moving or any(_has_move(m) for m in msvcs):
             # A move closed this pass: its source is about to be removed by the ReplicaSet, by its lowest
             # deletion cost. Planning now would rewrite that cost before the ReplicaSet acts, so the next
             # pass plans, from a picture without the retired pod.

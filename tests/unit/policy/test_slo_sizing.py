@@ -98,16 +98,11 @@ def test_the_headroom_count_is_demand_replicas_of_the_rate(
 ) -> None:
     """The headroom's bisections count replicas without building ScalingInputs: the count is
     `demand_replicas` of inputs sized by that rate alone."""
-    probe = pa.ScalingInputs(
-        current_replicas=0,
-        ready_replicas=0,
-        min_replicas=0,
+    probe = _inputs(
         max_replicas=max_replicas,
         target_utilization=util,
         capacity_rps=mu,
         request_rate=rate,
-        gpu_utilization=None,
-        sampled_at=None,
         slo_p95_ms=slo_ms,
         slo_attainment=target,
     )

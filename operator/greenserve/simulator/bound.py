@@ -233,7 +233,7 @@ SHARED_GRID = 4000
 THETAS = tuple(i / 20 for i in range(21))
 
 
-def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
+def sharing_aware_bound(scenario: Scenario, attainment: float, min_replicas: int = 0) -> EnergyBound:
     """The least energy any simulated policy needs to answer `attainment` of requests within the SLO when
     models may also share GPUs (engine.serve_shared), for scenarios of one service class (one service
     time, SLO and one GPU per replica); `energy_lower_bound` is the bound without sharing.
@@ -260,6 +260,17 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     the largest over `THETAS` (theta = 1 is the bound without memory). A model larger than M cannot
     share.
 
+    One GPU per shared model. The engine serves a model without a ready dedicated replica from one
+    shared GPU (`Simulation._account`), so a model's share of its GPU's Lagrangian, x (theta cost / X -
+    y (dt / s) a(X)) for its load x <= X, is also at least min(0, theta cost - y (dt / s) X a(X)): it
+    never gains more than one whole GPU's answers (`SharedPrice.floor`). Each model takes the larger of
+    the two (`SharedPrice.shared`). Without it a model whose load needs several GPUs could be priced at
+    theta's small share of their cost while the memory term prices the rest of the fleet.
+
+    `min_replicas` 1: the bound of the policies that keep every model at a home, at least one ready
+    dedicated replica or a copy on a shared GPU (priced as above, memory included), as greenserve-shared
+    does for every model at minReplicas 1 (the bench's) and HPA-like does with its replica per model.
+
     The busy energy counts the work of the requests within the SLO only (`attainment` x the measured
     arrivals: at least those were served), not every arrival. It is at most `energy_lower_bound` (it
     has every option that bound has, and more)."""
@@ -276,10 +287,11 @@ def sharing_aware_bound(scenario: Scenario, attainment: float) -> EnergyBound:
     )
     need = attainment * arrivals
     cs = np.arange(table.shape[1], dtype=np.float64) * cost
+    cs[:min_replicas] = np.inf  # below the floor a model is served shared or not at all
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
-            shared = price.kappa(theta, y) * loads + (1.0 - theta) * cost * mem
+            shared = price.shared(theta, y, loads) + (1.0 - theta) * cost * mem
             best = np.minimum((cs[None, :] - y * table).min(axis=1), shared)
             return float(counts @ best) + y * need
 
@@ -302,6 +314,9 @@ class SharedPrice:
     a: np.ndarray  # a(x_j), j < SHARED_GRID
     per_load: np.ndarray  # cost / x_j+1
     memory_gib: float  # what the models of one shared GPU may use
+    # max over the grid cells of x_j+1 a(x_j): at least X a(X) for every X in (0, 1), the most within-SLO
+    # answers per service time one GPU gives (X a(X) <= x_j+1 a(x_j) on [x_j, x_j+1], a non-increasing).
+    peak: float
 
     @classmethod
     def of(cls, scenario: Scenario) -> SharedPrice:
@@ -313,10 +328,25 @@ class SharedPrice:
         cost = replica_power_w(scenario) * dt
         xs = np.arange(SHARED_GRID + 1, dtype=np.float64) / SHARED_GRID
         a = np.array([1.0] + [shared_attainment(x, s, s, slo) for x in xs[1:-1]])
-        return cls(s, dt, cost, a, cost / xs[1:], scenario.cluster.gpu_memory_gib - POOL_RESERVED_GIB)
+        memory = scenario.cluster.gpu_memory_gib - POOL_RESERVED_GIB
+        return cls(s, dt, cost, a, cost / xs[1:], memory, float((xs[1:] * a).max()))
 
     def kappa(self, theta: float, y: float) -> float:
         return min(0.0, float((theta * self.per_load - y * self.dt / self.s * self.a).min()))
+
+    def floor(self, theta: float, y: float) -> float:
+        """The least Lagrangian share of one model on a shared GPU, whatever its load: a member with
+        load x on a GPU of summed load X >= x (X < 1: past it nothing is within the SLO) has share
+        x (theta cost / X - y (dt / s) a(X)) >= min(0, theta cost - y (dt / s) X a(X)). A model is
+        served by one shared GPU (engine.Simulation._account), so it never gains more than one GPU's
+        answers: a model whose load needs several GPUs cannot take its whole load at kappa."""
+        return min(0.0, theta * self.cost - y * self.dt / self.s * self.peak)
+
+    def shared(self, theta: float, y: float, loads: np.ndarray) -> np.ndarray:
+        """Each load's shared-GPU Lagrangian share, max(kappa x load, floor): convex in the load (the
+        larger of a line through 0 and a constant), so its value at a mean load is at most its mean
+        over the draws (Jensen: the causal bounds price expected loads with it)."""
+        return np.maximum(self.kappa(theta, y) * loads, self.floor(theta, y))
 
     def memory_share(self, memory_gib: float) -> float:
         """A model's share of a shared GPU's memory (inf: it does not fit one)."""

@@ -75,11 +75,11 @@ unbiased estimate of that bound (its error is a sum over the run of zero-mean te
 y. The chain's paths are enumerated up to ONSET_LIMIT new bursts over the L + 1 steps of a decision;
 paths with more are bounded below by -y times their expected arrivals (W <= N, a policy's energy >= 0),
 which E[F^P; P > ONSET_LIMIT] x F^(bursts active) bounds. Starts are not charged in this bound: a
-replica started ahead of a burst that does not come costs nothing in it. Shared GPUs keep it
-(`causal_sharing_bound`); whole GPUs take it charged ahead, below.
+replica started ahead of a burst that does not come costs nothing in it. The causal bound and the
+causal sharing bound take it charged ahead, below.
 
-Bursts, with each ready replica charged where it had to be resident (`burst_state_bound(ahead=True)`,
-whole GPUs). In the engine a replica bound to a node at the tick of step j draws its context power and
+Bursts, with each ready replica charged where it had to be resident (`burst_state_bound(ahead=True)`).
+In the engine a replica bound to a node at the tick of step j draws its context power and
 its share of the node's base power (`bound.replica_power_w`: `cost` per step) in every step from j on,
 loading or ready, until it is removed, and it is ready from step j + L on (`Cluster.bind`,
 `Simulation._account`). Let E_t be a model's replicas resident in step t (bound: loading or ready)
@@ -109,9 +109,14 @@ Shared GPUs (`causal_sharing_bound`): the relaxation of `bound.sharing_aware_bou
 per-step options (dedicated c >= 0 with within-SLO requests W, or a share of a GPU priced kappa x load
 plus the memory term) are chosen before the count; a shared GPU's Lagrangian is at least kappa x its
 realised load on every draw, whose expectation is kappa x lam s, and the dedicated options take Wbar.
-The busy energy is attainment x the expected arrivals' work. On the bursty shape the same burst-state
-information applies (the shared option may be taken at any tick, which only relaxes it further),
-at the cost split theta that is best for the rate oracle (any theta gives a bound).
+The per-model price max(kappa x load, floor) (`SharedPrice.shared`) is convex in the load, so its value
+at the expected load is at most its expectation over the draws (Jensen). The busy energy is attainment
+x the expected arrivals' work. On the bursty shape the same burst-state information applies, charged
+ahead: the dedicated replicas that may be ready at w are charged at w - L as for whole GPUs (U_w), and
+on each path at w the model may instead be on a shared GPU, whose GPU is charged at w itself (a pool
+GPU resident at w is not a replica resident at w - L, so no GPU-step is charged twice; the shared
+option may be taken at any tick without a lead, which only relaxes it further). This is at the cost
+split theta that is best for the rate oracle (any theta gives a bound).
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ class RateCurve:
 @dataclass(frozen=True)
 class CausalBound(EnergyBound):
     rate_oracle_j: float = 0.0  # the rate oracle's bound
-    burst_state_j: float | None = None  # the burst-state bound (bursty shapes; whole GPUs: charged ahead)
+    burst_state_j: float | None = None  # the burst-state bound (bursty shapes; charged ahead)
 
 
 # --- the within-SLO requests of a step, in expectation over its count ----------------------------------
@@ -355,9 +360,11 @@ def causal_bound(
     return CausalBound(attainment, total, busy, oracle, burst)
 
 
-def causal_sharing_bound(scenario: Scenario, curve: RateCurve, attainment: float) -> CausalBound:
-    """`bound.sharing_aware_bound` for causal policies (module docstring): policies that may share GPUs,
-    no replica floor."""
+def causal_sharing_bound(
+    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 0
+) -> CausalBound:
+    """`bound.sharing_aware_bound` for causal policies (module docstring): policies that may share GPUs;
+    `min_replicas` 1: that keep every model at a home (a ready dedicated replica or a shared copy)."""
     lam = _measured(scenario, curve)
     dt = scenario.trace.step_s
     price = SharedPrice.of(scenario)
@@ -366,10 +373,11 @@ def causal_sharing_bound(scenario: Scenario, curve: RateCurve, attainment: float
     loads = lam * price.s
     need = attainment * float(lam.sum() * dt)
     cs = np.arange(table.shape[2], dtype=np.float64) * price.cost
+    cs[:min_replicas] = np.inf  # below the floor a model is served shared or not at all
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
-            shared = price.kappa(theta, y) * loads + (1.0 - theta) * price.cost * mem[:, None]
+            shared = price.shared(theta, y, loads) + (1.0 - theta) * price.cost * mem[:, None]
             best = np.minimum((cs[None, None, :] - y * table).min(axis=2), shared)
             return float(best.sum()) + y * need
 
@@ -381,7 +389,7 @@ def causal_sharing_bound(scenario: Scenario, curve: RateCurve, attainment: float
     oracle = values[theta] + busy
     burst = None
     if curve.bursts is not None:
-        burst = burst_state_bound(scenario, curve, attainment, 0, price, (theta,))
+        burst = burst_state_bound(scenario, curve, attainment, min_replicas, price, (theta,), ahead=True)
     total = oracle if burst is None else max(oracle, burst)
     return CausalBound(attainment, total, busy, oracle, burst)
 
@@ -467,7 +475,7 @@ def burst_state_bound(
 ) -> float:
     """The burst-state bound (J, busy energy included; module docstring); with `price`, models may also
     share GPUs at the cost splits `thetas` (`causal_sharing_bound`: then the busy energy of `attainment`
-    of the arrivals); `ahead`: whole GPUs, each ready replica charged at the tick it had to be resident."""
+    of the arrivals); `ahead`: each ready replica charged at the tick it had to be resident."""
     dual, arrivals = burst_state_dual(scenario, curve, attainment, min_replicas, price, ahead)
     cost = replica_power_w(scenario) * scenario.trace.step_s
 
@@ -490,9 +498,7 @@ def burst_state_dual(
     """(y, theta) -> the sum over the measured steps of h(B_{w-L-1}) + y attainment E[N_w | B_{w-L-1}]
     (module docstring), and each model's expected arrivals, sum_w E[N_w | B_{w-L-1}] (a lower bound:
     the paths with more than ONSET_LIMIT new bursts left out). `ahead`: the replicas that may be ready
-    at w are charged at the tick of w - L, where they had to be resident (whole GPUs only)."""
-    if ahead and price is not None:
-        raise ValueError("the burst-state bound charges ahead for whole GPUs only")
+    at w are charged at the tick of w - L, where they had to be resident (a shared GPU at w itself)."""
     bursts = curve.bursts
     if bursts is None:
         raise ValueError("the burst-state bound needs the bursty shape's burst process")
@@ -542,7 +548,6 @@ def burst_state_dual(
     )
 
     def dual(y: float, theta: float) -> float:
-        kappa = 0.0 if price is None else price.kappa(theta, y)
         total = 0.0
         for m, table in enumerate(tables):
             width = table.shape[1]
@@ -556,8 +561,8 @@ def burst_state_dual(
                 phi[:, : min(min_replicas, width)] = np.inf
                 phi = np.minimum.accumulate(phi, axis=1)  # the best c <= U
                 if price is not None and mem is not None:
-                    load = d.joint @ (d.mults * base * price.s)
-                    shared = kappa * load + (1.0 - theta) * cost * float(mem[m]) * d.joint.sum(axis=1)
+                    priced = d.joint @ price.shared(theta, y, d.mults * base * price.s)
+                    shared = priced + (1.0 - theta) * cost * float(mem[m]) * d.joint.sum(axis=1)
                     phi = np.minimum(phi, shared[:, None])
                 # Charged ahead, U costs on every path, those past ONSET_LIMIT included.
                 h = float((phi.sum(axis=0) + (held if charged else 0.0)).min()) - y * base * dt * d.overflow

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from greenserve.policy.queueing import replicas_for_attainment
 from greenserve.simulator import causal_bound as cb
 from greenserve.simulator import matrix as mx
-from greenserve.simulator.bound import replica_power_w, sharing_aware_bound, startup_aware_bound
+from greenserve.simulator.bound import SharedPrice, replica_power_w, sharing_aware_bound, startup_aware_bound
 from greenserve.simulator.cluster import Placement, Replica
 from greenserve.simulator.engine import ModelSpec, Scenario, Simulation, serve_step
 from greenserve.simulator.policies import Greenserve, HpaLike
@@ -92,7 +92,9 @@ def test_matrix_scenarios_causal_bound_is_at_least_the_tight_bound(name: str) ->
     sc, curve = mx.make_scenario(key, SMALL), mx.rate_curve(key, SMALL)
     causal = cb.causal_bound(sc, curve, 0.995)
     assert causal.total_j >= startup_aware_bound(sc, 0.995).total_j * 0.995
-    assert cb.causal_sharing_bound(sc, curve, 0.995).total_j >= sharing_aware_bound(sc, 0.995).total_j * 0.995
+    for homes in (0, 1):
+        shared = cb.causal_sharing_bound(sc, curve, 0.995, homes).total_j
+        assert shared >= sharing_aware_bound(sc, 0.995, homes).total_j * 0.995
     assert (causal.burst_state_j is not None) == (key.shape == "bursty")
 
 
@@ -151,8 +153,13 @@ def test_causal_policies_never_beat_the_causal_bound(name: str) -> None:
         # (greenserve at target 0.99 answers 99.998% of this path's requests under it). So a run that
         # does not know the burst state is held to the rate oracle, which is given its path.
         assert (bound.total_j if by_burst_state else bound.rate_oracle_j) <= res.total_j
+        # Whole GPUs are one way to keep every model at a home: the causal sharing bound of those
+        # (minReplicas 1) is below them too, its burst-state value (charged ahead) included.
+        shared = cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1)
+        assert (shared.total_j if by_burst_state else shared.rate_oracle_j) <= res.total_j
+    # greenserve-shared keeps every model at a home (minReplicas 1); it does not know the burst state.
     res = Simulation(sc).run(GreenserveShared(slo_attainment=0.99))
-    assert cb.causal_sharing_bound(sc, curve, res.slo_attainment).total_j <= res.total_j
+    assert cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1).rate_oracle_j <= res.total_j
 
 
 def test_without_count_noise_the_bounds_agree() -> None:
@@ -228,7 +235,13 @@ def test_charged_ahead_the_burst_bound_is_never_below_the_uncharged(name: str) -
     charged, arrivals = cb.burst_state_dual(sc, curve, 0.995, ahead=True)
     first = float(arrivals.sum() - later_arrivals.sum())  # the first cold start's expected arrivals
     cost = replica_power_w(sc) * sc.trace.step_s
+    # With shared GPUs too: a model on a shared GPU at w is charged there, its dedicated U at w - L.
+    price = SharedPrice.of(sc)
+    shared_free, _ = cb.burst_state_dual(later, curve, 0.995, price=price)
+    shared_charged, _ = cb.burst_state_dual(sc, curve, 0.995, price=price, ahead=True)
     for y in (0.1 * cost, cost, 10.0 * cost, 100.0 * cost):
         # There the charged bound's replicas are free: its terms there are at least -y x their arrivals
         # (the paths past ONSET_LIMIT: far under 0.5% of them), the dual's y x 0.995 x arrivals added.
         assert charged(y, 1.0) >= free(y, 1.0) - 0.01 * y * first
+        for theta in (0.5, 1.0):
+            assert shared_charged(y, theta) >= shared_free(y, theta) - 0.01 * y * first

@@ -28,6 +28,7 @@ Moves never leave a model without a ready, selected home:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -66,6 +67,11 @@ log = logging.getLogger(__name__)
 ANN_MEMBERS = f"{c.GROUP}/pool-members"  # JSON {ModelService: model name}: the pool's list
 # JSON {ModelService: unix time its labels were removed, or null: moving away, its new home not serving yet}
 ANN_LEAVING = f"{c.GROUP}/pool-leaving"
+# On each pool pod: a digest of its GPU's ConfigMap as the operator last wrote it. Kubelet refreshes a
+# mounted ConfigMap only at a pod sync, every `syncFrequency` (1 minute by default) unless the pod
+# changes: writing the digest here when the list changes makes that sync come now, so a model added or
+# removed reaches the model server at its next poll, not up to a minute later.
+ANN_CONFIG_DIGEST = f"{c.GROUP}/pool-config-digest"
 
 
 @dataclass(frozen=True)
@@ -466,7 +472,7 @@ async def _sync_locked(
         # replacement until the replacement serves every model it serves.
         moving = any(c.ANN_POOL_MOVE in (p["metadata"].get("annotations") or {}) for p in shard.pods)
         replicas = (2 if moving else 1) if members else 0
-        await _apply(
+        digest = await _apply(
             kube,
             key,
             shard.index,
@@ -478,7 +484,7 @@ async def _sync_locked(
             (shard.cm, shard.dep),
         )
         routable = {n: m for n, m in shard.listed.items() if shard.leaving.get(n) is None}
-        on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config)
+        on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config, digest)
         for name, pods in on_shard.items():
             serving.setdefault(name, set()).update(pods)
         pending |= labels_pending
@@ -506,10 +512,13 @@ async def _apply(
     listed: Mapping[str, str],
     leaving: Mapping[str, float | None],
     existing: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None],
-) -> None:
+) -> str | None:
+    """Write the GPU's ConfigMap and Deployment where they changed; the ConfigMap's data digest (None:
+    nothing written)."""
     if not members and existing == (None, None):
-        return  # a GPU the pool never used
+        return None  # a GPU the pool never used
     cm = pm.pool_config_map(key, members, shard)
+    digest = hashlib.sha256(json.dumps(cm["data"], sort_keys=True).encode()).hexdigest()[:16]
     cm["metadata"]["annotations"] = {
         ANN_MEMBERS: json.dumps(dict(sorted(listed.items()))),
         ANN_LEAVING: json.dumps(dict(sorted(leaving.items()))),
@@ -531,13 +540,19 @@ async def _apply(
                 continue
             obj["metadata"]["ownerReferences"] = refs
         await apply_if_changed(kube, obj)
+    return digest
 
 
 async def _label_pods(
-    kube: KubeClient, pods: Sequence[Mapping[str, Any]], routable: Mapping[str, str], config: OperatorConfig
+    kube: KubeClient,
+    pods: Sequence[Mapping[str, Any]],
+    routable: Mapping[str, str],
+    config: OperatorConfig,
+    digest: str | None = None,
 ) -> tuple[dict[str, set[str]], bool]:
-    """Label each Ready pool pod for the routable members it reports AVAILABLE and unlabel the rest;
-    returns the pods serving each member, and whether some member is not yet on every Ready pod."""
+    """Label each Ready pool pod for the routable members it reports AVAILABLE and unlabel the rest, and
+    mark each pod with its ConfigMap's `digest` (`ANN_CONFIG_DIGEST`); returns the pods serving each
+    member, and whether some member is not yet on every Ready pod."""
     serving: dict[str, set[str]] = {}
     pending = False
     async with aiohttp.ClientSession() as session:
@@ -564,7 +579,9 @@ async def _label_pods(
             # A Ready pool pod is no longer warming up: node autoscalers may move it again.
             lift = lift_warmup_protection(dict(pod))
             if lift is not None:
-                body.setdefault("metadata", {})["annotations"] = lift["metadata"]["annotations"]
+                body.setdefault("metadata", {})["annotations"] = dict(lift["metadata"]["annotations"])
+            if digest is not None and (meta.get("annotations") or {}).get(ANN_CONFIG_DIGEST) != digest:
+                body.setdefault("metadata", {}).setdefault("annotations", {})[ANN_CONFIG_DIGEST] = digest
             if body:
                 try:
                     await kube.patch(PODS, meta["name"], body, meta["namespace"])

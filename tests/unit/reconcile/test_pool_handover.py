@@ -162,13 +162,50 @@ async def test_new_models_start_shared_and_are_routed_only_where_available(
     assert labels(kube, "pool-0") == {**pm.pool_labels(KEY), **ROUTE}
     assert out.ready and out.reason == "ServedFromSharedPool"
     # Ready: its warm-up protection from node autoscalers is lifted, as for any serving pod.
-    assert (kube.peek(PODS, "pool-0", NS) or {})["metadata"]["annotations"] == {}
+    ann = (kube.peek(PODS, "pool-0", NS) or {})["metadata"]["annotations"]
+    assert set(ann) == {pools.ANN_CONFIG_DIGEST}
     assert not (await reconcile(kube, cfg, "b")).ready
 
     # The model server stops answering for a (unloaded, draining): its label goes.
     fake_agents.available["pool-0"] = {"b"}
     await reconcile(kube, cfg, "b")
     assert labels(kube, "pool-0") == {**pm.pool_labels(KEY), "model.greenserve.io/b": "available"}
+
+
+def config_digest(kube: FakeKube) -> str | None:
+    ann = (kube.peek(PODS, "pool-0", NS) or {})["metadata"].get("annotations") or {}
+    return ann.get(pools.ANN_CONFIG_DIGEST)
+
+
+def pod_patches(kube: FakeKube) -> int:
+    return sum(1 for verb, plural, name in kube.calls if (verb, plural, name) == ("patch", "pods", "pool-0"))
+
+
+async def test_a_changed_model_list_marks_the_pool_pod_so_kubelet_refreshes_it_now(
+    agents: tuple[Agents, str],
+) -> None:
+    # Kubelet refreshes a mounted ConfigMap at a pod sync, every minute unless the pod changes: each
+    # change of the GPU's list is written to its pods too, once, and a pass that changes nothing patches
+    # nothing.
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    kube.put(MODELSERVICES, msvc("a"))
+    kube.put(PODS, POOL_POD)
+    fake_agents.available["pool-0"] = {"a"}
+    await reconcile(kube, cfg, "a")
+    first = config_digest(kube)
+    assert first is not None
+    patches = pod_patches(kube)
+    await reconcile(kube, cfg, "a")
+    assert config_digest(kube) == first and pod_patches(kube) == patches  # at rest: no patch
+    kube.put(MODELSERVICES, msvc("b"))
+    await reconcile(kube, cfg, "b")
+    assert 'name: "b"' in members(kube, KEY)
+    second = config_digest(kube)
+    assert second is not None and second != first
+    patches = pod_patches(kube)
+    await reconcile(kube, cfg, "b")
+    assert config_digest(kube) == second and pod_patches(kube) == patches
 
 
 async def test_move_out_of_the_pool_waits_for_its_own_replica_to_be_selected(

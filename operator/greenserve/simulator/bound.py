@@ -291,7 +291,7 @@ def sharing_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
-            shared = price.shared(theta, y, loads) + (1.0 - theta) * cost * mem
+            shared = price.shared(theta, y)(loads) + (1.0 - theta) * cost * mem
             best = np.minimum((cs[None, :] - y * table).min(axis=1), shared)
             return float(counts @ best) + y * need
 
@@ -342,11 +342,13 @@ class SharedPrice:
         answers: a model whose load needs several GPUs cannot take its whole load at kappa."""
         return min(0.0, theta * self.cost - y * self.dt / self.s * self.peak)
 
-    def shared(self, theta: float, y: float, loads: np.ndarray) -> np.ndarray:
-        """Each load's shared-GPU Lagrangian share, max(kappa x load, floor): convex in the load (the
-        larger of a line through 0 and a constant), so its value at a mean load is at most its mean
-        over the draws (Jensen: the causal bounds price expected loads with it)."""
-        return np.maximum(self.kappa(theta, y) * loads, self.floor(theta, y))
+    def shared(self, theta: float, y: float) -> Callable[[np.ndarray], np.ndarray]:
+        """Loads -> each one's shared-GPU Lagrangian share, max(kappa x load, floor), at (theta, y):
+        convex in the load (the larger of a line through 0 and a constant), so its value at a mean load
+        is at most its mean over the draws (Jensen: the causal bounds price expected loads with it).
+        kappa and the floor are computed once, for every load priced at that (theta, y)."""
+        kappa, floor = self.kappa(theta, y), self.floor(theta, y)
+        return lambda loads: np.maximum(kappa * loads, floor)
 
     def memory_share(self, memory_gib: float) -> float:
         """A model's share of a shared GPU's memory (inf: it does not fit one)."""

@@ -377,7 +377,7 @@ def causal_sharing_bound(
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
-            shared = price.shared(theta, y, loads) + (1.0 - theta) * price.cost * mem[:, None]
+            shared = price.shared(theta, y)(loads) + (1.0 - theta) * price.cost * mem[:, None]
             best = np.minimum((cs[None, None, :] - y * table).min(axis=2), shared)
             return float(best.sum()) + y * need
 
@@ -548,6 +548,7 @@ def burst_state_dual(
     )
 
     def dual(y: float, theta: float) -> float:
+        share = None if price is None else price.shared(theta, y)
         total = 0.0
         for m, table in enumerate(tables):
             width = table.shape[1]
@@ -560,8 +561,8 @@ def burst_state_dual(
                 phi = d.joint @ f[cols[s]]  # (nodes, c): P(node) E[f | node]
                 phi[:, : min(min_replicas, width)] = np.inf
                 phi = np.minimum.accumulate(phi, axis=1)  # the best c <= U
-                if price is not None and mem is not None:
-                    priced = d.joint @ price.shared(theta, y, d.mults * base * price.s)
+                if price is not None and mem is not None and share is not None:
+                    priced = d.joint @ share(d.mults * base * price.s)
                     shared = priced + (1.0 - theta) * cost * float(mem[m]) * d.joint.sum(axis=1)
                     phi = np.minimum(phi, shared[:, None])
                 # Charged ahead, U costs on every path, those past ONSET_LIMIT included.

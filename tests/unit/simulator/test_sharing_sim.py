@@ -247,7 +247,7 @@ def test_a_shared_gpus_members_are_never_priced_below_its_lagrangian(
     y = y_per_cost * price.cost * price.s / price.dt
     total = sum(loads)
     answered = total * shared_attainment(total, price.s, price.s, 5.0 * service_s) if total < 1 else 0.0
-    priced = float(price.shared(theta, y, np.array(loads)).sum())
+    priced = float(price.shared(theta, y)(np.array(loads)).sum())
     assert priced <= theta * price.cost - y * price.dt / price.s * answered + 1e-9 * price.cost
 
 

@@ -181,42 +181,46 @@ def pod_patches(kube: FakeKube) -> int:
     return sum(1 for verb, plural, name in kube.calls if (verb, plural, name) == ("patch", "pods", "pool-0"))
 
 
+async def a_on_the_pool_pod(agents: tuple[Agents, str]) -> tuple[FakeKube, OperatorConfig]:
+    """ModelService "a" placed and loaded on the pool's one pod, after one pass."""
+    fake_agents, url = agents
+    kube, cfg = FakeKube(), config(url)
+    kube.put(MODELSERVICES, msvc("a"))
+    kube.put(PODS, POOL_POD)
+    fake_agents.available["pool-0"] = {"a"}
+    await reconcile(kube, cfg, "a")
+    return kube, cfg
+
+
+async def assert_at_rest(kube: FakeKube, cfg: OperatorConfig, name: str, digest: str) -> None:
+    """One more pass changes nothing: the pool pod keeps `digest` and is not patched."""
+    patches = pod_patches(kube)
+    await reconcile(kube, cfg, name)
+    assert config_digest(kube) == digest and pod_patches(kube) == patches
+
+
 async def test_a_changed_model_list_marks_the_pool_pod_so_kubelet_refreshes_it_now(
     agents: tuple[Agents, str],
 ) -> None:
     # Kubelet refreshes a mounted ConfigMap at a pod sync, every minute unless the pod changes: each
     # change of the GPU's list is written to its pods too, once, and a pass that changes nothing patches
     # nothing.
-    fake_agents, url = agents
-    kube, cfg = FakeKube(), config(url)
-    kube.put(MODELSERVICES, msvc("a"))
-    kube.put(PODS, POOL_POD)
-    fake_agents.available["pool-0"] = {"a"}
-    await reconcile(kube, cfg, "a")
+    kube, cfg = await a_on_the_pool_pod(agents)
     first = config_digest(kube)
     assert first is not None
-    patches = pod_patches(kube)
-    await reconcile(kube, cfg, "a")
-    assert config_digest(kube) == first and pod_patches(kube) == patches  # at rest: no patch
+    await assert_at_rest(kube, cfg, "a", first)
     kube.put(MODELSERVICES, msvc("b"))
     await reconcile(kube, cfg, "b")
     assert 'name: "b"' in members(kube, KEY)
     second = config_digest(kube)
     assert second is not None and second != first
-    patches = pod_patches(kube)
-    await reconcile(kube, cfg, "b")
-    assert config_digest(kube) == second and pod_patches(kube) == patches
+    await assert_at_rest(kube, cfg, "b", second)
 
 
 async def test_move_out_of_the_pool_waits_for_its_own_replica_to_be_selected(
     agents: tuple[Agents, str],
 ) -> None:
-    fake_agents, url = agents
-    kube, cfg = FakeKube(), config(url)
-    kube.put(MODELSERVICES, msvc("a"))
-    kube.put(PODS, POOL_POD)
-    fake_agents.available["pool-0"] = {"a"}
-    await reconcile(kube, cfg, "a")
+    kube, cfg = await a_on_the_pool_pod(agents)
     await reconcile(kube, cfg, "a")
     assert labels(kube, "pool-0").get("model.greenserve.io/a") == "available"
 

@@ -28,7 +28,6 @@ Moves never leave a model without a ready, selected home:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -43,7 +42,7 @@ from greenserve.api import constants as c
 from greenserve.api.objects import pod_ready, pod_terminating
 from greenserve.api.quantity import parse_quantity
 from greenserve.api.v1alpha1 import GpuSharing, ModelServiceSpec, ScalingMetric, effective_sharing, parse_spec
-from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed
+from greenserve.cluster.cache import ConflictingObjectError, apply_if_changed, digest
 from greenserve.cluster.client import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -472,7 +471,7 @@ async def _sync_locked(
         # replacement until the replacement serves every model it serves.
         moving = any(c.ANN_POOL_MOVE in (p["metadata"].get("annotations") or {}) for p in shard.pods)
         replicas = (2 if moving else 1) if members else 0
-        digest = await _apply(
+        cm_digest = await _apply(
             kube,
             key,
             shard.index,
@@ -484,7 +483,7 @@ async def _sync_locked(
             (shard.cm, shard.dep),
         )
         routable = {n: m for n, m in shard.listed.items() if shard.leaving.get(n) is None}
-        on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config, digest)
+        on_shard, labels_pending = await _label_pods(kube, shard.pods, routable, config, cm_digest)
         for name, pods in on_shard.items():
             serving.setdefault(name, set()).update(pods)
         pending |= labels_pending
@@ -518,7 +517,7 @@ async def _apply(
     if not members and existing == (None, None):
         return None  # a GPU the pool never used
     cm = pm.pool_config_map(key, members, shard)
-    digest = hashlib.sha256(json.dumps(cm["data"], sort_keys=True).encode()).hexdigest()[:16]
+    data_digest = digest(cm["data"])[:16]
     cm["metadata"]["annotations"] = {
         ANN_MEMBERS: json.dumps(dict(sorted(listed.items()))),
         ANN_LEAVING: json.dumps(dict(sorted(leaving.items()))),
@@ -540,7 +539,7 @@ async def _apply(
                 continue
             obj["metadata"]["ownerReferences"] = refs
         await apply_if_changed(kube, obj)
-    return digest
+    return data_digest
 
 
 async def _label_pods(
@@ -548,10 +547,10 @@ async def _label_pods(
     pods: Sequence[Mapping[str, Any]],
     routable: Mapping[str, str],
     config: OperatorConfig,
-    digest: str | None = None,
+    cm_digest: str | None = None,
 ) -> tuple[dict[str, set[str]], bool]:
     """Label each Ready pool pod for the routable members it reports AVAILABLE and unlabel the rest, and
-    mark each pod with its ConfigMap's `digest` (`ANN_CONFIG_DIGEST`); returns the pods serving each
+    mark each pod with its ConfigMap's `cm_digest` (`ANN_CONFIG_DIGEST`); returns the pods serving each
     member, and whether some member is not yet on every Ready pod."""
     serving: dict[str, set[str]] = {}
     pending = False
@@ -580,8 +579,8 @@ async def _label_pods(
             lift = lift_warmup_protection(dict(pod))
             if lift is not None:
                 body.setdefault("metadata", {})["annotations"] = dict(lift["metadata"]["annotations"])
-            if digest is not None and (meta.get("annotations") or {}).get(ANN_CONFIG_DIGEST) != digest:
-                body.setdefault("metadata", {}).setdefault("annotations", {})[ANN_CONFIG_DIGEST] = digest
+            if cm_digest is not None and (meta.get("annotations") or {}).get(ANN_CONFIG_DIGEST) != cm_digest:
+                body.setdefault("metadata", {}).setdefault("annotations", {})[ANN_CONFIG_DIGEST] = cm_digest
             if body:
                 try:
                     await kube.patch(PODS, meta["name"], body, meta["namespace"])

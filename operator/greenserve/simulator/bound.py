@@ -28,6 +28,7 @@ and let its few requests be late, which no policy with `minReplicas: 1` can do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ class EnergyBound:
     attainment: float
     total_j: float
     busy_j: float
+    # Nodes charged whole (`whole_node_steps`): the part above the busy energy is then not GPUs' alone.
+    whole_nodes: bool = False
 
     @property
     def kwh(self) -> float:
@@ -55,6 +58,11 @@ def maximise_dual(dual: Callable[[float], float], scale: float, iterations: int)
     Golden-section search on a bracket [0, hi] grown from `scale` (doubling) until the dual decreases;
     every value it returns is the dual at some y >= 0, so it is a lower bound by weak duality whether or
     not the search converged (more `iterations` only tighten it). y = 0 is always tried."""
+    return dual_argmax(dual, scale, iterations)[0]
+
+
+def dual_argmax(dual: Callable[[float], float], scale: float, iterations: int) -> tuple[float, float]:
+    """`maximise_dual`'s value and the multiplier y it was found at."""
     lo, hi = 0.0, scale
     while dual(2 * hi) > dual(hi):
         hi *= 2
@@ -71,7 +79,7 @@ def maximise_dual(dual: Callable[[float], float], scale: float, iterations: int)
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
             fa = dual(a)
-    return max(fa, fb, dual(0.0))
+    return max((fa, a), (fb, b), (dual(0.0), 0.0))
 
 
 def _tables(scenario: Scenario, min_replicas: int = 0) -> tuple[np.ndarray, np.ndarray, float, float, float]:
@@ -161,8 +169,110 @@ def gpu_hours_bound(scenario: Scenario, bound: EnergyBound) -> float:
     costs its context power and its share of a node's base power, whatever its load. That second part,
     over `replica_power_w` x 3600, is therefore a lower bound on the GPU-hours with a ready replica or a
     pool pod, and `Result.gpu_hours` (loading GPUs too) is never less. Valid for the causal bounds too
-    (simulator/causal_bound.py: the same costs, in expectation over the counts)."""
+    (simulator/causal_bound.py: the same costs, in expectation over the counts). Not for a bound with
+    whole nodes: its bare GPUs and empty node slots are no GPU-hours."""
+    if bound.whole_nodes:
+        raise ValueError("a whole-node bound's energy above the busy is not GPUs' alone")
     return max(0.0, bound.total_j - bound.busy_j) / (replica_power_w(scenario) * 3600.0)
+
+
+# Multipliers z of a step's GPU capacity (G <= gpus_per_node x K) tried for each node count K, in units of
+# a GPU's share of a node (b / gpus_per_node, `node_prices`): 1 gives back the fractional node price, so
+# the whole-node value of a step is never below the fractional one; the others only raise it.
+NODE_MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
+
+
+def node_prices(scenario: Scenario) -> tuple[float, float]:
+    """(a, b) in J per step: what a GPU with a resident replica draws beyond a bare GPU (P_ctx - P_bare),
+    and what a node draws with every GPU bare (base_w + gpus_per_node x P_bare). The engine's idle and
+    base energy of a step with N nodes and G GPUs holding a replica is exactly a G + b N
+    (`engine.Simulation._account`); a + b / gpus_per_node is `replica_power_w` x dt."""
+    cfg, dt = scenario.cluster, scenario.trace.step_s
+    gpu = gpu_model_for(cfg.gpu_product)
+    if gpu.loaded_idle_w < gpu.bare_w:
+        raise ValueError("the whole-node bounds assume a GPU draws no less with a context than without")
+    return (gpu.loaded_idle_w - gpu.bare_w) * dt, (cfg.base_w + cfg.gpus_per_node * gpu.bare_w) * dt
+
+
+def whole_node_steps(
+    psi: Callable[[float], np.ndarray], scenario: Scenario, max_gpus: int, min_nodes: int
+) -> np.ndarray:
+    """Per step, a lower bound on min over configurations of [a G + b N - y W] with whole nodes N >=
+    ceil(G / gpus_per_node), given psi(c): per step, a lower bound on min over configurations of
+    [c G - y W] at a GPU cost c (the relaxations of the callers, each valid for every c >= 0).
+
+    Why. A step whose configuration has G GPUs holding a replica needs N >= ceil(G / n) nodes (n =
+    gpus_per_node: every such GPU is on a node, `cluster.Cluster`), and a G + b N is non-decreasing in N.
+    So its value is at least min over K >= min_nodes of [b K + min over configurations with G <= n K of
+    (a G - y W)], and for every z >= 0 the inner minimum is at least psi(a + z) - n K z (z (G - n K) <= 0
+    there: weak duality once more). The largest over `NODE_MULTIPLIERS` of that is taken per K, the least
+    over K per step. K past ceil(max_gpus / n) admits every configuration and costs b more per node, so
+    the count stops there. With z = b / n every K gives psi(a + b / n), the fractional price: never lower."""
+    a, b = node_prices(scenario)
+    per_node = scenario.cluster.gpus_per_node
+    zs = np.array(NODE_MULTIPLIERS) * b / per_node
+    values = np.stack([psi(a + z) for z in zs])  # (multipliers, steps)
+    ks = np.arange(min_nodes, max(min_nodes, math.ceil(max_gpus / per_node)) + 1, dtype=np.float64)
+    per_k = values[:, None, :] - per_node * ks[None, :, None] * zs[:, None, None]
+    return np.asarray((per_k.max(axis=0) + b * ks[:, None]).min(axis=0))
+
+
+def whole_node_dual(
+    scenario: Scenario, table: np.ndarray, min_replicas: int
+) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """For a table of within-SLO requests W[m, t, c] over the measured steps (realised or expected),
+    the dual without the attainment term (y x attainment x arrivals, the caller's) of whole-GPU policies
+    that keep `min_replicas` ready replicas per model: (fractional nodes, whole nodes). Per step and model
+    the least of c x gpus x cost - y W[m, t, c] over counts c >= min_replicas (`energy_lower_bound`'s
+    relaxation, step by step); with whole nodes through `whole_node_steps`, at least
+    ceil(models x min_replicas x gpus / gpus_per_node) nodes."""
+    gpus = {spec.gpus for spec in scenario.models}
+    if len(gpus) != 1:
+        raise ValueError("the bound assumes one GPU count for all models")
+    g = gpus.pop()
+    n_models, _, width = table.shape
+    counts = np.arange(width, dtype=np.float64)
+    floor = np.where(counts < min_replicas, np.inf, 0.0)
+    cost = replica_power_w(scenario) * scenario.trace.step_s / g  # per GPU and step
+    min_nodes = math.ceil(n_models * min_replicas * g / scenario.cluster.gpus_per_node)
+
+    def at(y: float) -> Callable[[float], np.ndarray]:
+        return lambda c: ((counts * g * c + floor)[None, None, :] - y * table).min(axis=2).sum(axis=0)
+
+    def fractional(y: float) -> float:
+        return float(at(y)(cost).sum())
+
+    def whole(y: float) -> float:
+        return float(whole_node_steps(at(y), scenario, n_models * (width - 1) * g, min_nodes).sum())
+
+    return fractional, whole
+
+
+def node_bound_value(
+    fractional: Callable[[float], float], whole: Callable[[float], float], scale: float, iterations: int
+) -> float:
+    """The whole-node dual's largest value found (a lower bound at every y), searched from the fractional
+    dual's best multiplier: at that y it is already at least the fractional bound (`whole_node_steps`),
+    and the whole-node dual, a least over node counts, need not be concave, so a search alone could miss
+    it."""
+    _, y = dual_argmax(fractional, scale, iterations)
+    return max(whole(y), maximise_dual(whole, scale, iterations))
+
+
+def whole_node_bound(scenario: Scenario, attainment: float, min_replicas: int = 0) -> EnergyBound:
+    """`energy_lower_bound` with whole nodes: per step the nodes are at least ceil(GPUs / gpus_per_node),
+    and each costs its base power and its bare GPUs' (`whole_node_steps`), where `energy_lower_bound`
+    charges each GPU its fractional share of a node (perfect packing into fractional nodes). Never below
+    it; above it where a fleet's GPUs leave a node partly empty, most on fleets of a few nodes. Its
+    non-busy part is not a GPU count (`gpu_hours_bound` refuses it)."""
+    table, _ = _step_tables(scenario)
+    rates = scenario.trace.rates[:, scenario.warmup_steps :]
+    need = attainment * float(rates.sum() * scenario.trace.step_s)
+    fractional, whole = whole_node_dual(scenario, table, min_replicas)
+    scale = replica_power_w(scenario) * scenario.trace.step_s
+    value = node_bound_value(lambda y: fractional(y) + y * need, lambda y: whole(y) + y * need, scale, 60)
+    busy = busy_joules(scenario, rates)
+    return EnergyBound(attainment, value + busy, busy, whole_nodes=True)
 
 
 def busy_joules(scenario: Scenario, rates: np.ndarray) -> float:
@@ -233,7 +343,9 @@ SHARED_GRID = 4000
 THETAS = tuple(i / 20 for i in range(21))
 
 
-def sharing_aware_bound(scenario: Scenario, attainment: float, min_replicas: int = 0) -> EnergyBound:
+def sharing_aware_bound(
+    scenario: Scenario, attainment: float, min_replicas: int = 0, whole_nodes: bool = False
+) -> EnergyBound:
     """The least energy any simulated policy needs to answer `attainment` of requests within the SLO when
     models may also share GPUs (engine.serve_shared), for scenarios of one service class (one service
     time, SLO and one GPU per replica); `energy_lower_bound` is the bound without sharing.
@@ -273,7 +385,13 @@ def sharing_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
 
     The busy energy counts the work of the requests within the SLO only (`attainment` x the measured
     arrivals: at least those were served), not every arrival. It is at most `energy_lower_bound` (it
-    has every option that bound has, and more)."""
+    has every option that bound has, and more).
+
+    `whole_nodes`: nodes charged whole (`whole_node_steps`), step by step. Every price above is valid at
+    any GPU cost c >= 0 in place of `cost` (kappa, the floor and the memory term at c: theta c x
+    `SharedPrice.shared` of theta c / cost), which is what `whole_node_steps` asks of a step's
+    relaxation. The split theta is the fractional bound's best one (any theta gives a bound). Pool GPUs
+    are whole GPUs on nodes like any other, so their count is in G."""
     price = SharedPrice.of(scenario)
     table, counts, cost, arrivals, busy_all = _tables(scenario)
     rates = scenario.trace.rates[:, scenario.warmup_steps :]
@@ -298,8 +416,44 @@ def sharing_aware_bound(scenario: Scenario, attainment: float, min_replicas: int
         return dual
 
     busy = attainment * busy_all
-    value = max(maximise_dual(dual_at(theta), cost, 60) for theta in THETAS)
-    return EnergyBound(attainment, value + busy, busy)
+    best = {theta: dual_argmax(dual_at(theta), cost, 60) for theta in THETAS}
+    theta = max(best, key=lambda th: best[th][0])
+    value, y = best[theta]
+    if whole_nodes:
+        steps, _ = _step_tables(scenario)
+        value = max(value, shared_node_value(scenario, steps, rates * price.s, theta, y, min_replicas, need))
+    return EnergyBound(attainment, value + busy, busy, whole_nodes=whole_nodes)
+
+
+def shared_node_value(
+    scenario: Scenario,
+    table: np.ndarray,
+    loads: np.ndarray,
+    theta: float,
+    y0: float,
+    min_replicas: int,
+    need: float,
+) -> float:
+    """The sharing-aware dual with whole nodes (`sharing_aware_bound`, `whole_node_steps`) at split
+    theta, for per-step tables W[m, t, c] and loads (models x steps), realised or expected: its largest
+    value found, from the fractional dual's multiplier y0 (`node_bound_value`)."""
+    price = SharedPrice.of(scenario)
+    n_models, _, width = table.shape
+    counts = np.arange(width, dtype=np.float64)
+    floor = np.where(counts < min_replicas, np.inf, 0.0)
+    mem = np.array([price.memory_share(spec.memory_gib) for spec in scenario.models])[:, None]
+
+    def whole(y: float) -> float:
+        def psi(c: float) -> np.ndarray:
+            dedicated = ((counts * c + floor)[None, None, :] - y * table).min(axis=2)
+            shared = price.shared(theta * c / price.cost, y)(loads) + (1.0 - theta) * c * mem
+            return np.asarray(np.minimum(dedicated, shared).sum(axis=0))
+
+        # Every model is at a home with min_replicas, so a step has a GPU and a node at least.
+        nodes = whole_node_steps(psi, scenario, n_models * width, 1 if min_replicas > 0 else 0)
+        return float(nodes.sum()) + y * need
+
+    return max(whole(y0), maximise_dual(whole, price.cost, 40))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,13 @@ on each path at w the model may instead be on a shared GPU, whose GPU is charged
 GPU resident at w is not a replica resident at w - L, so no GPU-step is charged twice; the shared
 option may be taken at any tick without a lead, which only relaxes it further). This is at the cost
 split theta that is best for the rate oracle (any theta gives a bound).
+
+Whole nodes (`whole_nodes`). The rate oracle's step relaxations, whole-GPU without starts and shared,
+take nodes whole as the foresight bounds do (`bound.whole_node_steps`): a step's configuration is
+independent of its count given lam, so its expected Lagrangian is a G + b N - y Wbar, and the step's
+least value over configurations bounds it, with N >= ceil(G / gpus_per_node) as on every draw. The
+start-charged paths and the burst-state bound keep fractional nodes; the causal bounds report the
+largest of what applies.
 """
 
 from __future__ import annotations
@@ -133,9 +140,13 @@ from greenserve.simulator.bound import (
     EnergyBound,
     SharedPrice,
     busy_joules,
+    dual_argmax,
     maximise_dual,
+    node_bound_value,
     path_dual,
     replica_power_w,
+    shared_node_value,
+    whole_node_dual,
 )
 from greenserve.simulator.engine import ModelSpec, Scenario
 
@@ -286,16 +297,28 @@ def _measured(scenario: Scenario, curve: RateCurve) -> np.ndarray:
 
 
 def rate_oracle_bound(
-    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 1, starts: bool = True
+    scenario: Scenario,
+    curve: RateCurve,
+    attainment: float,
+    min_replicas: int = 1,
+    starts: bool = True,
+    whole_nodes: bool = False,
 ) -> float:
     """The rate oracle's bound (J, busy energy of the expected arrivals included): the dual of
     `bound.startup_aware_bound` over the expected within-SLO requests and the expected arrivals
-    (without `starts`: of `bound.energy_lower_bound`, no start charged)."""
+    (without `starts`: of `bound.energy_lower_bound`, no start charged; with `whole_nodes` too:
+    of `bound.whole_node_bound`)."""
     lam = _measured(scenario, curve)
     dt = scenario.trace.step_s
     need = attainment * float(lam.sum() * dt)
     table = expected_table(scenario, lam)
     cost = replica_power_w(scenario) * dt
+    if whole_nodes:
+        if starts:
+            raise ValueError("the start-charged paths take fractional nodes")
+        fractional, whole = whole_node_dual(scenario, table, min_replicas)
+        value = node_bound_value(lambda y: fractional(y) + y * need, lambda y: whole(y) + y * need, cost, 60)
+        return value + busy_joules(scenario, lam)
     cs = np.arange(table.shape[2], dtype=np.float64) * cost
     cs[: min(min_replicas, cs.size)] = np.inf
     paths = path_dual(scenario, table, min_replicas) if starts else None
@@ -344,27 +367,31 @@ def expected_foresight_bound(
 
 
 def causal_bound(
-    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 1
+    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 1, whole_nodes: bool = False
 ) -> CausalBound:
     """The least expected energy (J) of any causal policy that keeps `min_replicas` ready replicas per
     model and answers `attainment` of the requests within the SLO in expectation: the rate oracle's
-    bound, and on bursty curves the larger of it and the burst-state bound charged ahead."""
+    bound, and on bursty curves the larger of it and the burst-state bound charged ahead; with
+    `whole_nodes`, also at least the rate oracle's per-step bound with whole nodes (no start charged)."""
     busy = busy_joules(scenario, _measured(scenario, curve))
     oracle = rate_oracle_bound(scenario, curve, attainment, min_replicas)
+    if whole_nodes:
+        oracle = max(oracle, rate_oracle_bound(scenario, curve, attainment, min_replicas, False, True))
     burst = (
         None
         if curve.bursts is None
         else burst_state_bound(scenario, curve, attainment, min_replicas, ahead=True)
     )
     total = oracle if burst is None else max(oracle, burst)
-    return CausalBound(attainment, total, busy, oracle, burst)
+    return CausalBound(attainment, total, busy, whole_nodes, oracle, burst)
 
 
 def causal_sharing_bound(
-    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 0
+    scenario: Scenario, curve: RateCurve, attainment: float, min_replicas: int = 0, whole_nodes: bool = False
 ) -> CausalBound:
     """`bound.sharing_aware_bound` for causal policies (module docstring): policies that may share GPUs;
-    `min_replicas` 1: that keep every model at a home (a ready dedicated replica or a shared copy)."""
+    `min_replicas` 1: that keep every model at a home (a ready dedicated replica or a shared copy);
+    `whole_nodes`: the rate oracle's steps with whole nodes."""
     lam = _measured(scenario, curve)
     dt = scenario.trace.step_s
     price = SharedPrice.of(scenario)
@@ -384,14 +411,17 @@ def causal_sharing_bound(
         return dual
 
     busy = attainment * busy_joules(scenario, lam)
-    values = {theta: maximise_dual(dual_at(theta), price.cost, 60) for theta in THETAS}
-    theta = max(values, key=lambda th: values[th])
-    oracle = values[theta] + busy
+    values = {theta: dual_argmax(dual_at(theta), price.cost, 60) for theta in THETAS}
+    theta = max(values, key=lambda th: values[th][0])
+    value, y = values[theta]
+    if whole_nodes:
+        value = max(value, shared_node_value(scenario, table, loads, theta, y, min_replicas, need))
+    oracle = value + busy
     burst = None
     if curve.bursts is not None:
         burst = burst_state_bound(scenario, curve, attainment, min_replicas, price, (theta,), ahead=True)
     total = oracle if burst is None else max(oracle, burst)
-    return CausalBound(attainment, total, busy, oracle, burst)
+    return CausalBound(attainment, total, busy, whole_nodes, oracle, burst)
 
 
 # --- bursts ------------------------------------------------------------------------------------------

@@ -3,14 +3,25 @@ the optimum is known, and monotone in the SLO target."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from greenserve.simulator import traces
 from greenserve.simulator.bench import POLICY_NAMES, BenchConfig, make_scenario, run_policy
-from greenserve.simulator.bound import energy_lower_bound, gpu_hours_bound, startup_aware_bound
+from greenserve.simulator.bound import (
+    energy_lower_bound,
+    gpu_hours_bound,
+    node_prices,
+    startup_aware_bound,
+    whole_node_bound,
+    whole_node_dual,
+)
 from greenserve.simulator.engine import Scenario, run_oracle
 
 
@@ -61,6 +72,9 @@ def test_policies_that_keep_a_replica_never_beat_the_floored_bound(trace: str) -
         b = energy_lower_bound(sc, r.slo_attainment, min_replicas=1)
         assert b.total_j <= r.total_j * 1.001, (name, b.kwh, r.total_j / 3.6e6)
         assert b.total_j >= energy_lower_bound(sc, r.slo_attainment).total_j
+        # With nodes charged whole: never below the fractional bound, still below every run.
+        nodes = whole_node_bound(sc, r.slo_attainment, min_replicas=1)
+        assert b.total_j * (1 - 1e-9) <= nodes.total_j <= r.total_j * 1.001, (name, nodes.kwh)
 
 
 def test_the_floor_binds_where_a_model_could_go_without_replicas() -> None:
@@ -109,3 +123,53 @@ def test_every_start_is_charged_its_cold_start() -> None:
     assert startup_aware_bound(flat, 0.995).total_j == pytest.approx(
         energy_lower_bound(flat, 0.995, min_replicas=1).total_j, rel=1e-6
     )
+
+
+def test_a_fleet_one_gpu_over_a_node_is_charged_two_whole_nodes() -> None:
+    # Nine models at a rate one replica serves, each kept at a replica: every step holds nine GPUs, so
+    # two nodes (8 GPUs each), one of them with seven bare GPUs. Packed into fractional nodes the bound
+    # charged 9/8 of a node; whole, it charges two and the bare GPUs' power. HPA-like pays that too.
+    cfg = BenchConfig()
+    n_steps, warm = 200, 20
+    models = tuple(dataclasses.replace(cfg.models()[0], name=f"m{i}") for i in range(9))
+    sc = Scenario(traces.Trace("nine", 10.0, np.full((9, n_steps), 1.0)), models, cfg.cluster, 30.0, warm)
+    fractional = energy_lower_bound(sc, 0.995, min_replicas=1)
+    whole = whole_node_bound(sc, 0.995, min_replicas=1)
+    _, b = node_prices(sc)
+    missing = (n_steps - warm) * (2 * b - 9 * b / cfg.cluster.gpus_per_node)  # 7/8 of a node per step
+    assert whole.total_j - fractional.total_j == pytest.approx(missing, rel=0.01)
+    r = run_policy("hpa", sc, cfg)
+    assert r.slo_attainment >= 0.995 and whole.total_j <= r.total_j
+    with pytest.raises(ValueError, match="not GPUs"):
+        gpu_hours_bound(sc, whole)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(2, 4),
+    st.integers(1, 3),
+    st.integers(0, 1),
+    st.lists(st.floats(0.0, 50.0), min_size=12, max_size=12),
+    st.floats(0.0, 400.0),
+)
+def test_whole_nodes_never_price_a_step_below_its_best_configuration(
+    n_models: int, width: int, per_node: int, min_replicas: int, within: list[float], y: float
+) -> None:
+    # One step, any table of within-SLO requests: the whole-node value (bound.whole_node_steps, with
+    # the multipliers it tries) is at most the least a G + b ceil(G / gpus_per_node) - y W over every
+    # configuration, enumerated, and at least the fractional-node value.
+    cfg = BenchConfig()
+    cluster = dataclasses.replace(cfg.cluster, gpus_per_node=per_node)
+    models = tuple(dataclasses.replace(cfg.models()[0], name=f"m{i}") for i in range(n_models))
+    sc = Scenario(traces.Trace("one", 10.0, np.ones((n_models, 2))), models, cluster, 30.0, 1)
+    table = np.array(within[: n_models * width]).reshape(n_models, 1, width)
+    fractional, whole = whole_node_dual(sc, table, min_replicas)
+    a, b = node_prices(sc)
+    best = min(
+        a * sum(cs) + b * math.ceil(sum(cs) / per_node) - y * sum(table[m, 0, c] for m, c in enumerate(cs))
+        for cs in itertools.product(range(min_replicas, width), repeat=n_models)
+    )
+    scale = abs(best) + b
+    assert whole(y) <= best + 1e-9 * scale
+    assert fractional(y) <= whole(y) + 1e-9 * scale

@@ -147,7 +147,9 @@ def test_causal_policies_never_beat_the_causal_bound(name: str) -> None:
     for policy, reached, by_burst_state in policies:
         res = Simulation(sc).run(policy)
         assert res.slo_attainment > reached
-        bound = cb.causal_bound(sc, curve, res.slo_attainment)
+        bound = cb.causal_bound(sc, curve, res.slo_attainment, whole_nodes=True)
+        # Nodes charged whole (bound.whole_node_steps) only raise it.
+        assert bound.rate_oracle_j >= cb.causal_bound(sc, curve, res.slo_attainment).rate_oracle_j
         # The burst-state value hedges against the onsets a burst path may bring, in expectation over
         # paths (simulator/causal_bound.py); one run that meets every onset of its own path can cost less
         # (greenserve at target 0.99 answers 99.998% of this path's requests under it). So a run that
@@ -155,11 +157,14 @@ def test_causal_policies_never_beat_the_causal_bound(name: str) -> None:
         assert (bound.total_j if by_burst_state else bound.rate_oracle_j) <= res.total_j
         # Whole GPUs are one way to keep every model at a home: the causal sharing bound of those
         # (minReplicas 1) is below them too, its burst-state value (charged ahead) included.
-        shared = cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1)
+        shared = cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1, whole_nodes=True)
         assert (shared.total_j if by_burst_state else shared.rate_oracle_j) <= res.total_j
     # greenserve-shared keeps every model at a home (minReplicas 1); it does not know the burst state.
     res = Simulation(sc).run(GreenserveShared(slo_attainment=0.99))
-    assert cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1).rate_oracle_j <= res.total_j
+    shared = cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1, whole_nodes=True)
+    assert shared.rate_oracle_j <= res.total_j
+    fractional = cb.causal_sharing_bound(sc, curve, res.slo_attainment, min_replicas=1)
+    assert shared.rate_oracle_j >= fractional.rate_oracle_j
 
 
 def test_without_count_noise_the_bounds_agree() -> None:

@@ -14,10 +14,17 @@ from hypothesis import strategies as st
 from greenserve.policy.queueing import shared_attainment
 from greenserve.policy.sharing import Sharing
 from greenserve.simulator import traces
-from greenserve.simulator.bound import SharedPrice, energy_lower_bound, gpu_hours_bound, sharing_aware_bound
+from greenserve.simulator.bound import (
+    SharedPrice,
+    energy_lower_bound,
+    gpu_hours_bound,
+    node_prices,
+    sharing_aware_bound,
+)
 from greenserve.simulator.cluster import ClusterConfig
 from greenserve.simulator.engine import (
     POOL,
+    POOL_RESERVED_GIB,
     ModelSpec,
     Result,
     Scenario,
@@ -228,6 +235,9 @@ def test_no_policy_beats_the_sharing_aware_bound(service_s: float) -> None:
         homes = sharing_aware_bound(sc, r.slo_attainment, min_replicas=1)
         assert b.total_j * (1 - 1e-9) <= homes.total_j <= r.total_j, (policy.name, homes.kwh)
         assert homes.total_j <= energy_lower_bound(sc, r.slo_attainment, min_replicas=1).total_j * (1 + 1e-9)
+        # With nodes charged whole: never below the fractional bound, still below the run.
+        nodes = sharing_aware_bound(sc, r.slo_attainment, min_replicas=1, whole_nodes=True)
+        assert homes.total_j * (1 - 1e-9) <= nodes.total_j <= r.total_j, (policy.name, nodes.kwh)
 
 
 @settings(max_examples=300, deadline=None)
@@ -236,19 +246,39 @@ def test_no_policy_beats_the_sharing_aware_bound(service_s: float) -> None:
     st.floats(0.0, 1.0),
     st.floats(0.0, 50.0),
     st.sampled_from([0.005, 0.1, 2.0]),
+    st.floats(0.0, 4.0),
 )
 def test_a_shared_gpus_members_are_never_priced_below_its_lagrangian(
-    loads: list[float], theta: float, y_per_cost: float, service_s: float
+    loads: list[float], theta: float, y_per_cost: float, service_s: float, gpu_cost: float
 ) -> None:
     # The per-model prices summed over one GPU's members (summed load X) are at most what that GPU
     # costs at the split theta, less y x the requests it can answer within the SLO, (dt / s) X a(X): the
-    # step the bound's validity rests on, with each model's credit capped at one GPU's.
+    # step the bound's validity rests on, with each model's credit capped at one GPU's. At any GPU cost
+    # c (`gpu_cost` x the fractional one: the whole-node bound prices GPUs at a + z), priced through
+    # theta c / cost as bound.shared_node_value does.
     price = SharedPrice.of(_scenario(np.full((2, 40), 1.0), service_s=service_s))
     y = y_per_cost * price.cost * price.s / price.dt
     total = sum(loads)
     answered = total * shared_attainment(total, price.s, price.s, 5.0 * service_s) if total < 1 else 0.0
-    priced = float(price.shared(theta, y)(np.array(loads)).sum())
-    assert priced <= theta * price.cost - y * price.dt / price.s * answered + 1e-9 * price.cost
+    priced = float(price.shared(theta * gpu_cost, y)(np.array(loads)).sum())
+    cost = gpu_cost * price.cost
+    assert priced <= theta * cost - y * price.dt / price.s * answered + 1e-9 * price.cost
+
+
+def test_models_that_each_need_a_gpu_of_memory_are_charged_whole_nodes() -> None:
+    # Nine models that each fill a shared GPU's memory (24 GiB less the server's 1): every step holds
+    # nine GPUs, two nodes, seven of one node's GPUs bare. The fractional bound charged 9/8 of a node.
+    # (The bound prices memory by its share, so nine of 20 GiB would fit its 7.8 GPUs: a relaxation.)
+    rates = np.full((9, 120), 0.2)
+    sc = _scenario(rates, warm=20)
+    full = sc.cluster.gpu_memory_gib - POOL_RESERVED_GIB
+    sc = dataclasses.replace(sc, models=tuple(dataclasses.replace(m, memory_gib=full) for m in sc.models))
+    fractional = sharing_aware_bound(sc, 0.995, min_replicas=1)
+    whole = sharing_aware_bound(sc, 0.995, min_replicas=1, whole_nodes=True)
+    _, b = node_prices(sc)
+    assert whole.total_j - fractional.total_j == pytest.approx(100 * (2 * b - 9 * b / 8), rel=0.01)
+    r = Simulation(sc).run(GreenserveShared(slo_attainment=0.995))
+    assert r.slo_attainment >= 0.995 and whole.total_j <= r.total_j
 
 
 def test_a_model_needing_several_gpus_is_not_priced_as_a_share_of_one() -> None:

@@ -51,6 +51,8 @@ def test_bound_equals_the_oracle_where_packing_is_exact() -> None:
     assert math.isclose(gpu_hours_bound(sc, b), o.gpu_hours, rel_tol=1e-3)
     # Asking for less lets the bound mix in steps with a replica fewer: strictly cheaper.
     assert energy_lower_bound(sc, o.slo_attainment - 0.01).total_j < b.total_j * 0.999
+    # Whole nodes change nothing where the oracle fills whole nodes: it still meets the oracle.
+    assert math.isclose(whole_node_bound(sc, o.slo_attainment).total_j, o.total_j, rel_tol=1e-3)
 
 
 def test_bound_grows_with_the_target() -> None:

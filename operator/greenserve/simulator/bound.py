@@ -217,6 +217,17 @@ def whole_node_steps(
     return np.asarray((per_k.max(axis=0) + b * ks[:, None]).min(axis=0))
 
 
+def dedicated_minimum(
+    table: np.ndarray, min_replicas: int, gpus: int = 1
+) -> Callable[[float, float], np.ndarray]:
+    """For a table of within-SLO requests W[m, t, k] (realised or expected): (y, c) -> per model and
+    step, the least of k x gpus x c - y W[m, t, k] over ready counts k >= min_replicas, a model's
+    cheapest dedicated option in the Lagrangian at a GPU cost of c per step."""
+    counts = np.arange(table.shape[2], dtype=np.float64)
+    floor = np.where(counts < min_replicas, np.inf, 0.0)
+    return lambda y, c: ((counts * gpus * c + floor)[None, None, :] - y * table).min(axis=2)
+
+
 def whole_node_dual(
     scenario: Scenario, table: np.ndarray, min_replicas: int
 ) -> tuple[Callable[[float], float], Callable[[float], float]]:
@@ -231,13 +242,12 @@ def whole_node_dual(
         raise ValueError("the bound assumes one GPU count for all models")
     g = gpus.pop()
     n_models, _, width = table.shape
-    counts = np.arange(width, dtype=np.float64)
-    floor = np.where(counts < min_replicas, np.inf, 0.0)
     cost = replica_power_w(scenario) * scenario.trace.step_s / g  # per GPU and step
     min_nodes = math.ceil(n_models * min_replicas * g / scenario.cluster.gpus_per_node)
+    dedicated = dedicated_minimum(table, min_replicas, g)
 
     def at(y: float) -> Callable[[float], np.ndarray]:
-        return lambda c: ((counts * g * c + floor)[None, None, :] - y * table).min(axis=2).sum(axis=0)
+        return lambda c: dedicated(y, c).sum(axis=0)
 
     def fractional(y: float) -> float:
         return float(at(y)(cost).sum())
@@ -248,15 +258,12 @@ def whole_node_dual(
     return fractional, whole
 
 
-def node_bound_value(
-    fractional: Callable[[float], float], whole: Callable[[float], float], scale: float, iterations: int
-) -> float:
-    """The whole-node dual's largest value found (a lower bound at every y), searched from the fractional
-    dual's best multiplier: at that y it is already at least the fractional bound (`whole_node_steps`),
-    and the whole-node dual, a least over node counts, need not be concave, so a search alone could miss
-    it."""
-    _, y = dual_argmax(fractional, scale, iterations)
-    return max(whole(y), maximise_dual(whole, scale, iterations))
+def node_bound_value(whole: Callable[[float], float], y0: float, scale: float, iterations: int) -> float:
+    """The whole-node dual's largest value found (a lower bound at every y): at the fractional dual's
+    best multiplier y0 and by a search. At y0 it is already at least the fractional bound
+    (`whole_node_steps`), and the whole-node dual, a least over node counts, need not be concave, so a
+    search alone could miss it."""
+    return max(whole(y0), maximise_dual(whole, scale, iterations))
 
 
 def whole_node_bound(scenario: Scenario, attainment: float, min_replicas: int = 0) -> EnergyBound:
@@ -270,7 +277,8 @@ def whole_node_bound(scenario: Scenario, attainment: float, min_replicas: int = 
     need = attainment * float(rates.sum() * scenario.trace.step_s)
     fractional, whole = whole_node_dual(scenario, table, min_replicas)
     scale = replica_power_w(scenario) * scenario.trace.step_s
-    value = node_bound_value(lambda y: fractional(y) + y * need, lambda y: whole(y) + y * need, scale, 60)
+    _, y0 = dual_argmax(lambda y: fractional(y) + y * need, scale, 60)
+    value = node_bound_value(lambda y: whole(y) + y * need, y0, scale, 60)
     busy = busy_joules(scenario, rates)
     return EnergyBound(attainment, value + busy, busy, whole_nodes=True)
 
@@ -439,21 +447,19 @@ def shared_node_value(
     value found, from the fractional dual's multiplier y0 (`node_bound_value`)."""
     price = SharedPrice.of(scenario)
     n_models, _, width = table.shape
-    counts = np.arange(width, dtype=np.float64)
-    floor = np.where(counts < min_replicas, np.inf, 0.0)
     mem = np.array([price.memory_share(spec.memory_gib) for spec in scenario.models])[:, None]
+    dedicated = dedicated_minimum(table, min_replicas)
 
     def whole(y: float) -> float:
         def psi(c: float) -> np.ndarray:
-            dedicated = ((counts * c + floor)[None, None, :] - y * table).min(axis=2)
             shared = price.shared(theta * c / price.cost, y)(loads) + (1.0 - theta) * c * mem
-            return np.asarray(np.minimum(dedicated, shared).sum(axis=0))
+            return np.asarray(np.minimum(dedicated(y, c), shared).sum(axis=0))
 
         # Every model is at a home with min_replicas, so a step has a GPU and a node at least.
         nodes = whole_node_steps(psi, scenario, n_models * width, 1 if min_replicas > 0 else 0)
         return float(nodes.sum()) + y * need
 
-    return max(whole(y0), maximise_dual(whole, price.cost, 40))
+    return node_bound_value(whole, y0, price.cost, 40)
 
 
 @dataclass(frozen=True)

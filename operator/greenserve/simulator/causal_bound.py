@@ -140,6 +140,7 @@ from greenserve.simulator.bound import (
     EnergyBound,
     SharedPrice,
     busy_joules,
+    dedicated_minimum,
     dual_argmax,
     maximise_dual,
     node_bound_value,
@@ -306,29 +307,27 @@ def rate_oracle_bound(
 ) -> float:
     """The rate oracle's bound (J, busy energy of the expected arrivals included): the dual of
     `bound.startup_aware_bound` over the expected within-SLO requests and the expected arrivals
-    (without `starts`: of `bound.energy_lower_bound`, no start charged; with `whole_nodes` too:
-    of `bound.whole_node_bound`)."""
+    (without `starts`: of `bound.energy_lower_bound`, no start charged); with `whole_nodes`, the larger
+    of that and the dual of `bound.whole_node_bound` (per step, no start charged) on the same tables."""
     lam = _measured(scenario, curve)
     dt = scenario.trace.step_s
     need = attainment * float(lam.sum() * dt)
     table = expected_table(scenario, lam)
     cost = replica_power_w(scenario) * dt
-    if whole_nodes:
-        if starts:
-            raise ValueError("the start-charged paths take fractional nodes")
-        fractional, whole = whole_node_dual(scenario, table, min_replicas)
-        value = node_bound_value(lambda y: fractional(y) + y * need, lambda y: whole(y) + y * need, cost, 60)
-        return value + busy_joules(scenario, lam)
-    cs = np.arange(table.shape[2], dtype=np.float64) * cost
-    cs[: min(min_replicas, cs.size)] = np.inf
+    dedicated = dedicated_minimum(table, min_replicas)
     paths = path_dual(scenario, table, min_replicas) if starts else None
 
     def dual(y: float) -> float:
         if paths is not None:
             return paths(y) + y * need
-        return float((cs[None, None, :] - y * table).min(axis=2).sum()) + y * need
+        return float(dedicated(y, cost).sum()) + y * need
 
-    return maximise_dual(dual, cost, 60) + busy_joules(scenario, lam)
+    value = maximise_dual(dual, cost, 60)
+    if whole_nodes:
+        fractional, whole = whole_node_dual(scenario, table, min_replicas)
+        _, y0 = dual_argmax(lambda y: fractional(y) + y * need, cost, 60)
+        value = max(value, node_bound_value(lambda y: whole(y) + y * need, y0, cost, 60))
+    return value + busy_joules(scenario, lam)
 
 
 def expected_foresight_bound(
@@ -374,9 +373,7 @@ def causal_bound(
     bound, and on bursty curves the larger of it and the burst-state bound charged ahead; with
     `whole_nodes`, also at least the rate oracle's per-step bound with whole nodes (no start charged)."""
     busy = busy_joules(scenario, _measured(scenario, curve))
-    oracle = rate_oracle_bound(scenario, curve, attainment, min_replicas)
-    if whole_nodes:
-        oracle = max(oracle, rate_oracle_bound(scenario, curve, attainment, min_replicas, False, True))
+    oracle = rate_oracle_bound(scenario, curve, attainment, min_replicas, whole_nodes=whole_nodes)
     burst = (
         None
         if curve.bursts is None
@@ -399,13 +396,12 @@ def causal_sharing_bound(
     mem = np.array([price.memory_share(spec.memory_gib) for spec in scenario.models])
     loads = lam * price.s
     need = attainment * float(lam.sum() * dt)
-    cs = np.arange(table.shape[2], dtype=np.float64) * price.cost
-    cs[:min_replicas] = np.inf  # below the floor a model is served shared or not at all
+    dedicated = dedicated_minimum(table, min_replicas)  # below the floor: shared or not at all
 
     def dual_at(theta: float) -> Callable[[float], float]:
         def dual(y: float) -> float:
             shared = price.shared(theta, y)(loads) + (1.0 - theta) * price.cost * mem[:, None]
-            best = np.minimum((cs[None, None, :] - y * table).min(axis=2), shared)
+            best = np.minimum(dedicated(y, price.cost), shared)
             return float(best.sum()) + y * need
 
         return dual
